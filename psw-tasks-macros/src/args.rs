@@ -1,0 +1,522 @@
+//! The options inside `#[task(..)]`, parsed and checked with the span of each mistake.
+
+use std::time::Duration;
+
+use proc_macro2::TokenStream;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Error, Expr, Lit, LitStr, MetaNameValue, Token};
+
+/// Every option `#[task]` accepts, in the order the "unknown option" message lists them.
+const OPTIONS: &[&str] = &[
+    "name",
+    "queue",
+    "retries",
+    "backoff",
+    "backoff_base",
+    "backoff_max",
+    "jitter",
+    "ignore_result",
+    "timeout",
+];
+
+/// The options of one task, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Args {
+    /// The explicit wire name; `None` derives it from the module path.
+    pub(crate) name: Option<String>,
+    pub(crate) queue: String,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) jitter: bool,
+    pub(crate) ignore_result: bool,
+    /// The per-attempt time limit; `None` means none.
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            name: None,
+            queue: "default".to_owned(),
+            retries: 3,
+            backoff: Backoff::Exponential,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60 * 60),
+            jitter: true,
+            ignore_result: false,
+            timeout: None,
+        }
+    }
+}
+
+/// The `backoff = ".."` strategies, mirroring the runtime's `BackoffKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backoff {
+    Exponential,
+    Linear,
+    Fixed,
+    None,
+}
+
+impl Backoff {
+    /// The name of the runtime's `BackoffKind` variant.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Backoff::Exponential => "Exponential",
+            Backoff::Linear => "Linear",
+            Backoff::Fixed => "Fixed",
+            Backoff::None => "None",
+        }
+    }
+}
+
+/// Parse `key = value, ...`; every mistake is reported at once, each on its own token.
+pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
+    let pairs = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
+    let mut args = Args::default();
+    let mut errors = Errors::default();
+    // The literals that set a duration, kept so the base/max comparison can point at one.
+    let mut base_lit = None;
+    let mut max_lit = None;
+    let mut seen: Vec<String> = Vec::new();
+
+    for pair in &pairs {
+        let Some(key) = pair.path.get_ident() else {
+            let path = quote::ToTokens::to_token_stream(&pair.path)
+                .to_string()
+                .replace(' ', "");
+            errors.push(unknown_option(&pair.path, &path));
+            continue;
+        };
+        let key_name = key.to_string();
+        if !OPTIONS.contains(&key_name.as_str()) {
+            errors.push(unknown_option(key, &key_name));
+            continue;
+        }
+        if seen.contains(&key_name) {
+            errors.push(specified_more_than_once(key));
+            continue;
+        }
+        seen.push(key_name.clone());
+
+        let value = &pair.value;
+        let result = match key_name.as_str() {
+            "name" => string(value, "name", "reports.daily").and_then(|lit| {
+                if lit.value().is_empty() {
+                    return Err(Error::new_spanned(
+                        lit,
+                        "`name` must not be empty; leave it out to use the function's path",
+                    ));
+                }
+                args.name = Some(lit.value());
+                Ok(())
+            }),
+            "queue" => string(value, "queue", "emails")
+                .and_then(queue)
+                .map(|queue| args.queue = queue),
+            "retries" => retries(value).map(|retries| args.retries = retries),
+            "backoff" => string(value, "backoff", "exp")
+                .and_then(backoff)
+                .map(|backoff| args.backoff = backoff),
+            "backoff_base" => string(value, "backoff_base", "1s").and_then(|lit| {
+                args.backoff_base = duration(lit, "backoff_base")?;
+                base_lit = Some(lit);
+                Ok(())
+            }),
+            "backoff_max" => string(value, "backoff_max", "1h").and_then(|lit| {
+                args.backoff_max = duration(lit, "backoff_max")?;
+                max_lit = Some(lit);
+                Ok(())
+            }),
+            "jitter" => boolean(value, "jitter", false).map(|jitter| args.jitter = jitter),
+            "ignore_result" => boolean(value, "ignore_result", true)
+                .map(|ignore_result| args.ignore_result = ignore_result),
+            "timeout" => string(value, "timeout", "30s").and_then(|lit| {
+                let timeout = duration(lit, "timeout")?;
+                if timeout.is_zero() {
+                    return Err(Error::new_spanned(
+                        lit,
+                        "`timeout` must be longer than zero; leave it out for no time limit",
+                    ));
+                }
+                args.timeout = Some(timeout);
+                Ok(())
+            }),
+            _ => unreachable!("every name in OPTIONS has an arm"),
+        };
+        errors.ok(result);
+    }
+
+    if args.backoff_base > args.backoff_max {
+        let base = humantime::format_duration(args.backoff_base);
+        let max = humantime::format_duration(args.backoff_max);
+        match (max_lit, base_lit) {
+            (Some(lit), _) => errors.push(Error::new_spanned(
+                lit,
+                format!("`backoff_max` must be at least `backoff_base` ({base})"),
+            )),
+            (None, Some(lit)) => errors.push(Error::new_spanned(
+                lit,
+                format!(
+                    "`backoff_base` must be at most `backoff_max` ({max} by default); \
+                     lower it or set `backoff_max`"
+                ),
+            )),
+            (None, None) => unreachable!("the defaults have base <= max"),
+        }
+    }
+
+    errors.finish(args)
+}
+
+/// The one place that words a repeated option, so every option says it the same way.
+pub(crate) fn specified_more_than_once(key: &syn::Ident) -> Error {
+    Error::new_spanned(key, format!("`{key}` specified more than once"))
+}
+
+fn unknown_option(tokens: impl quote::ToTokens, name: &str) -> Error {
+    let expected = OPTIONS
+        .iter()
+        .map(|option| format!("`{option}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Error::new_spanned(
+        tokens,
+        format!("unknown option `{name}`; expected one of {expected}"),
+    )
+}
+
+/// Several errors reported as one, so a user fixes them in a single round.
+#[derive(Default)]
+pub(crate) struct Errors(Option<Error>);
+
+impl Errors {
+    /// Add one problem.
+    pub(crate) fn push(&mut self, error: Error) {
+        match &mut self.0 {
+            Some(first) => first.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    /// The value of `result`, or `None` after adding its problem.
+    pub(crate) fn ok<T>(&mut self, result: syn::Result<T>) -> Option<T> {
+        result.map_err(|error| self.push(error)).ok()
+    }
+
+    /// `value` when nothing was pushed, else every problem.
+    pub(crate) fn finish<T>(self, value: T) -> syn::Result<T> {
+        match self.0 {
+            Some(error) => Err(error),
+            None => Ok(value),
+        }
+    }
+}
+
+/// The literal of a value, looking through the invisible groups that `macro_rules!` adds
+/// around a `$value:expr`.
+fn literal(value: &Expr) -> Option<&Lit> {
+    match value {
+        Expr::Lit(expr) => Some(&expr.lit),
+        Expr::Group(group) => literal(&group.expr),
+        _ => None,
+    }
+}
+
+fn string<'a>(value: &'a Expr, key: &str, example: &str) -> syn::Result<&'a LitStr> {
+    match literal(value) {
+        Some(Lit::Str(lit)) => Ok(lit),
+        _ => Err(Error::new_spanned(
+            value,
+            format!("`{key}` expects a string, like `{key} = \"{example}\"`"),
+        )),
+    }
+}
+
+fn boolean(value: &Expr, key: &str, example: bool) -> syn::Result<bool> {
+    match literal(value) {
+        Some(Lit::Bool(lit)) => Ok(lit.value),
+        _ => Err(Error::new_spanned(
+            value,
+            format!("`{key}` expects `true` or `false`, like `{key} = {example}`"),
+        )),
+    }
+}
+
+fn retries(value: &Expr) -> syn::Result<u32> {
+    match literal(value) {
+        // syn reads `-1` here as one negative literal.
+        Some(Lit::Int(lit)) if lit.base10_digits().starts_with('-') => Err(Error::new_spanned(
+            lit,
+            "`retries` cannot be negative; use `retries = 0` for no retries",
+        )),
+        Some(Lit::Int(lit)) => lit.base10_parse::<u32>().map_err(|_| {
+            Error::new_spanned(lit, format!("`retries` must be at most {}", u32::MAX))
+        }),
+        _ => Err(Error::new_spanned(
+            value,
+            "`retries` expects an integer, like `retries = 3`",
+        )),
+    }
+}
+
+fn queue(lit: &LitStr) -> syn::Result<String> {
+    let queue = lit.value();
+    if queue.is_empty() {
+        return Err(Error::new_spanned(
+            lit,
+            "`queue` must not be empty; leave it out to use \"default\"",
+        ));
+    }
+    if queue.chars().any(char::is_whitespace) {
+        return Err(Error::new_spanned(
+            lit,
+            "`queue` must not contain whitespace, like `queue = \"emails\"`",
+        ));
+    }
+    Ok(queue)
+}
+
+fn backoff(lit: &LitStr) -> syn::Result<Backoff> {
+    match lit.value().as_str() {
+        "exp" => Ok(Backoff::Exponential),
+        "linear" => Ok(Backoff::Linear),
+        "fixed" => Ok(Backoff::Fixed),
+        "none" => Ok(Backoff::None),
+        other => Err(Error::new_spanned(
+            lit,
+            format!(
+                "unknown backoff `{other}`; expected one of \"exp\", \"linear\", \"fixed\", \"none\""
+            ),
+        )),
+    }
+}
+
+/// A humantime duration that the runtime can hold: whole milliseconds that fit in a `u64`.
+fn duration(lit: &LitStr, key: &str) -> syn::Result<Duration> {
+    let text = lit.value();
+    let duration = humantime::parse_duration(&text).map_err(|err| {
+        Error::new_spanned(
+            lit,
+            format!("invalid duration \"{text}\": {err}; write it like \"30s\" or \"1h 30m\""),
+        )
+    })?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(Error::new_spanned(
+            lit,
+            format!("`{key}` has millisecond precision; write whole milliseconds, like \"1500ms\""),
+        ));
+    }
+    if u64::try_from(duration.as_millis()).is_err() {
+        return Err(Error::new_spanned(
+            lit,
+            format!("`{key}` is too long; it must fit in a u64 of milliseconds"),
+        ));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parse `input` and compare with the expected options or the expected messages, one a line.
+    fn check(input: &str, expected: Result<Args, &str>) {
+        let tokens: TokenStream = input.parse().expect("test input lexes");
+        let actual = parse(tokens).map_err(|err| {
+            err.into_iter()
+                .map(|err| err.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        let expected = expected.map_err(str::to_owned);
+        assert_eq!(actual, expected, "input: {input}");
+    }
+
+    fn with(change: impl FnOnce(&mut Args)) -> Args {
+        let mut args = Args::default();
+        change(&mut args);
+        args
+    }
+
+    #[test]
+    fn valid_options() {
+        let cases: &[(&str, Args)] = &[
+            ("", Args::default()),
+            (
+                r#"name = "reports.daily""#,
+                with(|a| a.name = Some("reports.daily".into())),
+            ),
+            (r#"queue = "emails""#, with(|a| a.queue = "emails".into())),
+            ("retries = 0", with(|a| a.retries = 0)),
+            ("retries = 10,", with(|a| a.retries = 10)),
+            (r#"backoff = "exp""#, Args::default()),
+            (
+                r#"backoff = "linear""#,
+                with(|a| a.backoff = Backoff::Linear),
+            ),
+            (r#"backoff = "fixed""#, with(|a| a.backoff = Backoff::Fixed)),
+            (r#"backoff = "none""#, with(|a| a.backoff = Backoff::None)),
+            (
+                r#"backoff_base = "250ms""#,
+                with(|a| a.backoff_base = Duration::from_millis(250)),
+            ),
+            (
+                r#"backoff_max = "1h 30m""#,
+                with(|a| a.backoff_max = Duration::from_secs(90 * 60)),
+            ),
+            (
+                r#"backoff_base = "1m", backoff_max = "1m""#,
+                with(|a| {
+                    a.backoff_base = Duration::from_secs(60);
+                    a.backoff_max = Duration::from_secs(60);
+                }),
+            ),
+            ("jitter = false", with(|a| a.jitter = false)),
+            ("ignore_result = true", with(|a| a.ignore_result = true)),
+            (
+                r#"timeout = "30s""#,
+                with(|a| a.timeout = Some(Duration::from_secs(30))),
+            ),
+            (
+                r#"name = "n", queue = "q", retries = 5, backoff = "linear", backoff_base = "2s",
+                   backoff_max = "10m", jitter = false, ignore_result = true, timeout = "1m""#,
+                Args {
+                    name: Some("n".into()),
+                    queue: "q".into(),
+                    retries: 5,
+                    backoff: Backoff::Linear,
+                    backoff_base: Duration::from_secs(2),
+                    backoff_max: Duration::from_secs(600),
+                    jitter: false,
+                    ignore_result: true,
+                    timeout: Some(Duration::from_secs(60)),
+                },
+            ),
+        ];
+        for (input, expected) in cases {
+            check(input, Ok(expected.clone()));
+        }
+    }
+
+    #[test]
+    fn mistakes() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "foo = 1",
+                "unknown option `foo`; expected one of `name`, `queue`, `retries`, `backoff`, \
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`",
+            ),
+            (
+                "a::b = 1",
+                "unknown option `a::b`; expected one of `name`, `queue`, `retries`, `backoff`, \
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`",
+            ),
+            (
+                "retries = 1, retries = 2",
+                "`retries` specified more than once",
+            ),
+            (
+                r#"retries = "3""#,
+                "`retries` expects an integer, like `retries = 3`",
+            ),
+            (
+                "retries = -1",
+                "`retries` cannot be negative; use `retries = 0` for no retries",
+            ),
+            (
+                "retries = 2.5",
+                "`retries` expects an integer, like `retries = 3`",
+            ),
+            (
+                "retries = 4294967296",
+                "`retries` must be at most 4294967295",
+            ),
+            (
+                "name = 1",
+                "`name` expects a string, like `name = \"reports.daily\"`",
+            ),
+            (
+                r#"name = """#,
+                "`name` must not be empty; leave it out to use the function's path",
+            ),
+            (
+                "queue = emails",
+                "`queue` expects a string, like `queue = \"emails\"`",
+            ),
+            (
+                r#"queue = """#,
+                "`queue` must not be empty; leave it out to use \"default\"",
+            ),
+            (
+                r#"queue = "high prio""#,
+                "`queue` must not contain whitespace, like `queue = \"emails\"`",
+            ),
+            (
+                "backoff = 2",
+                "`backoff` expects a string, like `backoff = \"exp\"`",
+            ),
+            (
+                r#"backoff = "quadratic""#,
+                "unknown backoff `quadratic`; expected one of \"exp\", \"linear\", \"fixed\", \"none\"",
+            ),
+            (
+                "backoff_base = 1",
+                "`backoff_base` expects a string, like `backoff_base = \"1s\"`",
+            ),
+            (
+                r#"backoff_base = "soon""#,
+                "invalid duration \"soon\": expected number at 0; write it like \"30s\" or \"1h 30m\"",
+            ),
+            (
+                r#"backoff_base = "1500us""#,
+                "`backoff_base` has millisecond precision; write whole milliseconds, like \"1500ms\"",
+            ),
+            (
+                r#"backoff_max = "1s", backoff_base = "1m""#,
+                "`backoff_max` must be at least `backoff_base` (1m)",
+            ),
+            (
+                r#"backoff_base = "2h""#,
+                "`backoff_base` must be at most `backoff_max` (1h by default); \
+                 lower it or set `backoff_max`",
+            ),
+            (
+                "jitter = 1",
+                "`jitter` expects `true` or `false`, like `jitter = false`",
+            ),
+            (
+                r#"ignore_result = "yes""#,
+                "`ignore_result` expects `true` or `false`, like `ignore_result = true`",
+            ),
+            (
+                "timeout = 30",
+                "`timeout` expects a string, like `timeout = \"30s\"`",
+            ),
+            (
+                r#"timeout = "0s""#,
+                "`timeout` must be longer than zero; leave it out for no time limit",
+            ),
+            (
+                r#"timeout = "18446744073709552s""#,
+                "`timeout` is too long; it must fit in a u64 of milliseconds",
+            ),
+            ("retries", "expected `=`"),
+            // Every independent mistake is reported in one round.
+            (
+                r#"retries = "x", bogus = 1, jitter = 2, retries = 3"#,
+                "`retries` expects an integer, like `retries = 3`\n\
+                 unknown option `bogus`; expected one of `name`, `queue`, `retries`, `backoff`, \
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`\n\
+                 `jitter` expects `true` or `false`, like `jitter = false`\n\
+                 `retries` specified more than once",
+            ),
+        ];
+        for (input, expected) in cases {
+            check(input, Err(expected));
+        }
+    }
+}

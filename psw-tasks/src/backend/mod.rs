@@ -1,0 +1,190 @@
+//! Job records: states, results, progress and attempt errors, as stored with a TTL.
+//!
+//! The record is one MessagePack map per job, written whole by the worker that owns the job at
+//! each state change, so readers never see a half-updated record and no write needs a read.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A job's state, as in Celery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    /// Unknown to the backend: queued, delayed, or never seen.
+    Pending,
+    /// A worker has started it.
+    Started,
+    /// The task reported progress.
+    Progress,
+    /// An attempt failed; another is scheduled.
+    Retry,
+    /// Finished with a result.
+    Success,
+    /// Failed for good.
+    Failure,
+}
+
+impl State {
+    /// Whether the job will not change state again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Success | State::Failure)
+    }
+
+    /// The upper-case name used on the wire and by Celery.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Started => "STARTED",
+            State::Progress => "PROGRESS",
+            State::Retry => "RETRY",
+            State::Success => "SUCCESS",
+            State::Failure => "FAILURE",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Progress reported by a running task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done.
+    pub current: u64,
+    /// Units in all.
+    pub total: u64,
+    /// Anything else the task attached.
+    #[serde(default)]
+    pub meta: Option<serde_json::Value>,
+}
+
+/// The error of one failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// Which attempt, from 0.
+    pub attempt: u32,
+    /// `error`, `permanent`, `panic`, `timeout` or `bad_args`.
+    pub kind: String,
+    /// The error's message.
+    pub message: String,
+    /// When the attempt failed, in ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Everything stored about one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JobRecord {
+    /// The job id.
+    pub id: String,
+    /// The task's wire name.
+    pub task: String,
+    /// The state.
+    pub state: State,
+    /// The current or last attempt, from 0.
+    pub attempt: u32,
+    /// The MessagePack-encoded result, once the state is SUCCESS.
+    #[serde(default, with = "serde_bytes")]
+    pub result: Option<Vec<u8>>,
+    /// Every failed attempt's error, oldest first.
+    #[serde(default)]
+    pub errors: Vec<AttemptError>,
+    /// The last progress report.
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    /// When the job was enqueued.
+    pub created_ms: i64,
+    /// When the current attempt started.
+    #[serde(default)]
+    pub started_ms: Option<i64>,
+    /// When the job reached SUCCESS or FAILURE.
+    #[serde(default)]
+    pub finished_ms: Option<i64>,
+    /// When the next attempt is due, in the RETRY state.
+    #[serde(default)]
+    pub retry_at_ms: Option<i64>,
+}
+
+impl JobRecord {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        rmp_serde::to_vec_named(self).map_err(|err| Error::encode("job record", err))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        rmp_serde::from_slice(bytes).map_err(|err| Error::decode("job record", err))
+    }
+
+    /// Decode the stored result into the task's output type.
+    pub fn result_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.result
+            .as_deref()
+            .map(|bytes| {
+                rmp_serde::from_slice(bytes)
+                    .map_err(|err| Error::decode(format!("result of job {}", self.id), err))
+            })
+            .transpose()
+    }
+
+    /// The result as JSON, for tools that do not know the task's types.
+    pub fn result_json(&self) -> Result<Option<serde_json::Value>> {
+        self.result_as::<serde_json::Value>()
+    }
+
+    /// The last attempt's error message, if any attempt failed.
+    pub fn last_error(&self) -> Option<&str> {
+        self.errors.last().map(|e| e.message.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_decodes_result() {
+        let record = JobRecord {
+            id: "id".into(),
+            task: "t".into(),
+            state: State::Success,
+            attempt: 1,
+            result: Some(rmp_serde::to_vec_named(&vec![1u32, 2]).unwrap()),
+            errors: vec![AttemptError {
+                attempt: 0,
+                kind: "error".into(),
+                message: "boom".into(),
+                at_ms: 3,
+            }],
+            progress: Some(Progress {
+                current: 1,
+                total: 2,
+                meta: Some(serde_json::json!({"symbol": "AAPL"})),
+            }),
+            created_ms: 1,
+            started_ms: Some(2),
+            finished_ms: Some(4),
+            retry_at_ms: None,
+        };
+        let decoded = JobRecord::decode(&record.encode().unwrap()).unwrap();
+        assert_eq!(decoded, record);
+        assert_eq!(decoded.result_as::<Vec<u32>>().unwrap(), Some(vec![1, 2]));
+        assert_eq!(
+            decoded.result_json().unwrap(),
+            Some(serde_json::json!([1, 2]))
+        );
+        assert_eq!(decoded.last_error(), Some("boom"));
+    }
+
+    #[test]
+    fn states_spell_like_celery() {
+        let bytes = rmp_serde::to_vec_named(&State::Progress).unwrap();
+        assert_eq!(rmp_serde::from_slice::<String>(&bytes).unwrap(), "PROGRESS");
+        assert!(State::Failure.is_terminal());
+        assert!(!State::Retry.is_terminal());
+    }
+}

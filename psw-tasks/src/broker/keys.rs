@@ -1,0 +1,102 @@
+//! The only place Redis key names are spelled (mirrored in `docs/protocol.md`).
+//!
+//! Every key of a namespace carries the hash tag `{namespace}`, so any command, MULTI or script
+//! that touches several of them stays on one Redis Cluster slot.
+
+use crate::{Error, Result};
+
+/// The consumer group every worker of a namespace joins, on every queue stream.
+pub(crate) const GROUP: &str = "workers";
+
+/// The stream field that holds the encoded envelope.
+pub(crate) const JOB_FIELD: &str = "job";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(namespace: &str) -> Result<Self> {
+        validate_name("PSW_NAMESPACE", namespace)?;
+        Ok(Keys {
+            prefix: format!("{{{namespace}}}"),
+        })
+    }
+
+    /// Stream of ready jobs of one queue.
+    pub(crate) fn stream(&self, queue: &str) -> String {
+        format!("{}:queue:{queue}", self.prefix)
+    }
+
+    /// Sorted set of delayed jobs of one queue, scored by due time in ms.
+    pub(crate) fn delayed(&self, queue: &str) -> String {
+        format!("{}:delayed:{queue}", self.prefix)
+    }
+
+    /// A job's record.
+    pub(crate) fn record(&self, job_id: &str) -> String {
+        format!("{}:result:{job_id}", self.prefix)
+    }
+
+    /// Set of queue names that workers or producers have used.
+    pub(crate) fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Stream of jobs that could not be run.
+    pub(crate) fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// Pub/sub channel announcing ids of finished jobs.
+    pub(crate) fn finished_channel(&self) -> String {
+        format!("{}:finished", self.prefix)
+    }
+}
+
+/// Namespaces and queue names become parts of keys: no braces (they would change the hash
+/// tag), no whitespace, no colon in queue names (it separates key parts), not empty.
+pub(crate) fn validate_name(variable: &str, name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > 200
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | ':'));
+    if bad {
+        return Err(Error::config(
+            variable,
+            name,
+            "a non-empty name of at most 200 characters without whitespace, `{`, `}` or `:`",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_the_namespace_tag() {
+        let keys = Keys::new("app").unwrap();
+        for key in [
+            keys.stream("default"),
+            keys.delayed("default"),
+            keys.record("0190"),
+            keys.queues(),
+            keys.dead(),
+        ] {
+            assert!(key.starts_with("{app}:"), "{key}");
+        }
+        assert_eq!(keys.stream("mail"), "{app}:queue:mail");
+    }
+
+    #[test]
+    fn rejects_names_that_would_break_keys() {
+        for bad in ["", "a b", "a{b", "a}b", "a:b"] {
+            let err = Keys::new(bad).unwrap_err();
+            assert!(err.to_string().contains("PSW_NAMESPACE"), "{err}");
+        }
+    }
+}

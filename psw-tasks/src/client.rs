@@ -1,0 +1,331 @@
+//! Producing jobs and reading their outcome: [`Client`], [`EnqueueOptions`], [`TaskHandle`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use crate::backend::{JobRecord, State};
+use crate::broker::keys::validate_name;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, NewJob};
+use crate::envelope::{Envelope, JobId, VERSION, now_ms};
+use crate::registry::Registry;
+use crate::{Config, Error, Result};
+
+/// A connection to the broker, cheap to clone: enqueue jobs, read their records, run workers.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    config: Config,
+    /// The tasks linked into this binary, to find the queue of a task enqueued by name.
+    registry: Option<Registry>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("namespace", &self.inner.config.namespace)
+            .field("redis", &self.inner.config.redis_url.is_some())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connect as configured: to Redis when `config.redis_url` is set, else in process.
+    pub async fn connect(config: &Config) -> Result<Client> {
+        let broker: Arc<dyn Broker> = match &config.redis_url {
+            Some(url) => {
+                Arc::new(RedisBroker::connect(url, config.url_variable(), &config.namespace).await?)
+            }
+            None => {
+                crate::broker::keys::Keys::new(&config.namespace)?;
+                Arc::new(MemoryBroker::new())
+            }
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                broker,
+                config: config.clone(),
+                registry: Registry::from_linked().ok(),
+            }),
+        })
+    }
+
+    /// Connect to Redis with default settings.
+    pub async fn redis(url: &str) -> Result<Client> {
+        Client::connect(&Config::redis(url)).await
+    }
+
+    /// An in-process broker: jobs live in this process only, and workers must run in it.
+    pub fn memory() -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                broker: Arc::new(MemoryBroker::new()),
+                config: Config::default(),
+                registry: Registry::from_linked().ok(),
+            }),
+        }
+    }
+
+    /// The settings this client was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// Enqueue a task by wire name, for producers that do not link the task: `args` is the
+    /// tuple (or array) of its arguments. The queue is the one in `options`, else the task's
+    /// own if it is linked into this binary, else `default`.
+    pub async fn enqueue_by_name<O>(
+        &self,
+        task: &str,
+        args: &impl Serialize,
+        options: EnqueueOptions,
+    ) -> Result<TaskHandle<O>> {
+        let queue = self
+            .inner
+            .registry
+            .as_ref()
+            .and_then(|registry| registry.get(task))
+            .map_or("default", |descriptor| descriptor.options().queue);
+        self.enqueue_typed(task, queue, args, options).await
+    }
+
+    pub(crate) async fn enqueue_typed<O>(
+        &self,
+        task: &str,
+        default_queue: &str,
+        args: &impl Serialize,
+        options: EnqueueOptions,
+    ) -> Result<TaskHandle<O>> {
+        let args = rmp_serde::to_vec_named(args)
+            .map_err(|err| Error::encode(format!("arguments of task `{task}`"), err))?;
+        let (id, job) = self.prepare(task, default_queue, args, options)?;
+        self.inner.broker.push(vec![job]).await?;
+        Ok(self.handle(id))
+    }
+
+    fn prepare(
+        &self,
+        task: &str,
+        default_queue: &str,
+        args: Vec<u8>,
+        options: EnqueueOptions,
+    ) -> Result<(JobId, NewJob)> {
+        let queue = options.queue.unwrap_or_else(|| default_queue.to_owned());
+        validate_name("queue", &queue)?;
+        let created_ms = now_ms();
+        let eta_ms = match (options.eta, options.countdown) {
+            (Some(eta), _) => Some(
+                eta.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
+            (None, Some(countdown)) => Some(created_ms + countdown.as_millis() as i64),
+            (None, None) => None,
+        };
+        let id = options.id.unwrap_or_else(JobId::generate);
+        let envelope = Envelope {
+            v: VERSION,
+            id: id.clone(),
+            task: task.to_owned(),
+            queue: queue.clone(),
+            args,
+            attempt: 0,
+            retries: options.retries,
+            created_ms,
+            eta_ms,
+            headers: options.headers,
+            errors: Vec::new(),
+        };
+        let payload = envelope.encode()?;
+        let limit = self.inner.config.max_message_size;
+        if payload.len() > limit {
+            return Err(Error::MessageTooLarge {
+                task: task.to_owned(),
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok((
+            id,
+            NewJob {
+                queue,
+                payload,
+                due_ms: eta_ms,
+            },
+        ))
+    }
+
+    /// A handle on a job enqueued earlier (by id), typed with its task's output.
+    pub fn handle<O>(&self, id: impl Into<JobId>) -> TaskHandle<O> {
+        TaskHandle {
+            id: id.into(),
+            client: self.clone(),
+            output: PhantomData,
+        }
+    }
+
+    /// The stored record of a job, if there is one.
+    pub async fn record(&self, id: &str) -> Result<Option<JobRecord>> {
+        match self.inner.broker.load_record(id).await? {
+            Some(bytes) => Ok(Some(JobRecord::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// How to enqueue one job: delay, queue, retries, headers.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    countdown: Option<Duration>,
+    eta: Option<SystemTime>,
+    queue: Option<String>,
+    retries: Option<u32>,
+    headers: BTreeMap<String, String>,
+    id: Option<JobId>,
+}
+
+impl EnqueueOptions {
+    /// Options that change nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run no earlier than this long from now.
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.countdown = Some(delay);
+        self
+    }
+
+    /// Run no earlier than this time (wins over `countdown`).
+    pub fn eta(mut self, at: SystemTime) -> Self {
+        self.eta = Some(at);
+        self
+    }
+
+    /// Send to this queue instead of the task's own.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Allow this many retries instead of the task's `retries`.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// Attach a header, readable by the task through `TaskContext::headers`.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Use this job id instead of a fresh one.
+    pub fn job_id(mut self, id: impl Into<JobId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// A job that was enqueued: its id, state and eventual result of type `O`.
+pub struct TaskHandle<O> {
+    id: JobId,
+    client: Client,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> Clone for TaskHandle<O> {
+    fn clone(&self) -> Self {
+        TaskHandle {
+            id: self.id.clone(),
+            client: self.client.clone(),
+            output: PhantomData,
+        }
+    }
+}
+
+impl<O> fmt::Debug for TaskHandle<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).finish()
+    }
+}
+
+/// How often a waiter re-reads the record when no finish announcement came: announcements
+/// can be lost while the listener reconnects.
+const WAIT_RECHECK: Duration = Duration::from_secs(1);
+
+impl<O: DeserializeOwned> TaskHandle<O> {
+    /// The job id.
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
+    /// The stored record, if any (none while PENDING, or when the task ignores results).
+    pub async fn record(&self) -> Result<Option<JobRecord>> {
+        self.client.record(self.id.as_str()).await
+    }
+
+    /// The job's state: PENDING until a worker records something.
+    pub async fn state(&self) -> Result<State> {
+        Ok(self.record().await?.map_or(State::Pending, |r| r.state))
+    }
+
+    /// Wait for the result, at most `timeout`. Woken by the worker's announcement of the
+    /// finished job, not by polling.
+    pub async fn wait(&self, timeout: Duration) -> Result<O> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.client.broker().finished_events().await?;
+        loop {
+            if let Some(record) = self.record().await? {
+                match record.state {
+                    State::Success => {
+                        return record
+                            .result_as::<O>()?
+                            .ok_or_else(|| Error::NoResult(self.id.to_string()));
+                    }
+                    State::Failure => {
+                        return Err(Error::JobFailed {
+                            id: self.id.to_string(),
+                            message: record.last_error().unwrap_or("unknown error").to_owned(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Timeout { id: self.id.to_string(), timeout });
+                }
+                () = tokio::time::sleep(WAIT_RECHECK) => {}
+                () = announced(&mut events, self.id.as_str()) => {}
+            }
+        }
+    }
+}
+
+/// Resolves when `id` is announced, or when announcements may have been missed.
+async fn announced(events: &mut broadcast::Receiver<Arc<str>>, id: &str) {
+    loop {
+        match events.recv().await {
+            Ok(finished) if &*finished == id => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Configuration from the environment; every error names the variable and the expected form.
+
+use std::time::Duration;
+
+use crate::broker::keys::validate_name;
+use crate::{Error, Result};
+
+/// Settings shared by clients and workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where Redis is; `None` runs on the in-process broker.
+    pub redis_url: Option<String>,
+    /// Prefix and hash tag of every key, so apps and tests can share one Redis.
+    pub namespace: String,
+    /// Jobs one worker runs at once.
+    pub concurrency: usize,
+    /// Queues a worker consumes; `None` means the queues of the registered tasks.
+    pub queues: Option<Vec<String>>,
+    /// How long job records are kept.
+    pub result_ttl: Duration,
+    /// Largest encoded job accepted by `enqueue`, in bytes.
+    pub max_message_size: usize,
+    /// How long a job stays claimed without a heartbeat before another worker takes it over.
+    pub lease: Duration,
+    /// How long a stopping worker lets running jobs finish.
+    pub shutdown_grace: Duration,
+    variable_of_url: &'static str,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis_url: None,
+            namespace: "psw".to_owned(),
+            concurrency: 10,
+            queues: None,
+            result_ttl: Duration::from_secs(24 * 3600),
+            max_message_size: 512 * 1024,
+            lease: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            variable_of_url: "REDIS_URL",
+        }
+    }
+}
+
+impl Config {
+    /// The defaults with a Redis URL.
+    pub fn redis(url: impl Into<String>) -> Self {
+        Config {
+            redis_url: Some(url.into()),
+            ..Config::default()
+        }
+    }
+
+    /// Read the environment (see `README.md` for the variables).
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read settings through `lookup` (a variable name to its value).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let defaults = Config::default();
+        let get = |name: &'static str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .map(|v| (name, v))
+        };
+        let first = |names: &[&'static str]| names.iter().find_map(|name| get(name));
+
+        let (variable_of_url, redis_url) = match first(&["REDIS_URL", "CELERY_BROKER_URL"]) {
+            Some((name, url)) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(Error::config(
+                        name,
+                        crate::broker::redis::redact_url(&url),
+                        "a redis://[:password@]host[:port][/db] or rediss:// URL",
+                    ));
+                }
+                (name, Some(url))
+            }
+            None => ("REDIS_URL", None),
+        };
+
+        let namespace = match get("PSW_NAMESPACE") {
+            Some((name, value)) => {
+                validate_name(name, &value)?;
+                value
+            }
+            None => defaults.namespace,
+        };
+
+        let concurrency = match first(&["PSW_WORKER_CONCURRENCY", "CELERY_WORKER_CONCURRENCY"]) {
+            Some((name, value)) => match value.parse::<usize>() {
+                Ok(n) if (1..=100_000).contains(&n) => n,
+                _ => {
+                    return Err(Error::config(
+                        name,
+                        value,
+                        "a whole number from 1 to 100000",
+                    ));
+                }
+            },
+            None => defaults.concurrency,
+        };
+
+        let queues = match get("PSW_QUEUES") {
+            Some((name, value)) => {
+                let queues: Vec<String> = value
+                    .split(',')
+                    .map(|q| q.trim().to_owned())
+                    .filter(|q| !q.is_empty())
+                    .collect();
+                for queue in &queues {
+                    validate_name(name, queue)?;
+                }
+                Some(queues)
+            }
+            None => None,
+        };
+
+        let duration = |names: &[&'static str], default: Duration| -> Result<Duration> {
+            match first(names) {
+                Some((name, value)) => parse_duration(name, &value),
+                None => Ok(default),
+            }
+        };
+        let result_ttl = duration(&["PSW_RESULT_TTL"], defaults.result_ttl)?;
+        let lease = duration(&["PSW_LEASE"], defaults.lease)?;
+        let shutdown_grace = duration(&["PSW_SHUTDOWN_GRACE"], defaults.shutdown_grace)?;
+
+        let max_message_size = match get("PSW_MAX_MESSAGE_SIZE") {
+            Some((name, value)) => parse_size(name, &value)?,
+            None => defaults.max_message_size,
+        };
+
+        Ok(Config {
+            redis_url,
+            namespace,
+            concurrency,
+            queues,
+            result_ttl,
+            max_message_size,
+            lease,
+            shutdown_grace,
+            variable_of_url,
+        })
+    }
+
+    /// Set the namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The variable the Redis URL came from, for error messages.
+    pub(crate) fn url_variable(&self) -> &'static str {
+        self.variable_of_url
+    }
+}
+
+/// A duration like `500ms`, `30s`, `5m`, `1h` or `1d`, or a whole number of seconds.
+pub(crate) fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
+    let parsed = match value.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(value),
+    };
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(Error::config(
+            variable,
+            value,
+            "a positive duration like `500ms`, `30s`, `5m`, `1h` or `1d`",
+        )),
+    }
+}
+
+/// A size in bytes, optionally with a `KiB`/`MiB` (or `KB`/`MB`, meaning the same) suffix.
+fn parse_size(variable: &str, value: &str) -> Result<usize> {
+    let lower = value.to_ascii_lowercase();
+    let (digits, unit) = if let Some(d) = lower.strip_suffix("kib").or(lower.strip_suffix("kb")) {
+        (d, 1024)
+    } else if let Some(d) = lower.strip_suffix("mib").or(lower.strip_suffix("mb")) {
+        (d, 1024 * 1024)
+    } else {
+        (lower.as_str(), 1)
+    };
+    match digits.trim().parse::<usize>() {
+        Ok(n) if n > 0 => n.checked_mul(unit).ok_or(()),
+        _ => Err(()),
+    }
+    .map_err(|()| {
+        Error::config(
+            variable,
+            value,
+            "a positive size in bytes, optionally with KiB or MiB, like `524288` or `512KiB`",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    fn check_error(vars: &[(&str, &str)], expected: &str) {
+        let err = config(vars).unwrap_err().to_string();
+        assert_eq!(err, expected);
+    }
+
+    #[test]
+    fn defaults_without_variables() {
+        assert_eq!(config(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_celery_names_as_fallbacks() {
+        let c = config(&[
+            ("CELERY_BROKER_URL", "redis://:pw@redis:6379/0"),
+            ("CELERY_WORKER_CONCURRENCY", "4"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://:pw@redis:6379/0"));
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.url_variable(), "CELERY_BROKER_URL");
+        let c = config(&[
+            ("REDIS_URL", "redis://a"),
+            ("CELERY_BROKER_URL", "redis://b"),
+            ("PSW_WORKER_CONCURRENCY", "7"),
+            ("CELERY_WORKER_CONCURRENCY", "4"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://a"));
+        assert_eq!(c.concurrency, 7);
+    }
+
+    #[test]
+    fn parses_durations_sizes_and_queues() {
+        let c = config(&[
+            ("PSW_RESULT_TTL", "2h"),
+            ("PSW_LEASE", "45"),
+            ("PSW_SHUTDOWN_GRACE", "500ms"),
+            ("PSW_MAX_MESSAGE_SIZE", "1MiB"),
+            ("PSW_QUEUES", "default, mail"),
+        ])
+        .unwrap();
+        assert_eq!(c.result_ttl, Duration::from_secs(7200));
+        assert_eq!(c.lease, Duration::from_secs(45));
+        assert_eq!(c.shutdown_grace, Duration::from_millis(500));
+        assert_eq!(c.max_message_size, 1024 * 1024);
+        assert_eq!(c.queues, Some(vec!["default".into(), "mail".into()]));
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_form() {
+        check_error(
+            &[("CELERY_BROKER_URL", "amqp://guest:secret@rabbit//")],
+            "invalid configuration: CELERY_BROKER_URL = \"amqp://***@rabbit//\": expected a redis://[:password@]host[:port][/db] or rediss:// URL",
+        );
+        check_error(
+            &[("PSW_WORKER_CONCURRENCY", "four")],
+            "invalid configuration: PSW_WORKER_CONCURRENCY = \"four\": expected a whole number from 1 to 100000",
+        );
+        check_error(
+            &[("PSW_RESULT_TTL", "soon")],
+            "invalid configuration: PSW_RESULT_TTL = \"soon\": expected a positive duration like `500ms`, `30s`, `5m`, `1h` or `1d`",
+        );
+        check_error(
+            &[("PSW_MAX_MESSAGE_SIZE", "big")],
+            "invalid configuration: PSW_MAX_MESSAGE_SIZE = \"big\": expected a positive size in bytes, optionally with KiB or MiB, like `524288` or `512KiB`",
+        );
+        check_error(
+            &[("PSW_QUEUES", "a,b c")],
+            "invalid configuration: PSW_QUEUES = \"b c\": expected a non-empty name of at most 200 characters without whitespace, `{`, `}` or `:`",
+        );
+    }
+}

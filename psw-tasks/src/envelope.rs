@@ -1,0 +1,252 @@
+//! The wire format of one job: a versioned MessagePack map (see `docs/protocol.md`).
+//!
+//! Pure: no IO here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::AttemptError;
+use crate::{Error, Result};
+
+/// The envelope version this build writes; it reads every version up to this one.
+pub(crate) const VERSION: u32 = 1;
+
+/// A job's id: a UUIDv7 in its hyphenated text form, so ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A fresh, time-ordered id.
+    pub fn generate() -> Self {
+        JobId(uuid::Uuid::now_v7().hyphenated().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for JobId {
+    fn from(id: String) -> Self {
+        JobId(id)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(id: &str) -> Self {
+        JobId(id.to_owned())
+    }
+}
+
+/// One job as it travels through streams and the delayed set.
+///
+/// Fields are encoded by name, so fields can be added later: a new field must carry
+/// `#[serde(default)]`, and readers ignore fields they do not know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    pub(crate) v: u32,
+    pub(crate) id: JobId,
+    pub(crate) task: String,
+    pub(crate) queue: String,
+    /// The positional arguments, a MessagePack array, kept encoded until the handler decodes it.
+    #[serde(with = "serde_bytes")]
+    pub(crate) args: Vec<u8>,
+    /// Attempts made before this one.
+    #[serde(default)]
+    pub(crate) attempt: u32,
+    /// Overrides the task's `retries` when set by the producer.
+    #[serde(default)]
+    pub(crate) retries: Option<u32>,
+    pub(crate) created_ms: i64,
+    #[serde(default)]
+    pub(crate) eta_ms: Option<i64>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, String>,
+    /// Errors of earlier attempts, carried along so that any worker can write the full record.
+    #[serde(default)]
+    pub(crate) errors: Vec<AttemptError>,
+}
+
+impl Envelope {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        rmp_serde::to_vec_named(self).map_err(|err| Error::encode("job envelope", err))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let envelope: Envelope =
+            rmp_serde::from_slice(bytes).map_err(|err| Error::decode("job envelope", err))?;
+        if envelope.v > VERSION {
+            return Err(Error::decode(
+                "job envelope",
+                UnsupportedVersion(envelope.v),
+            ));
+        }
+        Ok(envelope)
+    }
+}
+
+#[derive(Debug)]
+struct UnsupportedVersion(u32);
+
+impl fmt::Display for UnsupportedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "envelope version {} is newer than this worker understands ({VERSION})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnsupportedVersion {}
+
+/// Milliseconds since the Unix epoch, the time unit of every timestamp on the wire.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Arguments of a task that takes none: encoded as an empty array like every other argument
+/// list, and decoded from an empty array or nil.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoArgs;
+
+impl Serialize for NoArgs {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        serializer.serialize_tuple(0)?.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NoArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoArgs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an empty argument list")
+            }
+            fn visit_unit<E>(self) -> std::result::Result<NoArgs, E> {
+                Ok(NoArgs)
+            }
+            fn visit_none<E>(self) -> std::result::Result<NoArgs, E> {
+                Ok(NoArgs)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<NoArgs, A::Error> {
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(1, &self));
+                }
+                Ok(NoArgs)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            v: VERSION,
+            id: JobId::generate(),
+            task: "reports.daily".into(),
+            queue: "default".into(),
+            args: rmp_serde::to_vec_named(&("AAPL", 3)).unwrap(),
+            attempt: 1,
+            retries: Some(5),
+            created_ms: 1_700_000_000_000,
+            eta_ms: Some(1_700_000_010_000),
+            headers: BTreeMap::from([("trace".into(), "abc".into())]),
+            errors: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let envelope = sample();
+        assert_eq!(
+            Envelope::decode(&envelope.encode().unwrap()).unwrap(),
+            envelope
+        );
+    }
+
+    #[test]
+    fn reads_a_minimal_map_from_another_producer() {
+        #[derive(Serialize)]
+        struct Minimal<'a> {
+            v: u32,
+            id: &'a str,
+            task: &'a str,
+            queue: &'a str,
+            #[serde(with = "serde_bytes")]
+            args: &'a [u8],
+            created_ms: i64,
+            unknown_future_field: bool,
+        }
+        let args = rmp_serde::to_vec(&["x"]).unwrap();
+        let bytes = rmp_serde::to_vec_named(&Minimal {
+            v: 1,
+            id: "0190-test",
+            task: "t",
+            queue: "q",
+            args: &args,
+            created_ms: 5,
+            unknown_future_field: true,
+        })
+        .unwrap();
+        let envelope = Envelope::decode(&bytes).unwrap();
+        assert_eq!(envelope.task, "t");
+        assert_eq!(envelope.attempt, 0);
+        assert_eq!(envelope.retries, None);
+        assert!(envelope.headers.is_empty());
+    }
+
+    #[test]
+    fn rejects_newer_versions_and_garbage() {
+        let mut envelope = sample();
+        envelope.v = VERSION + 1;
+        let err = Envelope::decode(&envelope.encode().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("decode job envelope"), "{err}");
+        assert!(Envelope::decode(b"\xc1garbage").is_err());
+        assert!(Envelope::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn ids_sort_by_creation() {
+        let a = JobId::generate();
+        let b = JobId::generate();
+        assert!(a < b, "{a} !< {b}");
+    }
+
+    #[test]
+    fn no_args_reads_empty_array_and_nil_only() {
+        let empty = rmp_serde::to_vec(&NoArgs).unwrap();
+        assert_eq!(empty, vec![0x90]);
+        rmp_serde::from_slice::<NoArgs>(&[0x90]).unwrap();
+        rmp_serde::from_slice::<NoArgs>(&[0xc0]).unwrap();
+        assert!(rmp_serde::from_slice::<NoArgs>(&[0x91, 0x01]).is_err());
+    }
+}

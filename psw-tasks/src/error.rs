@@ -1,0 +1,139 @@
+//! The crate's one public error type and its `Result` alias.
+
+use std::time::Duration;
+
+/// Everything that can go wrong when talking to psw-tasks from the outside.
+///
+/// A failing *task* is not an error of this kind: handlers return [`crate::TaskError`], and the
+/// outcome is stored in the job's record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis refused or dropped a command.
+    #[error("redis command failed")]
+    Redis(#[source] redis::RedisError),
+
+    /// An environment variable or option holds a value of the wrong form.
+    #[error("invalid configuration: {variable} = {value:?}: expected {expected}")]
+    Config {
+        /// The variable or option name.
+        variable: String,
+        /// The value that was given.
+        value: String,
+        /// The form that was expected, in words.
+        expected: String,
+    },
+
+    /// The encoded job is larger than the configured limit.
+    #[error("job for task `{task}` is {size} bytes, over the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// Task name.
+        task: String,
+        /// Encoded size in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// Arguments or a result could not be encoded or decoded.
+    #[error("could not {action} {what}")]
+    Codec {
+        /// `encode` or `decode`.
+        action: &'static str,
+        /// What was being handled (`arguments of task x`, `job record`, ...).
+        what: String,
+        /// The serializer's message.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// No task of that name is registered in this process.
+    #[error("no task named `{0}` is registered in this binary")]
+    UnknownTask(String),
+
+    /// Two `#[task]` functions claim one wire name.
+    #[error("task name `{name}` is registered twice: at {first} and at {second}")]
+    DuplicateTask {
+        /// The wire name.
+        name: String,
+        /// `file:line` of one definition.
+        first: String,
+        /// `file:line` of the other.
+        second: String,
+    },
+
+    /// A job finished in the FAILURE state while its result was awaited.
+    #[error("job {id} failed: {message}")]
+    JobFailed {
+        /// The job id.
+        id: String,
+        /// The last attempt's error.
+        message: String,
+    },
+
+    /// A wait ran out of time before the job finished.
+    #[error("job {id} did not finish within {timeout:?}")]
+    Timeout {
+        /// The job id.
+        id: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+
+    /// The record of the job has expired or was never written (results off for that task).
+    #[error("job {0} has no stored result (expired, or the task ignores results)")]
+    NoResult(String),
+
+    /// The broker is shutting down or was closed.
+    #[error("the broker is closed")]
+    Closed,
+
+    /// An I/O error outside Redis (signals, files).
+    #[error("i/o failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        Error::Redis(err)
+    }
+}
+
+impl Error {
+    pub(crate) fn config(
+        variable: impl Into<String>,
+        value: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            variable: variable.into(),
+            value: value.into(),
+            expected: expected.into(),
+        }
+    }
+
+    pub(crate) fn encode(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Codec {
+            action: "encode",
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn decode(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Codec {
+            action: "decode",
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

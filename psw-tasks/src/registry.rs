@@ -1,0 +1,148 @@
+//! The tasks this binary can run, collected from every `#[task]` through `inventory`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::task::{TaskContext, TaskError, TaskOptions};
+use crate::{Error, Result};
+
+/// The future a type-erased handler returns: the encoded result, or the attempt's error.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
+
+/// A type-erased handler: decodes the MessagePack argument array and runs the task.
+pub(crate) type Handler = fn(TaskContext, &[u8]) -> HandlerFuture;
+
+/// One registered task, as `#[task]` submits it.
+#[derive(Debug)]
+pub struct TaskDescriptor {
+    name: &'static str,
+    options: TaskOptions,
+    handler: Handler,
+    file: &'static str,
+    line: u32,
+}
+
+impl TaskDescriptor {
+    #[doc(hidden)]
+    pub const fn new(
+        name: &'static str,
+        options: TaskOptions,
+        handler: Handler,
+        file: &'static str,
+        line: u32,
+    ) -> Self {
+        TaskDescriptor {
+            name,
+            options,
+            handler,
+            file,
+            line,
+        }
+    }
+
+    /// The wire name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The options set in `#[task(..)]`.
+    pub fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+
+    /// Where the function is defined, as `file:line`.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+
+    pub(crate) fn handler(&self) -> Handler {
+        self.handler
+    }
+}
+
+inventory::collect!(TaskDescriptor);
+
+/// The tasks linked into this binary, by wire name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    tasks: BTreeMap<&'static str, &'static TaskDescriptor>,
+}
+
+impl Registry {
+    /// Collect every `#[task]` linked into the binary; two tasks with one name are an error
+    /// that names both definitions.
+    pub fn from_linked() -> Result<Self> {
+        Self::from_descriptors(inventory::iter::<TaskDescriptor>)
+    }
+
+    pub(crate) fn from_descriptors(
+        descriptors: impl IntoIterator<Item = &'static TaskDescriptor>,
+    ) -> Result<Self> {
+        let mut tasks = BTreeMap::new();
+        for descriptor in descriptors {
+            if let Some(first) = tasks.insert(descriptor.name, descriptor) {
+                let (a, b) = {
+                    let mut places = [first.location(), descriptor.location()];
+                    places.sort();
+                    let [a, b] = places;
+                    (a, b)
+                };
+                return Err(Error::DuplicateTask {
+                    name: descriptor.name.to_owned(),
+                    first: a,
+                    second: b,
+                });
+            }
+        }
+        Ok(Registry { tasks })
+    }
+
+    /// The task of that wire name.
+    pub fn get(&self, name: &str) -> Option<&'static TaskDescriptor> {
+        self.tasks.get(name).copied()
+    }
+
+    /// Every task, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static TaskDescriptor> + '_ {
+        self.tasks.values().copied()
+    }
+
+    /// The queues the registered tasks are sent to, sorted, without repeats.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self.iter().map(|t| t.options.queue.to_owned()).collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never(_: TaskContext, _: &[u8]) -> HandlerFuture {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    static A: TaskDescriptor = TaskDescriptor::new("dup", TaskOptions::DEFAULT, never, "a.rs", 1);
+    static B: TaskDescriptor = TaskDescriptor::new("dup", TaskOptions::DEFAULT, never, "b.rs", 7);
+    static C: TaskDescriptor = TaskDescriptor::new("other", TaskOptions::DEFAULT, never, "c.rs", 2);
+
+    #[test]
+    fn duplicate_names_name_both_places() {
+        let err = Registry::from_descriptors([&A, &C, &B]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task name `dup` is registered twice: at a.rs:1 and at b.rs:7"
+        );
+    }
+
+    #[test]
+    fn lookup_by_name() {
+        let registry = Registry::from_descriptors([&A, &C]).unwrap();
+        assert_eq!(registry.get("other").unwrap().location(), "c.rs:2");
+        assert!(registry.get("missing").is_none());
+        assert_eq!(registry.queues(), vec!["default".to_owned()]);
+    }
+}

@@ -1,0 +1,307 @@
+//! What a task sees and returns: [`TaskContext`], [`TaskError`] and the per-task options.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::Progress;
+use crate::worker::ProgressSink;
+
+/// How the delay between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackoffKind {
+    /// `base * 2^attempt`, capped at `max`.
+    Exponential,
+    /// `base * (attempt + 1)`, capped at `max`.
+    Linear,
+    /// Always `base`.
+    Fixed,
+    /// Retry at once.
+    None,
+}
+
+impl BackoffKind {
+    /// The spelling used by `#[task(backoff = "..")]` and in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackoffKind::Exponential => "exp",
+            BackoffKind::Linear => "linear",
+            BackoffKind::Fixed => "fixed",
+            BackoffKind::None => "none",
+        }
+    }
+}
+
+/// The retry delay policy of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Growth curve.
+    pub kind: BackoffKind,
+    /// First delay.
+    pub base: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+    /// Whether each delay is shortened by a random part of up to a quarter, so that jobs that
+    /// failed together do not retry together.
+    pub jitter: bool,
+}
+
+/// The options `#[task(..)]` sets, as the worker reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// Queue the task is sent to unless the caller names another.
+    pub queue: &'static str,
+    /// How many times a failed attempt is retried (so at most `retries + 1` attempts).
+    pub retries: u32,
+    /// The delay between attempts.
+    pub backoff: Backoff,
+    /// Whether no result record is stored for this task.
+    pub ignore_result: bool,
+    /// The time one attempt may take before it is abandoned as failed.
+    pub timeout: Option<Duration>,
+}
+
+impl TaskOptions {
+    /// The options of a `#[task]` without arguments.
+    pub const DEFAULT: TaskOptions = TaskOptions {
+        queue: "default",
+        retries: 3,
+        backoff: Backoff {
+            kind: BackoffKind::Exponential,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+            jitter: true,
+        },
+        ignore_result: false,
+        timeout: None,
+    };
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Whether a failed attempt may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Retried after the backoff while retries remain.
+    Allowed,
+    /// Never retried: the job fails at once.
+    Never,
+}
+
+/// The error a task handler returns.
+///
+/// Any `std::error::Error` converts into a retryable `TaskError` through `?`, as a failure in a
+/// task that declares `retries` is meant to be retried. Use [`TaskError::permanent`] for
+/// failures that no retry can fix (bad input, a missing record).
+pub struct TaskError {
+    message: String,
+    retry: Retry,
+    retry_after: Option<Duration>,
+    kind: &'static str,
+}
+
+impl TaskError {
+    /// A failure that is retried after the task's backoff while retries remain.
+    pub fn retry(message: impl fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            retry: Retry::Allowed,
+            retry_after: None,
+            kind: "error",
+        }
+    }
+
+    /// A failure that is never retried.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            retry: Retry::Never,
+            retry_after: None,
+            kind: "permanent",
+        }
+    }
+
+    /// Retry after exactly this delay instead of the task's backoff (Celery's `countdown`).
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// The message that is stored with the attempt.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the failure may be retried.
+    pub fn retry_policy(&self) -> Retry {
+        self.retry
+    }
+
+    /// The delay the handler asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// A short word that classifies the failure in the job record (`error`, `permanent`,
+    /// `panic`, `timeout`, `bad_args`).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub(crate) fn with_kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E> From<E> for TaskError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(err: E) -> Self {
+        // Keep the whole cause chain: the record is the only place the reason survives.
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        TaskError::retry(message)
+    }
+}
+
+/// What a running task knows about its job, and its way to report progress.
+#[derive(Clone)]
+pub struct TaskContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    job_id: String,
+    task: String,
+    attempt: u32,
+    max_retries: u32,
+    headers: BTreeMap<String, String>,
+    progress: Option<Arc<dyn ProgressSink>>,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        job_id: String,
+        task: String,
+        attempt: u32,
+        max_retries: u32,
+        headers: BTreeMap<String, String>,
+        progress: Option<Arc<dyn ProgressSink>>,
+    ) -> Self {
+        TaskContext {
+            inner: Arc::new(ContextInner {
+                job_id,
+                task,
+                attempt,
+                max_retries,
+                headers,
+                progress,
+            }),
+        }
+    }
+
+    /// A context that belongs to no worker, for calling a task function directly (in unit tests):
+    /// progress reports go nowhere.
+    pub fn detached(task: &str) -> Self {
+        Self::new(
+            crate::envelope::JobId::generate().to_string(),
+            task.to_owned(),
+            0,
+            0,
+            BTreeMap::new(),
+            None,
+        )
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> &str {
+        &self.inner.job_id
+    }
+
+    /// The task's wire name.
+    pub fn task_name(&self) -> &str {
+        &self.inner.task
+    }
+
+    /// Which attempt this is, from 0.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// How many retries the job may use in all.
+    pub fn max_retries(&self) -> u32 {
+        self.inner.max_retries
+    }
+
+    /// Whether this is the job's last allowed attempt.
+    pub fn is_last_attempt(&self) -> bool {
+        self.inner.attempt >= self.inner.max_retries
+    }
+
+    /// The headers the producer set.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        &self.inner.headers
+    }
+
+    /// Publish progress: the job's state becomes PROGRESS with these numbers, readable by any
+    /// client through [`crate::TaskHandle::record`]. A no-op for tasks that ignore results.
+    pub async fn set_progress(
+        &self,
+        current: u64,
+        total: u64,
+        meta: impl Serialize,
+    ) -> crate::Result<()> {
+        let Some(sink) = &self.inner.progress else {
+            return Ok(());
+        };
+        let meta = serde_json::to_value(&meta)
+            .map_err(|err| crate::Error::encode("progress meta", err))?;
+        let meta = (!meta.is_null()).then_some(meta);
+        sink.report(Progress {
+            current,
+            total,
+            meta,
+        })
+        .await
+    }
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("job_id", &self.inner.job_id)
+            .field("task", &self.inner.task)
+            .field("attempt", &self.inner.attempt)
+            .finish_non_exhaustive()
+    }
+}

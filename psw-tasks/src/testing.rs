@@ -1,0 +1,138 @@
+//! Test support: a reachable Redis and a fresh key namespace per test, removed afterwards.
+//!
+//! The Redis is `REDIS_URL` when it answers, else one on 127.0.0.1:6379, else a
+//! `redis-server` started here on a free port (and stopped when the test process exits).
+//! Without any of these, tests fail with a message that says what to install.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{Client, Config};
+
+/// The URL of a Redis that answers PING, found or started once per process.
+pub fn redis_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match find_or_start() {
+        Ok(url) => url,
+        Err(why) => panic!("no Redis for the tests: {why}"),
+    })
+}
+
+fn answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+        return false;
+    };
+    redis::cmd("PING").query::<String>(&mut conn).is_ok()
+}
+
+fn find_or_start() -> Result<String, String> {
+    if let Ok(url) = std::env::var("REDIS_URL")
+        && answers(&url)
+    {
+        return Ok(url);
+    }
+    let local = "redis://127.0.0.1:6379";
+    if answers(local) {
+        return Ok(local.to_owned());
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot find a free port: {e}"))?
+        .port();
+    // A watchdog shell stops the server when this test process is gone, so no run leaves a
+    // stray server behind.
+    let script = format!(
+        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no \
+         --maxmemory-policy noeviction >/dev/null 2>&1 & server=$!; \
+         while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server",
+        parent = std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run sh to start redis-server: {e}"))?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if answers(&url) {
+            return Ok(url);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "REDIS_URL is unset or does not answer, nothing answers on 127.0.0.1:6379, and \
+         `redis-server` did not start on port {port} (install it: apt-get install redis-server)"
+    ))
+}
+
+/// A key namespace of one test, on the test Redis; its keys are deleted on drop.
+#[derive(Debug)]
+pub struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    /// A fresh namespace whose name starts with `label`.
+    pub fn new(label: &str) -> Self {
+        TestNamespace {
+            name: format!("test-{label}-{:016x}", fastrand::u64(..)),
+        }
+    }
+
+    /// The namespace name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Redis URL.
+    pub fn url(&self) -> &'static str {
+        redis_url()
+    }
+
+    /// Settings pointing at the test Redis and this namespace.
+    pub fn config(&self) -> Config {
+        Config::redis(redis_url()).with_namespace(self.name.clone())
+    }
+
+    /// A client on the test Redis in this namespace.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.config())
+            .await
+            .expect("connect to the test Redis")
+    }
+
+    /// Every key of this namespace.
+    pub fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(redis_url()).expect("test Redis URL");
+        let mut conn = client.get_connection().expect("connect to the test Redis");
+        let pattern = format!("{{{}}}:*", self.name);
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .expect("KEYS on the test Redis")
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys = self.keys();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The worker: fetch -> run -> settle, with leases renewed while jobs run, expired leases
+//! reclaimed, delayed jobs promoted, and a graceful shutdown.
+//!
+//! Architecture invariant: the worker sees the `Broker` trait only, never Redis types.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{JobRecord, Progress};
+use crate::broker::{BoxFuture, Broker, Delivery, Settlement, Write};
+use crate::envelope::now_ms;
+use crate::registry::Registry;
+use crate::{Client, Error, Result};
+
+mod job;
+mod writer;
+
+use writer::WriteRequest;
+
+/// Where a running task's progress reports go.
+pub(crate) trait ProgressSink: Send + Sync {
+    fn report(&self, progress: Progress) -> BoxFuture<'_, Result<()>>;
+}
+
+/// How long one fetch blocks when the queues are empty; also bounds how late a shutdown
+/// request is noticed.
+const FETCH_BLOCK: Duration = Duration::from_millis(500);
+/// Most delayed jobs moved per promotion pass.
+const PROMOTE_BATCH: usize = 1000;
+/// Longest sleep of the promoter: a job delayed by another process is noticed this late at most.
+const PROMOTE_IDLE: Duration = Duration::from_millis(100);
+
+/// Counters of one worker, shared with whoever holds a copy.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    panicked: Counter,
+    dead_lettered: Counter,
+    reclaimed: Counter,
+}
+
+#[derive(Debug, Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl WorkerStats {
+    /// Jobs that finished with a result.
+    pub fn succeeded(&self) -> u64 {
+        self.0.succeeded.get()
+    }
+    /// Jobs that failed for good.
+    pub fn failed(&self) -> u64 {
+        self.0.failed.get()
+    }
+    /// Failed attempts that were scheduled again.
+    pub fn retried(&self) -> u64 {
+        self.0.retried.get()
+    }
+    /// Attempts that panicked (each also counts as retried or failed).
+    pub fn panicked(&self) -> u64 {
+        self.0.panicked.get()
+    }
+    /// Deliveries that could not be run at all and went to the dead-letter stream.
+    pub fn dead_lettered(&self) -> u64 {
+        self.0.dead_lettered.get()
+    }
+    /// Deliveries taken over from workers whose lease ran out.
+    pub fn reclaimed(&self) -> u64 {
+        self.0.reclaimed.get()
+    }
+}
+
+/// Configures a [`Worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    client: Client,
+    concurrency: usize,
+    queues: Option<Vec<String>>,
+    lease: Duration,
+    shutdown_grace: Duration,
+}
+
+impl WorkerBuilder {
+    /// Jobs run at once (default from `PSW_WORKER_CONCURRENCY`, else 10).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Queues to consume (default: every queue of the registered tasks).
+    pub fn queues<I, Q>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = Q>,
+        Q: Into<String>,
+    {
+        self.queues = Some(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How long a job stays claimed without a heartbeat (default 30 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(300));
+        self
+    }
+
+    /// How long running jobs may take to finish once shutdown starts (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Check the registry (duplicate names are an error here) and make the worker.
+    pub fn build(self) -> Result<Worker> {
+        let registry = Registry::from_linked()?;
+        let queues = match self.queues {
+            Some(queues) => queues,
+            None => {
+                let queues = registry.queues();
+                if queues.is_empty() {
+                    vec!["default".to_owned()]
+                } else {
+                    queues
+                }
+            }
+        };
+        for queue in &queues {
+            crate::broker::keys::validate_name("queue", queue)?;
+        }
+        if registry.iter().next().is_none() {
+            tracing::warn!(
+                "no #[task] is linked into this binary: every job will be dead-lettered as unknown"
+            );
+        }
+        Ok(Worker {
+            client: self.client,
+            registry,
+            queues,
+            concurrency: self.concurrency,
+            lease: self.lease,
+            shutdown_grace: self.shutdown_grace,
+            consumer: consumer_name(),
+            stats: WorkerStats::default(),
+        })
+    }
+}
+
+/// A unique name per process: a restarted worker must not inherit a dead one's entries as if
+/// it were still running them.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Runs jobs from the queues until shut down.
+#[derive(Debug)]
+pub struct Worker {
+    client: Client,
+    registry: Registry,
+    queues: Vec<String>,
+    concurrency: usize,
+    lease: Duration,
+    shutdown_grace: Duration,
+    consumer: String,
+    stats: WorkerStats,
+}
+
+pub(crate) struct Shared {
+    broker: Arc<dyn Broker>,
+    registry: Registry,
+    writes: mpsc::Sender<WriteRequest>,
+    in_flight: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    stats: Arc<Counters>,
+}
+
+impl Shared {
+    async fn send(&self, write: Write) {
+        let request = WriteRequest { write, done: None };
+        if self.writes.send(request).await.is_err() {
+            tracing::error!("the writer is gone; the job stays pending and runs again");
+        }
+    }
+
+    async fn write_record(&self, record: &JobRecord) {
+        match record.encode() {
+            Ok(bytes) => {
+                self.send(Write::Record {
+                    id: record.id.clone().into(),
+                    record: bytes,
+                })
+                .await;
+            }
+            Err(err) => {
+                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
+            }
+        }
+    }
+
+    /// Attach the record (and the finish announcement) to a settlement.
+    fn finish(&self, mut settlement: Settlement, record: &JobRecord, terminal: bool) -> Settlement {
+        match record.encode() {
+            Ok(bytes) => {
+                let id: crate::JobId = record.id.clone().into();
+                settlement.finished = terminal.then(|| id.clone());
+                settlement.record = Some((id, bytes));
+            }
+            Err(err) => {
+                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
+            }
+        }
+        settlement
+    }
+
+    async fn settle(&self, settlement: Settlement) {
+        if let Some(entries) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(&settlement.queue)
+        {
+            entries.remove(&settlement.entry_id);
+        }
+        self.send(Write::Settle(settlement)).await;
+    }
+
+    fn track(&self, delivery: &Delivery) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(delivery.queue.clone())
+            .or_default()
+            .insert(delivery.entry_id.clone());
+    }
+
+    fn in_flight_snapshot(&self) -> Vec<(Arc<str>, Vec<String>)> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(queue, ids)| (queue.clone(), ids.iter().cloned().collect()))
+            .collect()
+    }
+}
+
+impl Worker {
+    /// Start configuring a worker that uses `client`'s broker and settings.
+    pub fn builder(client: &Client) -> WorkerBuilder {
+        let config = client.config();
+        WorkerBuilder {
+            client: client.clone(),
+            concurrency: config.concurrency,
+            queues: config.queues.clone(),
+            lease: config.lease,
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+
+    /// This process's consumer name in the queues' consumer groups.
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The queues this worker consumes.
+    pub fn queues(&self) -> &[String] {
+        &self.queues
+    }
+
+    /// Live counters of this worker.
+    pub fn stats(&self) -> WorkerStats {
+        self.stats.clone()
+    }
+
+    /// Run until SIGINT or SIGTERM, then shut down gracefully.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Run until `shutdown` completes, then stop fetching, give running jobs the grace period,
+    /// store their outcomes and return. Jobs still running after the grace period are dropped
+    /// unacknowledged: they run again elsewhere once their lease expires.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let broker = self.client.broker().clone();
+        let stop = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        tokio::pin!(shutdown);
+
+        // Redis may be unreachable at start: wait for it rather than exit.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match broker.prepare(&self.queues).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot prepare the queues; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+
+        let (writes, requests) = mpsc::channel(self.concurrency.max(64) * 2);
+        let writer = tokio::spawn(writer::run(
+            broker.clone(),
+            requests,
+            self.client.config().result_ttl,
+            abandon.clone(),
+        ));
+        let shared = Arc::new(Shared {
+            broker: broker.clone(),
+            registry: self.registry.clone(),
+            writes,
+            in_flight: Mutex::new(HashMap::new()),
+            stats: self.stats.0.clone(),
+        });
+        let mut helpers = JoinSet::new();
+        for queue in &self.queues {
+            helpers.spawn(promote(broker.clone(), queue.clone(), stop.clone()));
+        }
+        helpers.spawn(renew(
+            shared.clone(),
+            self.consumer.clone(),
+            self.lease,
+            stop.clone(),
+        ));
+
+        tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut jobs = JoinSet::new();
+        let mut next_reclaim = tokio::time::Instant::now();
+        let mut fetch_delay = Duration::from_millis(100);
+        loop {
+            while jobs.try_join_next().is_some() {}
+            let first = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            };
+            let free = slots.available_permits() + 1;
+            let mut deliveries = Vec::new();
+            if tokio::time::Instant::now() >= next_reclaim {
+                next_reclaim = tokio::time::Instant::now() + self.lease / 2;
+                for queue in &self.queues {
+                    match broker
+                        .reclaim(&self.consumer, queue, self.lease, free - deliveries.len())
+                        .await
+                    {
+                        Ok(reclaimed) => {
+                            if !reclaimed.is_empty() {
+                                tracing::warn!(
+                                    queue,
+                                    count = reclaimed.len(),
+                                    "took over jobs whose worker stopped renewing its lease"
+                                );
+                                shared.stats.reclaimed.add(reclaimed.len());
+                            }
+                            deliveries.extend(reclaimed);
+                        }
+                        Err(err) => {
+                            tracing::warn!(queue, error = %err, "reclaiming expired leases failed")
+                        }
+                    }
+                    if deliveries.len() >= free {
+                        break;
+                    }
+                }
+            }
+            if deliveries.is_empty() {
+                // Not raced against the shutdown signal: dropping a read that Redis already
+                // answered would leave its entries pending until their lease runs out.
+                match broker
+                    .fetch(&self.consumer, &self.queues, free, FETCH_BLOCK)
+                    .await
+                {
+                    Ok(fetched) => {
+                        deliveries = fetched;
+                        fetch_delay = Duration::from_millis(100);
+                    }
+                    Err(err) => {
+                        let message = err_text(&err);
+                        if message.contains("NOGROUP") {
+                            tracing::error!(
+                                "the consumer groups are gone (Redis restarted empty?); creating them again from the start of each stream"
+                            );
+                            let _ = broker.prepare(&self.queues).await;
+                        } else {
+                            tracing::error!(error = %message, "fetching jobs failed; retrying");
+                        }
+                        drop(first);
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(fetch_delay) => {}
+                        }
+                        fetch_delay = (fetch_delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let mut first = Some(first);
+            for delivery in deliveries {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                };
+                shared.track(&delivery);
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    job::run(shared, delivery).await;
+                    drop(permit);
+                });
+            }
+        }
+
+        tracing::info!(running = jobs.len(), grace = ?self.shutdown_grace, "shutting down: no new jobs are taken");
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = jobs.len(),
+                "grace period over: running jobs are dropped unacknowledged and will run again after their lease"
+            );
+            jobs.abort_all();
+            while jobs.join_next().await.is_some() {}
+        }
+        stop.cancel();
+        while helpers.join_next().await.is_some() {}
+        drop(shared);
+        // The writer ends once every sender is gone and its queue is stored.
+        let abandon_later = {
+            let abandon = abandon.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                abandon.cancel();
+            })
+        };
+        let _ = writer.await;
+        abandon_later.abort();
+        if let Err(err) = broker.retire_consumer(&self.consumer, &self.queues).await {
+            tracing::warn!(error = %err, "could not remove this worker from the consumer groups");
+        }
+        tracing::info!(consumer = %self.consumer, "worker stopped");
+        Ok(())
+    }
+}
+
+fn err_text(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Moves due delayed jobs of one queue into it, sleeping until the next is due.
+async fn promote(broker: Arc<dyn Broker>, queue: String, stop: CancellationToken) {
+    let mut failures = 0u32;
+    while !stop.is_cancelled() {
+        let pause = match broker.promote_due(&queue, now_ms(), PROMOTE_BATCH).await {
+            Ok(promoted) if promoted.moved == PROMOTE_BATCH => Duration::ZERO,
+            Ok(promoted) => {
+                failures = 0;
+                let until_next = promoted
+                    .next_due_ms
+                    .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64));
+                until_next.map_or(PROMOTE_IDLE, |d| d.min(PROMOTE_IDLE))
+            }
+            Err(err) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(queue, error = %err, "promoting delayed jobs failed; retrying");
+                }
+                Duration::from_millis(500)
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Renews the lease of every running job at a third of the lease, so that a live worker never
+/// loses a long job to the reaper.
+async fn renew(shared: Arc<Shared>, consumer: String, lease: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(lease / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for (queue, ids) in shared.in_flight_snapshot() {
+            match shared.broker.renew(&consumer, &queue, &ids).await {
+                Ok(renewed) if renewed < ids.len() => {
+                    // Either settled since the snapshot, or taken over by another worker
+                    // after a pause longer than the lease.
+                    tracing::debug!(queue = %queue, asked = ids.len(), renewed, "some leases were not renewed");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(queue = %queue, error = %err, "renewing leases failed"),
+            }
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,52 @@
+use psw_tasks::{TaskContext, TaskError, task};
+
+#[task(
+    name = "reports.daily",
+    queue = "reports",
+    retries = 5,
+    backoff = "linear",
+    backoff_base = "2s",
+    backoff_max = "10m",
+    jitter = false,
+    ignore_result = true,
+    timeout = "30s"
+)]
+pub async fn daily_report(ctx: TaskContext, day: String, mut pages: u32) -> Result<u32, TaskError> {
+    pages += u32::try_from(day.len() + ctx.task_name().len()).unwrap_or(0);
+    Ok(pages)
+}
+
+/// No context, no arguments and every default.
+#[task]
+async fn ping() -> Result<(), TaskError> {
+    Ok(())
+}
+
+// The options are checked at compile time, so this file does nothing when run.
+const _: () = {
+    assert!(matches!(daily_report::NAME.as_bytes(), b"reports.daily"));
+    assert!(matches!(daily_report::OPTIONS.queue.as_bytes(), b"reports"));
+    assert!(daily_report::OPTIONS.retries == 5);
+    assert!(daily_report::OPTIONS.backoff.base.as_millis() == 2_000);
+    assert!(daily_report::OPTIONS.backoff.max.as_millis() == 600_000);
+    assert!(!daily_report::OPTIONS.backoff.jitter);
+    assert!(daily_report::OPTIONS.ignore_result);
+    assert!(matches!(daily_report::OPTIONS.timeout, Some(t) if t.as_millis() == 30_000));
+    assert!(matches!(ping::NAME.as_bytes(), b"ping"));
+    assert!(ping::OPTIONS.retries == 3);
+    assert!(ping::OPTIONS.timeout.is_none());
+};
+
+/// The typed handle returns a handle to the function's success type.
+async fn enqueue_report(
+    client: &psw_tasks::Client,
+) -> psw_tasks::Result<psw_tasks::TaskHandle<u32>> {
+    daily_report::enqueue(client, "monday".to_owned(), 3).await
+}
+
+fn main() {
+    // Never called: these only have to compile.
+    let _direct = || daily_report(TaskContext::detached("x"), "monday".to_owned(), 3);
+    let _ping = || ping();
+    let _enqueue = enqueue_report;
+}

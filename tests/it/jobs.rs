@@ -1,0 +1,279 @@
+//! Jobs through a worker in this process: results, progress, delays, retries, panics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use psw_tasks::testing::TestNamespace;
+use psw_tasks::{Client, EnqueueOptions, Error, State};
+use psw_tasks_tests::{
+    Report, Summary, add, count_local, flaky, gate, local_runs, panics, refuses, sleepy, stepwise,
+    summarize,
+};
+
+use crate::support::{eventually, queue_state, start_worker};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_arguments_and_results_round_trip() {
+    let ns = TestNamespace::new("roundtrip");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 4);
+
+    let report = Report {
+        title: "weekly".into(),
+        values: vec![1.5, 2.5, -1.0],
+        tags: BTreeMap::from([("owner".into(), "ops".into()), ("tz".into(), "UTC".into())]),
+        note: None,
+    };
+    let handle = summarize::enqueue(&client, report, 2.0).await.unwrap();
+    let summary: Summary = handle.wait(WAIT).await.unwrap();
+    assert_eq!(
+        summary,
+        Summary {
+            title: "WEEKLY".into(),
+            total: 6.0,
+            tags: 2,
+            job_id: handle.id().to_string(),
+        }
+    );
+    assert_eq!(handle.state().await.unwrap(), State::Success);
+
+    // A producer that knows only the name and the argument list.
+    let by_name = client
+        .enqueue_by_name::<i64>("it.add", &(40, 2), EnqueueOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(by_name.wait(WAIT).await.unwrap(), 42);
+
+    // Arguments of the wrong shape fail for good, with serde's reason, and are not retried.
+    let wrong = client
+        .enqueue_by_name::<i64>("it.add", &("forty", 2), EnqueueOptions::new())
+        .await
+        .unwrap();
+    let err = wrong.wait(WAIT).await.unwrap_err();
+    assert!(matches!(err, Error::JobFailed { .. }), "{err}");
+    let record = wrong.record().await.unwrap().unwrap();
+    assert_eq!(record.state, State::Failure);
+    assert_eq!(record.errors.len(), 1);
+    assert_eq!(record.errors[0].kind, "bad_args");
+    assert!(
+        record.errors[0].message.contains("arguments do not match"),
+        "{}",
+        record.errors[0].message
+    );
+
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_broker_runs_the_same_jobs() {
+    let client = Client::memory();
+    let worker = start_worker(&client, 2);
+    let handle = add::enqueue(&client, 2, 3).await.unwrap();
+    assert_eq!(handle.wait(WAIT).await.unwrap(), 5);
+    let delayed = add::enqueue_with(
+        &client,
+        EnqueueOptions::new().countdown(Duration::from_millis(300)),
+        1,
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(delayed.wait(WAIT).await.unwrap(), 2);
+    let record = delayed.record().await.unwrap().unwrap();
+    assert!(record.started_ms.unwrap() - record.created_ms >= 300);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_visible_to_another_client() {
+    let ns = TestNamespace::new("progress");
+    let producer = ns.client().await;
+    let observer = ns.client().await;
+    let worker = start_worker(&ns.client().await, 2);
+
+    let gate_name = format!("progress-{}", ns.name());
+    let handle = stepwise::enqueue(&producer, gate_name.clone(), 3)
+        .await
+        .unwrap();
+    let watched = observer.handle::<u64>(handle.id().clone());
+    eventually(WAIT, "PROGRESS state", || async {
+        watched.state().await.unwrap() == State::Progress
+    })
+    .await;
+    let record = watched.record().await.unwrap().unwrap();
+    let progress = record.progress.unwrap();
+    assert_eq!((progress.current, progress.total), (1, 3));
+    assert_eq!(progress.meta, Some(serde_json::json!({"step": "first"})));
+    assert!(record.started_ms.is_some());
+
+    gate(&gate_name).notify_one();
+    assert_eq!(watched.wait(WAIT).await.unwrap(), 3);
+    let record = watched.record().await.unwrap().unwrap();
+    assert_eq!(record.state, State::Success);
+    assert_eq!(
+        record.progress.unwrap().current,
+        3,
+        "the last progress stays in the record"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_countdown_is_respected() {
+    let ns = TestNamespace::new("countdown");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    let countdown = Duration::from_millis(1500);
+    let handle = add::enqueue_with(&client, EnqueueOptions::new().countdown(countdown), 1, 2)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        handle.state().await.unwrap(),
+        State::Pending,
+        "not started before its time"
+    );
+    assert_eq!(handle.wait(WAIT).await.unwrap(), 3);
+    let record = handle.record().await.unwrap().unwrap();
+    let waited = record.started_ms.unwrap() - record.created_ms;
+    assert!(waited >= 1500, "started {waited} ms after enqueue");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_exponentially_then_fail_with_every_error() {
+    let ns = TestNamespace::new("retries");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    let handle = flaky::enqueue(&client).await.unwrap();
+    let err = handle.wait(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::JobFailed { message, .. } if message == "attempt 3 failed"),
+        "{err}"
+    );
+    let record = handle.record().await.unwrap().unwrap();
+    assert_eq!(record.state, State::Failure);
+    assert_eq!(record.attempt, 3);
+    let messages: Vec<&str> = record.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "attempt 0 failed",
+            "attempt 1 failed",
+            "attempt 2 failed",
+            "attempt 3 failed"
+        ]
+    );
+    // backoff_base 200ms, exp, no jitter: 200, 400, 800 ms between attempts. A gap may be longer
+    // (promotion runs every 100 ms at most, and the machine may be busy), never shorter.
+    let gaps: Vec<i64> = record
+        .errors
+        .windows(2)
+        .map(|pair| pair[1].at_ms - pair[0].at_ms)
+        .collect();
+    for (gap, expected) in gaps.iter().zip([200, 400, 800]) {
+        assert!(
+            (expected..expected + 600).contains(gap),
+            "gap {gap} ms, expected about {expected} ms: {gaps:?}"
+        );
+    }
+    assert_eq!(worker.stats.retried(), 3);
+    assert_eq!(worker.stats.failed(), 1);
+
+    let refused = refuses::enqueue(&client, "no such portfolio".into())
+        .await
+        .unwrap();
+    assert!(refused.wait(WAIT).await.is_err());
+    let record = refused.record().await.unwrap().unwrap();
+    assert_eq!(record.errors.len(), 1, "a permanent error is not retried");
+    assert_eq!(record.errors[0].kind, "permanent");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_fails_and_the_worker_keeps_serving() {
+    let ns = TestNamespace::new("panics");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    let boom = panics::enqueue(&client, 7).await.unwrap();
+    let err = boom.wait(WAIT).await.unwrap_err();
+    assert!(err.to_string().contains("panicked: boom 7"), "{err}");
+    assert_eq!(
+        boom.record().await.unwrap().unwrap().errors[0].kind,
+        "panic"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            add::enqueue(&client, i, 1)
+                .await
+                .unwrap()
+                .wait(WAIT)
+                .await
+                .unwrap(),
+            i + 1
+        );
+    }
+    assert_eq!(worker.stats.panicked(), 1);
+    assert_eq!(worker.stats.failed(), 1);
+    assert_eq!(worker.stats.succeeded(), 20);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_limit_fails_the_attempt() {
+    let ns = TestNamespace::new("timeout");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    let slow = sleepy::enqueue(&client, 5_000).await.unwrap();
+    assert!(slow.wait(WAIT).await.is_err());
+    let record = slow.record().await.unwrap().unwrap();
+    let kinds: Vec<&str> = record.errors.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["timeout", "timeout"], "one retry, then failure");
+    assert_eq!(
+        sleepy::enqueue(&client, 10)
+            .await
+            .unwrap()
+            .wait(WAIT)
+            .await
+            .unwrap(),
+        10
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_queue_run_each_job_once() {
+    let ns = TestNamespace::new("two-workers");
+    let producer = ns.client().await;
+    let first = start_worker(&ns.client().await, 8);
+    let second = start_worker(&ns.client().await, 8);
+    let ledger = ns.name().to_owned();
+    let mut handles = Vec::new();
+    for _ in 0..300 {
+        handles.push(
+            count_local::enqueue(&producer, ledger.clone(), 2)
+                .await
+                .unwrap(),
+        );
+    }
+    for handle in &handles {
+        handle.wait(WAIT).await.unwrap();
+    }
+    let runs = local_runs(&ledger);
+    assert_eq!(runs.len(), 300);
+    assert!(runs.values().all(|&n| n == 1), "a job ran twice: {runs:?}");
+    assert_eq!(first.stats.succeeded() + second.stats.succeeded(), 300);
+    assert!(
+        first.stats.succeeded() > 0 && second.stats.succeeded() > 0,
+        "both workers took jobs"
+    );
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(
+        queue_state(&ns, "default"),
+        (0, 0),
+        "acked and deleted: no entry, none pending"
+    );
+}

@@ -1,0 +1,5 @@
+//! Integration tests across crates: real Redis, real worker processes.
+
+mod jobs;
+mod processes;
+mod support;

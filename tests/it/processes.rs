@@ -1,0 +1,183 @@
+//! Worker processes started and signalled like an operator (or an orchestrator) would.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use psw_tasks::testing::TestNamespace;
+use psw_tasks::{JobId, TaskHandle};
+use psw_tasks_tests::count_redis;
+
+use crate::support::{eventually, queue_state, start_worker};
+
+fn spawn_worker(ns: &TestNamespace, envs: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .arg("worker")
+        .env("REDIS_URL", ns.url())
+        .env("PSW_NAMESPACE", ns.name())
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start test-worker")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ledger(ns: &TestNamespace, key: &str) -> HashMap<String, u32> {
+    let client = redis::Client::open(ns.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap()
+}
+
+async fn enqueue_counted(
+    ns: &TestNamespace,
+    key: &str,
+    count: usize,
+    sleep_ms: u64,
+) -> Vec<TaskHandle<()>> {
+    let client = ns.client().await;
+    let mut handles = Vec::new();
+    for _ in 0..count {
+        handles.push(
+            count_redis::enqueue(&client, key.to_owned(), sleep_ms)
+                .await
+                .unwrap(),
+        );
+    }
+    handles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_jobs_in_flight_and_loses_none() {
+    let ns = TestNamespace::new("sigterm");
+    let key = format!("{{{}}}:ledger", ns.name());
+    let handles = enqueue_counted(&ns, &key, 60, 300).await;
+    let mut child = spawn_worker(
+        &ns,
+        &[
+            ("PSW_WORKER_CONCURRENCY", "10"),
+            ("PSW_SHUTDOWN_GRACE", "20s"),
+        ],
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the first jobs to finish",
+        || async { !ledger(&ns, &key).is_empty() },
+    )
+    .await;
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "worker exited with {status}");
+
+    // What the stopped worker had started, it finished: every job it touched ran once, and
+    // nothing is left pending for a lease to expire.
+    let done_by_first = ledger(&ns, &key);
+    assert!(done_by_first.values().all(|&n| n == 1), "{done_by_first:?}");
+    assert!(
+        done_by_first.len() < 60,
+        "stopped before the queue was drained"
+    );
+    assert_eq!(queue_state(&ns, "default").1, 0, "nothing left pending");
+
+    let client = ns.client().await;
+    let worker = start_worker(&client, 10);
+    for handle in &handles {
+        client
+            .handle::<()>(handle.id().clone())
+            .wait(Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    worker.stop().await;
+    let runs = ledger(&ns, &key);
+    assert_eq!(runs.len(), 60, "every job ran");
+    assert!(runs.values().all(|&n| n == 1), "none ran twice: {runs:?}");
+    assert_eq!(queue_state(&ns, "default"), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_cut_off_by_the_grace_period_run_again_elsewhere() {
+    let ns = TestNamespace::new("grace");
+    let key = format!("{{{}}}:ledger", ns.name());
+    let handles = enqueue_counted(&ns, &key, 3, 3_000).await;
+    let mut child = spawn_worker(
+        &ns,
+        &[
+            ("PSW_WORKER_CONCURRENCY", "10"),
+            ("PSW_SHUTDOWN_GRACE", "300ms"),
+            ("PSW_LEASE", "1s"),
+        ],
+    );
+    let ids: Vec<JobId> = handles.iter().map(|h| h.id().clone()).collect();
+    let client = ns.client().await;
+    eventually(
+        Duration::from_secs(20),
+        "all three jobs started",
+        || async {
+            let mut started = 0;
+            for id in &ids {
+                if client.record(id.as_str()).await.unwrap().is_some() {
+                    started += 1;
+                }
+            }
+            started == 3
+        },
+    )
+    .await;
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "worker exited with {status}");
+    assert!(ledger(&ns, &key).is_empty(), "cut off before finishing");
+    assert_eq!(
+        queue_state(&ns, "default").1,
+        3,
+        "left pending, not acknowledged"
+    );
+
+    // Another worker takes them over once the lease (1 s) has run out.
+    let worker = psw_tasks::Worker::builder(&client)
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let stats = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    for id in &ids {
+        client
+            .handle::<()>(id.clone())
+            .wait(Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    assert_eq!(stats.reclaimed(), 3);
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let runs = ledger(&ns, &key);
+    assert_eq!(runs.len(), 3);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+    assert_eq!(queue_state(&ns, "default"), (0, 0));
+}

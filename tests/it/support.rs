@@ -1,0 +1,83 @@
+//! Starting and stopping in-process workers with a deadline on every wait.
+
+use std::future::Future;
+use std::time::Duration;
+
+use psw_tasks::{Client, Worker, WorkerStats};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A worker running in this process until stopped.
+pub(crate) struct RunningWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<psw_tasks::Result<()>>,
+    pub(crate) stats: WorkerStats,
+}
+
+impl RunningWorker {
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("worker stops within 30 s")
+            .expect("worker task did not panic")
+            .expect("worker ran without error");
+    }
+}
+
+pub(crate) fn start_worker(client: &Client, concurrency: usize) -> RunningWorker {
+    let worker = Worker::builder(client)
+        .concurrency(concurrency)
+        .shutdown_grace(Duration::from_secs(10))
+        .build()
+        .expect("build worker");
+    let stats = worker.stats();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    RunningWorker {
+        stop: Some(stop),
+        task,
+        stats,
+    }
+}
+
+/// Poll `check` until it holds, failing after `limit`.
+pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// (entries in the queue's stream, entries pending in its group), read with plain commands.
+pub(crate) fn queue_state(ns: &psw_tasks::testing::TestNamespace, queue: &str) -> (u64, u64) {
+    let client = redis::Client::open(ns.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let stream = format!("{{{}}}:queue:{queue}", ns.name());
+    let len: u64 = redis::cmd("XLEN").arg(&stream).query(&mut conn).unwrap();
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("workers")
+        .query(&mut conn)
+        .unwrap();
+    let pending = match pending {
+        redis::Value::Array(parts) => match parts.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    (len, pending)
+}

@@ -1,0 +1,176 @@
+//! Tasks that the integration tests enqueue, in process and in the `test-worker` binary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use psw_tasks::{TaskContext, TaskError, task};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// Adds two numbers.
+#[task(name = "it.add")]
+pub async fn add(a: i64, b: i64) -> Result<i64, TaskError> {
+    Ok(a + b)
+}
+
+/// A nested argument type, to show structs survive the trip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Title.
+    pub title: String,
+    /// Values.
+    pub values: Vec<f64>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Optional note.
+    pub note: Option<String>,
+}
+
+/// What `summarize` returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Title, upper-cased.
+    pub title: String,
+    /// Sum of the values times the scale.
+    pub total: f64,
+    /// Number of tags.
+    pub tags: usize,
+    /// The job's id, as the task saw it.
+    pub job_id: String,
+}
+
+/// Summarises a report.
+#[task(name = "it.summarize")]
+pub async fn summarize(ctx: TaskContext, report: Report, scale: f64) -> Result<Summary, TaskError> {
+    Ok(Summary {
+        title: report.title.to_uppercase(),
+        total: report.values.iter().sum::<f64>() * scale,
+        tags: report.tags.len(),
+        job_id: ctx.job_id().to_owned(),
+    })
+}
+
+fn gates() -> &'static Mutex<HashMap<String, &'static Notify>> {
+    static GATES: OnceLock<Mutex<HashMap<String, &'static Notify>>> = OnceLock::new();
+    GATES.get_or_init(Default::default)
+}
+
+/// A named one-shot gate shared by tests and in-process tasks.
+pub fn gate(name: &str) -> &'static Notify {
+    gates()
+        .lock()
+        .unwrap()
+        .entry(name.to_owned())
+        .or_insert_with(|| Box::leak(Box::new(Notify::new())))
+}
+
+/// Reports progress 1 of `total`, waits for the gate, then finishes.
+#[task(name = "it.progress")]
+pub async fn stepwise(ctx: TaskContext, gate_name: String, total: u64) -> Result<u64, TaskError> {
+    ctx.set_progress(1, total, serde_json::json!({"step": "first"}))
+        .await?;
+    gate(&gate_name).notified().await;
+    ctx.set_progress(total, total, ()).await?;
+    Ok(total)
+}
+
+/// Fails every attempt, with the attempt number in the message.
+#[task(
+    name = "it.flaky",
+    retries = 3,
+    backoff = "exp",
+    backoff_base = "200ms",
+    backoff_max = "10s",
+    jitter = false
+)]
+pub async fn flaky(ctx: TaskContext) -> Result<(), TaskError> {
+    Err(TaskError::retry(format!(
+        "attempt {} failed",
+        ctx.attempt()
+    )))
+}
+
+/// Fails at once, for good.
+#[task(name = "it.refuses", retries = 5)]
+pub async fn refuses(reason: String) -> Result<(), TaskError> {
+    Err(TaskError::permanent(reason))
+}
+
+/// Panics.
+#[task(name = "it.panics", retries = 0)]
+pub async fn panics(n: u32) -> Result<(), TaskError> {
+    panic!("boom {n}")
+}
+
+fn local_ledger() -> &'static Mutex<HashMap<String, u32>> {
+    static LEDGER: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+    LEDGER.get_or_init(Default::default)
+}
+
+/// How often each job of `ledger` ran in this process.
+pub fn local_runs(ledger: &str) -> HashMap<String, u32> {
+    local_ledger()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(key, n)| {
+            key.strip_prefix(&format!("{ledger}/"))
+                .map(|id| (id.to_owned(), *n))
+        })
+        .collect()
+}
+
+/// Sleeps, then counts its run in this process's ledger.
+#[task(name = "it.count_local", retries = 0)]
+pub async fn count_local(ctx: TaskContext, ledger: String, sleep_ms: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    *local_ledger()
+        .lock()
+        .unwrap()
+        .entry(format!("{ledger}/{}", ctx.job_id()))
+        .or_default() += 1;
+    Ok(())
+}
+
+fn redis_client() -> &'static redis::Client {
+    static CLIENT: OnceLock<redis::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        redis::Client::open(psw_tasks::testing::redis_url()).expect("test Redis URL")
+    })
+}
+
+/// Sleeps, then counts its run in a Redis hash (`HINCRBY ledger <job id> 1`), so that runs in
+/// several processes can be counted after the fact.
+#[task(name = "it.count_redis", retries = 0)]
+pub async fn count_redis(ctx: TaskContext, ledger: String, sleep_ms: u64) -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    let mut conn = redis_client().get_multiplexed_async_connection().await?;
+    redis::cmd("HINCRBY")
+        .arg(&ledger)
+        .arg(ctx.job_id())
+        .arg(1)
+        .exec_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Waits until the given time, for time limits.
+#[task(name = "it.sleepy", retries = 1, backoff = "none", timeout = "200ms")]
+pub async fn sleepy(ms: u64) -> Result<u64, TaskError> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(ms)
+}
+
+/// The names every binary that links this crate must see registered.
+pub const TASK_NAMES: &[&str] = &[
+    "it.add",
+    "it.summarize",
+    "it.progress",
+    "it.flaky",
+    "it.refuses",
+    "it.panics",
+    "it.count_local",
+    "it.count_redis",
+    "it.sleepy",
+];
