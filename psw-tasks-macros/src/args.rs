@@ -173,10 +173,11 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
 }
 
 /// The one place that words a repeated option, so every option says it the same way.
-pub(crate) fn specified_more_than_once(key: &syn::Ident) -> Error {
+fn specified_more_than_once(key: &syn::Ident) -> Error {
     Error::new_spanned(key, format!("`{key}` specified more than once"))
 }
 
+/// The one wording of an unknown option, which lists every option there is.
 fn unknown_option(tokens: impl quote::ToTokens, name: &str) -> Error {
     let expected = OPTIONS
         .iter()

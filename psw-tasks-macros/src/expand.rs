@@ -9,6 +9,7 @@ use syn::{Error, FnArg, Ident, Item, ItemFn, Pat, PatIdent, ReturnType, Type};
 
 use crate::args::{self, Args, Errors};
 
+/// One wording for every way a signature can be generic.
 const GENERIC: &str = "tasks cannot be generic: their arguments must have one concrete wire type";
 
 /// Expand `#[task(attr)] item`; on mistakes, the item unchanged plus every error, so that the
@@ -114,6 +115,12 @@ impl Task {
             }
             match &*input.ty {
                 Type::ImplTrait(ty) => errors.push(Error::new_spanned(ty, GENERIC)),
+                Type::Reference(ty) if typed == 1 && is_context(&ty.elem) => {
+                    errors.push(Error::new_spanned(
+                        ty,
+                        "the context is passed by value, like `ctx: TaskContext`",
+                    ));
+                }
                 // Arguments are decoded from the message, so nothing outlives the call to borrow.
                 Type::Reference(ty) => errors.push(Error::new_spanned(
                     ty,
@@ -163,6 +170,7 @@ fn is_context(ty: &Type) -> bool {
     }
 }
 
+/// The function unchanged, then its typed handle, its compile-time checks and its registration.
 fn generate(args: &Args, task: &Task) -> TokenStream {
     let item = &task.item;
     let vis = &item.vis;
@@ -178,7 +186,7 @@ fn generate(args: &Args, task: &Task) -> TokenStream {
     let enqueue_options = Ident::new("__options", Span::call_site());
     let ctx = Ident::new("__ctx", Span::call_site());
     let bytes = Ident::new("__args", Span::call_site());
-    let decoded_args = Ident::new("__args", Span::call_site());
+    let decoded_args = Ident::new("__decoded", Span::call_site());
 
     let name = match &args.name {
         Some(name) => quote!(#name),
@@ -430,6 +438,11 @@ mod tests {
             ),
             (
                 "",
+                "async fn f(ctx: &TaskContext) -> Result<(), TaskError> {}",
+                "the context is passed by value, like `ctx: TaskContext`",
+            ),
+            (
+                "",
                 "async fn f(a: u8, ctx: TaskContext) -> Result<(), TaskError> {}",
                 "the `TaskContext` parameter must come first",
             ),
@@ -477,7 +490,7 @@ mod tests {
         for expected in [
             "pub struct update_stock_prices { }",
             "pub async fn enqueue (__client : & :: psw_tasks :: Client , symbols : Vec < String >)",
-            "update_stock_prices (__ctx , __args . 0) . await",
+            "update_stock_prices (__ctx , __decoded . 0) . await",
             "& (symbols ,)",
             "decode_args :: < (Vec < String > ,) >",
             "BackoffKind :: Linear",

@@ -127,6 +127,9 @@ pub async fn run(command: Command) -> Result<()> {
                     "REDIS_URL is not set: running on the in-process broker, which only sees jobs enqueued by this process"
                 );
             }
+            if let Some(url) = &config.redis_url {
+                tracing::info!(redis = %crate::broker::redis::redact_url(url), namespace = %config.namespace, "connecting");
+            }
             let client = Client::connect(&config).await?;
             let mut builder = Worker::builder(&client);
             if let Some(queues) = queues {
@@ -166,7 +169,7 @@ pub async fn run(command: Command) -> Result<()> {
                 options = options.queue(queue);
             }
             let wait = wait.map(|w| parse_duration("--wait", &w)).transpose()?;
-            let client = Client::connect(&config).await?;
+            let client = shared_client(&config).await?;
             let handle = client
                 .enqueue_by_name::<serde_json::Value>(&task, &args, options)
                 .await?;
@@ -178,7 +181,7 @@ pub async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Result { id } => {
-            let client = Client::connect(&config).await?;
+            let client = shared_client(&config).await?;
             let Some(record) = client.record(&id).await? else {
                 println!("{}", serde_json::json!({"id": id, "state": "PENDING"}));
                 return Ok(());
@@ -203,6 +206,19 @@ pub async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A client on Redis: a job enqueued or looked up on this process's own in-process broker would
+/// vanish with the process.
+async fn shared_client(config: &Config) -> Result<Client> {
+    if config.redis_url.is_none() {
+        return Err(Error::config(
+            "REDIS_URL",
+            "",
+            "the URL of the Redis the workers use, like redis://127.0.0.1:6379 (CELERY_BROKER_URL is read too)",
+        ));
+    }
+    Client::connect(config).await
 }
 
 /// The registry as an aligned table.

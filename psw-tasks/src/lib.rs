@@ -79,6 +79,10 @@ pub mod __private {
     use crate::{Client, EnqueueOptions, TaskError, TaskHandle};
 
     /// What a task function may return.
+    #[diagnostic::on_unimplemented(
+        message = "a task must return `Result<T, E>` where `E: Into<TaskError>`, not `{Self}`",
+        label = "return a `Result` here"
+    )]
     pub trait IntoOutcome {
         /// The success value, stored as the job's result.
         type Output: Serialize + DeserializeOwned + Send + 'static;

@@ -181,3 +181,86 @@ async fn jobs_cut_off_by_the_grace_period_run_again_elsewhere() {
     assert!(runs.values().all(|&n| n == 1), "{runs:?}");
     assert_eq!(queue_state(&ns, "default"), (0, 0));
 }
+
+fn run_cli(ns: &TestNamespace, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .args(args)
+        .env("REDIS_URL", ns.url())
+        .env("PSW_NAMESPACE", ns.name())
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run test-worker");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_enqueues_and_reads_results() {
+    let ns = TestNamespace::new("cli");
+    let (ok, tasks, _) = run_cli(&ns, &["tasks"], &[]);
+    assert!(ok);
+    let flaky = tasks
+        .lines()
+        .find(|line| line.starts_with("it.flaky "))
+        .unwrap_or_else(|| panic!("it.flaky listed:\n{tasks}"));
+    assert!(flaky.contains("exp 200ms..10s"), "{flaky}");
+    assert!(tasks.lines().next().unwrap().starts_with("NAME"), "{tasks}");
+
+    let mut worker = spawn_worker(&ns, &[]);
+    let (ok, out, err) = run_cli(
+        &ns,
+        &["enqueue", "it.add", "--args", "[20, 22]", "--wait", "20s"],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    let id = lines.next().expect("job id printed").to_owned();
+    assert_eq!(lines.next(), Some("42"));
+
+    let (ok, out, err) = run_cli(&ns, &["result", &id], &[]);
+    assert!(ok, "{err}");
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["state"], "SUCCESS");
+    assert_eq!(record["result"], 42);
+    assert_eq!(record["task"], "it.add");
+
+    let (ok, _, err) = run_cli(&ns, &["enqueue", "it.add", "--args", "{\"a\": 1}"], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("--args") && err.contains("JSON array"),
+        "{err}"
+    );
+
+    signal(&worker, "TERM");
+    assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
+}
+
+#[test]
+fn configuration_errors_name_the_variable_and_the_form() {
+    let ns = TestNamespace::new("config");
+    let (ok, _, err) = run_cli(
+        &ns,
+        &["worker"],
+        &[("REDIS_URL", "amqp://guest:secret@rabbit//")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("REDIS_URL = \"amqp://***@rabbit//\": expected a redis://"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("secret"),
+        "the password is not printed: {err}"
+    );
+    let (ok, _, err) = run_cli(&ns, &["worker"], &[("PSW_WORKER_CONCURRENCY", "lots")]);
+    assert!(!ok);
+    assert!(
+        err.contains("PSW_WORKER_CONCURRENCY = \"lots\": expected a whole number"),
+        "{err}"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::keys::{GROUP, JOB_FIELD, Keys};
@@ -59,6 +59,12 @@ return -1
 /// Longest block a fetch may ask for; the reading connection's response timeout sits above it.
 const MAX_BLOCK: Duration = Duration::from_secs(10);
 
+/// The finished-job listener: its events, and whether it is subscribed right now.
+struct Listener {
+    events: broadcast::Sender<Arc<str>>,
+    subscribed: watch::Receiver<bool>,
+}
+
 pub(crate) struct RedisBroker {
     client: redis::Client,
     keys: Keys,
@@ -67,7 +73,7 @@ pub(crate) struct RedisBroker {
     /// Blocking reads get connections of their own: on the shared multiplexed connection a
     /// blocked XREADGROUP would hold up every other command.
     readers: Mutex<Vec<ConnectionManager>>,
-    finished: OnceLock<broadcast::Sender<Arc<str>>>,
+    finished: OnceLock<Listener>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
     promote: Script,
     renew: Script,
@@ -158,18 +164,21 @@ impl RedisBroker {
             .strip_prefix(self.queue_prefix.as_str())
     }
 
-    fn start_listener(&self) -> broadcast::Sender<Arc<str>> {
-        let (sender, _) = broadcast::channel(4096);
+    fn start_listener(&self) -> Listener {
+        let (events, _) = broadcast::channel(4096);
+        let (subscribed_tx, subscribed) = watch::channel(false);
         let client = self.client.clone();
         let channel = self.keys.finished_channel();
-        let events = sender.clone();
+        let sender = events.clone();
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
-                match listen(&client, &channel, &events).await {
+                let outcome = listen(&client, &channel, &sender, &subscribed_tx).await;
+                subscribed_tx.send_replace(false);
+                match outcome {
                     Ok(()) => delay = Duration::from_millis(100),
                     Err(err) => {
-                        tracing::warn!(error = %err, "finished-job listener lost its connection; waiters fall back to polling until it is back");
+                        tracing::warn!(error = %err, "finished-job listener lost its connection; waiters re-read records until it is back");
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
@@ -180,7 +189,7 @@ impl RedisBroker {
             .listener
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
-        sender
+        Listener { events, subscribed }
     }
 }
 
@@ -188,9 +197,11 @@ async fn listen(
     client: &redis::Client,
     channel: &str,
     events: &broadcast::Sender<Arc<str>>,
+    subscribed: &watch::Sender<bool>,
 ) -> Result<()> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
+    subscribed.send_replace(true);
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
@@ -493,8 +504,14 @@ impl Broker for RedisBroker {
 
     fn finished_events(&self) -> BoxFuture<'_, Result<broadcast::Receiver<Arc<str>>>> {
         Box::pin(async move {
-            let sender = self.finished.get_or_init(|| self.start_listener());
-            Ok(sender.subscribe())
+            let listener = self.finished.get_or_init(|| self.start_listener());
+            let events = listener.events.subscribe();
+            // Announcements made before the subscription is active would be missed: wait for
+            // it a little. If Redis is slow or away, waiters still re-read records.
+            let mut subscribed = listener.subscribed.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), subscribed.wait_for(|&on| on)).await;
+            Ok(events)
         })
     }
 

@@ -32,6 +32,8 @@ pub(crate) trait ProgressSink: Send + Sync {
 /// How long one fetch blocks when the queues are empty; also bounds how late a shutdown
 /// request is noticed.
 const FETCH_BLOCK: Duration = Duration::from_millis(500);
+/// How long a stopping worker waits for its last outcomes to be stored.
+const WRITER_FLUSH: Duration = Duration::from_secs(10);
 /// Most delayed jobs moved per promotion pass.
 const PROMOTE_BATCH: usize = 1000;
 /// Longest sleep of the promoter: a job delayed by another process is noticed this late at most.
@@ -454,16 +456,19 @@ impl Worker {
         stop.cancel();
         while helpers.join_next().await.is_some() {}
         drop(shared);
-        // The writer ends once every sender is gone and its queue is stored.
-        let abandon_later = {
-            let abandon = abandon.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                abandon.cancel();
-            })
-        };
-        let _ = writer.await;
-        abandon_later.abort();
+        // The writer ends once every sender is gone and its queue is stored. A task that kept
+        // a clone of its context alive would hold it open: do not wait for ever.
+        let mut writer = writer;
+        if tokio::time::timeout(WRITER_FLUSH, &mut writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "outcomes not stored within {WRITER_FLUSH:?} of shutdown; their jobs stay pending and run again"
+            );
+            abandon.cancel();
+            writer.abort();
+        }
         if let Err(err) = broker.retire_consumer(&self.consumer, &self.queues).await {
             tracing::warn!(error = %err, "could not remove this worker from the consumer groups");
         }

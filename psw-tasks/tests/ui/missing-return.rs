@@ -1,8 +1,10 @@
 use psw_tasks::{TaskContext, TaskError, task};
 
 #[task]
-async fn log(_ctx: TaskContext, line: String) {
-    let _: Option<TaskError> = None;
+async fn log_line(_ctx: TaskContext, line: String) {
+    if line.is_empty() {
+        eprintln!("{:?}", TaskError::permanent("empty line"));
+    }
     println!("{line}");
 }
 

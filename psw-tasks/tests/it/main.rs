@@ -1,0 +1,3 @@
+//! Integration tests of the psw-tasks crate (one binary: each extra test file is another link).
+
+mod ui;
