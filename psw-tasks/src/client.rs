@@ -45,9 +45,15 @@ impl Client {
     /// Connect as configured: to Redis when `config.redis_url` is set, else in process.
     pub async fn connect(config: &Config) -> Result<Client> {
         let broker: Arc<dyn Broker> = match &config.redis_url {
-            Some(url) => {
-                Arc::new(RedisBroker::connect(url, config.url_variable(), &config.namespace).await?)
-            }
+            Some(url) => Arc::new(
+                RedisBroker::connect(
+                    url,
+                    config.url_variable(),
+                    config.redis_ca_cert.as_deref(),
+                    &config.namespace,
+                )
+                .await?,
+            ),
             None => {
                 crate::broker::keys::Keys::new(&config.namespace)?;
                 Arc::new(MemoryBroker::new())

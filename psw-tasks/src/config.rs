@@ -1,5 +1,6 @@
 //! Configuration from the environment; every error names the variable and the expected form.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::broker::keys::validate_name;
@@ -11,6 +12,9 @@ use crate::{Error, Result};
 pub struct Config {
     /// Where Redis is; `None` runs on the in-process broker.
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate, for `rediss://` servers
+    /// whose certificate the system does not trust (private CAs of managed Redis).
+    pub redis_ca_cert: Option<PathBuf>,
     /// Prefix and hash tag of every key, so apps and tests can share one Redis.
     pub namespace: String,
     /// Jobs one worker runs at once.
@@ -32,6 +36,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             redis_url: None,
+            redis_ca_cert: None,
             namespace: "psw".to_owned(),
             concurrency: 10,
             queues: None,
@@ -82,6 +87,8 @@ impl Config {
             }
             None => ("REDIS_URL", None),
         };
+
+        let redis_ca_cert = get("PSW_REDIS_CA_CERT").map(|(_, path)| PathBuf::from(path));
 
         let namespace = match get("PSW_NAMESPACE") {
             Some((name, value)) => {
@@ -137,6 +144,7 @@ impl Config {
 
         Ok(Config {
             redis_url,
+            redis_ca_cert,
             namespace,
             concurrency,
             queues,

@@ -277,3 +277,28 @@ async fn two_workers_on_one_queue_run_each_job_once() {
         "acked and deleted: no entry, none pending"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_jobs_are_refused_at_enqueue() {
+    let ns = TestNamespace::new("size");
+    let mut config = ns.config();
+    config.max_message_size = 1024;
+    let client = Client::connect(&config).await.unwrap();
+    let report = Report {
+        title: "x".repeat(2000),
+        values: vec![],
+        tags: BTreeMap::new(),
+        note: None,
+    };
+    let err = summarize::enqueue(&client, report, 1.0).await.unwrap_err();
+    let Error::MessageTooLarge { size, limit, .. } = &err else {
+        panic!("expected MessageTooLarge, got {err}");
+    };
+    assert!(*size > 2000);
+    assert_eq!(*limit, 1024);
+    assert_eq!(
+        err.to_string(),
+        format!("job for task `it.summarize` is {size} bytes, over the limit of 1024 bytes")
+    );
+    assert!(ns.keys().is_empty(), "nothing was written: {:?}", ns.keys());
+}

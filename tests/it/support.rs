@@ -81,3 +81,50 @@ pub(crate) fn queue_state(ns: &psw_tasks::testing::TestNamespace, queue: &str) -
     };
     (len, pending)
 }
+
+/// A redis-server of a test's own, on a free port, stopped on drop: for tests that change the
+/// server (passwords, TLS) or cut its connections, which must not disturb the shared one.
+pub(crate) struct PrivateRedis {
+    child: std::process::Child,
+    pub(crate) port: u16,
+}
+
+impl PrivateRedis {
+    /// Start one with extra arguments; `tls` says that the port speaks TLS only.
+    pub(crate) fn start(extra: &[&str], tls: bool) -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let port_arg = port.to_string();
+        let mut args = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        if tls {
+            args.extend(["--port", "0", "--tls-port", &port_arg]);
+        } else {
+            args.extend(["--port", &port_arg]);
+        }
+        args.extend(extra);
+        let child = std::process::Command::new("redis-server")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt-get install redis-server)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child, port }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,6 +2,7 @@
 //! delayed jobs, records as plain strings with a TTL. Key names come from `keys.rs`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -110,18 +111,46 @@ fn install_tls_provider() {
 }
 
 impl RedisBroker {
-    pub(crate) async fn connect(url: &str, variable: &str, namespace: &str) -> Result<Self> {
+    pub(crate) async fn connect(
+        url: &str,
+        variable: &str,
+        ca_cert: Option<&Path>,
+        namespace: &str,
+    ) -> Result<Self> {
         let keys = Keys::new(namespace)?;
-        if url.starts_with("rediss://") {
-            install_tls_provider();
-        }
-        let client = redis::Client::open(url).map_err(|err| {
+        let bad_url = |err: redis::RedisError| {
             Error::config(
                 variable,
                 redact_url(url),
                 format!("a redis://[:password@]host[:port][/db] or rediss:// URL ({err})"),
             )
-        })?;
+        };
+        let client = match ca_cert {
+            Some(path) if url.starts_with("rediss://") => {
+                install_tls_provider();
+                let root_cert = std::fs::read(path).map_err(|err| {
+                    Error::config(
+                        "PSW_REDIS_CA_CERT",
+                        path.display().to_string(),
+                        format!("a readable PEM file with the CA certificate of the Redis server ({err})"),
+                    )
+                })?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+            _ => {
+                if url.starts_with("rediss://") {
+                    install_tls_provider();
+                }
+                redis::Client::open(url).map_err(bad_url)?
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));

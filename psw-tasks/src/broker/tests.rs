@@ -52,7 +52,7 @@ macro_rules! both_brokers {
                 #[tokio::test]
                 async fn $name() {
                     let ns = super::TestNamespace::new(stringify!($name));
-                    let broker = super::RedisBroker::connect(ns.url(), "REDIS_URL", ns.name())
+                    let broker = super::RedisBroker::connect(ns.url(), "REDIS_URL", None, ns.name())
                         .await
                         .expect("connect to the test Redis");
                     super::$name(std::sync::Arc::new(broker)).await;
