@@ -135,5 +135,18 @@ impl Error {
     }
 }
 
+/// An error and its causes on one line, `outer: cause: root`, for logs and stderr (`Display`
+/// shows only the outer error, by the convention that sources are not repeated).
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -183,14 +183,7 @@ where
 {
     fn from(err: E) -> Self {
         // Keep the whole cause chain: the record is the only place the reason survives.
-        let mut message = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        TaskError::retry(message)
+        TaskError::retry(crate::error::chain(&err))
     }
 }
 

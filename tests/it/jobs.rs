@@ -6,8 +6,8 @@ use std::time::Duration;
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{Client, EnqueueOptions, Error, State};
 use psw_tasks_tests::{
-    Report, Summary, add, count_local, flaky, gate, local_runs, panics, refuses, sleepy, stepwise,
-    summarize,
+    Report, Summary, add, count_local, fire_and_forget, flaky, gate, local_runs, panics, refuses,
+    sleepy, stepwise, summarize,
 };
 
 use crate::support::{eventually, queue_state, start_worker};
@@ -301,4 +301,34 @@ async fn oversized_jobs_are_refused_at_enqueue() {
         format!("job for task `it.summarize` is {size} bytes, over the limit of 1024 bytes")
     );
     assert!(ns.keys().is_empty(), "nothing was written: {:?}", ns.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_and_ignored_results() {
+    let ns = TestNamespace::new("queues");
+    let client = ns.client().await;
+    // By default a worker consumes every queue of the linked tasks: `low` included.
+    let worker = start_worker(&client, 2);
+    let ledger = ns.name().to_owned();
+    let forgotten = fire_and_forget::enqueue(&client, ledger.clone())
+        .await
+        .unwrap();
+    eventually(WAIT, "the fire-and-forget job ran", || async {
+        local_runs(&ledger).len() == 1
+    })
+    .await;
+    assert_eq!(local_runs(&ledger).get(forgotten.id().as_str()), Some(&1));
+    assert!(
+        forgotten.record().await.unwrap().is_none(),
+        "no record is stored"
+    );
+    assert_eq!(forgotten.state().await.unwrap(), State::Pending);
+
+    // Sent to another queue by the producer.
+    let routed = add::enqueue_with(&client, EnqueueOptions::new().queue("low"), 2, 2)
+        .await
+        .unwrap();
+    assert_eq!(routed.wait(WAIT).await.unwrap(), 4);
+    worker.stop().await;
+    assert_eq!(queue_state(&ns, "low"), (0, 0));
 }

@@ -155,6 +155,17 @@ pub async fn count_redis(ctx: TaskContext, ledger: String, sleep_ms: u64) -> Res
     Ok(())
 }
 
+/// Counts its run in this process's ledger and stores nothing, on a queue of its own.
+#[task(
+    name = "it.fire_and_forget",
+    queue = "low",
+    ignore_result = true,
+    retries = 0
+)]
+pub async fn fire_and_forget(ctx: TaskContext, ledger: String) -> Result<(), TaskError> {
+    count_local(ctx, ledger, 0).await
+}
+
 /// Waits until the given time, for time limits.
 #[task(name = "it.sleepy", retries = 1, backoff = "none", timeout = "200ms")]
 pub async fn sleepy(ms: u64) -> Result<u64, TaskError> {
@@ -173,4 +184,5 @@ pub const TASK_NAMES: &[&str] = &[
     "it.count_local",
     "it.count_redis",
     "it.sleepy",
+    "it.fire_and_forget",
 ];

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::keys::{GROUP, JOB_FIELD, Keys};
 use super::{BoxFuture, Broker, Delivery, NewJob, Promoted, Write};
+use crate::envelope::JobId;
 use crate::{Error, Result};
 
 /// Moves due members of a delayed set into the queue's stream, atomically, so that two
@@ -444,24 +445,20 @@ impl Broker for RedisBroker {
             pipe.atomic();
             let mut settled: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             let mut finished = String::new();
+            let store = |pipe: &mut redis::Pipeline, id: &JobId, record: &[u8]| {
+                pipe.cmd("SET")
+                    .arg(self.keys.record(id.as_str()))
+                    .arg(record)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            };
             for write in writes {
                 match write {
-                    Write::Record { id, record } => {
-                        pipe.cmd("SET")
-                            .arg(self.keys.record(id.as_str()))
-                            .arg(record)
-                            .arg("PX")
-                            .arg(ttl_ms)
-                            .ignore();
-                    }
+                    Write::Record { id, record } => store(&mut pipe, id, record),
                     Write::Settle(settlement) => {
                         if let Some((id, record)) = &settlement.record {
-                            pipe.cmd("SET")
-                                .arg(self.keys.record(id.as_str()))
-                                .arg(record)
-                                .arg("PX")
-                                .arg(ttl_ms)
-                                .ignore();
+                            store(&mut pipe, id, record);
                         }
                         if let Some(retry) = &settlement.retry {
                             pipe.cmd("ZADD")

@@ -17,7 +17,7 @@ use crate::backend::{JobRecord, Progress};
 use crate::broker::{BoxFuture, Broker, Delivery, Settlement, Write};
 use crate::envelope::now_ms;
 use crate::registry::Registry;
-use crate::{Client, Error, Result};
+use crate::{Client, Result};
 
 mod job;
 mod writer;
@@ -406,7 +406,7 @@ impl Worker {
                         fetch_delay = Duration::from_millis(100);
                     }
                     Err(err) => {
-                        let message = err_text(&err);
+                        let message = crate::error::chain(&err);
                         if message.contains("NOGROUP") {
                             tracing::error!(
                                 "the consumer groups are gone (Redis restarted empty?); creating them again from the start of each stream"
@@ -475,17 +475,6 @@ impl Worker {
         tracing::info!(consumer = %self.consumer, "worker stopped");
         Ok(())
     }
-}
-
-fn err_text(err: &Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Moves due delayed jobs of one queue into it, sleeping until the next is due.
