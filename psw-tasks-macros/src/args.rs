@@ -18,6 +18,11 @@ const OPTIONS: &[&str] = &[
     "jitter",
     "ignore_result",
     "timeout",
+    "schedule",
+    "every",
+    "tz",
+    "misfire",
+    "overlap",
 ];
 
 /// The options of one task, with the defaults filled in.
@@ -34,6 +39,32 @@ pub(crate) struct Args {
     pub(crate) ignore_result: bool,
     /// The per-attempt time limit; `None` means none.
     pub(crate) timeout: Option<Duration>,
+    /// When the beat fires the task; `None` means never.
+    pub(crate) schedule: Option<Schedule>,
+}
+
+/// `schedule = ".."` or `every = ".."`, with the options that only apply to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    pub(crate) timing: Timing,
+    /// The IANA zone of a cron expression.
+    pub(crate) tz: String,
+    pub(crate) misfire: Misfire,
+    pub(crate) overlap: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Timing {
+    Cron(String),
+    Every(Duration),
+}
+
+/// The `misfire = ".."` policies, mirroring the runtime's `Misfire`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misfire {
+    Skip,
+    Coalesce,
+    Backfill(u32),
 }
 
 impl Default for Args {
@@ -48,6 +79,7 @@ impl Default for Args {
             jitter: true,
             ignore_result: false,
             timeout: None,
+            schedule: None,
         }
     }
 }
@@ -82,6 +114,11 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
     let mut base_lit = None;
     let mut max_lit = None;
     let mut seen: Vec<String> = Vec::new();
+    // The schedule options, kept with their tokens until they can be checked together.
+    let mut timing: Option<(Timing, &Expr)> = None;
+    let mut tz: Option<(String, &Expr)> = None;
+    let mut misfire: Option<(Misfire, &Expr)> = None;
+    let mut overlap: Option<(bool, &Expr)> = None;
 
     for pair in &pairs {
         let Some(key) = pair.path.get_ident() else {
@@ -145,6 +182,50 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
                 args.timeout = Some(timeout);
                 Ok(())
             }),
+            "schedule" | "every" if timing.is_some() => Err(Error::new_spanned(
+                key,
+                "`schedule` and `every` cannot both be set; pick one",
+            )),
+            "schedule" => string(value, "schedule", "*/15 * * * *").and_then(|lit| {
+                let expression = lit.value();
+                check_cron(&expression).map_err(|reason| {
+                    Error::new_spanned(lit, format!("invalid schedule {expression:?}: {reason}"))
+                })?;
+                timing = Some((Timing::Cron(expression), value));
+                Ok(())
+            }),
+            "every" => string(value, "every", "90s").and_then(|lit| {
+                let interval = duration(lit, "every")?;
+                if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+                    return Err(Error::new_spanned(
+                        lit,
+                        "`every` is a whole number of seconds, at least one, like \"90s\"",
+                    ));
+                }
+                timing = Some((Timing::Every(interval), value));
+                Ok(())
+            }),
+            "tz" => string(value, "tz", "Europe/Stockholm").and_then(|lit| {
+                let zone = lit.value();
+                if zone.parse::<chrono_tz::Tz>().is_err() {
+                    return Err(Error::new_spanned(
+                        lit,
+                        format!(
+                            "invalid schedule {zone:?}: not a time zone; expected an IANA name \
+                             like `Europe/Stockholm` or `UTC`"
+                        ),
+                    ));
+                }
+                tz = Some((zone, value));
+                Ok(())
+            }),
+            "misfire" => string(value, "misfire", "coalesce").and_then(|lit| {
+                misfire = Some((parse_misfire(lit)?, value));
+                Ok(())
+            }),
+            "overlap" => boolean(value, "overlap", false).map(|allowed| {
+                overlap = Some((allowed, value));
+            }),
             _ => unreachable!("every name in OPTIONS has an arm"),
         };
         errors.ok(result);
@@ -169,7 +250,136 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
         }
     }
 
+    match timing {
+        Some((timing, _)) => {
+            if let (Timing::Every(_), Some((_, value))) = (&timing, &tz) {
+                errors.push(Error::new_spanned(
+                    value,
+                    "`tz` applies to `schedule`; `every` counts from the Unix epoch and has no \
+                     time zone",
+                ));
+            }
+            args.schedule = Some(Schedule {
+                timing,
+                tz: tz.map_or_else(|| "UTC".to_owned(), |(zone, _)| zone),
+                misfire: misfire.map_or(Misfire::Coalesce, |(misfire, _)| misfire),
+                overlap: overlap.is_none_or(|(allowed, _)| allowed),
+            });
+        }
+        None => {
+            for (key, value) in [
+                ("tz", tz.map(|(_, value)| value)),
+                ("misfire", misfire.map(|(_, value)| value)),
+                ("overlap", overlap.map(|(_, value)| value)),
+            ] {
+                if let Some(value) = value {
+                    errors.push(Error::new_spanned(
+                        value,
+                        format!(
+                            "`{key}` applies to scheduled tasks; set `schedule` or `every` too"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
     errors.finish(args)
+}
+
+/// `skip`, `coalesce` or `backfill(N)`, in the runtime's wording.
+fn parse_misfire(lit: &LitStr) -> syn::Result<Misfire> {
+    let text = lit.value();
+    let backfill = text
+        .strip_prefix("backfill(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .map(|n| n.trim().parse::<u32>());
+    match (text.as_str(), backfill) {
+        ("skip", _) => Ok(Misfire::Skip),
+        ("coalesce", _) => Ok(Misfire::Coalesce),
+        (_, Some(Ok(n))) if (1..=1000).contains(&n) => Ok(Misfire::Backfill(n)),
+        _ => Err(Error::new_spanned(
+            lit,
+            format!(
+                "invalid schedule {text:?}: expected `skip`, `coalesce` or `backfill(N)` with N \
+                 from 1 to 1000"
+            ),
+        )),
+    }
+}
+
+/// The field names of 5- and 6-field expressions, with what each accepts.
+const FIELDS: [(&str, &str); 6] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31, L or W"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT, with # or L"),
+];
+
+/// Check a cron expression as `psw_tasks::Schedule::cron` does at run time (same croner
+/// settings, same wording: a proc-macro crate cannot share the runtime's code).
+fn check_cron(text: &str) -> Result<(), String> {
+    use croner::parser::{CronParser, Seconds, Year};
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let nickname = fields.len() == 1 && fields[0].starts_with('@');
+    if !nickname && !(5..=6).contains(&fields.len()) {
+        return Err(format!(
+            "expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds \
+             first, found {}",
+            fields.len()
+        ));
+    }
+    let parser = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build();
+    let cron = parser.parse(text).map_err(|err| {
+        let names = &FIELDS[6 - fields.len().max(5)..];
+        let culprit = (0..fields.len()).find(|&i| {
+            let probe: Vec<&str> = (0..fields.len())
+                .map(|j| if i == j { fields[j] } else { "*" })
+                .collect();
+            parser.parse(&probe.join(" ")).is_err()
+        });
+        match culprit.filter(|_| !nickname) {
+            Some(i) => format!(
+                "{} field `{}`: {}; expected {}",
+                names[i].0,
+                fields[i],
+                cron_reason(&err),
+                names[i].1
+            ),
+            None => cron_reason(&err),
+        }
+    })?;
+    let reference = chrono::DateTime::<chrono::Utc>::from_timestamp(946_684_800, 0);
+    if reference.is_none_or(|at| cron.find_next_occurrence(&at, false).is_err()) {
+        return Err("it never fires: no date matches it".to_owned());
+    }
+    Ok(())
+}
+
+/// croner's message without its prefix, capital and period.
+fn cron_reason(err: &croner::errors::CronError) -> String {
+    use croner::errors::CronError;
+    let text = match err {
+        CronError::IllegalCharacters(text) => {
+            return match text.split('\'').nth(1) {
+                Some(character) => format!("illegal character `{character}`"),
+                None => "illegal character".to_owned(),
+            };
+        }
+        CronError::ComponentError(text) | CronError::InvalidPattern(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "not a cron expression".to_owned(),
+    }
 }
 
 /// The one place that words a repeated option, so every option says it the same way.
@@ -337,6 +547,15 @@ mod tests {
         assert_eq!(actual, expected, "input: {input}");
     }
 
+    fn scheduled(timing: Timing) -> Schedule {
+        Schedule {
+            timing,
+            tz: "UTC".into(),
+            misfire: Misfire::Coalesce,
+            overlap: true,
+        }
+    }
+
     fn with(change: impl FnOnce(&mut Args)) -> Args {
         let mut args = Args::default();
         change(&mut args);
@@ -395,7 +614,41 @@ mod tests {
                     jitter: false,
                     ignore_result: true,
                     timeout: Some(Duration::from_secs(60)),
+                    schedule: None,
                 },
+            ),
+            (
+                r#"schedule = "*/15 * * * *""#,
+                with(|a| a.schedule = Some(scheduled(Timing::Cron("*/15 * * * *".into())))),
+            ),
+            (
+                r#"schedule = "30 2 * * *", tz = "Europe/Stockholm", misfire = "backfill(10)",
+                   overlap = false"#,
+                with(|a| {
+                    a.schedule = Some(Schedule {
+                        tz: "Europe/Stockholm".into(),
+                        misfire: Misfire::Backfill(10),
+                        overlap: false,
+                        ..scheduled(Timing::Cron("30 2 * * *".into()))
+                    })
+                }),
+            ),
+            (
+                r#"schedule = "*/10 * * * * *", misfire = "skip""#,
+                with(|a| {
+                    a.schedule = Some(Schedule {
+                        misfire: Misfire::Skip,
+                        ..scheduled(Timing::Cron("*/10 * * * * *".into()))
+                    })
+                }),
+            ),
+            (
+                r#"every = "90s""#,
+                with(|a| a.schedule = Some(scheduled(Timing::Every(Duration::from_secs(90))))),
+            ),
+            (
+                r#"schedule = "@daily""#,
+                with(|a| a.schedule = Some(scheduled(Timing::Cron("@daily".into())))),
             ),
         ];
         for (input, expected) in cases {
@@ -409,12 +662,14 @@ mod tests {
             (
                 "foo = 1",
                 "unknown option `foo`; expected one of `name`, `queue`, `retries`, `backoff`, \
-                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`",
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `schedule`, \
+                 `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "a::b = 1",
                 "unknown option `a::b`; expected one of `name`, `queue`, `retries`, `backoff`, \
-                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`",
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `schedule`, \
+                 `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "retries = 1, retries = 2",
@@ -506,12 +761,64 @@ mod tests {
                 "`timeout` is too long; it must fit in a u64 of milliseconds",
             ),
             ("retries", "expected `=`"),
+            (
+                r#"schedule = "*/15 * * *""#,
+                "invalid schedule \"*/15 * * *\": expected 5 fields (minute hour day-of-month \
+                 month day-of-week) or 6 with seconds first, found 4",
+            ),
+            (
+                r#"schedule = "61 * * * *""#,
+                "invalid schedule \"61 * * * *\": minute field `61`: number out of bounds; \
+                 expected 0-59",
+            ),
+            (
+                r#"schedule = "0 0 30 2 *""#,
+                "invalid schedule \"0 0 30 2 *\": it never fires: no date matches it",
+            ),
+            (
+                r#"schedule = "0 0 * * MON-FOO""#,
+                "invalid schedule \"0 0 * * MON-FOO\": day-of-week field `MON-FOO`: illegal \
+                 character `F`; expected 0-7 or SUN-SAT, with # or L",
+            ),
+            (
+                "schedule = 5",
+                "`schedule` expects a string, like `schedule = \"*/15 * * * *\"`",
+            ),
+            (
+                r#"every = "1500ms""#,
+                "`every` is a whole number of seconds, at least one, like \"90s\"",
+            ),
+            (
+                r#"every = "1m", schedule = "* * * * *""#,
+                "`schedule` and `every` cannot both be set; pick one",
+            ),
+            (
+                r#"schedule = "0 3 * * *", tz = "Europe/Stockolm""#,
+                "invalid schedule \"Europe/Stockolm\": not a time zone; expected an IANA name \
+                 like `Europe/Stockholm` or `UTC`",
+            ),
+            (
+                r#"every = "1h", tz = "UTC""#,
+                "`tz` applies to `schedule`; `every` counts from the Unix epoch and has no time \
+                 zone",
+            ),
+            (
+                r#"schedule = "0 3 * * *", misfire = "backfill(0)""#,
+                "invalid schedule \"backfill(0)\": expected `skip`, `coalesce` or `backfill(N)` \
+                 with N from 1 to 1000",
+            ),
+            (
+                r#"tz = "UTC", overlap = false"#,
+                "`tz` applies to scheduled tasks; set `schedule` or `every` too\n\
+                 `overlap` applies to scheduled tasks; set `schedule` or `every` too",
+            ),
             // Every independent mistake is reported in one round.
             (
                 r#"retries = "x", bogus = 1, jitter = 2, retries = 3"#,
                 "`retries` expects an integer, like `retries = 3`\n\
                  unknown option `bogus`; expected one of `name`, `queue`, `retries`, `backoff`, \
-                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`\n\
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `schedule`, \
+                 `every`, `tz`, `misfire`, `overlap`\n\
                  `jitter` expects `true` or `false`, like `jitter = false`\n\
                  `retries` specified more than once",
             ),

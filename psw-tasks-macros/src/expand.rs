@@ -1,6 +1,8 @@
 //! The code `#[task]` generates: the function unchanged, a typed handle named after it, and the
 //! handle's registration with the runtime.
 
+use std::time::Duration;
+
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -29,8 +31,18 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let mut errors = Errors::default();
     let args = errors.ok(args::parse(attr));
     let task = errors.ok(Task::parse(item));
+    if let (Some(args), Some(task)) = (&args, &task)
+        && args.schedule.is_some()
+        && let Some((name, _)) = task.wire.first()
+    {
+        errors.push(Error::new_spanned(
+            name,
+            "a scheduled task takes no arguments, as the beat has none to give; schedule one \
+             with arguments at run time with `Scheduler::add`",
+        ));
+    }
     match (args, task) {
-        (Some(args), Some(task)) => Ok(generate(&args, &task)),
+        (Some(args), Some(task)) => errors.finish(()).map(|()| generate(&args, &task)),
         // Something failed, so `finish` returns the recorded errors.
         _ => errors.finish(TokenStream::new()),
     }
@@ -198,6 +210,10 @@ fn generate(args: &Args, task: &Task) -> TokenStream {
         }
     };
     let options = options(args);
+    let schedule = args.schedule.as_ref().map(|schedule| {
+        let declared = declared_schedule(schedule);
+        quote!(.with_schedule(#declared))
+    });
 
     // Every use of the return type carries its span, so a return type that is no `Result` is
     // reported there rather than on `#[task]`; the handler's `finish` doubles as that check.
@@ -328,6 +344,7 @@ fn generate(args: &Args, task: &Task) -> TokenStream {
                 #ident::__handler,
                 #location,
             )
+            #schedule
         }
     }
 }
@@ -357,8 +374,29 @@ fn options(args: &Args) -> TokenStream {
     }
 }
 
+/// The call that builds the task's schedule at compile time.
+fn declared_schedule(schedule: &args::Schedule) -> TokenStream {
+    let (cron, every_ms) = match &schedule.timing {
+        args::Timing::Cron(expression) => (expression.clone(), millis(Duration::ZERO)),
+        args::Timing::Every(interval) => (String::new(), millis(*interval)),
+    };
+    let tz = &schedule.tz;
+    let misfire = match schedule.misfire {
+        args::Misfire::Skip => quote!(::psw_tasks::__private::Misfire::Skip),
+        args::Misfire::Coalesce => quote!(::psw_tasks::__private::Misfire::Coalesce),
+        args::Misfire::Backfill(n) => {
+            let n = Literal::u32_suffixed(n);
+            quote!(::psw_tasks::__private::Misfire::Backfill(#n))
+        }
+    };
+    let overlap = schedule.overlap;
+    quote! {
+        ::psw_tasks::__private::DeclaredSchedule::new(#cron, #every_ms, #tz, #misfire, #overlap)
+    }
+}
+
 /// Milliseconds as a suffixed literal; `args` already rejected durations that do not fit.
-fn millis(duration: std::time::Duration) -> Literal {
+fn millis(duration: Duration) -> Literal {
     let millis = u64::try_from(duration.as_millis()).expect("args checks that durations fit");
     Literal::u64_suffixed(millis)
 }
@@ -456,6 +494,17 @@ mod tests {
                 "struct S;",
                 "`#[task]` goes on an `async fn`, like `async fn send_email(to: String)`",
             ),
+            (
+                "every = \"1m\"",
+                "async fn f(ctx: TaskContext, day: String) -> Result<(), TaskError> {}",
+                "a scheduled task takes no arguments, as the beat has none to give; schedule one \
+                 with arguments at run time with `Scheduler::add`",
+            ),
+            (
+                "schedule = \"*/5 * * * *\"",
+                "async fn f(ctx: TaskContext) -> Result<(), TaskError> {}",
+                "",
+            ),
             // The options and the function are checked together, so one round shows everything.
             (
                 "retries = \"3\"",
@@ -513,6 +562,29 @@ mod tests {
         assert!(expanded.contains("decode_args :: < :: psw_tasks :: __private :: NoArgs >"));
         assert!(expanded.contains("(ping () . await)"));
         assert!(expanded.contains("const NAME : & 'static str = \"ping\""));
+    }
+
+    #[test]
+    fn schedules_are_declared_with_the_descriptor() {
+        let item = quote!(
+            async fn nightly() -> Result<(), TaskError> {
+                Ok(())
+            }
+        );
+        let attr = quote!(
+            schedule = "30 2 * * *",
+            tz = "Europe/Stockholm",
+            misfire = "backfill(3)"
+        );
+        let file: syn::File = syn::parse2(expand(attr, item).unwrap()).unwrap();
+        let expanded = quote!(#file).to_string();
+        assert!(
+            expanded.contains(
+                ". with_schedule (:: psw_tasks :: __private :: DeclaredSchedule :: new (\"30 2 * * *\" , \
+                 0u64 , \"Europe/Stockholm\" , :: psw_tasks :: __private :: Misfire :: Backfill (3u32) , true))"
+            ),
+            "{expanded}"
+        );
     }
 
     #[test]

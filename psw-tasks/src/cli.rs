@@ -1,5 +1,6 @@
-//! The standard subcommands for any binary that links tasks: `worker`, `enqueue`, `result`,
-//! `tasks`. Configuration comes from the environment (see [`Config::from_env`]).
+//! The standard subcommands for any binary that links tasks: `worker`, `beat`, `all`,
+//! `enqueue`, `result`, `tasks`, `schedules`. Configuration comes from the environment (see
+//! [`Config::from_env`]).
 //!
 //! ```no_run
 //! #[tokio::main]
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::parse_duration;
-use crate::{Client, Config, EnqueueOptions, Error, Registry, Result, Worker};
+use crate::{Client, Config, EnqueueOptions, Error, Registry, Result, Scheduler, Worker};
 
 /// Command-line interface of a psw-tasks binary.
 #[derive(Debug, Parser)]
@@ -55,6 +56,18 @@ pub enum Command {
         #[arg(long)]
         wait: Option<String>,
     },
+    /// Run the beat until SIGINT or SIGTERM: enqueue the jobs of the schedules (run it on every
+    /// node if you like: each slot still fires once).
+    Beat,
+    /// Run a worker and the beat in one process until SIGINT or SIGTERM.
+    All {
+        /// Queues to consume, comma-separated (default: every queue of the linked tasks).
+        #[arg(long, value_delimiter = ',')]
+        queues: Option<Vec<String>>,
+        /// Jobs run at once (default: PSW_WORKER_CONCURRENCY, else 10).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Print a job's record as JSON.
     Result {
         /// The job id.
@@ -62,6 +75,45 @@ pub enum Command {
     },
     /// List the tasks linked into this binary, with their options.
     Tasks,
+    /// Read, replay or purge the dead-letter queue.
+    Dlq {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// List the schedules, each with its next five fire times in its zone and its last run.
+    Schedules,
+}
+
+/// What `dlq` does.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum DlqAction {
+    /// The dead letters, oldest first, one line each.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One dead letter in full, as JSON.
+    Show {
+        /// Its entry id (the first column of `dlq list`).
+        entry: String,
+    },
+    /// Put dead jobs back on their queues as fresh jobs.
+    Replay {
+        /// The entry to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        entry: Option<String>,
+        /// Replay every dead letter (of `--task`, if given).
+        #[arg(long)]
+        all: bool,
+        /// With `--all`: only dead letters of this task.
+        #[arg(long, requires = "all")]
+        task: Option<String>,
+    },
+    /// Delete every dead letter.
+    Purge,
 }
 
 /// Parse the process arguments, run the command, and report errors on stderr.
@@ -103,6 +155,7 @@ pub fn init_tracing() {
 pub async fn run(command: Command) -> Result<()> {
     let config = Config::from_env()?;
     match command {
+        Command::Dlq { action } => dlq(&shared_client(&config).await?, action).await,
         Command::Tasks => {
             print!("{}", task_table(&Registry::from_linked()?));
             Ok(())
@@ -111,23 +164,50 @@ pub async fn run(command: Command) -> Result<()> {
             queues,
             concurrency,
         } => {
-            if config.redis_url.is_none() {
-                tracing::warn!(
-                    "REDIS_URL is not set: running on the in-process broker, which only sees jobs enqueued by this process"
-                );
-            }
-            if let Some(url) = &config.redis_url {
-                tracing::info!(redis = %crate::broker::redis::redact_url(url), namespace = %config.namespace, "connecting");
-            }
+            let client = service_client(&config).await?;
+            worker(&client, queues, concurrency)?.run().await
+        }
+        Command::Beat => {
+            let client = service_client(&config).await?;
+            Scheduler::builder(&client).build()?.run().await
+        }
+        Command::All {
+            queues,
+            concurrency,
+        } => {
+            let client = service_client(&config).await?;
+            let worker = worker(&client, queues, concurrency)?;
+            let scheduler = Scheduler::builder(&client).build()?;
+            // One signal stops both; either one ending stops the other.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signal = tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    crate::worker::shutdown_signal().await;
+                    stop.cancel();
+                }
+            });
+            let (worked, beat) = tokio::join!(
+                async {
+                    let outcome = worker.run_until(stop.cancelled()).await;
+                    stop.cancel();
+                    outcome
+                },
+                async {
+                    let outcome = scheduler.run_until(stop.cancelled()).await;
+                    stop.cancel();
+                    outcome
+                },
+            );
+            signal.abort();
+            worked.and(beat)
+        }
+        Command::Schedules => {
             let client = Client::connect(&config).await?;
-            let mut builder = Worker::builder(&client);
-            if let Some(queues) = queues {
-                builder = builder.queues(queues);
-            }
-            if let Some(concurrency) = concurrency {
-                builder = builder.concurrency(concurrency);
-            }
-            builder.build()?.run().await
+            let listings =
+                crate::scheduler::listings(&client, crate::envelope::now_ms(), 5).await?;
+            print!("{}", schedule_table(&listings));
+            Ok(())
         }
         Command::Enqueue {
             task,
@@ -197,6 +277,104 @@ pub async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// The client of a long-running service (worker, beat), which may run on the in-process broker.
+async fn service_client(config: &Config) -> Result<Client> {
+    match &config.redis_url {
+        Some(url) => {
+            tracing::info!(redis = %crate::broker::redis::redact_url(url), namespace = %config.namespace, "connecting");
+        }
+        None => tracing::warn!(
+            "REDIS_URL is not set: running on the in-process broker, which only sees jobs enqueued by this process"
+        ),
+    }
+    Client::connect(config).await
+}
+
+fn worker(
+    client: &Client,
+    queues: Option<Vec<String>>,
+    concurrency: Option<usize>,
+) -> Result<Worker> {
+    let mut builder = Worker::builder(client);
+    if let Some(queues) = queues {
+        builder = builder.queues(queues);
+    }
+    if let Some(concurrency) = concurrency {
+        builder = builder.concurrency(concurrency);
+    }
+    builder.build()
+}
+
+async fn dlq(client: &Client, action: DlqAction) -> Result<()> {
+    let dead = client.dead_letters();
+    match action {
+        DlqAction::List { limit } => {
+            let stats = dead.stats().await?;
+            println!(
+                "{} dead letter(s){}",
+                stats.len,
+                if stats.trimmed > 0 {
+                    format!(
+                        ", {} older ones removed by the cap (PSW_DLQ_MAX_LEN)",
+                        stats.trimmed
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            for job in dead.list(limit).await? {
+                println!(
+                    "{}  {}  {}  {}  {}  {}",
+                    job.entry_id,
+                    job.reason,
+                    job.queue,
+                    job.task.as_deref().unwrap_or("-"),
+                    job.job_id.as_deref().unwrap_or("-"),
+                    job.error.lines().next().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        DlqAction::Show { entry } => {
+            let job = dead
+                .get(&entry)
+                .await?
+                .ok_or(Error::NotDeadLettered(entry))?;
+            let json = serde_json::json!({
+                "entry_id": job.entry_id,
+                "job_id": job.job_id,
+                "task": job.task,
+                "queue": job.queue,
+                "reason": job.reason,
+                "error": job.error,
+                "errors": job.errors,
+                "at_ms": job.at_ms,
+                "payload_size": job.payload_size,
+                "truncated": job.truncated,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).expect("JSON values always serialize")
+            );
+            Ok(())
+        }
+        DlqAction::Replay { entry, all, task } => {
+            if all {
+                let replayed = dead.replay_all(task.as_deref()).await?;
+                println!("replayed {replayed} dead letter(s)");
+            } else if let Some(entry) = entry {
+                let id = dead.replay(&entry).await?;
+                println!("{id}");
+            }
+            Ok(())
+        }
+        DlqAction::Purge => {
+            println!("purged {} dead letter(s)", dead.purge().await?);
+            Ok(())
+        }
+    }
+}
+
 /// A client on Redis: a job enqueued or looked up on this process's own in-process broker would
 /// vanish with the process.
 async fn shared_client(config: &Config) -> Result<Client> {
@@ -247,18 +425,64 @@ fn task_table(registry: &Registry) -> String {
             task.location(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let mut out = String::new();
+    for line in aligned(&rows) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Rows as lines of left-aligned columns, two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
+    let widths: Vec<usize> = (0..N)
         .map(|col| rows.iter().map(|row| row[col].len()).max().unwrap_or(0))
         .collect();
+    rows.iter()
+        .map(|row| {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            line.join("  ").trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// The schedules as an aligned table, each row followed by its next fire times.
+fn schedule_table(listings: &[crate::scheduler::Listing]) -> String {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "TASK".to_owned(),
+        "SCHEDULE".to_owned(),
+        "ZONE".to_owned(),
+        "MISFIRE".to_owned(),
+        "OVERLAP".to_owned(),
+        "LAST RUN".to_owned(),
+        "OUTCOME".to_owned(),
+        "SKIPPED".to_owned(),
+    ]];
+    for listing in listings {
+        rows.push([
+            listing.name.clone(),
+            listing.task.clone(),
+            listing.schedule.clone(),
+            listing.zone.clone(),
+            listing.misfire.clone(),
+            listing.overlap.clone(),
+            listing.last.clone().unwrap_or_else(|| "-".to_owned()),
+            listing.outcome.clone(),
+            listing.skipped.to_string(),
+        ]);
+    }
     let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    for (i, line) in aligned(&rows).into_iter().enumerate() {
+        out.push_str(&line);
         out.push('\n');
+        if let Some(listing) = i.checked_sub(1).and_then(|i| listings.get(i)) {
+            out.push_str(&format!("  next: {}\n", listing.next.join(", ")));
+        }
     }
     out
 }

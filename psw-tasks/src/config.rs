@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::broker::keys::validate_name;
 use crate::{Error, Result};
 
+/// Dead letters kept unless `PSW_DLQ_MAX_LEN` says otherwise.
+pub(crate) const DEFAULT_DEAD_LETTER_CAP: u64 = 100_000;
+
 /// Settings shared by clients and workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -19,10 +22,21 @@ pub struct Config {
     pub namespace: String,
     /// Jobs one worker runs at once.
     pub concurrency: usize,
+    /// Deliveries a worker fetches beyond its concurrency; `None` means as many as the
+    /// concurrency.
+    pub prefetch: Option<usize>,
     /// Queues a worker consumes; `None` means the queues of the registered tasks.
     pub queues: Option<Vec<String>>,
     /// How long job records are kept.
     pub result_ttl: Duration,
+    /// Most dead letters kept; past it the oldest are trimmed, counted and logged.
+    pub dead_letter_cap: u64,
+    /// Deliveries of one job before it is dead-lettered as poisoned (it crashed its worker
+    /// each time).
+    pub max_deliveries: u64,
+    /// How long a job of a task no worker here knows waits before another look; after four
+    /// looks it is dead-lettered (`unknown_task`). Covers rolling deploys.
+    pub unknown_task_delay: Duration,
     /// Largest encoded job accepted by `enqueue`, in bytes.
     pub max_message_size: usize,
     /// How long a job stays claimed without a heartbeat before another worker takes it over.
@@ -39,9 +53,13 @@ impl Default for Config {
             redis_ca_cert: None,
             namespace: "psw".to_owned(),
             concurrency: 10,
+            prefetch: None,
             queues: None,
             result_ttl: Duration::from_secs(24 * 3600),
             max_message_size: 512 * 1024,
+            dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
+            max_deliveries: 5,
+            unknown_task_delay: Duration::from_secs(15),
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             variable_of_url: "REDIS_URL",
@@ -112,6 +130,20 @@ impl Config {
             None => defaults.concurrency,
         };
 
+        let prefetch = match get("PSW_WORKER_PREFETCH") {
+            Some((name, value)) => match value.parse::<usize>() {
+                Ok(n) if n <= 100_000 => Some(n),
+                _ => {
+                    return Err(Error::config(
+                        name,
+                        value,
+                        "a whole number from 0 to 100000",
+                    ));
+                }
+            },
+            None => None,
+        };
+
         let queues = match get("PSW_QUEUES") {
             Some((name, value)) => {
                 let queues: Vec<String> = value
@@ -136,6 +168,20 @@ impl Config {
         let result_ttl = duration(&["PSW_RESULT_TTL"], defaults.result_ttl)?;
         let lease = duration(&["PSW_LEASE"], defaults.lease)?;
         let shutdown_grace = duration(&["PSW_SHUTDOWN_GRACE"], defaults.shutdown_grace)?;
+        let unknown_task_delay =
+            duration(&["PSW_UNKNOWN_TASK_DELAY"], defaults.unknown_task_delay)?;
+
+        let count = |name: &'static str, default: u64| -> Result<u64> {
+            match get(name) {
+                Some((name, value)) => match value.parse::<u64>() {
+                    Ok(n) if n >= 1 => Ok(n),
+                    _ => Err(Error::config(name, value, "a whole number of at least 1")),
+                },
+                None => Ok(default),
+            }
+        };
+        let dead_letter_cap = count("PSW_DLQ_MAX_LEN", defaults.dead_letter_cap)?;
+        let max_deliveries = count("PSW_MAX_DELIVERIES", defaults.max_deliveries)?;
 
         let max_message_size = match get("PSW_MAX_MESSAGE_SIZE") {
             Some((name, value)) => parse_size(name, &value)?,
@@ -147,9 +193,13 @@ impl Config {
             redis_ca_cert,
             namespace,
             concurrency,
+            prefetch,
             queues,
             result_ttl,
             max_message_size,
+            dead_letter_cap,
+            max_deliveries,
+            unknown_task_delay,
             lease,
             shutdown_grace,
             variable_of_url,

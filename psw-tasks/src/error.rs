@@ -84,6 +84,24 @@ pub enum Error {
     #[error("job {0} has no stored result (expired, or the task ignores results)")]
     NoResult(String),
 
+    /// No dead letter has that entry id (never, or replayed or purged since).
+    #[error("no dead letter {0}")]
+    NotDeadLettered(String),
+
+    /// A dead letter that cannot be put back.
+    #[error("dead letter {entry_id} cannot be replayed: {why}")]
+    Replay {
+        /// Its entry id.
+        entry_id: String,
+        /// Why not.
+        why: String,
+    },
+
+    /// This worker no longer holds the job: its lease ran out and another worker took it over,
+    /// so what this run writes is refused.
+    #[error("this worker lost job {0} to another (its lease ran out)")]
+    LeaseLost(String),
+
     /// The broker is shutting down or was closed.
     #[error("the broker is closed")]
     Closed,
@@ -91,6 +109,15 @@ pub enum Error {
     /// An I/O error outside Redis (signals, files).
     #[error("i/o failed")]
     Io(#[from] std::io::Error),
+
+    /// A schedule's expression, interval, time zone, misfire policy or name is not valid.
+    #[error("invalid schedule {value:?}: {reason}")]
+    Schedule {
+        /// The text that was given.
+        value: String,
+        /// What is wrong with it, and the expected form.
+        reason: String,
+    },
 }
 
 impl From<redis::RedisError> for Error {
@@ -109,6 +136,13 @@ impl Error {
             variable: variable.into(),
             value: value.into(),
             expected: expected.into(),
+        }
+    }
+
+    pub(crate) fn schedule(value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Schedule {
+            value: value.into(),
+            reason: reason.into(),
         }
     }
 

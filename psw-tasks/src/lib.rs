@@ -33,10 +33,12 @@ mod broker;
 pub mod cli;
 mod client;
 mod config;
+mod dead;
 mod envelope;
 mod error;
 mod registry;
 mod retry;
+mod scheduler;
 mod task;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
@@ -49,11 +51,15 @@ pub use crate::client::{Client, EnqueueOptions, TaskHandle};
 #[doc(inline)]
 pub use crate::config::Config;
 #[doc(inline)]
+pub use crate::dead::{DeadJob, DeadLetterStats, DeadLetters};
+#[doc(inline)]
 pub use crate::envelope::JobId;
 #[doc(inline)]
 pub use crate::error::{Error, Result};
 #[doc(inline)]
 pub use crate::registry::{Registry, TaskDescriptor};
+#[doc(inline)]
+pub use crate::scheduler::{Misfire, Schedule, Scheduler, SchedulerBuilder};
 #[doc(inline)]
 pub use crate::task::{Backoff, BackoffKind, Retry, TaskContext, TaskError, TaskOptions};
 #[doc(inline)]
@@ -73,6 +79,7 @@ pub mod __private {
 
     pub use crate::envelope::NoArgs;
     pub use crate::registry::{HandlerFuture, TaskDescriptor};
+    pub use crate::scheduler::{DeclaredSchedule, Misfire};
     pub use crate::task::{Backoff, BackoffKind, TaskOptions};
     pub use inventory;
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::scheduler::DeclaredSchedule;
 use crate::task::{TaskContext, TaskError, TaskOptions};
 use crate::{Error, Result};
 
@@ -21,6 +22,7 @@ pub struct TaskDescriptor {
     handler: Handler,
     file: &'static str,
     line: u32,
+    schedule: Option<DeclaredSchedule>,
 }
 
 impl TaskDescriptor {
@@ -38,7 +40,15 @@ impl TaskDescriptor {
             handler,
             file,
             line,
+            schedule: None,
         }
+    }
+
+    /// The same task, fired by the beat on `schedule` (`#[task(schedule = ..)]`, `every`).
+    #[doc(hidden)]
+    pub const fn with_schedule(mut self, schedule: DeclaredSchedule) -> Self {
+        self.schedule = Some(schedule);
+        self
     }
 
     /// The wire name.
@@ -58,6 +68,10 @@ impl TaskDescriptor {
 
     pub(crate) fn handler(&self) -> Handler {
         self.handler
+    }
+
+    pub(crate) fn schedule(&self) -> Option<&DeclaredSchedule> {
+        self.schedule.as_ref()
     }
 }
 

@@ -136,3 +136,46 @@ impl Drop for TestNamespace {
         }
     }
 }
+
+/// The pure hot-path pieces, reachable from the micro-benchmarks (they are not public API).
+pub mod hot_path {
+    use crate::envelope::{Envelope, JobId, VERSION};
+    use crate::task::TaskOptions;
+
+    /// An opaque envelope.
+    #[derive(Debug)]
+    pub struct SampleEnvelope(Envelope);
+
+    /// An envelope with `payload` bytes of arguments, like the benchmark's jobs.
+    pub fn sample_envelope(payload: usize) -> SampleEnvelope {
+        SampleEnvelope(Envelope {
+            v: VERSION,
+            id: JobId::generate(),
+            task: "bench.noop".to_owned(),
+            queue: "default".to_owned(),
+            args: rmp_serde::to_vec(&(serde_bytes::ByteBuf::from(vec![7u8; payload]),))
+                .expect("encodable"),
+            attempt: 0,
+            retries: None,
+            created_ms: 1_700_000_000_000,
+            eta_ms: None,
+            headers: Default::default(),
+            errors: Vec::new(),
+        })
+    }
+
+    /// Encode as enqueue does.
+    pub fn encode(envelope: &SampleEnvelope) -> Vec<u8> {
+        envelope.0.encode().expect("encodable")
+    }
+
+    /// Decode as the worker does.
+    pub fn decode(bytes: &[u8]) -> usize {
+        Envelope::decode(bytes).expect("decodable").args.len()
+    }
+
+    /// The default backoff's delay after `attempt`.
+    pub fn backoff(attempt: u32, unit_random: f64) -> std::time::Duration {
+        crate::retry::backoff_delay(&TaskOptions::DEFAULT.backoff, attempt, unit_random)
+    }
+}

@@ -332,3 +332,56 @@ async fn queues_and_ignored_results() {
     worker.stop().await;
     assert_eq!(queue_state(&ns, "low"), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_jobs_are_given_back_at_shutdown_not_left_to_a_lease() {
+    let ns = TestNamespace::new("prefetch");
+    let client = ns.client().await;
+    let ledger = ns.name().to_owned();
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        handles.push(
+            count_local::enqueue(&client, ledger.clone(), 400)
+                .await
+                .unwrap(),
+        );
+    }
+    let worker = psw_tasks::Worker::builder(&client)
+        .concurrency(1)
+        .prefetch(5)
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    eventually(WAIT, "the first job started", || async {
+        let mut started = 0;
+        for handle in &handles {
+            if handle.record().await.unwrap().is_some() {
+                started += 1;
+            }
+        }
+        started == 1
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        local_runs(&ledger).len(),
+        1,
+        "the running job finished, no other started"
+    );
+    assert_eq!(queue_state(&ns, "default").1, 0, "nothing left pending");
+
+    // The five given back run at once on the next worker, without waiting for a lease.
+    let next = start_worker(&client, 5);
+    for handle in &handles {
+        handle.wait(WAIT).await.unwrap();
+    }
+    assert_eq!(next.stats.reclaimed(), 0);
+    next.stop().await;
+    let runs = local_runs(&ledger);
+    assert_eq!(runs.len(), 6);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+}

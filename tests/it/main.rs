@@ -1,6 +1,8 @@
 //! Integration tests across crates: real Redis, real worker processes.
 
+mod beat;
 mod connections;
 mod jobs;
 mod processes;
+mod reliability;
 mod support;

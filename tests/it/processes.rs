@@ -10,9 +10,14 @@ use psw_tasks_tests::count_redis;
 
 use crate::support::{eventually, queue_state, start_worker};
 
-fn spawn_worker(ns: &TestNamespace, envs: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn_worker(ns: &TestNamespace, envs: &[(&str, &str)]) -> Child {
+    spawn(ns, "worker", envs)
+}
+
+/// `test-worker <subcommand>` on the test Redis in `ns`'s namespace.
+pub(crate) fn spawn(ns: &TestNamespace, subcommand: &str, envs: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_test-worker"))
-        .arg("worker")
+        .arg(subcommand)
         .env("REDIS_URL", ns.url())
         .env("PSW_NAMESPACE", ns.name())
         .env("RUST_LOG", "warn")
@@ -22,7 +27,7 @@ fn spawn_worker(ns: &TestNamespace, envs: &[(&str, &str)]) -> Child {
         .expect("start test-worker")
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(child.id().to_string())
@@ -31,7 +36,7 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name} failed");
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -45,7 +50,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn ledger(ns: &TestNamespace, key: &str) -> HashMap<String, u32> {
+pub(crate) fn ledger(ns: &TestNamespace, key: &str) -> HashMap<String, u32> {
     let client = redis::Client::open(ns.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap()
@@ -182,7 +187,11 @@ async fn jobs_cut_off_by_the_grace_period_run_again_elsewhere() {
     assert_eq!(queue_state(&ns, "default"), (0, 0));
 }
 
-fn run_cli(ns: &TestNamespace, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+pub(crate) fn run_cli(
+    ns: &TestNamespace,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
         .args(args)
         .env("REDIS_URL", ns.url())

@@ -28,11 +28,17 @@ impl RunningWorker {
 }
 
 pub(crate) fn start_worker(client: &Client, concurrency: usize) -> RunningWorker {
-    let worker = Worker::builder(client)
-        .concurrency(concurrency)
-        .shutdown_grace(Duration::from_secs(10))
-        .build()
-        .expect("build worker");
+    start_built(
+        Worker::builder(client)
+            .concurrency(concurrency)
+            .shutdown_grace(Duration::from_secs(10))
+            .build()
+            .expect("build worker"),
+    )
+}
+
+/// Run a worker built by the test.
+pub(crate) fn start_built(worker: Worker) -> RunningWorker {
     let stats = worker.stats();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(worker.run_until(async {
@@ -96,6 +102,17 @@ impl PrivateRedis {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        Self::start_on(port, extra, tls)
+    }
+
+    /// Kill it with SIGKILL, as a crash would.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start one on a given port (to bring a killed one back).
+    pub(crate) fn start_on(port: u16, extra: &[&str], tls: bool) -> PrivateRedis {
         let port_arg = port.to_string();
         let mut args = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
         if tls {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use psw_tasks::{TaskContext, TaskError, task};
 use serde::{Deserialize, Serialize};
@@ -173,6 +173,102 @@ pub async fn sleepy(ms: u64) -> Result<u64, TaskError> {
     Ok(ms)
 }
 
+/// Fired by the beat every second; counts its run in this process's ledger `beat_tick` under
+/// its slot (the `slot_ms` header), so that duplicates and gaps show.
+#[task(name = "it.beat_tick", every = "1s", queue = "beat", retries = 0)]
+pub async fn beat_tick(ctx: TaskContext) -> Result<(), TaskError> {
+    let slot = ctx
+        .headers()
+        .get("slot_ms")
+        .cloned()
+        .unwrap_or_else(|| "none".to_owned());
+    *local_ledger()
+        .lock()
+        .unwrap()
+        .entry(format!("beat_tick/{slot}"))
+        .or_default() += 1;
+    Ok(())
+}
+
+/// A nightly schedule in Stockholm time, never due during a test: for listings.
+#[task(
+    name = "it.nightly",
+    schedule = "30 2 * * *",
+    tz = "Europe/Stockholm",
+    misfire = "backfill(3)",
+    overlap = false,
+    queue = "beat"
+)]
+pub async fn nightly() -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// When each run started and ended, by ledger.
+type Spans = Mutex<HashMap<String, Vec<(Instant, Instant)>>>;
+
+fn spans() -> &'static Spans {
+    static SPANS: OnceLock<Spans> = OnceLock::new();
+    SPANS.get_or_init(Default::default)
+}
+
+/// When each run of `ledger`'s jobs started and ended in this process, in order of ending.
+pub fn runs_of(ledger: &str) -> Vec<(Instant, Instant)> {
+    spans()
+        .lock()
+        .unwrap()
+        .get(ledger)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Runs for `ms` and records when it started and ended.
+#[task(name = "it.timed", retries = 0)]
+pub async fn timed(ledger: String, ms: u64) -> Result<(), TaskError> {
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    spans()
+        .lock()
+        .unwrap()
+        .entry(ledger)
+        .or_default()
+        .push((started, Instant::now()));
+    Ok(())
+}
+
+/// Sleeps, counts its run in a Redis hash like `count_redis`, and returns the id of the
+/// process that ran it: which worker's result was stored.
+#[task(name = "it.whoami", retries = 0)]
+pub async fn whoami(ctx: TaskContext, ledger: String, sleep_ms: u64) -> Result<u32, TaskError> {
+    count_redis(ctx, ledger, sleep_ms).await?;
+    Ok(std::process::id())
+}
+
+fn open_flags() -> &'static Mutex<std::collections::HashSet<String>> {
+    static FLAGS: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    FLAGS.get_or_init(Default::default)
+}
+
+/// Let `fails_until(flag)` succeed from now on.
+pub fn open_flag(flag: &str) {
+    open_flags().lock().unwrap().insert(flag.to_owned());
+}
+
+/// Fails (retryably, but with no retries) until its flag is opened.
+#[task(name = "it.fails_until", retries = 0)]
+pub async fn fails_until(flag: String) -> Result<String, TaskError> {
+    if open_flags().lock().unwrap().contains(&flag) {
+        Ok(format!("{flag} is open"))
+    } else {
+        Err(TaskError::retry(format!("{flag} is still closed")))
+    }
+}
+
+/// Ends its process at once, as a segfault or an OOM kill would.
+#[task(name = "it.abort", retries = 3)]
+pub async fn abort_process() -> Result<(), TaskError> {
+    std::process::abort()
+}
+
 /// The names every binary that links this crate must see registered.
 pub const TASK_NAMES: &[&str] = &[
     "it.add",
@@ -185,4 +281,10 @@ pub const TASK_NAMES: &[&str] = &[
     "it.count_redis",
     "it.sleepy",
     "it.fire_and_forget",
+    "it.whoami",
+    "it.fails_until",
+    "it.abort",
+    "it.beat_tick",
+    "it.nightly",
+    "it.timed",
 ];

@@ -11,6 +11,12 @@ pub(crate) const GROUP: &str = "workers";
 /// The stream field that holds the encoded envelope.
 pub(crate) const JOB_FIELD: &str = "job";
 
+/// The field of a schedule's hash that holds the last slot handled (ms), compared and set.
+pub(crate) const LAST_FIELD: &str = "last_ms";
+
+/// The field of a schedule's hash that holds the stream entry id of its last job.
+pub(crate) const ENTRY_FIELD: &str = "entry";
+
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
@@ -49,10 +55,48 @@ impl Keys {
         format!("{}:dead", self.prefix)
     }
 
+    /// Counter of dead letters trimmed to keep the dead-letter stream under its cap.
+    pub(crate) fn dead_trimmed(&self) -> String {
+        format!("{}:dead:trimmed", self.prefix)
+    }
+
     /// Pub/sub channel announcing ids of finished jobs.
     pub(crate) fn finished_channel(&self) -> String {
         format!("{}:finished", self.prefix)
     }
+
+    /// Hash of one schedule: its definition, the last slot handled, the last job fired.
+    pub(crate) fn schedule(&self, name: &str) -> String {
+        format!("{}:beat:schedule:{name}", self.prefix)
+    }
+
+    /// Set of the names of the schedules any beat has run.
+    pub(crate) fn schedules(&self) -> String {
+        format!("{}:beat:schedules", self.prefix)
+    }
+
+    /// The beat leader's lease: the holder's name, with a TTL.
+    pub(crate) fn beat_leader(&self) -> String {
+        format!("{}:beat:leader", self.prefix)
+    }
+}
+
+/// Schedule names end a key and make job ids (`name@slot`): no whitespace (ids are announced
+/// space-separated), no braces (the hash tag), no `@`, not empty. Unlike queue names they may
+/// hold `:`, as default task names (`jobs::daily`) do.
+pub(crate) fn validate_schedule_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > 200
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '@'));
+    if bad {
+        return Err(Error::schedule(
+            name,
+            "a schedule name is 1 to 200 characters without whitespace, `{`, `}` or `@`",
+        ));
+    }
+    Ok(())
 }
 
 /// Namespaces and queue names become parts of keys: no braces (they would change the hash
@@ -86,6 +130,9 @@ mod tests {
             keys.record("0190"),
             keys.queues(),
             keys.dead(),
+            keys.schedule("jobs::daily"),
+            keys.schedules(),
+            keys.beat_leader(),
         ] {
             assert!(key.starts_with("{app}:"), "{key}");
         }

@@ -7,14 +7,32 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast};
 
-use super::{BoxFuture, Broker, DeadLetter, Delivery, NewJob, Promoted, Write};
+use super::keys::{ENTRY_FIELD, LAST_FIELD};
+use super::{
+    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, Write,
+    dead_fields,
+};
 use crate::Result;
 
-#[derive(Default)]
+/// The fields of one dead letter, as `dead_fields` makes them.
+type DeadFields = Vec<(&'static str, Vec<u8>)>;
+
 pub(crate) struct MemoryBroker {
     state: Mutex<State>,
     arrivals: Notify,
     finished: FinishedChannel,
+    dead_letter_cap: u64,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker {
+            state: Mutex::default(),
+            arrivals: Notify::new(),
+            finished: FinishedChannel::default(),
+            dead_letter_cap: crate::config::DEFAULT_DEAD_LETTER_CAP,
+        }
+    }
 }
 
 pub(crate) struct FinishedChannel(broadcast::Sender<Arc<str>>);
@@ -29,9 +47,13 @@ impl Default for FinishedChannel {
 struct State {
     queues: HashMap<String, Queue>,
     records: HashMap<String, (Vec<u8>, Instant)>,
-    dead: Vec<DeadLetter>,
+    /// Dead letters by entry id, oldest first, as field lists like the Redis stream's.
+    dead: VecDeque<(String, DeadFields)>,
+    dead_trimmed: u64,
     next_entry: u64,
     next_delayed: u64,
+    schedules: HashMap<String, HashMap<String, String>>,
+    beat_leader: Option<(String, Instant)>,
 }
 
 #[derive(Default)]
@@ -45,11 +67,18 @@ struct Pending {
     consumer: String,
     last_delivery: Instant,
     payload: Vec<u8>,
+    deliveries: u64,
 }
 
 impl MemoryBroker {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Keep at most `cap` dead letters; older ones are trimmed and counted.
+    pub(crate) fn with_dead_letter_cap(mut self, cap: u64) -> Self {
+        self.dead_letter_cap = cap.max(1);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -79,12 +108,14 @@ impl MemoryBroker {
                         consumer: consumer.to_owned(),
                         last_delivery: now,
                         payload: payload.clone(),
+                        deliveries: 1,
                     },
                 );
                 out.push(Delivery {
                     queue: queue_name.clone(),
                     entry_id,
                     payload,
+                    deliveries: 1,
                 });
             }
         }
@@ -93,14 +124,16 @@ impl MemoryBroker {
 }
 
 impl State {
-    fn append(&mut self, queue: &str, payload: Vec<u8>) {
+    /// Adds a ready job; returns its entry id.
+    fn append(&mut self, queue: &str, payload: Vec<u8>) -> String {
         self.next_entry += 1;
         let entry_id = format!("{}-0", self.next_entry);
         self.queues
             .entry(queue.to_owned())
             .or_default()
             .ready
-            .push_back((entry_id, payload));
+            .push_back((entry_id.clone(), payload));
+        entry_id
     }
 }
 
@@ -131,7 +164,9 @@ impl Broker for MemoryBroker {
                                 .delayed
                                 .insert((due, seq), job.payload);
                         }
-                        _ => state.append(&job.queue, job.payload),
+                        _ => {
+                            state.append(&job.queue, job.payload);
+                        }
                     }
                 }
             }
@@ -229,10 +264,12 @@ impl Broker for MemoryBroker {
                     let pending = q.pending.get_mut(&entry_id).expect("listed above");
                     pending.consumer = consumer.to_owned();
                     pending.last_delivery = now;
+                    pending.deliveries += 1;
                     out.push(Delivery {
                         queue: queue_name.clone(),
                         entry_id,
                         payload: pending.payload.clone(),
+                        deliveries: pending.deliveries,
                     });
                 }
             }
@@ -264,20 +301,53 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn apply<'a>(&'a self, writes: &'a [Write], ttl: Duration) -> BoxFuture<'a, Result<()>> {
+    fn apply<'a>(
+        &'a self,
+        consumer: &'a str,
+        writes: &'a [Write],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Applied>> {
         Box::pin(async move {
             let mut finished = Vec::new();
+            let mut applied = Applied::default();
             {
                 let mut state = self.lock();
                 let expires = Instant::now() + ttl;
-                for write in writes {
+                let held = |state: &State, queue: &str, entry_id: &str, deliveries: u64| {
+                    state
+                        .queues
+                        .get(queue)
+                        .and_then(|q| q.pending.get(entry_id))
+                        .is_some_and(|p| p.consumer == consumer && p.deliveries == deliveries)
+                };
+                let mut dead_added = false;
+                for (index, write) in writes.iter().enumerate() {
                     match write {
-                        Write::Record { id, record } => {
+                        Write::Record {
+                            queue,
+                            entry_id,
+                            deliveries,
+                            id,
+                            record,
+                        } => {
+                            if !held(&state, queue, entry_id, *deliveries) {
+                                applied.fenced.push(index);
+                                continue;
+                            }
                             state
                                 .records
                                 .insert(id.to_string(), (record.clone(), expires));
                         }
                         Write::Settle(settlement) => {
+                            if !held(
+                                &state,
+                                &settlement.queue,
+                                &settlement.entry_id,
+                                settlement.deliveries,
+                            ) {
+                                applied.fenced.push(index);
+                                continue;
+                            }
                             if let Some((id, record)) = &settlement.record {
                                 state
                                     .records
@@ -297,7 +367,13 @@ impl Broker for MemoryBroker {
                                     );
                             }
                             if let Some(dead) = &settlement.dead {
-                                state.dead.push(dead.clone());
+                                state.next_entry += 1;
+                                let entry = format!("{}-0", state.next_entry);
+                                let fields =
+                                    dead_fields(dead, &settlement.queue, &settlement.entry_id);
+                                state.dead.push_back((entry.clone(), fields));
+                                applied.dead_entries.push(entry);
+                                dead_added = true;
                             }
                             if let Some(q) = state.queues.get_mut(&*settlement.queue) {
                                 q.pending.remove(&settlement.entry_id);
@@ -306,12 +382,19 @@ impl Broker for MemoryBroker {
                         }
                     }
                 }
+                if dead_added {
+                    while state.dead.len() as u64 > self.dead_letter_cap {
+                        state.dead.pop_front();
+                        applied.dead_trimmed += 1;
+                    }
+                    state.dead_trimmed += applied.dead_trimmed;
+                }
             }
             for id in finished {
                 // No receiver is not an error: nobody waits.
                 let _ = self.finished.0.send(Arc::from(id.as_str()));
             }
-            Ok(())
+            Ok(applied)
         })
     }
 
@@ -340,5 +423,203 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<()>> {
         // Consumers are not stored apart from their pending entries here.
         Box::pin(async { Ok(()) })
+    }
+
+    fn beat_state<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, String>>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .schedules
+                .get(schedule)
+                .cloned()
+                .unwrap_or_default())
+        })
+    }
+
+    fn beat_register<'a>(
+        &'a self,
+        schedule: &'a str,
+        last_ms: i64,
+        fields: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let stored = state.schedules.entry(schedule.to_owned()).or_default();
+            stored
+                .entry(LAST_FIELD.to_owned())
+                .or_insert_with(|| last_ms.to_string());
+            for (field, value) in fields {
+                stored.insert((*field).to_owned(), value.clone());
+            }
+            Ok(())
+        })
+    }
+
+    fn beat_advance<'a>(&'a self, advance: &'a BeatAdvance) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            {
+                let mut state = self.lock();
+                let expected = advance.expected_ms.to_string();
+                let current = state
+                    .schedules
+                    .get(&advance.schedule)
+                    .and_then(|stored| stored.get(LAST_FIELD));
+                if current != Some(&expected) {
+                    return Ok(false);
+                }
+                let entries: Vec<String> = advance
+                    .payloads
+                    .iter()
+                    .map(|payload| state.append(&advance.queue, payload.clone()))
+                    .collect();
+                let stored = state
+                    .schedules
+                    .get_mut(&advance.schedule)
+                    .expect("compared above");
+                stored.insert(LAST_FIELD.to_owned(), advance.through_ms.to_string());
+                if let Some(field) = advance.count {
+                    let count = stored.entry(field.to_owned()).or_default();
+                    *count = (count.parse::<u64>().unwrap_or(0) + 1).to_string();
+                }
+                for (field, value) in &advance.fields {
+                    stored.insert((*field).to_owned(), value.clone());
+                }
+                if let Some(entry) = entries.last() {
+                    stored.insert(ENTRY_FIELD.to_owned(), entry.clone());
+                }
+            }
+            if !advance.payloads.is_empty() {
+                self.arrivals.notify_waiters();
+            }
+            Ok(true)
+        })
+    }
+
+    fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let mut names: Vec<String> = self.lock().schedules.keys().cloned().collect();
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let now = Instant::now();
+            let held_by = match &state.beat_leader {
+                Some((name, expires)) if *expires > now => Some(name.as_str()),
+                _ => None,
+            };
+            if held_by.is_some_and(|name| name != holder) {
+                return Ok(false);
+            }
+            if ttl.is_zero() {
+                state.beat_leader = None;
+                return Ok(false);
+            }
+            state.beat_leader = Some((holder.to_owned(), now + ttl));
+            Ok(true)
+        })
+    }
+
+    fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok(state.queues.get(queue).is_some_and(|q| {
+                q.pending.contains_key(entry_id) || q.ready.iter().any(|(id, _)| id == entry_id)
+            }))
+        })
+    }
+
+    fn dead_range<'a>(
+        &'a self,
+        start: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadEntry>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            // Entry ids are `<n>-0` with n increasing: compare by n.
+            let number = |id: &str| -> u64 {
+                id.split('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            let (from, exclusive) = match start {
+                "-" => (0, false),
+                id => match id.strip_prefix('(') {
+                    Some(id) => (number(id), true),
+                    None => (number(id), false),
+                },
+            };
+            Ok(state
+                .dead
+                .iter()
+                .filter(|(id, _)| {
+                    let n = number(id);
+                    if exclusive { n > from } else { n >= from }
+                })
+                .take(count.max(1))
+                .map(|(id, fields)| {
+                    let fields = fields
+                        .iter()
+                        .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                        .collect();
+                    (id.clone(), fields)
+                })
+                .collect())
+        })
+    }
+
+    fn dead_stats(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok((state.dead.len() as u64, state.dead_trimmed))
+        })
+    }
+
+    fn dead_replay<'a>(
+        &'a self,
+        entry_id: &'a str,
+        queue: &'a str,
+        job_id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            {
+                let mut state = self.lock();
+                let Some(position) = state.dead.iter().position(|(id, _)| id == entry_id) else {
+                    return Ok(false);
+                };
+                state.dead.remove(position);
+                state.append(queue, payload);
+                state.records.remove(job_id);
+            }
+            self.arrivals.notify_waiters();
+            Ok(true)
+        })
+    }
+
+    fn dead_purge(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let purged = state.dead.len() as u64;
+            state.dead.clear();
+            Ok(purged)
+        })
+    }
+
+    fn prune_consumers<'a>(
+        &'a self,
+        _queue: &'a str,
+        _me: &'a str,
+        _idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        // Consumers exist here only through their pending entries: nothing to prune.
+        Box::pin(async { Ok(Vec::new()) })
     }
 }

@@ -4,6 +4,7 @@
 //! Architecture invariant: the worker and the client see only [`Broker`]; Redis types stay in
 //! `redis.rs`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub(crate) struct Delivery {
     pub(crate) queue: Arc<str>,
     pub(crate) entry_id: String,
     pub(crate) payload: Vec<u8>,
+    /// Times the entry has been delivered, this one included (1 for a first delivery).
+    pub(crate) deliveries: u64,
 }
 
 /// A job to add: ready at once, or held in the queue's delayed set until `due_ms`.
@@ -38,22 +41,29 @@ pub(crate) struct NewJob {
     pub(crate) due_ms: Option<i64>,
 }
 
-/// Why a delivery could not be run, kept with its raw bytes in the dead-letter stream.
+/// Why a delivery could not be run or failed for good, kept with its raw bytes in the
+/// dead-letter stream.
 #[derive(Debug, Clone)]
 pub(crate) struct DeadLetter {
     pub(crate) job_id: Option<JobId>,
     pub(crate) task: Option<String>,
     pub(crate) reason: &'static str,
     pub(crate) error: String,
+    /// Every attempt's error, MessagePack-encoded (an empty array when none ran).
+    pub(crate) errors: Vec<u8>,
+    /// The entry's bytes, cut at the cap; `truncated` says whether they were.
     pub(crate) payload: Vec<u8>,
+    pub(crate) truncated: bool,
 }
 
 /// The end of one delivery. Everything in it is written before the entry is acknowledged,
-/// in the same round trip.
+/// in the same round trip, and only while this consumer still holds the delivery (fencing).
 #[derive(Debug)]
 pub(crate) struct Settlement {
     pub(crate) queue: Arc<str>,
     pub(crate) entry_id: String,
+    /// The delivery count the consumer saw: a later delivery of the same entry fences this one.
+    pub(crate) deliveries: u64,
     /// The job's record in its new state.
     pub(crate) record: Option<(JobId, Vec<u8>)>,
     /// Announced to waiters once written (terminal states of jobs with results).
@@ -63,6 +73,49 @@ pub(crate) struct Settlement {
     pub(crate) dead: Option<DeadLetter>,
 }
 
+impl Settlement {
+    /// A settlement of `delivery` that only acknowledges it; fill in the rest.
+    pub(crate) fn of(delivery: &Delivery) -> Self {
+        Settlement {
+            queue: delivery.queue.clone(),
+            entry_id: delivery.entry_id.clone(),
+            deliveries: delivery.deliveries,
+            record: None,
+            finished: None,
+            retry: None,
+            dead: None,
+        }
+    }
+}
+
+/// The fields of a dead-letter entry, in stream order (documented in `docs/protocol.md`).
+pub(crate) fn dead_fields(
+    dead: &DeadLetter,
+    queue: &str,
+    entry_id: &str,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = vec![
+        ("reason", dead.reason.as_bytes().to_vec()),
+        ("error", dead.error.as_bytes().to_vec()),
+        ("queue", queue.as_bytes().to_vec()),
+        ("entry", entry_id.as_bytes().to_vec()),
+        ("at_ms", crate::envelope::now_ms().to_string().into_bytes()),
+        ("errors", dead.errors.clone()),
+        (
+            "truncated",
+            if dead.truncated { b"1" } else { b"0" }.to_vec(),
+        ),
+    ];
+    if let Some(id) = &dead.job_id {
+        fields.push(("id", id.as_str().as_bytes().to_vec()));
+    }
+    if let Some(task) = &dead.task {
+        fields.push(("task", task.as_bytes().to_vec()));
+    }
+    fields.push((keys::JOB_FIELD, dead.payload.clone()));
+    fields
+}
+
 /// Writes applied in order, in one round trip per batch.
 #[derive(Debug)]
 #[allow(
@@ -70,13 +123,31 @@ pub(crate) struct Settlement {
     reason = "settlements are the common case; boxing them would add an allocation per job"
 )]
 pub(crate) enum Write {
-    /// Store a record (STARTED, PROGRESS) without settling anything.
+    /// Store a record (STARTED, PROGRESS) of a delivery still running, without settling it.
     Record {
+        queue: Arc<str>,
+        entry_id: String,
+        deliveries: u64,
         id: JobId,
         record: Vec<u8>,
     },
     Settle(Settlement),
 }
+
+/// What applying a batch of writes did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Indexes of writes refused because the consumer no longer held their delivery: another
+    /// worker took it over after the lease ran out. Nothing of them was written.
+    pub(crate) fenced: Vec<usize>,
+    /// Oldest dead letters removed to keep the dead-letter stream under its cap.
+    pub(crate) dead_trimmed: u64,
+    /// Entry ids of the dead letters added, in the order of the writes that added them.
+    pub(crate) dead_entries: Vec<String>,
+}
+
+/// A dead-letter entry: its id and its fields.
+pub(crate) type DeadEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// What a promotion pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +198,14 @@ pub(crate) trait Broker: Send + Sync + 'static {
         entry_ids: &'a [String],
     ) -> BoxFuture<'a, Result<usize>>;
 
-    /// Apply writes in order, all or none; records expire after `ttl`.
-    fn apply<'a>(&'a self, writes: &'a [Write], ttl: Duration) -> BoxFuture<'a, Result<()>>;
+    /// Apply writes in order, atomically, each only while `consumer` still holds its delivery
+    /// with the same delivery count; records expire after `ttl`.
+    fn apply<'a>(
+        &'a self,
+        consumer: &'a str,
+        writes: &'a [Write],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Applied>>;
 
     /// The stored record of a job.
     fn load_record<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
@@ -144,4 +221,86 @@ pub(crate) trait Broker: Send + Sync + 'static {
         consumer: &'a str,
         queues: &'a [String],
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// The stored fields of a schedule; empty when no beat has registered it.
+    fn beat_state<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, String>>>;
+
+    /// Register a schedule: store its definition `fields`, and `last_ms` as the last slot
+    /// handled unless it has one (a restart neither repeats nor drops slots).
+    fn beat_register<'a>(
+        &'a self,
+        schedule: &'a str,
+        last_ms: i64,
+        fields: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Apply one pass of a schedule, all or nothing, only if its last slot handled is still
+    /// `expected_ms`; returns whether it was applied.
+    fn beat_advance<'a>(&'a self, advance: &'a BeatAdvance) -> BoxFuture<'a, Result<bool>>;
+
+    /// The names of every registered schedule, sorted.
+    fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+
+    /// Take or renew the beat leader's lease for `holder`, for `ttl`; a zero `ttl` gives it up.
+    /// Returns whether `holder` holds it now.
+    fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
+
+    /// Whether an entry is still in its queue's stream: waiting, or running and not settled.
+    fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// Up to `count` dead letters from entry id `start` on (`-` for the oldest; `(id` for
+    /// those after `id`), oldest first.
+    fn dead_range<'a>(
+        &'a self,
+        start: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadEntry>>>;
+
+    /// (dead letters stored, dead letters trimmed by the cap so far).
+    fn dead_stats(&self) -> BoxFuture<'_, Result<(u64, u64)>>;
+
+    /// Atomically remove a dead letter, add `payload` to the queue as a ready job and delete
+    /// the job's old record (it is pending again); false if the dead letter is gone.
+    fn dead_replay<'a>(
+        &'a self,
+        entry_id: &'a str,
+        queue: &'a str,
+        job_id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Delete every dead letter; returns how many there were.
+    fn dead_purge(&self) -> BoxFuture<'_, Result<u64>>;
+
+    /// Remove from the queue's group the consumers other than `me` that own nothing and have
+    /// been idle for `idle` or more: workers that died and whose entries were reclaimed.
+    /// Returns their names.
+    fn prune_consumers<'a>(
+        &'a self,
+        queue: &'a str,
+        me: &'a str,
+        idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+}
+
+/// One pass of a schedule, applied only if the schedule's last handled slot is still
+/// `expected_ms`: this compare-and-set is what makes each (schedule, slot) produce one job
+/// however many beat processes run, paused or not.
+#[derive(Debug, Clone)]
+pub(crate) struct BeatAdvance {
+    pub(crate) schedule: String,
+    /// The last slot handled that the pass was planned from.
+    pub(crate) expected_ms: i64,
+    /// The last slot handled after it.
+    pub(crate) through_ms: i64,
+    /// The jobs it fires, ready now, all on `queue`; the entry id of the last one is stored.
+    pub(crate) queue: String,
+    pub(crate) payloads: Vec<Vec<u8>>,
+    /// Fields stored with it (the last job, its slot).
+    pub(crate) fields: Vec<(&'static str, String)>,
+    /// A counter field to increment (slots skipped because the last run was still going).
+    pub(crate) count: Option<&'static str>,
 }

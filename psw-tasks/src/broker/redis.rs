@@ -1,9 +1,9 @@
 //! The Redis Streams broker: one stream and consumer group per queue, a sorted set per queue for
 //! delayed jobs, records as plain strings with a TTL. Key names come from `keys.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -12,8 +12,11 @@ use redis::{Script, Value};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::keys::{GROUP, JOB_FIELD, Keys};
-use super::{BoxFuture, Broker, Delivery, NewJob, Promoted, Write};
+use super::keys::{ENTRY_FIELD, GROUP, JOB_FIELD, Keys, LAST_FIELD};
+use super::{
+    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, Write,
+    dead_fields,
+};
 use crate::envelope::JobId;
 use crate::{Error, Result};
 
@@ -48,6 +51,94 @@ end
 return renewed
 ";
 
+/// XAUTOCLAIM, returning each claimed entry with its delivery count (XAUTOCLAIM itself does
+/// not), so that the new owner's writes can be fenced on it.
+const RECLAIM: &str = r"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local claimed = {}
+for i, e in ipairs(r[2]) do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+  claimed[i] = {e[1], e[2], p[1][4]}
+end
+return {r[1], claimed, r[3] or {}}
+";
+
+/// Applies a batch of writes, each only while the consumer still holds its delivery with the
+/// delivery count it saw: a worker that lost its lease (paused, partitioned) can neither
+/// acknowledge nor write the record of a job another worker took over. XACK alone checks
+/// nothing. KEYS[1] is the dead-letter stream and KEYS[2] its trimmed counter; each op names
+/// its keys by position. Returns {indexes of fenced ops (from 0), dead letters trimmed, ids of
+/// the dead letters added}.
+const SETTLE: &str = r"
+local ops = cmsgpack.unpack(ARGV[6])
+local fenced = {}
+local finished = {}
+local dead = 0
+local dead_ids = {}
+for i, op in ipairs(ops) do
+  local stream = KEYS[op[1]]
+  local p = redis.call('XPENDING', stream, ARGV[1], op[2], op[2], 1)
+  local e = p[1]
+  if e and e[2] == ARGV[2] and e[4] == op[3] then
+    if op[5] > 0 then redis.call('SET', KEYS[op[5]], op[6], 'PX', ARGV[3]) end
+    if op[7] > 0 then redis.call('ZADD', KEYS[op[7]], op[8], op[9]) end
+    if #op[10] > 0 then
+      dead = dead + 1
+      dead_ids[dead] = redis.call('XADD', KEYS[1], '*', unpack(op[10]))
+    end
+    if op[4] == 1 then
+      redis.call('XACK', stream, ARGV[1], op[2])
+      redis.call('XDEL', stream, op[2])
+    end
+    if op[11] ~= '' then finished[#finished + 1] = op[11] end
+  else
+    fenced[#fenced + 1] = i - 1
+  end
+end
+local trimmed = 0
+if dead > 0 then
+  trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[4])
+  if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
+end
+if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end
+return {fenced, trimmed, dead_ids}
+";
+
+/// Puts a dead letter back on its queue, once: only if this call removed it. The job's old
+/// FAILURE record goes too: the job is pending again.
+const REPLAY: &str = r"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', ARGV[2], ARGV[3])
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+return 0
+";
+
+/// Deletes consumers that own nothing and have been idle long enough: the traces of dead
+/// workers. Pending count and deletion are read and done in one step, so an entry can never
+/// be dropped with its consumer. A live worker that is removed by mistake is recreated by its
+/// next read.
+const PRUNE: &str = r"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[2] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+";
+
+/// Empties the dead-letter stream, saying how much it held.
+const PURGE: &str = r"
+local n = redis.call('XLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+";
+
 /// Deletes a consumer only when it owns no pending entry: DELCONSUMER drops the consumer's
 /// pending entries from the group, which would lose them.
 const RETIRE: &str = r"
@@ -79,6 +170,13 @@ pub(crate) struct RedisBroker {
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
     promote: Script,
     renew: Script,
+    reclaim: Script,
+    settle: Script,
+    replay: Script,
+    purge: Script,
+    prune: Script,
+    /// Most entries kept in the dead-letter stream.
+    dead_letter_cap: u64,
     retire: Script,
 }
 
@@ -167,8 +265,20 @@ impl RedisBroker {
             listener: std::sync::Mutex::new(None),
             promote: Script::new(PROMOTE),
             renew: Script::new(RENEW),
+            reclaim: Script::new(RECLAIM),
+            settle: Script::new(SETTLE),
+            replay: Script::new(REPLAY),
+            purge: Script::new(PURGE),
+            prune: Script::new(PRUNE),
+            dead_letter_cap: crate::config::DEFAULT_DEAD_LETTER_CAP,
             retire: Script::new(RETIRE),
         })
+    }
+
+    /// Keep at most `cap` dead letters; older ones are trimmed, counted and logged.
+    pub(crate) fn with_dead_letter_cap(mut self, cap: u64) -> Self {
+        self.dead_letter_cap = cap.max(1);
+        self
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -382,15 +492,15 @@ impl Broker for RedisBroker {
             let mut cursor = "0-0".to_owned();
             let mut out = Vec::new();
             loop {
-                let reply: Value = redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
+                let reply: Value = self
+                    .reclaim
+                    .key(&stream)
                     .arg(GROUP)
                     .arg(consumer)
                     .arg(min_idle.as_millis() as u64)
                     .arg(&cursor)
-                    .arg("COUNT")
                     .arg(max.saturating_sub(out.len()).max(1))
-                    .query_async(&mut conn)
+                    .invoke_async(&mut conn)
                     .await?;
                 let Value::Array(mut parts) = reply else {
                     return Err(unexpected("XAUTOCLAIM"));
@@ -433,88 +543,97 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn apply<'a>(&'a self, writes: &'a [Write], ttl: Duration) -> BoxFuture<'a, Result<()>> {
+    fn apply<'a>(
+        &'a self,
+        consumer: &'a str,
+        writes: &'a [Write],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Applied>> {
         Box::pin(async move {
             if writes.is_empty() {
-                return Ok(());
+                return Ok(Applied::default());
             }
-            let ttl_ms = ttl.as_millis().max(1) as u64;
-            let mut pipe = redis::pipe();
-            // MULTI/EXEC: a command rejected while queueing (out of memory) aborts the whole
-            // batch, so no entry is acknowledged without its record.
-            pipe.atomic();
-            let mut settled: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-            let mut finished = String::new();
-            let store = |pipe: &mut redis::Pipeline, id: &JobId, record: &[u8]| {
-                pipe.cmd("SET")
-                    .arg(self.keys.record(id.as_str()))
-                    .arg(record)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-            };
+            let mut keys = KeyList::default();
+            keys.index(self.keys.dead());
+            keys.index(self.keys.dead_trimmed());
+            let mut ops = Vec::with_capacity(writes.len());
             for write in writes {
-                match write {
-                    Write::Record { id, record } => store(&mut pipe, id, record),
+                ops.push(match write {
+                    Write::Record {
+                        queue,
+                        entry_id,
+                        deliveries,
+                        id,
+                        record,
+                    } => SettleOp {
+                        stream: keys.index(self.keys.stream(queue)),
+                        entry_id,
+                        deliveries: *deliveries,
+                        ack: 0,
+                        record_key: keys.index(self.keys.record(id.as_str())),
+                        record,
+                        delayed_key: 0,
+                        due_ms: 0,
+                        retry: &[],
+                        dead: Vec::new(),
+                        finished: "",
+                    },
                     Write::Settle(settlement) => {
-                        if let Some((id, record)) = &settlement.record {
-                            store(&mut pipe, id, record);
-                        }
-                        if let Some(retry) = &settlement.retry {
-                            pipe.cmd("ZADD")
-                                .arg(self.keys.delayed(&retry.queue))
-                                .arg(retry.due_ms.unwrap_or(0))
-                                .arg(&retry.payload)
-                                .ignore();
-                        }
-                        if let Some(dead) = &settlement.dead {
-                            let cmd = pipe
-                                .cmd("XADD")
-                                .arg(self.keys.dead())
-                                .arg("*")
-                                .arg("reason")
-                                .arg(dead.reason)
-                                .arg("error")
-                                .arg(&dead.error)
-                                .arg("queue")
-                                .arg(&*settlement.queue)
-                                .arg("at_ms")
-                                .arg(crate::envelope::now_ms());
-                            if let Some(id) = &dead.job_id {
-                                cmd.arg("id").arg(id.as_str());
+                        let (record_key, record) = match &settlement.record {
+                            Some((id, record)) => {
+                                (keys.index(self.keys.record(id.as_str())), record.as_slice())
                             }
-                            if let Some(task) = &dead.task {
-                                cmd.arg("task").arg(task);
-                            }
-                            cmd.arg(JOB_FIELD).arg(&dead.payload).ignore();
-                        }
-                        settled
-                            .entry(&settlement.queue)
-                            .or_default()
-                            .push(&settlement.entry_id);
-                        if let Some(id) = &settlement.finished {
-                            if !finished.is_empty() {
-                                finished.push(' ');
-                            }
-                            finished.push_str(id.as_str());
+                            None => (0, &[][..]),
+                        };
+                        let (delayed_key, due_ms, retry) = match &settlement.retry {
+                            Some(retry) => (
+                                keys.index(self.keys.delayed(&retry.queue)),
+                                retry.due_ms.unwrap_or(0),
+                                retry.payload.as_slice(),
+                            ),
+                            None => (0, 0, &[][..]),
+                        };
+                        SettleOp {
+                            stream: keys.index(self.keys.stream(&settlement.queue)),
+                            entry_id: &settlement.entry_id,
+                            deliveries: settlement.deliveries,
+                            ack: 1,
+                            record_key,
+                            record,
+                            delayed_key,
+                            due_ms,
+                            retry,
+                            dead: settlement
+                                .dead
+                                .as_ref()
+                                .map(|dead| {
+                                    dead_fields(dead, &settlement.queue, &settlement.entry_id)
+                                })
+                                .unwrap_or_default(),
+                            finished: settlement.finished.as_ref().map_or("", JobId::as_str),
                         }
                     }
-                }
+                });
             }
-            for (queue, ids) in &settled {
-                let stream = self.keys.stream(queue);
-                pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(ids).ignore();
-                // Acked entries stay in the stream until deleted: delete them, never trim.
-                pipe.cmd("XDEL").arg(&stream).arg(ids).ignore();
+            let ops = encode_ops(&ops);
+            let mut invocation = self.settle.prepare_invoke();
+            for key in &keys.keys {
+                invocation.key(key);
             }
-            if !finished.is_empty() {
-                pipe.cmd("PUBLISH")
-                    .arg(self.keys.finished_channel())
-                    .arg(&finished)
-                    .ignore();
-            }
-            pipe.exec_async(&mut self.conn()).await?;
-            Ok(())
+            invocation
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(ttl.as_millis().max(1) as u64)
+                .arg(self.dead_letter_cap)
+                .arg(self.keys.finished_channel())
+                .arg(ops);
+            let (fenced, dead_trimmed, dead_entries): (Vec<usize>, u64, Vec<String>) =
+                invocation.invoke_async(&mut self.conn()).await?;
+            Ok(Applied {
+                fenced,
+                dead_trimmed,
+                dead_entries,
+            })
         })
     }
 
@@ -560,6 +679,326 @@ impl Broker for RedisBroker {
             Ok(())
         })
     }
+
+    fn beat_state<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, String>>> {
+        Box::pin(async move {
+            Ok(redis::cmd("HGETALL")
+                .arg(self.keys.schedule(schedule))
+                .query_async(&mut self.conn())
+                .await?)
+        })
+    }
+
+    fn beat_register<'a>(
+        &'a self,
+        schedule: &'a str,
+        last_ms: i64,
+        fields: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let key = self.keys.schedule(schedule);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("HSETNX")
+                .arg(&key)
+                .arg(LAST_FIELD)
+                .arg(last_ms)
+                .ignore();
+            if !fields.is_empty() {
+                pipe.cmd("HSET").arg(&key).arg(fields).ignore();
+            }
+            pipe.cmd("SADD")
+                .arg(self.keys.schedules())
+                .arg(schedule)
+                .ignore();
+            pipe.exec_async(&mut self.conn()).await?;
+            Ok(())
+        })
+    }
+
+    fn beat_advance<'a>(&'a self, advance: &'a BeatAdvance) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let mut invocation = BEAT_ADVANCE.key(self.keys.schedule(&advance.schedule));
+            invocation
+                .key(self.keys.stream(&advance.queue))
+                .arg(LAST_FIELD)
+                .arg(advance.expected_ms)
+                .arg(advance.through_ms)
+                .arg(ENTRY_FIELD)
+                .arg(JOB_FIELD)
+                .arg(advance.count.unwrap_or(""))
+                .arg(advance.fields.len())
+                .arg(&advance.fields);
+            for payload in &advance.payloads {
+                invocation.arg(payload);
+            }
+            let applied: i64 = invocation.invoke_async(&mut self.conn()).await?;
+            Ok(applied == 1)
+        })
+    }
+
+    fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let mut names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.schedules())
+                .query_async(&mut self.conn())
+                .await?;
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let held: i64 = BEAT_LEASE
+                .key(self.keys.beat_leader())
+                .arg(holder)
+                .arg(ttl.as_millis() as u64)
+                .invoke_async(&mut self.conn())
+                .await?;
+            Ok(held == 1)
+        })
+    }
+
+    fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let found: Value = redis::cmd("XRANGE")
+                .arg(self.keys.stream(queue))
+                .arg(entry_id)
+                .arg(entry_id)
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(matches!(found, Value::Array(entries) if !entries.is_empty()))
+        })
+    }
+
+    fn dead_range<'a>(
+        &'a self,
+        start: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadEntry>>> {
+        Box::pin(async move {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(self.keys.dead())
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(count.max(1))
+                .query_async(&mut self.conn())
+                .await?;
+            let Value::Array(entries) = reply else {
+                return Ok(Vec::new());
+            };
+            Ok(entries
+                .into_iter()
+                .filter_map(|entry| {
+                    let Value::Array(mut parts) = entry else {
+                        return None;
+                    };
+                    let fields = parts.pop()?;
+                    let id = text(&parts.pop()?)?;
+                    let Value::Array(fields) = fields else {
+                        return None;
+                    };
+                    let mut pairs = Vec::with_capacity(fields.len() / 2);
+                    let mut fields = fields.into_iter();
+                    while let (Some(name), Some(Value::BulkString(value))) =
+                        (fields.next(), fields.next())
+                    {
+                        pairs.push((text(&name)?, value));
+                    }
+                    Some((id, pairs))
+                })
+                .collect())
+        })
+    }
+
+    fn dead_stats(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+        Box::pin(async move {
+            let (len, trimmed): (u64, Option<u64>) = redis::pipe()
+                .cmd("XLEN")
+                .arg(self.keys.dead())
+                .cmd("GET")
+                .arg(self.keys.dead_trimmed())
+                .query_async(&mut self.conn())
+                .await?;
+            Ok((len, trimmed.unwrap_or(0)))
+        })
+    }
+
+    fn dead_replay<'a>(
+        &'a self,
+        entry_id: &'a str,
+        queue: &'a str,
+        job_id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let replayed: i64 = self
+                .replay
+                .key(self.keys.dead())
+                .key(self.keys.stream(queue))
+                .key(self.keys.record(job_id))
+                .arg(entry_id)
+                .arg(JOB_FIELD)
+                .arg(payload)
+                .invoke_async(&mut self.conn())
+                .await?;
+            Ok(replayed == 1)
+        })
+    }
+
+    fn dead_purge(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            Ok(self
+                .purge
+                .key(self.keys.dead())
+                .invoke_async(&mut self.conn())
+                .await?)
+        })
+    }
+
+    fn prune_consumers<'a>(
+        &'a self,
+        queue: &'a str,
+        me: &'a str,
+        idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            Ok(self
+                .prune
+                .key(self.keys.stream(queue))
+                .arg(GROUP)
+                .arg(me)
+                .arg(idle.as_millis() as u64)
+                .invoke_async(&mut self.conn())
+                .await?)
+        })
+    }
+}
+
+/// One pass of a schedule (`BeatAdvance`): only if the last slot handled is still the expected
+/// one, set it, count, store the fields, add the jobs and keep the last entry id. Atomic, so
+/// any number of beats can race on a slot and one job comes out.
+/// KEYS: schedule hash, queue stream. ARGV: last field, expected, through, entry field, job
+/// field, counter field or '', number of field pairs, the pairs, then the envelopes.
+static BEAT_ADVANCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[6] ~= '' then
+  redis.call('HINCRBY', KEYS[1], ARGV[6], 1)
+end
+local last_pair = 7 + 2 * tonumber(ARGV[7])
+for i = 8, last_pair, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+for i = last_pair + 1, #ARGV do
+  local id = redis.call('XADD', KEYS[2], '*', ARGV[5], ARGV[i])
+  redis.call('HSET', KEYS[1], ARGV[4], id)
+end
+return 1
+",
+    )
+});
+
+/// Takes the beat lease when free, renews it for its holder, or (TTL 0) gives it up.
+/// KEYS: the lease. ARGV: holder, TTL in ms. Returns 1 when the holder holds it.
+static BEAT_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+if ARGV[2] == '0' then
+  if holder == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+  end
+  return 0
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// The keys of one script call, each once, numbered from 1 as Lua's KEYS are.
+#[derive(Default)]
+struct KeyList {
+    keys: Vec<String>,
+    positions: std::collections::HashMap<String, usize>,
+}
+
+impl KeyList {
+    fn index(&mut self, key: String) -> usize {
+        if let Some(&position) = self.positions.get(&key) {
+            return position;
+        }
+        self.keys.push(key.clone());
+        self.positions.insert(key, self.keys.len());
+        self.keys.len()
+    }
+}
+
+/// One write as the settle script reads it: a positional MessagePack array (see `SETTLE`).
+/// Key positions are 1-based; 0 means no such key.
+struct SettleOp<'w> {
+    stream: usize,
+    entry_id: &'w str,
+    deliveries: u64,
+    ack: u8,
+    record_key: usize,
+    record: &'w [u8],
+    delayed_key: usize,
+    due_ms: i64,
+    retry: &'w [u8],
+    dead: Vec<(&'static str, Vec<u8>)>,
+    finished: &'w str,
+}
+
+/// The ops as MessagePack for Redis's Lua `cmsgpack`, which predates the `bin` types: bytes go
+/// as `str` (Lua strings are byte strings, so nothing is lost).
+fn encode_ops(ops: &[SettleOp<'_>]) -> Vec<u8> {
+    use rmp::encode::{write_array_len, write_sint, write_str_len, write_uint};
+    fn bytes(out: &mut Vec<u8>, value: &[u8]) {
+        write_str_len(out, value.len() as u32).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(value);
+    }
+    let mut out = Vec::with_capacity(ops.len() * 128);
+    let ok = "writing to a Vec cannot fail";
+    write_array_len(&mut out, ops.len() as u32).expect(ok);
+    for op in ops {
+        write_array_len(&mut out, 11).expect(ok);
+        write_uint(&mut out, op.stream as u64).expect(ok);
+        bytes(&mut out, op.entry_id.as_bytes());
+        write_uint(&mut out, op.deliveries).expect(ok);
+        write_uint(&mut out, u64::from(op.ack)).expect(ok);
+        write_uint(&mut out, op.record_key as u64).expect(ok);
+        bytes(&mut out, op.record);
+        write_uint(&mut out, op.delayed_key as u64).expect(ok);
+        write_sint(&mut out, op.due_ms).expect(ok);
+        bytes(&mut out, op.retry);
+        write_array_len(&mut out, 2 * op.dead.len() as u32).expect(ok);
+        for (name, value) in &op.dead {
+            bytes(&mut out, name.as_bytes());
+            bytes(&mut out, value);
+        }
+        bytes(&mut out, op.finished.as_bytes());
+    }
+    out
 }
 
 fn unexpected(command: &str) -> Error {
@@ -614,9 +1053,16 @@ fn parse_entries(entries: Value, queue: &Arc<str>, out: &mut Vec<Delivery>) {
         let Value::Array(mut parts) = entry else {
             continue;
         };
-        if parts.len() != 2 {
-            continue;
-        }
+        // [id, fields] from XREADGROUP (a first delivery), [id, fields, deliveries] from the
+        // reclaim script.
+        let deliveries = match parts.len() {
+            2 => 1,
+            3 => match parts.pop() {
+                Some(Value::Int(n)) => n.max(1) as u64,
+                _ => continue,
+            },
+            _ => continue,
+        };
         let fields = parts.pop().expect("len checked");
         let Some(entry_id) = parts.pop().as_ref().and_then(text) else {
             continue;
@@ -637,6 +1083,7 @@ fn parse_entries(entries: Value, queue: &Arc<str>, out: &mut Vec<Delivery>) {
             queue: queue.clone(),
             entry_id,
             payload,
+            deliveries,
         });
     }
 }

@@ -1,5 +1,5 @@
-//! Running one delivery: decode, find the task, run it under its limits, and turn the outcome
-//! into a settlement (record, retry, dead letter) for the writer.
+//! Running one delivery: check it, decode it, find the task, run it under its limits, and turn
+//! the outcome into a settlement (record, retry, dead letter) for the writer.
 
 use std::any::Any;
 use std::future::Future;
@@ -17,64 +17,153 @@ use crate::broker::{BoxFuture, DeadLetter, Delivery, NewJob, Settlement, Write};
 use crate::envelope::{Envelope, now_ms};
 use crate::registry::HandlerFuture;
 use crate::retry::{Decision, decide};
-use crate::task::{TaskContext, TaskError};
+use crate::task::{Retry, TaskContext, TaskError};
 use crate::{Error, Result};
 
-/// Longest raw payload kept in a dead letter.
-const DEAD_PAYLOAD_CAP: usize = 64 * 1024;
+/// Longest raw payload kept in a dead letter: enough to replay any job `enqueue` accepts at
+/// the default size limit, while a runaway 100 MB entry does not move into the dead letters.
+const DEAD_PAYLOAD_CAP: usize = 1024 * 1024;
+
+/// Header counting how often a job of a task unknown here was put back: during a rolling
+/// deploy, a worker that knows the task may be about to start.
+const UNKNOWN_TASK_TRIES: &str = "psw-unknown-task-tries";
+/// How often a job of an unknown task is put back before it is dead-lettered: with the
+/// default delay of 15 s, a minute in all.
+const UNKNOWN_TASK_RETRIES: u32 = 4;
 
 pub(crate) async fn run(shared: Arc<Shared>, delivery: Delivery) {
-    let settlement = match Envelope::decode(&delivery.payload) {
-        Ok(envelope) => run_envelope(&shared, &delivery, envelope).await,
-        Err(err) => {
-            // Log the size and never the bytes: payloads can carry secrets.
-            tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), error = %err, "undecodable job; dead-lettered");
-            shared.stats.dead_lettered.inc();
-            dead_letter(&delivery, None, None, "decode_error", err.to_string())
-        }
-    };
+    let settlement = check_and_run(&shared, &delivery).await;
     shared.settle(settlement).await;
 }
 
-fn dead_letter(
-    delivery: &Delivery,
-    envelope: Option<&Envelope>,
-    record: Option<(crate::JobId, Vec<u8>)>,
-    reason: &'static str,
-    error: String,
-) -> Settlement {
-    let mut payload = delivery.payload.clone();
-    payload.truncate(DEAD_PAYLOAD_CAP);
-    Settlement {
-        queue: delivery.queue.clone(),
-        entry_id: delivery.entry_id.clone(),
-        finished: record.as_ref().map(|(id, _)| id.clone()),
-        record,
-        retry: None,
-        dead: Some(DeadLetter {
+async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement {
+    // Logs carry the entry, the size and (once decoded) the id and task, never the bytes:
+    // arguments can hold secrets.
+    if delivery.deliveries > shared.max_deliveries {
+        let envelope = Envelope::decode(&delivery.payload).ok();
+        tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, id = ?envelope.as_ref().map(|e| e.id.to_string()), deliveries = delivery.deliveries, "job delivered too often (its worker died each time); dead-lettered as poisoned");
+        let error = format!(
+            "delivered {} times without finishing (limit {}): each attempt ended its worker",
+            delivery.deliveries, shared.max_deliveries
+        );
+        return shared.dead_letter(delivery, envelope.as_ref(), None, "poisoned", error);
+    }
+    if delivery.payload.len() > shared.max_message_size {
+        tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), limit = shared.max_message_size, "job over the size limit; dead-lettered");
+        let error = format!(
+            "entry of {} bytes is over the limit of {} bytes",
+            delivery.payload.len(),
+            shared.max_message_size
+        );
+        return shared.dead_letter(delivery, None, None, "oversized", error);
+    }
+    match Envelope::decode(&delivery.payload) {
+        Ok(envelope) => run_envelope(shared, delivery, envelope).await,
+        Err(err) => {
+            tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), error = %err, "undecodable job; dead-lettered");
+            shared.dead_letter(
+                delivery,
+                None,
+                None,
+                "decode_error",
+                crate::error::chain(&err),
+            )
+        }
+    }
+}
+
+/// Return a delivery that was fetched but never started: it goes back through the queue's
+/// delayed set, due at once, and the entry is acknowledged in the same transaction.
+pub(crate) async fn give_back(shared: Arc<Shared>, delivery: Delivery) {
+    let mut settlement = Settlement::of(&delivery);
+    settlement.retry = Some(NewJob {
+        queue: delivery.queue.to_string(),
+        payload: delivery.payload,
+        due_ms: None,
+    });
+    shared.settle(settlement).await;
+}
+
+impl Shared {
+    /// A settlement that moves the delivery to the dead letters (with the job's final record,
+    /// if it keeps one).
+    fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        envelope: Option<&Envelope>,
+        record: Option<&JobRecord>,
+        reason: &'static str,
+        error: String,
+    ) -> Settlement {
+        self.stats.dead_lettered.inc();
+        let errors = record
+            .map(|r| r.errors.as_slice())
+            .or(envelope.map(|e| e.errors.as_slice()))
+            .unwrap_or_default();
+        let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
+        let mut settlement = Settlement::of(delivery);
+        settlement.dead = Some(DeadLetter {
             job_id: envelope.map(|e| e.id.clone()),
             task: envelope.map(|e| e.task.clone()),
             reason,
             error,
-            payload,
-        }),
+            errors: rmp_serde::to_vec_named(errors).unwrap_or_else(|_| vec![0x90]),
+            payload: delivery.payload[..delivery.payload.len().min(DEAD_PAYLOAD_CAP)].to_vec(),
+            truncated,
+        });
+        match record {
+            Some(record) => self.finish(settlement, record, true),
+            None => settlement,
+        }
+    }
+}
+
+/// Put a job of a task this worker does not know back for a later look, or dead-letter it
+/// once it has waited long enough.
+fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) -> Settlement {
+    let tries: u32 = envelope
+        .headers
+        .get(UNKNOWN_TASK_TRIES)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if tries >= UNKNOWN_TASK_RETRIES {
+        tracing::error!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, "no worker knows this task; dead-lettered");
+        let error = format!(
+            "no task named `{}` is registered in the workers of queue `{}` (looked {} times, {} apart)",
+            envelope.task,
+            delivery.queue,
+            tries + 1,
+            humantime::format_duration(shared.unknown_task_delay)
+        );
+        return shared.dead_letter(delivery, Some(&envelope), None, "unknown_task", error);
+    }
+    tracing::warn!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, tries, "no task of this name here (a deploy in progress?); putting it back");
+    envelope
+        .headers
+        .insert(UNKNOWN_TASK_TRIES.to_owned(), (tries + 1).to_string());
+    let mut settlement = Settlement::of(delivery);
+    match envelope.encode() {
+        Ok(payload) => {
+            settlement.retry = Some(NewJob {
+                queue: delivery.queue.to_string(),
+                payload,
+                due_ms: Some(now_ms() + shared.unknown_task_delay.as_millis() as i64),
+            });
+            settlement
+        }
+        Err(err) => shared.dead_letter(
+            delivery,
+            Some(&envelope),
+            None,
+            "unknown_task",
+            err.to_string(),
+        ),
     }
 }
 
 async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envelope) -> Settlement {
     let Some(descriptor) = shared.registry.get(&envelope.task) else {
-        tracing::error!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, "no task of this name is registered in this worker; dead-lettered");
-        shared.stats.dead_lettered.inc();
-        return dead_letter(
-            delivery,
-            Some(&envelope),
-            None,
-            "unknown_task",
-            format!(
-                "no task named `{}` is registered in this worker",
-                envelope.task
-            ),
-        );
+        return unknown_task(shared, delivery, envelope);
     };
     let options = descriptor.options();
     let keep_record = !options.ignore_result;
@@ -94,9 +183,10 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     };
     let last_progress = Arc::new(Mutex::new(None));
     let progress: Option<Arc<dyn ProgressSink>> = if keep_record {
-        shared.write_record(&record).await;
+        shared.write_record(delivery, &record).await;
         Some(Arc::new(RecordProgress {
             writes: shared.writes.clone(),
+            delivery: delivery.clone_without_payload(),
             record: record.clone(),
             last: last_progress.clone(),
         }))
@@ -136,15 +226,8 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
-    let base = Settlement {
-        queue: delivery.queue.clone(),
-        entry_id: delivery.entry_id.clone(),
-        record: None,
-        finished: None,
-        retry: None,
-        dead: None,
-    };
-    match outcome {
+    let base = Settlement::of(delivery);
+    let err = match outcome {
         Ok(result) => {
             shared.stats.succeeded.inc();
             if !keep_record {
@@ -153,73 +236,84 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
             record.state = State::Success;
             record.result = Some(result);
             record.finished_ms = Some(now);
-            shared.finish(base, &record, true)
+            return shared.finish(base, &record, true);
         }
-        Err(err) => {
-            tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = err.kind(), error = %err, "attempt failed");
-            record.errors.push(AttemptError {
-                attempt: envelope.attempt,
-                kind: err.kind().to_owned(),
-                message: err.message().to_owned(),
-                at_ms: now,
+        Err(err) => err,
+    };
+    tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = err.kind(), error = %err, "attempt failed");
+    record.errors.push(AttemptError {
+        attempt: envelope.attempt,
+        kind: err.kind().to_owned(),
+        message: err.message().to_owned(),
+        at_ms: now,
+    });
+    let decision = decide(
+        &options.backoff,
+        err.retry_policy(),
+        err.retry_after(),
+        envelope.attempt,
+        max_retries,
+        fastrand::f64(),
+    );
+    match decision {
+        Decision::RetryAfter(delay) => {
+            shared.stats.retried.inc();
+            let due = now + delay.as_millis() as i64;
+            let next = Envelope {
+                attempt: envelope.attempt + 1,
+                eta_ms: Some(due),
+                errors: record.errors.clone(),
+                ..envelope
+            };
+            let payload = match next.encode() {
+                Ok(payload) => payload,
+                Err(err) => {
+                    return shared.dead_letter(
+                        delivery,
+                        Some(&next),
+                        None,
+                        "decode_error",
+                        err.to_string(),
+                    );
+                }
+            };
+            record.state = State::Retry;
+            record.retry_at_ms = Some(due);
+            let mut settlement = base;
+            settlement.retry = Some(NewJob {
+                queue: next.queue.clone(),
+                payload,
+                due_ms: Some(due),
             });
-            let decision = decide(
-                &options.backoff,
-                err.retry_policy(),
-                err.retry_after(),
-                envelope.attempt,
-                max_retries,
-                fastrand::f64(),
-            );
-            match decision {
-                Decision::RetryAfter(delay) => {
-                    shared.stats.retried.inc();
-                    let due = now + delay.as_millis() as i64;
-                    let next = Envelope {
-                        attempt: envelope.attempt + 1,
-                        eta_ms: Some(due),
-                        errors: record.errors.clone(),
-                        ..envelope
-                    };
-                    let payload = match next.encode() {
-                        Ok(payload) => payload,
-                        Err(err) => {
-                            return dead_letter(
-                                delivery,
-                                Some(&next),
-                                None,
-                                "decode_error",
-                                err.to_string(),
-                            );
-                        }
-                    };
-                    record.state = State::Retry;
-                    record.retry_at_ms = Some(due);
-                    let mut settlement = Settlement {
-                        retry: Some(NewJob {
-                            queue: next.queue.clone(),
-                            payload,
-                            due_ms: Some(due),
-                        }),
-                        ..base
-                    };
-                    if keep_record {
-                        settlement = shared.finish(settlement, &record, false);
-                    }
-                    settlement
-                }
-                Decision::Fail => {
-                    shared.stats.failed.inc();
-                    if !keep_record {
-                        return base;
-                    }
-                    record.state = State::Failure;
-                    record.finished_ms = Some(now);
-                    // The dead-letter queue takes failed jobs in a later step; the record
-                    // already keeps every attempt's error.
-                    shared.finish(base, &record, true)
-                }
+            if keep_record {
+                settlement = shared.finish(settlement, &record, false);
             }
+            settlement
+        }
+        Decision::Fail => {
+            shared.stats.failed.inc();
+            record.state = State::Failure;
+            record.finished_ms = Some(now);
+            let reason = match (err.kind(), err.retry_policy()) {
+                ("bad_args", _) => "bad_args",
+                ("timeout", _) => "timed_out",
+                (_, Retry::Never) => "permanent_error",
+                _ => "retries_exhausted",
+            };
+            tracing::error!(id = %envelope.id, task = %envelope.task, attempts = record.errors.len(), reason, "job failed for good; dead-lettered");
+            let final_record = keep_record.then_some(&record);
+            let mut dead = shared.dead_letter(
+                delivery,
+                Some(&envelope),
+                final_record,
+                reason,
+                err.message().to_owned(),
+            );
+            if let Some(letter) = &mut dead.dead {
+                letter.errors =
+                    rmp_serde::to_vec_named(&record.errors).unwrap_or_else(|_| vec![0x90]);
+            }
+            dead
         }
     }
 }
@@ -249,10 +343,23 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("a non-string panic payload")
 }
 
+impl Delivery {
+    /// The delivery's identity, for fencing the writes about it.
+    fn clone_without_payload(&self) -> Delivery {
+        Delivery {
+            queue: self.queue.clone(),
+            entry_id: self.entry_id.clone(),
+            payload: Vec::new(),
+            deliveries: self.deliveries,
+        }
+    }
+}
+
 /// Progress reports of one running job: its record in the PROGRESS state, written through the
 /// same writer as everything else so that it can never land after the job's final state.
 struct RecordProgress {
     writes: mpsc::Sender<WriteRequest>,
+    delivery: Delivery,
     record: JobRecord,
     last: Arc<Mutex<Option<Progress>>>,
 }
@@ -269,14 +376,24 @@ impl ProgressSink for RecordProgress {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
             let (done, stored) = oneshot::channel();
             let request = WriteRequest {
-                write: Write::Record {
-                    id: record.id.clone().into(),
-                    record: record.encode()?,
-                },
+                write: Write::record_of(&self.delivery, &record)?,
                 done: Some(done),
             };
             self.writes.send(request).await.map_err(|_| Error::Closed)?;
             stored.await.map_err(|_| Error::Closed)?
+        })
+    }
+}
+
+impl Write {
+    /// A record write fenced on `delivery`.
+    pub(crate) fn record_of(delivery: &Delivery, record: &JobRecord) -> Result<Write> {
+        Ok(Write::Record {
+            queue: delivery.queue.clone(),
+            entry_id: delivery.entry_id.clone(),
+            deliveries: delivery.deliveries,
+            id: record.id.clone().into(),
+            record: record.encode()?,
         })
     }
 }

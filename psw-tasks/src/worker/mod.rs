@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{JobRecord, Progress};
 use crate::broker::{BoxFuture, Broker, Delivery, Settlement, Write};
+use crate::dead::{DeadHook, DeadJob};
 use crate::envelope::now_ms;
 use crate::registry::Registry;
 use crate::{Client, Result};
@@ -51,6 +52,7 @@ struct Counters {
     panicked: Counter,
     dead_lettered: Counter,
     reclaimed: Counter,
+    fenced: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +95,11 @@ impl WorkerStats {
     pub fn reclaimed(&self) -> u64 {
         self.0.reclaimed.get()
     }
+    /// Writes refused because this worker had lost the job to another (its lease ran out
+    /// while it was paused): the other worker's outcome stands.
+    pub fn fenced(&self) -> u64 {
+        self.0.fenced.get()
+    }
 }
 
 /// Configures a [`Worker`].
@@ -100,6 +107,8 @@ impl WorkerStats {
 pub struct WorkerBuilder {
     client: Client,
     concurrency: usize,
+    prefetch: Option<usize>,
+    on_dead: Option<DeadHook>,
     queues: Option<Vec<String>>,
     lease: Duration,
     shutdown_grace: Duration,
@@ -109,6 +118,25 @@ impl WorkerBuilder {
     /// Jobs run at once (default from `PSW_WORKER_CONCURRENCY`, else 10).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Deliveries fetched beyond the concurrency, to run next (default: as many as the
+    /// concurrency; `PSW_WORKER_PREFETCH`). More hides the fetch round trip behind running jobs;
+    /// 0 fetches only for free slots, best for long jobs shared among many workers.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// Run `hook` for each job this worker dead-letters, once the dead letter is stored (the
+    /// app sends its alerts from here). It runs on its own task: a slow hook delays nothing.
+    pub fn on_dead<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(DeadJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_dead = Some(crate::dead::hook(hook));
         self
     }
 
@@ -161,6 +189,8 @@ impl WorkerBuilder {
             registry,
             queues,
             concurrency: self.concurrency,
+            prefetch: self.prefetch.unwrap_or(self.concurrency),
+            on_dead: self.on_dead,
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
             consumer: consumer_name(),
@@ -186,6 +216,8 @@ pub struct Worker {
     registry: Registry,
     queues: Vec<String>,
     concurrency: usize,
+    prefetch: usize,
+    on_dead: Option<DeadHook>,
     lease: Duration,
     shutdown_grace: Duration,
     consumer: String,
@@ -198,6 +230,9 @@ pub(crate) struct Shared {
     writes: mpsc::Sender<WriteRequest>,
     in_flight: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     stats: Arc<Counters>,
+    max_deliveries: u64,
+    max_message_size: usize,
+    unknown_task_delay: Duration,
 }
 
 impl Shared {
@@ -208,15 +243,9 @@ impl Shared {
         }
     }
 
-    async fn write_record(&self, record: &JobRecord) {
-        match record.encode() {
-            Ok(bytes) => {
-                self.send(Write::Record {
-                    id: record.id.clone().into(),
-                    record: bytes,
-                })
-                .await;
-            }
+    async fn write_record(&self, delivery: &Delivery, record: &JobRecord) {
+        match Write::record_of(delivery, record) {
+            Ok(write) => self.send(write).await,
             Err(err) => {
                 tracing::error!(id = %record.id, error = %err, "could not encode a job record")
             }
@@ -277,6 +306,8 @@ impl Worker {
         WorkerBuilder {
             client: client.clone(),
             concurrency: config.concurrency,
+            prefetch: config.prefetch,
+            on_dead: None,
             queues: config.queues.clone(),
             lease: config.lease,
             shutdown_grace: config.shutdown_grace,
@@ -330,9 +361,14 @@ impl Worker {
 
         let (writes, requests) = mpsc::channel(self.concurrency.max(64) * 2);
         let writer = tokio::spawn(writer::run(
-            broker.clone(),
+            writer::Writer {
+                broker: broker.clone(),
+                consumer: self.consumer.clone(),
+                ttl: self.client.config().result_ttl,
+                stats: self.stats.0.clone(),
+                on_dead: self.on_dead.clone(),
+            },
             requests,
-            self.client.config().result_ttl,
             abandon.clone(),
         ));
         let shared = Arc::new(Shared {
@@ -341,6 +377,9 @@ impl Worker {
             writes,
             in_flight: Mutex::new(HashMap::new()),
             stats: self.stats.0.clone(),
+            max_deliveries: self.client.config().max_deliveries,
+            max_message_size: self.client.config().max_message_size,
+            unknown_task_delay: self.client.config().unknown_task_delay,
         });
         let mut helpers = JoinSet::new();
         for queue in &self.queues {
@@ -354,7 +393,11 @@ impl Worker {
         ));
 
         tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        // A claim is a delivery this worker holds, running or waiting to run: claims beyond the
+        // concurrency let the next batch be fetched while the current one runs.
+        let claims = Arc::new(Semaphore::new(self.concurrency + self.prefetch));
+        let running = Arc::new(Semaphore::new(self.concurrency));
+        let stopping = CancellationToken::new();
         let mut jobs = JoinSet::new();
         let mut next_reclaim = tokio::time::Instant::now();
         let mut fetch_delay = Duration::from_millis(100);
@@ -363,9 +406,9 @@ impl Worker {
             let first = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+                permit = claims.clone().acquire_owned() => permit.expect("never closed"),
             };
-            let free = slots.available_permits() + 1;
+            let free = claims.available_permits() + 1;
             let mut deliveries = Vec::new();
             if tokio::time::Instant::now() >= next_reclaim {
                 next_reclaim = tokio::time::Instant::now() + self.lease / 2;
@@ -388,6 +431,18 @@ impl Worker {
                         Err(err) => {
                             tracing::warn!(queue, error = %err, "reclaiming expired leases failed")
                         }
+                    }
+                    // Workers that died leave their consumer behind; once it owns nothing and
+                    // has been silent for a few leases, it is only clutter.
+                    match broker
+                        .prune_consumers(queue, &self.consumer, self.lease * 4)
+                        .await
+                    {
+                        Ok(removed) if !removed.is_empty() => {
+                            tracing::info!(queue, consumers = ?removed, "removed consumers of workers that are gone");
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(queue, error = %err, "pruning consumers failed"),
                     }
                     if deliveries.len() >= free {
                         break;
@@ -427,18 +482,40 @@ impl Worker {
             }
             let mut first = Some(first);
             for delivery in deliveries {
-                let permit = match first.take() {
-                    Some(permit) => permit,
-                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                let claim = match first.take() {
+                    Some(claim) => claim,
+                    None => claims.clone().acquire_owned().await.expect("never closed"),
                 };
                 shared.track(&delivery);
                 let shared = shared.clone();
+                let running = running.clone();
+                let stopping = stopping.clone();
                 jobs.spawn(async move {
-                    job::run(shared, delivery).await;
-                    drop(permit);
+                    // The fast path takes a free slot without touching the stop signal.
+                    let slot = match running.clone().try_acquire_owned() {
+                        Ok(slot) => Some(slot),
+                        Err(_) => tokio::select! {
+                            biased;
+                            () = stopping.cancelled() => None,
+                            slot = running.acquire_owned() => slot.ok(),
+                        },
+                    };
+                    match slot {
+                        Some(slot) if !stopping.is_cancelled() => {
+                            // Boxed: the job's state machine is kilobytes, and tokio moves a
+                            // spawned future several times; a pointer is cheaper to move.
+                            Box::pin(job::run(shared, delivery)).await;
+                            drop(slot);
+                        }
+                        // Fetched but not started when shutdown began: give it back at once
+                        // rather than let it wait out a lease.
+                        _ => job::give_back(shared, delivery).await,
+                    }
+                    drop(claim);
                 });
             }
         }
+        stopping.cancel();
 
         tracing::info!(running = jobs.len(), grace = ?self.shutdown_grace, "shutting down: no new jobs are taken");
         let drained = tokio::time::timeout(self.shutdown_grace, async {
@@ -530,7 +607,7 @@ async fn renew(shared: Arc<Shared>, consumer: String, lease: Duration, stop: Can
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

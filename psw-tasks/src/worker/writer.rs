@@ -1,13 +1,17 @@
 //! The one task that writes records and settles deliveries, in batches: one round trip for
 //! everything that finished since the last one, in the order it finished.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Write};
+use super::Counters;
+use crate::broker::{Applied, Broker, Write};
+use crate::dead::{DeadHook, DeadJob};
+use crate::envelope::JobId;
 use crate::{Error, Result};
 
 pub(crate) struct WriteRequest {
@@ -19,44 +23,152 @@ pub(crate) struct WriteRequest {
 /// Most writes in one round trip.
 const BATCH: usize = 1024;
 
+/// What the writer needs besides its queue.
+pub(crate) struct Writer {
+    pub(crate) broker: Arc<dyn Broker>,
+    /// The worker's consumer name: writes are fenced on it.
+    pub(crate) consumer: String,
+    pub(crate) ttl: Duration,
+    pub(crate) stats: Arc<Counters>,
+    pub(crate) on_dead: Option<DeadHook>,
+}
+
 /// Runs until every sender is gone and the channel is drained. While Redis refuses the writes
 /// it retries with backoff, until `abandon` fires: what is not settled then stays pending and
 /// is delivered again, which is the at-least-once promise.
 pub(crate) async fn run(
-    broker: Arc<dyn Broker>,
+    writer: Writer,
     mut requests: mpsc::Receiver<WriteRequest>,
-    ttl: Duration,
     abandon: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut writes = Vec::with_capacity(BATCH);
-    let mut waiters = Vec::new();
+    let mut waiters = Vec::with_capacity(BATCH);
     loop {
         if requests.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
         for request in batch.drain(..) {
             writes.push(request.write);
-            waiters.extend(request.done);
+            waiters.push(request.done);
         }
-        let stored = apply_with_retry(broker.as_ref(), &writes, ttl, &abandon).await;
+        drop_superseded(&mut writes, &mut waiters);
+        let applied = apply_with_retry(&writer, &writes, &abandon).await;
+        if let Some(applied) = &applied {
+            report(&writer, &writes, applied);
+        }
+        for (index, waiter) in waiters.drain(..).enumerate() {
+            let Some(waiter) = waiter else { continue };
+            let outcome = match &applied {
+                None => Err(Error::Closed),
+                Some(applied) if applied.fenced.contains(&index) => {
+                    Err(Error::LeaseLost(job_of(&writes[index])))
+                }
+                Some(_) => Ok(()),
+            };
+            let _ = waiter.send(outcome);
+        }
         writes.clear();
-        for waiter in waiters.drain(..) {
-            let _ = waiter.send(if stored { Ok(()) } else { Err(Error::Closed) });
-        }
     }
 }
 
+fn job_of(write: &Write) -> String {
+    match write {
+        Write::Record { id, .. } => id.to_string(),
+        Write::Settle(settlement) => settlement.entry_id.clone(),
+    }
+}
+
+/// Log and count what was fenced and trimmed, and run the dead-letter hook.
+fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
+    for &index in &applied.fenced {
+        writer.stats.fenced.inc();
+        let (queue, entry) = match &writes[index] {
+            Write::Record {
+                queue, entry_id, ..
+            } => (queue, entry_id),
+            Write::Settle(settlement) => (&settlement.queue, &settlement.entry_id),
+        };
+        tracing::warn!(queue = %queue, entry = %entry, "write refused: another worker took this job over after its lease ran out; its outcome stands");
+    }
+    if applied.dead_trimmed > 0 {
+        tracing::warn!(
+            trimmed = applied.dead_trimmed,
+            "dead-letter queue over its cap (PSW_DLQ_MAX_LEN): its oldest entries were removed"
+        );
+    }
+    let Some(hook) = &writer.on_dead else { return };
+    let dead = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, write)| match write {
+            Write::Settle(settlement) if !applied.fenced.contains(&index) => settlement
+                .dead
+                .as_ref()
+                .map(|letter| (letter, &settlement.queue)),
+            _ => None,
+        });
+    for ((letter, queue), entry_id) in dead.zip(&applied.dead_entries) {
+        let job = DeadJob::from_letter(letter, queue, entry_id.clone());
+        // Off the writer's path: a slow alert must not hold up settling other jobs.
+        tokio::spawn(hook.call(job));
+    }
+}
+
+/// Drop record writes (STARTED, PROGRESS) of jobs whose final record is in the same batch: the
+/// batch is applied in one transaction, so nobody could have read them, and the final record
+/// carries the last progress. Fast jobs then cost one record write instead of two.
+fn drop_superseded(
+    writes: &mut Vec<Write>,
+    waiters: &mut Vec<Option<oneshot::Sender<Result<()>>>>,
+) {
+    let finals: HashSet<&str> = writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Settle(settlement) => settlement.record.as_ref().map(|(id, _)| id.as_str()),
+            Write::Record { .. } => None,
+        })
+        .collect();
+    if finals.is_empty() {
+        return;
+    }
+    let superseded: HashSet<JobId> = writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Record { id, .. } if finals.contains(id.as_str()) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    if superseded.is_empty() {
+        return;
+    }
+    let mut old_waiters = std::mem::take(waiters).into_iter();
+    writes.retain(|write| {
+        let waiter = old_waiters.next().flatten();
+        let keep = !matches!(write, Write::Record { id, .. } if superseded.contains(id));
+        if keep {
+            waiters.push(waiter);
+        } else if let Some(waiter) = waiter {
+            // Its content is in the final record, stored in this batch.
+            let _ = waiter.send(Ok(()));
+        }
+        keep
+    });
+}
+
 async fn apply_with_retry(
-    broker: &dyn Broker,
+    writer: &Writer,
     writes: &[Write],
-    ttl: Duration,
     abandon: &CancellationToken,
-) -> bool {
+) -> Option<Applied> {
     let mut delay = Duration::from_millis(50);
     loop {
-        match broker.apply(writes, ttl).await {
-            Ok(()) => return true,
+        match writer
+            .broker
+            .apply(&writer.consumer, writes, writer.ttl)
+            .await
+        {
+            Ok(applied) => return Some(applied),
             Err(err) => {
                 tracing::error!(error = %err, writes = writes.len(), "could not store job outcomes; retrying");
             }
@@ -64,10 +176,76 @@ async fn apply_with_retry(
         tokio::select! {
             () = abandon.cancelled() => {
                 tracing::warn!(writes = writes.len(), "gave up storing job outcomes at shutdown; their jobs stay pending and run again");
-                return false;
+                return None;
             }
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::Settlement;
+
+    fn record(id: &str) -> Write {
+        Write::Record {
+            queue: Arc::from("q"),
+            entry_id: format!("{id}-entry"),
+            deliveries: 1,
+            id: id.into(),
+            record: id.as_bytes().to_vec(),
+        }
+    }
+
+    fn settle(id: &str, with_record: bool) -> Write {
+        Write::Settle(Settlement {
+            queue: Arc::from("q"),
+            entry_id: format!("{id}-entry"),
+            deliveries: 1,
+            record: with_record.then(|| (JobId::from(id), b"final".to_vec())),
+            finished: None,
+            retry: None,
+            dead: None,
+        })
+    }
+
+    fn shape(writes: &[Write]) -> Vec<String> {
+        writes
+            .iter()
+            .map(|w| match w {
+                Write::Record { id, .. } => format!("record {id}"),
+                Write::Settle(s) => format!("settle {}", s.entry_id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_superseded_in_the_same_batch_are_dropped() {
+        let mut writes = vec![
+            record("a"),
+            record("b"),
+            record("a"),
+            settle("a", true),
+            settle("c", false),
+            record("c"),
+        ];
+        let (progress, stored) = oneshot::channel();
+        let mut waiters: Vec<_> = (0..writes.len()).map(|_| None).collect();
+        waiters[2] = Some(progress);
+        drop_superseded(&mut writes, &mut waiters);
+        assert_eq!(waiters.len(), writes.len());
+        assert!(
+            matches!(stored.blocking_recv(), Ok(Ok(()))),
+            "a dropped progress write is stored with the final record"
+        );
+        assert_eq!(
+            shape(&writes),
+            ["record b", "settle a-entry", "settle c-entry", "record c"],
+            "a's STARTED and PROGRESS go; b is still running; c stores no final record"
+        );
     }
 }

@@ -22,6 +22,29 @@ async fn ping() -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Fired by the beat: a cron expression in a zone, with its misfire and overlap options.
+#[task(
+    schedule = "30 2 * * *",
+    tz = "Europe/Stockholm",
+    misfire = "backfill(3)",
+    overlap = false
+)]
+async fn nightly(ctx: TaskContext) -> Result<(), TaskError> {
+    drop(ctx);
+    Ok(())
+}
+
+/// Six fields (seconds first), and an interval.
+#[task(schedule = "*/10 * * * * *", misfire = "skip")]
+async fn every_ten_seconds() -> Result<(), TaskError> {
+    Ok(())
+}
+
+#[task(every = "1m 30s")]
+async fn every_ninety_seconds() -> Result<(), TaskError> {
+    Ok(())
+}
+
 // The options are checked at compile time, so this file does nothing when run.
 const _: () = {
     assert!(matches!(daily_report::NAME.as_bytes(), b"reports.daily"));
@@ -49,4 +72,11 @@ fn main() {
     let _direct = || daily_report(TaskContext::detached("x"), "monday".to_owned(), 3);
     let _ping = || ping();
     let _enqueue = enqueue_report;
+    let _scheduled = || {
+        (
+            nightly(TaskContext::detached("n")),
+            every_ten_seconds(),
+            every_ninety_seconds(),
+        )
+    };
 }

@@ -1,0 +1,561 @@
+//! The beat: turns schedules into jobs, exactly one per (schedule, slot) however many beat
+//! processes run. It only enqueues; workers run the jobs. `docs/scheduling.md` has the
+//! semantics.
+//!
+//! Architecture invariant: the scheduler sees the `Broker` trait only, never Redis types, and
+//! never runs a task. `schedule.rs` is pure; time comes from a `Clock`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::{JobRecord, State};
+use crate::broker::keys::{ENTRY_FIELD, LAST_FIELD, validate_schedule_name};
+use crate::broker::{BeatAdvance, Broker};
+use crate::envelope::NoArgs;
+use crate::registry::Registry;
+use crate::{Client, EnqueueOptions, Error, Result};
+
+mod clock;
+mod schedule;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use clock::{Clock, SystemClock};
+pub use schedule::{DeclaredSchedule, Misfire, Schedule};
+
+// Fields of a schedule's hash besides `last_ms` and `entry` (see docs/protocol.md).
+const TASK_FIELD: &str = "task";
+const QUEUE_FIELD: &str = "queue";
+const SCHEDULE_FIELD: &str = "schedule";
+const TZ_FIELD: &str = "tz";
+const MISFIRE_FIELD: &str = "misfire";
+const OVERLAP_FIELD: &str = "overlap";
+const JOB_ID_FIELD: &str = "job";
+const SLOT_FIELD: &str = "slot_ms";
+const FIRED_FIELD: &str = "fired_ms";
+const LATE_FIELD: &str = "late";
+const SKIPS_FIELD: &str = "overlap_skips";
+const SKIPPED_SLOT_FIELD: &str = "skipped_slot_ms";
+
+/// Passes of one schedule retried at once after losing a race to another beat.
+const RACES: usize = 5;
+/// How soon a schedule is looked at again after the broker failed.
+const RETRY_AFTER_MS: i64 = 1000;
+
+/// One schedule the beat fires: its name, the task and arguments of its jobs, and when.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    task: String,
+    queue: String,
+    schedule: Schedule,
+    /// The argument array, MessagePack-encoded once.
+    args: Vec<u8>,
+}
+
+impl Entry {
+    /// The definition stored with the schedule, for `schedules` in any process.
+    fn definition(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (TASK_FIELD, self.task.clone()),
+            (QUEUE_FIELD, self.queue.clone()),
+            (SCHEDULE_FIELD, self.schedule.to_string()),
+            (TZ_FIELD, self.schedule.zone().name().to_owned()),
+            (MISFIRE_FIELD, self.schedule.misfire_policy().to_string()),
+            (OVERLAP_FIELD, self.schedule.allows_overlap().to_string()),
+        ]
+    }
+}
+
+/// Configures a [`Scheduler`].
+pub struct SchedulerBuilder {
+    client: Client,
+    task_schedules: bool,
+    lease: Duration,
+    grace: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SchedulerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SchedulerBuilder")
+            .field("task_schedules", &self.task_schedules)
+            .field("lease", &self.lease)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedulerBuilder {
+    /// Whether the schedules declared with `#[task(schedule = ..)]` and `every` are included
+    /// (default `true`).
+    pub fn task_schedules(mut self, include: bool) -> Self {
+        self.task_schedules = include;
+        self
+    }
+
+    /// How long the leader's lease lasts without renewal (default 5 s): a standby beat takes
+    /// over at most this long after the leader dies. Only work is saved by it; exactly once
+    /// does not depend on it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(300));
+        self
+    }
+
+    /// How late a slot may fire and still count as on time (default 30 s); later slots are
+    /// late and go through their schedule's misfire policy.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Collect the task schedules (and check them) and make the scheduler.
+    pub fn build(self) -> Result<Scheduler> {
+        let registry = Registry::from_linked()?;
+        let mut scheduler = Scheduler {
+            client: self.client,
+            entries: Vec::new(),
+            registry,
+            lease: self.lease,
+            grace: self.grace,
+            clock: self.clock,
+            holder: holder_name(),
+        };
+        if self.task_schedules {
+            let declared: Vec<_> = scheduler
+                .registry
+                .iter()
+                .filter_map(|task| Some((task, task.schedule()?)))
+                .collect();
+            for (task, declared) in declared {
+                let args = rmp_serde::to_vec_named(&NoArgs)
+                    .map_err(|err| Error::encode("an empty argument list", err))?;
+                scheduler.push(task.name(), task.name(), declared.schedule()?, args)?;
+            }
+        }
+        Ok(scheduler)
+    }
+}
+
+/// The name of this beat in the leader lease: unique per process, with the pid to find it by.
+fn holder_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "beat".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Fires the jobs of schedules until shut down: the `beat` of Celery, safe to run on every node.
+///
+/// Every beat process may fire every slot; a compare-and-set of the schedule's last handled
+/// slot, in the same atomic step that adds the job, lets exactly one of them do it. A leader
+/// lease keeps the others idle so that they do no wasted work, and one of them takes over when
+/// the leader stops renewing it.
+pub struct Scheduler {
+    client: Client,
+    entries: Vec<Entry>,
+    registry: Registry,
+    lease: Duration,
+    grace: Duration,
+    clock: Arc<dyn Clock>,
+    holder: String,
+}
+
+impl fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("holder", &self.holder)
+            .field(
+                "schedules",
+                &self.entries.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The end of one pass over a schedule.
+enum Pass {
+    /// Handled up to `last_ms`.
+    Done { last_ms: i64 },
+    /// Another beat changed the schedule first: look again.
+    Raced,
+}
+
+impl Scheduler {
+    /// Start configuring a scheduler that enqueues through `client`.
+    pub fn builder(client: &Client) -> SchedulerBuilder {
+        SchedulerBuilder {
+            client: client.clone(),
+            task_schedules: true,
+            lease: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Fire `task` (a wire name, linked into this binary or not) on `schedule` with `args`, the
+    /// tuple of its arguments (like `("AAPL", 3)`, or `()`), under the schedule name `name`.
+    /// Jobs go to the task's queue when it is linked, else to `default`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        task: &str,
+        schedule: Schedule,
+        args: impl Serialize,
+    ) -> Result<()> {
+        let args = rmp_serde::to_vec_named(&args)
+            .map_err(|err| Error::encode(format!("arguments of schedule `{name}`"), err))?;
+        self.push(name, task, schedule, args)
+    }
+
+    fn push(&mut self, name: &str, task: &str, schedule: Schedule, args: Vec<u8>) -> Result<()> {
+        validate_schedule_name(name)?;
+        if self.entries.iter().any(|entry| entry.name == name) {
+            return Err(Error::schedule(
+                name,
+                "a schedule of this name is already added",
+            ));
+        }
+        if task.is_empty() {
+            return Err(Error::schedule(name, "the task name is empty"));
+        }
+        let queue = self
+            .registry
+            .get(task)
+            .map_or("default", |descriptor| descriptor.options().queue);
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            task: task.to_owned(),
+            queue: queue.to_owned(),
+            schedule,
+            args,
+        });
+        Ok(())
+    }
+
+    /// This beat's name in the leader lease (`<host>-<pid>-<random>`).
+    pub fn holder_name(&self) -> &str {
+        &self.holder
+    }
+
+    /// Run until SIGINT or SIGTERM.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(crate::worker::shutdown_signal()).await
+    }
+
+    /// Run until `shutdown` completes, then give up the lease so that a standby takes over at
+    /// once.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let broker = self.client.broker().clone();
+        tokio::pin!(shutdown);
+
+        // Redis may be unreachable at start: wait for it rather than exit.
+        let mut delay = Duration::from_millis(100);
+        while let Err(err) = self.register(broker.as_ref()).await {
+            tracing::error!(error = %crate::error::chain(&err), "cannot register the schedules; retrying");
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        if self.entries.is_empty() {
+            tracing::warn!(
+                "no schedules: declare them with #[task(schedule = ..)] or add them with Scheduler::add"
+            );
+        }
+        tracing::info!(holder = %self.holder, schedules = self.entries.len(), "beat started");
+
+        // When each schedule is next looked at; at once, to catch up after a restart.
+        let start = self.clock.now_ms();
+        let mut due: Vec<Option<i64>> = self.entries.iter().map(|_| Some(start)).collect();
+        let mut leader = false;
+        let mut next_lease = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_lease {
+                match broker.beat_lease(&self.holder, self.lease).await {
+                    Ok(held) => {
+                        if held != leader {
+                            tracing::info!(holder = %self.holder, leader = held, "beat leadership changed");
+                        }
+                        leader = held;
+                    }
+                    // Keep the last view: acting on a stale one costs work, never a duplicate.
+                    Err(err) => tracing::warn!(error = %err, "renewing the beat lease failed"),
+                }
+                next_lease = tokio::time::Instant::now() + self.lease / 3;
+            }
+            let now = self.clock.now_ms();
+            if leader {
+                for (entry, due) in self.entries.iter().zip(&mut due) {
+                    if due.is_some_and(|at| at <= now) {
+                        *due = self.tick(broker.as_ref(), entry, now).await;
+                    }
+                }
+            }
+            let wake = due.iter().flatten().min().copied().filter(|_| leader);
+            let slot = async {
+                match wake {
+                    Some(at) => self.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = slot => {}
+                () = tokio::time::sleep_until(next_lease) => {}
+            }
+        }
+        if leader && let Err(err) = broker.beat_lease(&self.holder, Duration::ZERO).await {
+            tracing::warn!(error = %err, "could not give up the beat lease; a standby takes over when it expires");
+        }
+        tracing::info!(holder = %self.holder, "beat stopped");
+        Ok(())
+    }
+
+    async fn register(&self, broker: &dyn Broker) -> Result<()> {
+        let now = self.clock.now_ms();
+        for entry in &self.entries {
+            broker
+                .beat_register(&entry.name, now, &entry.definition())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Handle the due slots of one schedule; returns when to look at it next.
+    async fn tick(&self, broker: &dyn Broker, entry: &Entry, now: i64) -> Option<i64> {
+        for _ in 0..RACES {
+            match self.pass(broker, entry, now).await {
+                // Due at once again only if a pass stopped short (`MAX_FIRES`).
+                Ok(Pass::Done { last_ms }) => return entry.schedule.next_after(last_ms),
+                Ok(Pass::Raced) => {}
+                Err(err) => {
+                    tracing::warn!(schedule = %entry.name, error = %crate::error::chain(&err), "firing the schedule failed; retrying");
+                    return Some(now + RETRY_AFTER_MS);
+                }
+            }
+        }
+        Some(now + RETRY_AFTER_MS)
+    }
+
+    async fn pass(&self, broker: &dyn Broker, entry: &Entry, now: i64) -> Result<Pass> {
+        let state = broker.beat_state(&entry.name).await?;
+        let Some(last_ms) = state.get(LAST_FIELD).and_then(|last| last.parse().ok()) else {
+            // The hash is gone (deleted by hand, or Redis restarted empty): start from now.
+            tracing::warn!(schedule = %entry.name, "the schedule's state was missing; slots are counted from now");
+            broker
+                .beat_register(&entry.name, now, &entry.definition())
+                .await?;
+            return Ok(Pass::Raced);
+        };
+        let plan = schedule::plan(&entry.schedule, last_ms, now, self.grace);
+        let Some(through_ms) = plan.through_ms else {
+            return Ok(Pass::Done { last_ms });
+        };
+        let mut advance = BeatAdvance {
+            schedule: entry.name.clone(),
+            expected_ms: last_ms,
+            through_ms,
+            queue: entry.queue.clone(),
+            payloads: Vec::new(),
+            fields: Vec::new(),
+            count: None,
+        };
+        let skipped = match plan.fires.last() {
+            Some(fire) if !entry.schedule.allows_overlap() && running(broker, &state).await? => {
+                advance.count = Some(SKIPS_FIELD);
+                advance
+                    .fields
+                    .push((SKIPPED_SLOT_FIELD, fire.slot_ms.to_string()));
+                Some(fire.slot_ms)
+            }
+            _ => None,
+        };
+        if skipped.is_none() {
+            for fire in &plan.fires {
+                advance.payloads.push(self.job(entry, fire)?);
+            }
+            if let Some(fire) = plan.fires.last() {
+                advance.fields.extend([
+                    (
+                        JOB_ID_FIELD,
+                        schedule::slot_job_id(&entry.name, fire.slot_ms),
+                    ),
+                    (SLOT_FIELD, fire.slot_ms.to_string()),
+                    (FIRED_FIELD, now.to_string()),
+                    (LATE_FIELD, fire.late.to_string()),
+                ]);
+            }
+        }
+        if !broker.beat_advance(&advance).await? {
+            return Ok(Pass::Raced);
+        }
+        if let Some(slot) = skipped {
+            tracing::info!(schedule = %entry.name, slot = %entry.schedule.local(slot), "skipped: the previous run is still queued or running (overlap = false)");
+        }
+        if skipped.is_none() {
+            for fire in &plan.fires {
+                tracing::info!(schedule = %entry.name, task = %entry.task, slot = %entry.schedule.local(fire.slot_ms), late = fire.late, "fired");
+            }
+        }
+        if let Some(from) = plan.missed_from_ms {
+            tracing::warn!(schedule = %entry.name, from = %entry.schedule.local(from), misfire = %entry.schedule.misfire_policy(), "slots were missed (the beat was down or Redis away)");
+        }
+        Ok(Pass::Done {
+            last_ms: through_ms,
+        })
+    }
+
+    /// The envelope of one slot's job: its id is derived from (schedule, slot), and its
+    /// headers say which slot it is and whether it went out late.
+    fn job(&self, entry: &Entry, fire: &schedule::Fire) -> Result<Vec<u8>> {
+        let mut options = EnqueueOptions::new()
+            .job_id(schedule::slot_job_id(&entry.name, fire.slot_ms))
+            .header("schedule", entry.name.clone())
+            .header("slot_ms", fire.slot_ms.to_string())
+            .header("late", fire.late.to_string());
+        if let Some(from) = fire.missed_from_ms {
+            options = options.header("missed_from_ms", from.to_string());
+        }
+        let (_, job) =
+            self.client
+                .prepare(&entry.task, &entry.queue, entry.args.clone(), &options)?;
+        Ok(job.payload)
+    }
+}
+
+/// Whether the schedule's last job is still queued, running, or waiting to retry.
+async fn running(broker: &dyn Broker, state: &HashMap<String, String>) -> Result<bool> {
+    if let (Some(queue), Some(entry_id)) = (state.get(QUEUE_FIELD), state.get(ENTRY_FIELD))
+        && broker.in_stream(queue, entry_id).await?
+    {
+        return Ok(true);
+    }
+    // Settled: the record says whether it finished or goes on (a retry waits in the delayed
+    // set). Read after the stream, so a job settled in between is seen in its new state.
+    let Some(job) = state.get(JOB_ID_FIELD) else {
+        return Ok(false);
+    };
+    let Some(bytes) = broker.load_record(job).await? else {
+        return Ok(false);
+    };
+    let record = JobRecord::decode(&bytes)?;
+    Ok(matches!(
+        record.state,
+        State::Started | State::Progress | State::Retry
+    ))
+}
+
+/// One line of `schedules`: a schedule, its next fire times, its last run.
+#[derive(Debug, Clone)]
+pub(crate) struct Listing {
+    pub(crate) name: String,
+    pub(crate) task: String,
+    pub(crate) schedule: String,
+    pub(crate) zone: String,
+    pub(crate) misfire: String,
+    pub(crate) overlap: String,
+    /// Local wall-clock times.
+    pub(crate) next: Vec<String>,
+    /// The slot of the last job, local, with ` (late)` when it went out late.
+    pub(crate) last: Option<String>,
+    /// The last job's state, `queued`, or `-`.
+    pub(crate) outcome: String,
+    pub(crate) skipped: u64,
+}
+
+/// Every schedule of this binary's tasks and every one registered by any beat in the
+/// namespace, sorted by name, with `count` next fire times after `now_ms`.
+pub(crate) async fn listings(client: &Client, now_ms: i64, count: usize) -> Result<Vec<Listing>> {
+    let broker = client.broker();
+    let mut schedules: HashMap<String, (String, Schedule)> = HashMap::new();
+    let linked = Scheduler::builder(client).build()?;
+    for entry in linked.entries {
+        schedules.insert(entry.name, (entry.task, entry.schedule));
+    }
+    let mut names: Vec<String> = broker.beat_schedules().await?;
+    names.extend(schedules.keys().cloned());
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let state = broker.beat_state(&name).await?;
+        let field = |field: &str| state.get(field).cloned();
+        let stored = || -> Option<(String, Schedule)> {
+            let schedule = Schedule::parse(&field(SCHEDULE_FIELD)?).ok()?;
+            let schedule = match field(TZ_FIELD) {
+                Some(zone) if zone != "UTC" => schedule.tz(&zone).ok()?,
+                _ => schedule,
+            };
+            let misfire = field(MISFIRE_FIELD)?.parse().ok()?;
+            let overlap = field(OVERLAP_FIELD)? == "true";
+            Some((
+                field(TASK_FIELD)?,
+                schedule.misfire(misfire).overlap(overlap),
+            ))
+        };
+        let Some((task, schedule)) = schedules.remove(&name).or_else(stored) else {
+            continue;
+        };
+        let mut next = Vec::new();
+        let mut at = schedule.next_after(now_ms);
+        while let Some(slot) = at.filter(|_| next.len() < count) {
+            next.push(schedule.local(slot));
+            at = schedule.next_after(slot);
+        }
+        let slot = field(SLOT_FIELD).and_then(|slot| slot.parse::<i64>().ok());
+        let last = slot.map(|slot| {
+            let late = if field(LATE_FIELD).as_deref() == Some("true") {
+                " (late)"
+            } else {
+                ""
+            };
+            format!("{}{late}", schedule.local(slot))
+        });
+        let outcome = match field(JOB_ID_FIELD) {
+            None => "-".to_owned(),
+            Some(job) => match client.record(&job).await? {
+                Some(record) => record.state.as_str().to_owned(),
+                None => match (field(QUEUE_FIELD), field(ENTRY_FIELD)) {
+                    (Some(queue), Some(entry)) if broker.in_stream(&queue, &entry).await? => {
+                        "queued".to_owned()
+                    }
+                    // Expired, or a task that keeps no record.
+                    _ => "unknown".to_owned(),
+                },
+            },
+        };
+        out.push(Listing {
+            name,
+            task,
+            schedule: schedule.to_string(),
+            zone: schedule.zone().name().to_owned(),
+            misfire: schedule.misfire_policy().to_string(),
+            overlap: if schedule.allows_overlap() {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            next,
+            last,
+            outcome,
+            skipped: field(SKIPS_FIELD).and_then(|n| n.parse().ok()).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
