@@ -187,6 +187,8 @@ impl DeadLetters {
         envelope.errors = job.errors.clone();
         envelope.created_ms = now_ms();
         envelope.headers.retain(|name, _| !name.starts_with("psw-"));
+        // Back to the queue it was read from (the envelope's own field may name another).
+        envelope.queue = job.queue.clone();
         let payload = envelope.encode()?;
         let replayed = self
             .client

@@ -14,6 +14,9 @@ use super::{
 };
 use crate::Result;
 
+/// How often `apply` drops expired records.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// The fields of one dead letter, as `dead_fields` makes them.
 type DeadFields = Vec<(&'static str, Vec<u8>)>;
 
@@ -50,6 +53,7 @@ struct State {
     /// Dead letters by entry id, oldest first, as field lists like the Redis stream's.
     dead: VecDeque<(String, DeadFields)>,
     dead_trimmed: u64,
+    last_sweep: Option<Instant>,
     next_entry: u64,
     next_delayed: u64,
     schedules: HashMap<String, HashMap<String, String>>,
@@ -255,7 +259,9 @@ impl Broker for MemoryBroker {
                 let mut expired: Vec<&String> = q
                     .pending
                     .iter()
-                    .filter(|(_, p)| now.duration_since(p.last_delivery) >= min_idle)
+                    .filter(|(_, p)| {
+                        p.consumer != consumer && now.duration_since(p.last_delivery) >= min_idle
+                    })
                     .map(|(id, _)| id)
                     .collect();
                 expired.sort();
@@ -312,7 +318,17 @@ impl Broker for MemoryBroker {
             let mut applied = Applied::default();
             {
                 let mut state = self.lock();
-                let expires = Instant::now() + ttl;
+                let now = Instant::now();
+                let expires = now + ttl;
+                // Redis expires keys by itself; here expired records go once a second, so a
+                // long-running process does not keep every record it ever wrote.
+                if state
+                    .last_sweep
+                    .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+                {
+                    state.records.retain(|_, (_, until)| *until > now);
+                    state.last_sweep = Some(now);
+                }
                 let held = |state: &State, queue: &str, entry_id: &str, deliveries: u64| {
                     state
                         .queues

@@ -51,16 +51,32 @@ end
 return renewed
 ";
 
-/// XAUTOCLAIM, returning each claimed entry with its delivery count (XAUTOCLAIM itself does
-/// not), so that the new owner's writes can be fenced on it.
+/// Takes over entries idle for at least the lease from other consumers, returning each with
+/// its new delivery count (for fencing). Not XAUTOCLAIM: it would also take back entries this
+/// consumer still runs (after a pause longer than the lease), making two copies in one
+/// process. XCLAIM re-checks the idle time, so two reclaimers cannot both take an entry.
+/// Returns {cursor (always 0-0), {{id, fields, deliveries}...}, ids deleted from the stream}.
 const RECLAIM: &str = r"
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local claimed = {}
-for i, e in ipairs(r[2]) do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-  claimed[i] = {e[1], e[2], p[1][4]}
+local limit = tonumber(ARGV[4])
+local ids = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', limit * 10)) do
+  if p[2] ~= ARGV[2] and #ids < limit then ids[#ids + 1] = p[1] end
 end
-return {r[1], claimed, r[3] or {}}
+if #ids == 0 then return {'0-0', {}, {}} end
+local got = {}
+local claimed = {}
+for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))) do
+  if e and e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    claimed[#claimed + 1] = {e[1], e[2], p[1][4]}
+    got[e[1]] = true
+  end
+end
+local deleted = {}
+for _, id in ipairs(ids) do
+  if not got[id] then deleted[#deleted + 1] = id end
+end
+return {'0-0', claimed, deleted}
 ";
 
 /// Applies a batch of writes, each only while the consumer still holds its delivery with the
@@ -71,15 +87,25 @@ return {r[1], claimed, r[3] or {}}
 /// the dead letters added}.
 const SETTLE: &str = r"
 local ops = cmsgpack.unpack(ARGV[6])
+-- What this consumer holds, per stream: entry id -> delivery count. One XPENDING per stream
+-- and batch (the consumer's pending list is bounded by its claims), not one per entry.
+local held = {}
+for _, op in ipairs(ops) do
+  if not held[op[1]] then
+    local map = {}
+    for _, e in ipairs(redis.call('XPENDING', KEYS[op[1]], ARGV[1], '-', '+', ARGV[7], ARGV[2])) do
+      map[e[1]] = e[4]
+    end
+    held[op[1]] = map
+  end
+end
 local fenced = {}
 local finished = {}
+local acks = {}
 local dead = 0
 local dead_ids = {}
 for i, op in ipairs(ops) do
-  local stream = KEYS[op[1]]
-  local p = redis.call('XPENDING', stream, ARGV[1], op[2], op[2], 1)
-  local e = p[1]
-  if e and e[2] == ARGV[2] and e[4] == op[3] then
+  if held[op[1]][op[2]] == op[3] then
     if op[5] > 0 then redis.call('SET', KEYS[op[5]], op[6], 'PX', ARGV[3]) end
     if op[7] > 0 then redis.call('ZADD', KEYS[op[7]], op[8], op[9]) end
     if #op[10] > 0 then
@@ -87,13 +113,20 @@ for i, op in ipairs(ops) do
       dead_ids[dead] = redis.call('XADD', KEYS[1], '*', unpack(op[10]))
     end
     if op[4] == 1 then
-      redis.call('XACK', stream, ARGV[1], op[2])
-      redis.call('XDEL', stream, op[2])
+      local ids = acks[op[1]]
+      if not ids then ids = {}; acks[op[1]] = ids end
+      ids[#ids + 1] = op[2]
+      -- Settled: a second write about it in this batch is stale.
+      held[op[1]][op[2]] = nil
     end
     if op[11] ~= '' then finished[#finished + 1] = op[11] end
   else
     fenced[#fenced + 1] = i - 1
   end
+end
+for stream, ids in pairs(acks) do
+  redis.call('XACK', KEYS[stream], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[stream], unpack(ids))
 end
 local trimmed = 0
 if dead > 0 then
@@ -148,6 +181,10 @@ if #p == 0 then
 end
 return -1
 ";
+
+/// Most pending entries of one consumer the settle script reads to check ownership: far more
+/// than any worker holds (concurrency + prefetch).
+const PENDING_SCAN_LIMIT: u64 = 1_000_000;
 
 /// Longest block a fetch may ask for; the reading connection's response timeout sits above it.
 const MAX_BLOCK: Duration = Duration::from_secs(10);
@@ -486,44 +523,31 @@ impl Broker for RedisBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
         Box::pin(async move {
-            let stream = self.keys.stream(queue);
-            let queue_name: Arc<str> = Arc::from(queue);
-            let mut conn = self.conn();
-            let mut cursor = "0-0".to_owned();
-            let mut out = Vec::new();
-            loop {
-                let reply: Value = self
-                    .reclaim
-                    .key(&stream)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(min_idle.as_millis() as u64)
-                    .arg(&cursor)
-                    .arg(max.saturating_sub(out.len()).max(1))
-                    .invoke_async(&mut conn)
-                    .await?;
-                let Value::Array(mut parts) = reply else {
-                    return Err(unexpected("XAUTOCLAIM"));
-                };
-                if parts.len() >= 3 {
-                    let deleted = parts.pop().expect("len checked");
-                    let deleted = id_list(deleted);
-                    if !deleted.is_empty() {
-                        // Entries deleted from the stream while pending: XAUTOCLAIM has already
-                        // dropped them from the group, and there is nothing left to run.
-                        tracing::warn!(queue, count = deleted.len(), ids = ?deleted, "pending entries were missing from the stream (trimmed or deleted by hand)");
-                    }
-                }
-                let entries = parts.pop().ok_or_else(|| unexpected("XAUTOCLAIM"))?;
-                cursor = parts
-                    .pop()
-                    .and_then(|v| text(&v))
-                    .ok_or_else(|| unexpected("XAUTOCLAIM"))?;
-                parse_entries(entries, &queue_name, &mut out);
-                if cursor == "0-0" || out.len() >= max {
-                    return Ok(out);
-                }
+            if max == 0 {
+                return Ok(Vec::new());
             }
+            let reply: Value = self
+                .reclaim
+                .key(self.keys.stream(queue))
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg(max)
+                .invoke_async(&mut self.conn())
+                .await?;
+            let Value::Array(mut parts) = reply else {
+                return Err(unexpected("reclaim"));
+            };
+            let deleted = parts.pop().map(id_list).unwrap_or_default();
+            if !deleted.is_empty() {
+                // Entries deleted from the stream while pending: XCLAIM has dropped them from
+                // the group, and there is nothing left to run.
+                tracing::warn!(queue, count = deleted.len(), ids = ?deleted, "pending entries were missing from the stream (trimmed or deleted by hand)");
+            }
+            let entries = parts.pop().ok_or_else(|| unexpected("reclaim"))?;
+            let mut out = Vec::new();
+            parse_entries(entries, &Arc::from(queue), &mut out);
+            Ok(out)
         })
     }
 
@@ -626,7 +650,8 @@ impl Broker for RedisBroker {
                 .arg(ttl.as_millis().max(1) as u64)
                 .arg(self.dead_letter_cap)
                 .arg(self.keys.finished_channel())
-                .arg(ops);
+                .arg(ops)
+                .arg(PENDING_SCAN_LIMIT);
             let (fenced, dead_trimmed, dead_entries): (Vec<usize>, u64, Vec<String>) =
                 invocation.invoke_async(&mut self.conn()).await?;
             Ok(Applied {

@@ -75,6 +75,7 @@ both_brokers!(
     retries_go_through_the_delayed_set,
     records_expire,
     writes_of_a_lost_delivery_are_fenced,
+    a_consumer_never_takes_back_its_own_entries,
     dead_letters_are_kept_capped_replayed_and_purged,
     beat_registration_keeps_the_last_slot,
     beat_advance_is_a_compare_and_set,
@@ -363,6 +364,28 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn a_consumer_never_takes_back_its_own_entries(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    broker.push(vec![job(b"x", None)]).await.unwrap();
+    broker
+        .fetch("a", &queues(), 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // `a` was paused past its lease: it must not start a second copy of its own job.
+    let own = broker
+        .reclaim("a", Q, Duration::from_millis(50), 10)
+        .await
+        .unwrap();
+    assert!(own.is_empty(), "{own:?}");
+    let other = broker
+        .reclaim("b", Q, Duration::from_millis(50), 10)
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].deliveries, 2);
 }
 
 fn letter(n: u8) -> super::DeadLetter {

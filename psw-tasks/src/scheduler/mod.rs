@@ -150,11 +150,7 @@ impl SchedulerBuilder {
 
 /// The name of this beat in the leader lease: unique per process, with the pid to find it by.
 fn holder_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "beat".to_owned());
-    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+    crate::worker::process_name("beat")
 }
 
 /// Fires the jobs of schedules until shut down: the `beat` of Celery, safe to run on every node.

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 /// the default size limit, while a runaway 100 MB entry does not move into the dead letters.
 const DEAD_PAYLOAD_CAP: usize = 1024 * 1024;
 
+/// How long a job runs before its STARTED state is recorded.
+const STARTED_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Header counting how often a job of a task unknown here was put back: during a rolling
 /// deploy, a worker that knows the task may be about to start.
 const UNKNOWN_TASK_TRIES: &str = "psw-unknown-task-tries";
@@ -183,7 +186,6 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     };
     let last_progress = Arc::new(Mutex::new(None));
     let progress: Option<Arc<dyn ProgressSink>> = if keep_record {
-        shared.write_record(delivery, &record).await;
         Some(Arc::new(RecordProgress {
             writes: shared.writes.clone(),
             delivery: delivery.clone_without_payload(),
@@ -203,16 +205,40 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     );
 
     let handler = (descriptor.handler())(ctx, &envelope.args);
-    let outcome = match options.timeout {
-        Some(limit) => match tokio::time::timeout(limit, CatchUnwind(handler)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Ok(Err(TaskError::retry(format!(
-                "timed out after {}",
-                humantime::format_duration(limit)
-            ))
-            .with_kind("timeout"))),
-        },
-        None => CatchUnwind(handler).await,
+    let attempt = async {
+        match options.timeout {
+            Some(limit) => match tokio::time::timeout(limit, CatchUnwind(handler)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Ok(Err(TaskError::retry(format!(
+                    "timed out after {}",
+                    humantime::format_duration(limit)
+                ))
+                .with_kind("timeout"))),
+            },
+            None => CatchUnwind(handler).await,
+        }
+    };
+    let outcome = if keep_record {
+        // STARTED is written only for a job still running after a moment: most jobs finish
+        // first, and their one record write is the final one. The attempt is not polled while
+        // STARTED is queued, so it cannot overtake a progress report.
+        tokio::pin!(attempt);
+        tokio::select! {
+            biased;
+            outcome = &mut attempt => outcome,
+            () = tokio::time::sleep(STARTED_AFTER) => {
+                let reported = last_progress
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .is_some();
+                if !reported {
+                    shared.write_record(delivery, &record).await;
+                }
+                attempt.await
+            }
+        }
+    } else {
+        attempt.await
     };
     let outcome = outcome.unwrap_or_else(|panic| {
         shared.stats.panicked.inc();
@@ -280,8 +306,10 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
             record.state = State::Retry;
             record.retry_at_ms = Some(due);
             let mut settlement = base;
+            // The queue the job came from, not the one its envelope names: a producer that
+            // wrote another name must not send the retry where no worker looks.
             settlement.retry = Some(NewJob {
-                queue: next.queue.clone(),
+                queue: delivery.queue.to_string(),
                 payload,
                 due_ms: Some(due),
             });

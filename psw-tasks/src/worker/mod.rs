@@ -3,7 +3,7 @@
 //!
 //! Architecture invariant: the worker sees the `Broker` trait only, never Redis types.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -202,10 +202,16 @@ impl WorkerBuilder {
 /// A unique name per process: a restarted worker must not inherit a dead one's entries as if
 /// it were still running them.
 fn consumer_name() -> String {
+    process_name("worker")
+}
+
+/// `<host>-<pid>-<random>`: unique per process (a restart is someone new), and the pid tells an
+/// operator which process it is. `fallback` stands in for an unknown host name.
+pub(crate) fn process_name(fallback: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_owned());
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| fallback.to_owned());
     format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
@@ -228,7 +234,9 @@ pub(crate) struct Shared {
     broker: Arc<dyn Broker>,
     registry: Registry,
     writes: mpsc::Sender<WriteRequest>,
-    in_flight: Mutex<HashMap<Arc<str>, HashSet<String>>>,
+    /// Deliveries held, per queue: entry id -> delivery count. The count tells a stale copy of
+    /// an entry (one this worker lost and took back) from the live one.
+    in_flight: Mutex<HashMap<Arc<str>, HashMap<String, u64>>>,
     stats: Arc<Counters>,
     max_deliveries: u64,
     max_message_size: usize,
@@ -273,6 +281,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get_mut(&settlement.queue)
+            && entries.get(&settlement.entry_id) == Some(&settlement.deliveries)
         {
             entries.remove(&settlement.entry_id);
         }
@@ -285,7 +294,7 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .entry(delivery.queue.clone())
             .or_default()
-            .insert(delivery.entry_id.clone());
+            .insert(delivery.entry_id.clone(), delivery.deliveries);
     }
 
     fn in_flight_snapshot(&self) -> Vec<(Arc<str>, Vec<String>)> {
@@ -294,7 +303,7 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .iter()
             .filter(|(_, ids)| !ids.is_empty())
-            .map(|(queue, ids)| (queue.clone(), ids.iter().cloned().collect()))
+            .map(|(queue, ids)| (queue.clone(), ids.keys().cloned().collect()))
             .collect()
     }
 }
@@ -482,10 +491,12 @@ impl Worker {
             }
             let mut first = Some(first);
             for delivery in deliveries {
-                let claim = match first.take() {
-                    Some(claim) => claim,
-                    None => claims.clone().acquire_owned().await.expect("never closed"),
-                };
+                // A read of several queues can return more than the free claims (COUNT is per
+                // stream): the extra deliveries are tracked and started at once all the same,
+                // never left waiting unrenewed, and the next fetch waits for claims to free up.
+                let claim = first
+                    .take()
+                    .or_else(|| claims.clone().try_acquire_owned().ok());
                 shared.track(&delivery);
                 let shared = shared.clone();
                 let running = running.clone();

@@ -53,7 +53,7 @@ pub(crate) async fn run(
             waiters.push(request.done);
         }
         drop_superseded(&mut writes, &mut waiters);
-        let applied = apply_with_retry(&writer, &writes, &abandon).await;
+        let applied = apply_in_chunks(&writer, &writes, &abandon).await;
         if let Some(applied) = &applied {
             report(&writer, &writes, applied);
         }
@@ -154,6 +154,50 @@ fn drop_superseded(
         }
         keep
     });
+}
+
+/// Bytes of payload in one script call at most: a burst of large dead letters or retries must
+/// not make one call too big for Redis (512 MB) or block it for long.
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+fn payload_bytes(write: &Write) -> usize {
+    match write {
+        Write::Record { record, .. } => record.len(),
+        Write::Settle(settlement) => {
+            settlement.record.as_ref().map_or(0, |(_, r)| r.len())
+                + settlement.retry.as_ref().map_or(0, |r| r.payload.len())
+                + settlement.dead.as_ref().map_or(0, |d| d.payload.len())
+        }
+    }
+}
+
+/// Apply the batch in chunks of at most `CHUNK_BYTES` (a chunk holds at least one write), in
+/// order; the outcome indexes refer to the whole batch.
+async fn apply_in_chunks(
+    writer: &Writer,
+    writes: &[Write],
+    abandon: &CancellationToken,
+) -> Option<Applied> {
+    let mut total = Applied::default();
+    let mut start = 0;
+    while start < writes.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < writes.len()
+            && (end == start || bytes + payload_bytes(&writes[end]) <= CHUNK_BYTES)
+        {
+            bytes += payload_bytes(&writes[end]);
+            end += 1;
+        }
+        let applied = apply_with_retry(writer, &writes[start..end], abandon).await?;
+        total
+            .fenced
+            .extend(applied.fenced.iter().map(|index| index + start));
+        total.dead_trimmed += applied.dead_trimmed;
+        total.dead_entries.extend(applied.dead_entries);
+        start = end;
+    }
+    Some(total)
 }
 
 async fn apply_with_retry(
