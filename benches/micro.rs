@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the pure hot-path pieces: envelope encode/decode and backoff.
+//! Micro-benchmarks of the pure hot-path pieces: envelope encode/decode, backoff, job ids and
+//! cron next-fire.
 //!
 //! ```text
 //! cargo bench -p psw-tasks-benches --bench micro
@@ -30,4 +31,15 @@ fn backoff_delay(bencher: divan::Bencher) {
 #[divan::bench]
 fn job_id_generate() -> psw_tasks::JobId {
     psw_tasks::JobId::generate()
+}
+
+#[divan::bench(args = ["*/15 * * * *", "30 2 * * *", "0 8 * * 1-5"])]
+fn cron_next_fire(bencher: divan::Bencher, expression: &str) {
+    let schedule = psw_tasks::Schedule::cron(expression)
+        .unwrap()
+        .tz("Europe/Stockholm")
+        .unwrap();
+    // 2026-03-28 12:00 UTC: the next fires cross the spring-forward night.
+    let after = 1_774_699_200_000;
+    bencher.bench(|| hot_path::next_fire(divan::black_box(&schedule), divan::black_box(after)));
 }

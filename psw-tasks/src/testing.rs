@@ -174,6 +174,11 @@ pub mod hot_path {
         Envelope::decode(bytes).expect("decodable").args.len()
     }
 
+    /// The next fire time after `after_ms` of a schedule, as the beat computes it.
+    pub fn next_fire(schedule: &crate::Schedule, after_ms: i64) -> Option<i64> {
+        schedule.next_after(after_ms)
+    }
+
     /// The default backoff's delay after `attempt`.
     pub fn backoff(attempt: u32, unit_random: f64) -> std::time::Duration {
         crate::retry::backoff_delay(&TaskOptions::DEFAULT.backoff, attempt, unit_random)
