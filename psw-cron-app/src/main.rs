@@ -1,8 +1,9 @@
 //! psw-cron-app: the PSW5 background jobs, run with psw-tasks.
 //!
 //! The real jobs (stock prices, portfolio values, reports, cleanup, alerts) come with their
-//! own issue; for now the binary carries one demo task and the standard subcommands
-//! (`worker`, `enqueue`, `result`, `tasks`).
+//! own issue; for now the binary carries one demo task and the standard subcommands of
+//! `psw_tasks::cli` (`worker`, `beat`, `all`, `enqueue`, `result`, `tasks`, `schedules`,
+//! `dlq`).
 
 use std::process::ExitCode;
 

@@ -385,3 +385,43 @@ async fn prefetched_jobs_are_given_back_at_shutdown_not_left_to_a_lease() {
     assert_eq!(runs.len(), 6);
     assert!(runs.values().all(|&n| n == 1), "{runs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_two_queues_with_one_slot_runs_everything() {
+    // One read of two queues can return a job per queue for one free claim (COUNT is per
+    // stream): the extra one must still run, and shutdown must not hang on it.
+    let ns = TestNamespace::new("two-queues");
+    let client = ns.client().await;
+    let ledger = ns.name().to_owned();
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        let queue = if i % 2 == 0 { "default" } else { "low" };
+        handles.push(
+            count_local::enqueue_with(
+                &client,
+                EnqueueOptions::new().queue(queue),
+                ledger.clone(),
+                50,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let worker = crate::support::start_built(
+        psw_tasks::Worker::builder(&client)
+            .queues(["default", "low"])
+            .concurrency(1)
+            .prefetch(0)
+            .build()
+            .unwrap(),
+    );
+    for handle in &handles {
+        handle.wait(WAIT).await.unwrap();
+    }
+    worker.stop().await;
+    let runs = local_runs(&ledger);
+    assert_eq!(runs.len(), 10);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+    assert_eq!(queue_state(&ns, "default"), (0, 0));
+    assert_eq!(queue_state(&ns, "low"), (0, 0));
+}
