@@ -25,6 +25,17 @@ fn job(payload: &[u8], due_ms: Option<i64>) -> NewJob {
     }
 }
 
+/// Push one job and fetch it as `consumer`, which then holds it.
+async fn hold_one(broker: &dyn Broker, consumer: &str) -> super::Delivery {
+    broker.push(vec![job(b"x", None)]).await.unwrap();
+    let mut got = broker
+        .fetch(consumer, &queues(), 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the job just pushed");
+    got.remove(0)
+}
+
 fn settle(queue: &Arc<str>, entry_id: &str) -> Settlement {
     Settlement {
         queue: queue.clone(),
@@ -192,13 +203,9 @@ async fn settling_stores_the_record_acks_and_announces(broker: Arc<dyn Broker>) 
     let mut events = broker.finished_events().await.unwrap();
     // The Redis listener subscribes in the background: give it a moment before announcing.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    broker.push(vec![job(b"x", None)]).await.unwrap();
-    let got = broker
-        .fetch("a", &queues(), 1, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let held = hold_one(broker.as_ref(), "a").await;
     let id = JobId::generate();
-    let mut settlement = settle(&got[0].queue, &got[0].entry_id);
+    let mut settlement = settle(&held.queue, &held.entry_id);
     settlement.record = Some((id.clone(), b"record".to_vec()));
     settlement.finished = Some(id.clone());
     broker
@@ -220,32 +227,24 @@ async fn settling_stores_the_record_acks_and_announces(broker: Arc<dyn Broker>) 
 
 async fn expired_leases_are_reclaimed_and_the_old_owner_cannot_renew(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    broker.push(vec![job(b"x", None)]).await.unwrap();
-    let got = broker
-        .fetch("a", &queues(), 1, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let held = hold_one(broker.as_ref(), "a").await;
     tokio::time::sleep(Duration::from_millis(120)).await;
     let reclaimed = broker
         .reclaim("b", Q, Duration::from_millis(100), 10)
         .await
         .unwrap();
     assert_eq!(reclaimed.len(), 1);
-    assert_eq!(reclaimed[0].entry_id, got[0].entry_id);
+    assert_eq!(reclaimed[0].entry_id, held.entry_id);
     assert_eq!(reclaimed[0].payload, b"x");
-    let ids = vec![got[0].entry_id.clone()];
+    let ids = vec![held.entry_id.clone()];
     assert_eq!(broker.renew("a", Q, &ids).await.unwrap(), 0);
     assert_eq!(broker.renew("b", Q, &ids).await.unwrap(), 1);
 }
 
 async fn renewed_leases_are_not_reclaimed(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    broker.push(vec![job(b"x", None)]).await.unwrap();
-    let got = broker
-        .fetch("a", &queues(), 1, Duration::from_millis(50))
-        .await
-        .unwrap();
-    let ids = vec![got[0].entry_id.clone()];
+    let held = hold_one(broker.as_ref(), "a").await;
+    let ids = vec![held.entry_id.clone()];
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(broker.renew("a", Q, &ids).await.unwrap(), 1);
@@ -288,16 +287,12 @@ async fn retries_go_through_the_delayed_set(broker: Arc<dyn Broker>) {
 
 async fn records_expire(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    broker.push(vec![job(b"x", None)]).await.unwrap();
-    let got = broker
-        .fetch("a", &queues(), 1, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let held = hold_one(broker.as_ref(), "a").await;
     let id = JobId::generate();
     let write = Write::Record {
-        queue: got[0].queue.clone(),
-        entry_id: got[0].entry_id.clone(),
-        deliveries: got[0].deliveries,
+        queue: held.queue.clone(),
+        entry_id: held.entry_id.clone(),
+        deliveries: held.deliveries,
         id: id.clone(),
         record: b"r".to_vec(),
     };
@@ -313,12 +308,7 @@ async fn records_expire(broker: Arc<dyn Broker>) {
 
 async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    broker.push(vec![job(b"x", None)]).await.unwrap();
-    let first = broker
-        .fetch("a", &queues(), 1, Duration::from_millis(50))
-        .await
-        .unwrap()
-        .remove(0);
+    let first = hold_one(broker.as_ref(), "a").await;
     assert_eq!(first.deliveries, 1);
     tokio::time::sleep(Duration::from_millis(60)).await;
     let second = broker
@@ -368,11 +358,7 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
 
 async fn a_consumer_never_takes_back_its_own_entries(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    broker.push(vec![job(b"x", None)]).await.unwrap();
-    broker
-        .fetch("a", &queues(), 1, Duration::from_millis(50))
-        .await
-        .unwrap();
+    hold_one(broker.as_ref(), "a").await;
     tokio::time::sleep(Duration::from_millis(60)).await;
     // `a` was paused past its lease: it must not start a second copy of its own job.
     let own = broker

@@ -49,7 +49,13 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
             "delivered {} times without finishing (limit {}): each attempt ended its worker",
             delivery.deliveries, shared.max_deliveries
         );
-        return shared.dead_letter(delivery, envelope.as_ref(), None, "poisoned", error);
+        return shared.dead_letter(
+            delivery,
+            envelope.as_ref(),
+            envelope.as_ref().map_or(&[][..], |e| e.errors.as_slice()),
+            "poisoned",
+            error,
+        );
     }
     if delivery.payload.len() > shared.max_message_size {
         tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), limit = shared.max_message_size, "job over the size limit; dead-lettered");
@@ -58,7 +64,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
             delivery.payload.len(),
             shared.max_message_size
         );
-        return shared.dead_letter(delivery, None, None, "oversized", error);
+        return shared.dead_letter(delivery, None, &[], "oversized", error);
     }
     match Envelope::decode(&delivery.payload) {
         Ok(envelope) => run_envelope(shared, delivery, envelope).await,
@@ -67,7 +73,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
             shared.dead_letter(
                 delivery,
                 None,
-                None,
+                &[],
                 "decode_error",
                 crate::error::chain(&err),
             )
@@ -88,21 +94,17 @@ pub(crate) async fn give_back(shared: Arc<Shared>, delivery: Delivery) {
 }
 
 impl Shared {
-    /// A settlement that moves the delivery to the dead letters (with the job's final record,
-    /// if it keeps one).
+    /// A settlement that moves the delivery to the dead letters, with `errors` (every
+    /// attempt's, or the envelope's history when the job never ran here).
     fn dead_letter(
         &self,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
-        record: Option<&JobRecord>,
+        errors: &[AttemptError],
         reason: &'static str,
         error: String,
     ) -> Settlement {
         self.stats.dead_lettered.inc();
-        let errors = record
-            .map(|r| r.errors.as_slice())
-            .or(envelope.map(|e| e.errors.as_slice()))
-            .unwrap_or_default();
         let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
         let mut settlement = Settlement::of(delivery);
         settlement.dead = Some(DeadLetter {
@@ -114,10 +116,7 @@ impl Shared {
             payload: delivery.payload[..delivery.payload.len().min(DEAD_PAYLOAD_CAP)].to_vec(),
             truncated,
         });
-        match record {
-            Some(record) => self.finish(settlement, record, true),
-            None => settlement,
-        }
+        settlement
     }
 }
 
@@ -138,7 +137,13 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
             tries + 1,
             humantime::format_duration(shared.unknown_task_delay)
         );
-        return shared.dead_letter(delivery, Some(&envelope), None, "unknown_task", error);
+        return shared.dead_letter(
+            delivery,
+            Some(&envelope),
+            &envelope.errors,
+            "unknown_task",
+            error,
+        );
     }
     tracing::warn!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, tries, "no task of this name here (a deploy in progress?); putting it back");
     envelope
@@ -157,7 +162,7 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
         Err(err) => shared.dead_letter(
             delivery,
             Some(&envelope),
-            None,
+            &envelope.errors,
             "unknown_task",
             err.to_string(),
         ),
@@ -297,7 +302,7 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
                     return shared.dead_letter(
                         delivery,
                         Some(&next),
-                        None,
+                        &next.errors,
                         "decode_error",
                         err.to_string(),
                     );
@@ -329,19 +334,18 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
                 _ => "retries_exhausted",
             };
             tracing::error!(id = %envelope.id, task = %envelope.task, attempts = record.errors.len(), reason, "job failed for good; dead-lettered");
-            let final_record = keep_record.then_some(&record);
-            let mut dead = shared.dead_letter(
+            let dead = shared.dead_letter(
                 delivery,
                 Some(&envelope),
-                final_record,
+                &record.errors,
                 reason,
                 err.message().to_owned(),
             );
-            if let Some(letter) = &mut dead.dead {
-                letter.errors =
-                    rmp_serde::to_vec_named(&record.errors).unwrap_or_else(|_| vec![0x90]);
+            if keep_record {
+                shared.finish(dead, &record, true)
+            } else {
+                dead
             }
-            dead
         }
     }
 }
