@@ -1,6 +1,6 @@
 //! The standard subcommands for any binary that links tasks: `worker`, `beat`, `all`,
-//! `enqueue`, `result`, `tasks`, `schedules`. Configuration comes from the environment (see
-//! [`Config::from_env`]).
+//! `enqueue`, `result`, `tasks`, `schedules`, `stats`, `dlq`. Configuration comes from the
+//! environment (see [`Config::from_env`]).
 //!
 //! ```no_run
 //! #[tokio::main]
@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::parse_duration;
-use crate::{Client, Config, EnqueueOptions, Error, Registry, Result, Scheduler, Worker};
+use crate::{
+    Client, Config, EnqueueOptions, Error, Registry, Result, Scheduler, Worker, WorkerBuilder,
+};
 
 /// Command-line interface of a psw-tasks binary.
 #[derive(Debug, Parser)]
@@ -83,6 +85,13 @@ pub enum Command {
     },
     /// List the schedules, each with its next five fire times in its zone and its last run.
     Schedules,
+    /// Print the workers, the queues, each task's outcomes and the dead letters as JSON
+    /// (timestamps in ms since the Unix epoch).
+    Stats {
+        /// Sum task outcomes over this long, like `15m` (at most `1d`).
+        #[arg(long, default_value = "15m")]
+        window: String,
+    },
 }
 
 /// What `dlq` does.
@@ -153,6 +162,82 @@ pub fn init_tracing() {
 
 /// Run one command with the configuration from the environment.
 pub async fn run(command: Command) -> Result<()> {
+    run_with(command, &Setup::default()).await
+}
+
+type ConfigureWorker = Box<dyn Fn(WorkerBuilder) -> WorkerBuilder + Send + Sync>;
+type ConfigureBeat = Box<dyn Fn(&mut Scheduler) -> Result<()> + Send + Sync>;
+
+/// What an application adds to the workers and beats the standard commands make: shared state,
+/// a dead-letter hook, schedules known only at run time.
+#[derive(Default)]
+pub struct Setup {
+    client: Option<Client>,
+    worker: Option<ConfigureWorker>,
+    beat: Option<ConfigureBeat>,
+}
+
+impl Setup {
+    /// Nothing added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run workers and beats on `client` instead of connecting from the configuration: the
+    /// application's own parts (a health check reading [`Client::stats`]) then see the same
+    /// broker, the in-process one included.
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    async fn service_client(&self, config: &Config) -> Result<Client> {
+        match &self.client {
+            Some(client) => Ok(client.clone()),
+            None => service_client(config).await,
+        }
+    }
+
+    /// Pass each worker's builder through `configure` before it is built.
+    pub fn worker<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(WorkerBuilder) -> WorkerBuilder + Send + Sync + 'static,
+    {
+        self.worker = Some(Box::new(configure));
+        self
+    }
+
+    /// Call `configure` on each scheduler once it is built (to [`Scheduler::add`] schedules).
+    pub fn beat<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(&mut Scheduler) -> Result<()> + Send + Sync + 'static,
+    {
+        self.beat = Some(Box::new(configure));
+        self
+    }
+
+    fn scheduler(&self, client: &Client) -> Result<Scheduler> {
+        let mut scheduler = Scheduler::builder(client).build()?;
+        if let Some(configure) = &self.beat {
+            configure(&mut scheduler)?;
+        }
+        Ok(scheduler)
+    }
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("client", &self.client.is_some())
+            .field("worker", &self.worker.is_some())
+            .field("beat", &self.beat.is_some())
+            .finish()
+    }
+}
+
+/// Run one command with the configuration from the environment, with the application's
+/// additions to workers and beats.
+pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
     let config = Config::from_env()?;
     match command {
         Command::Dlq { action } => dlq(&shared_client(&config).await?, action).await,
@@ -164,20 +249,20 @@ pub async fn run(command: Command) -> Result<()> {
             queues,
             concurrency,
         } => {
-            let client = service_client(&config).await?;
-            worker(&client, queues, concurrency)?.run().await
+            let client = setup.service_client(&config).await?;
+            worker(&client, queues, concurrency, setup)?.run().await
         }
         Command::Beat => {
-            let client = service_client(&config).await?;
-            Scheduler::builder(&client).build()?.run().await
+            let client = setup.service_client(&config).await?;
+            setup.scheduler(&client)?.run().await
         }
         Command::All {
             queues,
             concurrency,
         } => {
-            let client = service_client(&config).await?;
-            let worker = worker(&client, queues, concurrency)?;
-            let scheduler = Scheduler::builder(&client).build()?;
+            let client = setup.service_client(&config).await?;
+            let worker = worker(&client, queues, concurrency, setup)?;
+            let scheduler = setup.scheduler(&client)?;
             // One signal stops both; either one ending stops the other.
             let stop = tokio_util::sync::CancellationToken::new();
             let signal = tokio::spawn({
@@ -201,6 +286,15 @@ pub async fn run(command: Command) -> Result<()> {
             );
             signal.abort();
             worked.and(beat)
+        }
+        Command::Stats { window } => {
+            let window = parse_duration("--window", &window)?;
+            let stats = shared_client(&config).await?.stats(window).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).map_err(|err| Error::encode("stats", err))?
+            );
+            Ok(())
         }
         Command::Schedules => {
             let client = Client::connect(&config).await?;
@@ -294,8 +388,12 @@ fn worker(
     client: &Client,
     queues: Option<Vec<String>>,
     concurrency: Option<usize>,
+    setup: &Setup,
 ) -> Result<Worker> {
     let mut builder = Worker::builder(client);
+    if let Some(configure) = &setup.worker {
+        builder = configure(builder);
+    }
     if let Some(queues) = queues {
         builder = builder.queues(queues);
     }

@@ -106,6 +106,21 @@ impl Config {
             None => ("REDIS_URL", None),
         };
 
+        // Results live next to the queues: the worker writes a job's record and acknowledges
+        // the job in one script, which only works on one server. Celery's separate result
+        // backend is therefore accepted only when it names that same server.
+        if let Some((name, backend)) = get("CELERY_RESULT_BACKEND")
+            && redis_url.as_deref() != Some(backend.as_str())
+        {
+            return Err(Error::config(
+                name,
+                crate::broker::redis::redact_url(&backend),
+                format!(
+                    "the broker's own URL ({variable_of_url}), or no value: psw-tasks stores results on the broker's Redis"
+                ),
+            ));
+        }
+
         let redis_ca_cert = get("PSW_REDIS_CA_CERT").map(|(_, path)| PathBuf::from(path));
 
         let namespace = match get("PSW_NAMESPACE") {
@@ -219,7 +234,7 @@ impl Config {
 }
 
 /// A duration like `500ms`, `30s`, `5m`, `1h` or `1d`, or a whole number of seconds.
-pub(crate) fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
+pub fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
     let parsed = match value.parse::<u64>() {
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
         Err(_) => humantime::parse_duration(value),
@@ -284,6 +299,7 @@ mod tests {
     fn reads_celery_names_as_fallbacks() {
         let c = config(&[
             ("CELERY_BROKER_URL", "redis://:pw@redis:6379/0"),
+            ("CELERY_RESULT_BACKEND", "redis://:pw@redis:6379/0"),
             ("CELERY_WORKER_CONCURRENCY", "4"),
         ])
         .unwrap();
@@ -323,6 +339,13 @@ mod tests {
         check_error(
             &[("CELERY_BROKER_URL", "amqp://guest:secret@rabbit//")],
             "invalid configuration: CELERY_BROKER_URL = \"amqp://***@rabbit//\": expected a redis://[:password@]host[:port][/db] or rediss:// URL",
+        );
+        check_error(
+            &[
+                ("CELERY_BROKER_URL", "redis://:pw@redis:6379/0"),
+                ("CELERY_RESULT_BACKEND", "redis://:pw@other:6379/1"),
+            ],
+            "invalid configuration: CELERY_RESULT_BACKEND = \"redis://***@other:6379/1\": expected the broker's own URL (CELERY_BROKER_URL), or no value: psw-tasks stores results on the broker's Redis",
         );
         check_error(
             &[("PSW_WORKER_CONCURRENCY", "four")],

@@ -233,6 +233,14 @@ impl DeadLetters {
 
     /// Delete every dead letter; returns how many there were.
     pub async fn purge(&self) -> Result<u64> {
-        self.client.broker().dead_purge().await
+        self.client.broker().dead_purge(None).await
+    }
+
+    /// Delete the dead letters older than `before` (a retention policy); returns how many.
+    pub async fn purge_before(&self, before: std::time::SystemTime) -> Result<u64> {
+        let before_ms = before
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        self.client.broker().dead_purge(Some(before_ms)).await
     }
 }

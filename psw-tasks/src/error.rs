@@ -127,7 +127,8 @@ impl From<redis::RedisError> for Error {
 }
 
 impl Error {
-    pub(crate) fn config(
+    /// An [`Error::Config`]: `variable` holds `value`, which is not of the `expected` form.
+    pub fn config(
         variable: impl Into<String>,
         value: impl Into<String>,
         expected: impl Into<String>,

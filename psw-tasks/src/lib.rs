@@ -39,6 +39,7 @@ mod error;
 mod registry;
 mod retry;
 mod scheduler;
+mod stats;
 mod task;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
@@ -49,7 +50,7 @@ pub use crate::backend::{AttemptError, JobRecord, Progress, State};
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, TaskHandle};
 #[doc(inline)]
-pub use crate::config::Config;
+pub use crate::config::{Config, parse_duration};
 #[doc(inline)]
 pub use crate::dead::{DeadJob, DeadLetterStats, DeadLetters};
 #[doc(inline)]
@@ -60,6 +61,8 @@ pub use crate::error::{Error, Result};
 pub use crate::registry::{Registry, TaskDescriptor};
 #[doc(inline)]
 pub use crate::scheduler::{Misfire, Schedule, Scheduler, SchedulerBuilder};
+#[doc(inline)]
+pub use crate::stats::{ClusterStats, QueueStats, TaskCounts, WorkerInfo};
 #[doc(inline)]
 pub use crate::task::{Backoff, BackoffKind, Retry, TaskContext, TaskError, TaskOptions};
 #[doc(inline)]

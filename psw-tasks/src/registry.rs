@@ -80,7 +80,9 @@ inventory::collect!(TaskDescriptor);
 /// The tasks linked into this binary, by wire name.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    tasks: BTreeMap<&'static str, &'static TaskDescriptor>,
+    /// Sorted by name, without repeats: a task's position is a dense index for per-task
+    /// counters on the worker's hot path.
+    tasks: Vec<&'static TaskDescriptor>,
 }
 
 impl Registry {
@@ -109,17 +111,33 @@ impl Registry {
                 });
             }
         }
-        Ok(Registry { tasks })
+        Ok(Registry {
+            tasks: tasks.into_values().collect(),
+        })
     }
 
     /// The task of that wire name.
     pub fn get(&self, name: &str) -> Option<&'static TaskDescriptor> {
-        self.tasks.get(name).copied()
+        self.lookup(name).map(|(_, descriptor)| descriptor)
+    }
+
+    /// The task of that wire name and its position in [`Registry::iter`].
+    pub(crate) fn lookup(&self, name: &str) -> Option<(usize, &'static TaskDescriptor)> {
+        let index = self
+            .tasks
+            .binary_search_by(|descriptor| descriptor.name.cmp(name))
+            .ok()?;
+        Some((index, self.tasks[index]))
+    }
+
+    /// How many tasks there are.
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Every task, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &'static TaskDescriptor> + '_ {
-        self.tasks.values().copied()
+        self.tasks.iter().copied()
     }
 
     /// The queues the registered tasks are sent to, sorted, without repeats.
@@ -157,6 +175,11 @@ mod tests {
         let registry = Registry::from_descriptors([&A, &C]).unwrap();
         assert_eq!(registry.get("other").unwrap().location(), "c.rs:2");
         assert!(registry.get("missing").is_none());
+        assert_eq!(registry.lookup("other").map(|(index, _)| index), Some(1));
+        assert_eq!(
+            registry.iter().nth(1).map(TaskDescriptor::name),
+            Some("other")
+        );
         assert_eq!(registry.queues(), vec!["default".to_owned()]);
     }
 }

@@ -1,6 +1,7 @@
 //! What a task sees and returns: [`TaskContext`], [`TaskError`] and the per-task options.
 
-use std::collections::BTreeMap;
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,6 +201,28 @@ struct ContextInner {
     max_retries: u32,
     headers: BTreeMap<String, String>,
     progress: Option<Arc<dyn ProgressSink>>,
+    states: Arc<States>,
+}
+
+/// Values shared by every job of a worker (a database pool, an HTTP client), one per type:
+/// given with [`crate::WorkerBuilder::state`], read with [`TaskContext::state`].
+#[derive(Default, Clone)]
+pub(crate) struct States(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl fmt::Debug for States {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "States({} shared)", self.0.len())
+    }
+}
+
+impl States {
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>())?.downcast_ref::<T>()
+    }
 }
 
 impl TaskContext {
@@ -210,6 +233,7 @@ impl TaskContext {
         max_retries: u32,
         headers: BTreeMap<String, String>,
         progress: Option<Arc<dyn ProgressSink>>,
+        states: Arc<States>,
     ) -> Self {
         TaskContext {
             inner: Arc::new(ContextInner {
@@ -219,12 +243,13 @@ impl TaskContext {
                 max_retries,
                 headers,
                 progress,
+                states,
             }),
         }
     }
 
     /// A context that belongs to no worker, for calling a task function directly (in unit tests):
-    /// progress reports go nowhere.
+    /// progress reports go nowhere, and no state is shared (see [`TaskContext::with_state`]).
     pub fn detached(task: &str) -> Self {
         Self::new(
             crate::envelope::JobId::generate().to_string(),
@@ -233,7 +258,37 @@ impl TaskContext {
             0,
             BTreeMap::new(),
             None,
+            Arc::default(),
         )
+    }
+
+    /// This context with `value` shared as [`crate::WorkerBuilder::state`] would share it, for
+    /// calling a task function directly.
+    pub fn with_state<T: Send + Sync + 'static>(self, value: T) -> Self {
+        let mut states = (*self.inner.states).clone();
+        states.insert(value);
+        let inner = &self.inner;
+        Self::new(
+            inner.job_id.clone(),
+            inner.task.clone(),
+            inner.attempt,
+            inner.max_retries,
+            inner.headers.clone(),
+            inner.progress.clone(),
+            Arc::new(states),
+        )
+    }
+
+    /// The value of type `T` the worker shares with its jobs ([`crate::WorkerBuilder::state`]).
+    /// Its absence is a permanent error naming the type: retrying cannot make it appear.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, TaskError> {
+        self.inner.states.get::<T>().ok_or_else(|| {
+            TaskError::permanent(format!(
+                "task `{}` needs a shared `{}`, which this worker was not given (WorkerBuilder::state)",
+                self.inner.task,
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// The job's id.

@@ -5,4 +5,5 @@ mod connections;
 mod jobs;
 mod processes;
 mod reliability;
+mod stats;
 mod support;

@@ -79,6 +79,31 @@ impl Keys {
     pub(crate) fn beat_leader(&self) -> String {
         format!("{}:beat:leader", self.prefix)
     }
+
+    /// Hash of the live workers: consumer name -> encoded heartbeat.
+    pub(crate) fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// Hash of the outcome counts of one minute (minutes since the Unix epoch):
+    /// [`stats_field`] -> count.
+    pub(crate) fn stats(&self, minute: i64) -> String {
+        format!("{}:stats:{minute}", self.prefix)
+    }
+}
+
+/// Separates task and outcome in the fields of a stats hash. Outcomes never hold it, so
+/// splitting at the last one gives any task name back whole.
+const STATS_SEPARATOR: char = '|';
+
+/// The field of a stats hash counting `outcome`s of `task`: `<task>|<outcome>`.
+pub(crate) fn stats_field(task: &str, outcome: &str) -> String {
+    format!("{task}{STATS_SEPARATOR}{outcome}")
+}
+
+/// (task, outcome) of a stats field.
+pub(crate) fn split_stats_field(field: &str) -> Option<(&str, &str)> {
+    field.rsplit_once(STATS_SEPARATOR)
 }
 
 /// Schedule names end a key and make job ids (`name@slot`): no whitespace (ids are announced
@@ -133,10 +158,21 @@ mod tests {
             keys.schedule("jobs::daily"),
             keys.schedules(),
             keys.beat_leader(),
+            keys.workers(),
+            keys.stats(29_000_000),
         ] {
             assert!(key.starts_with("{app}:"), "{key}");
         }
         assert_eq!(keys.stream("mail"), "{app}:queue:mail");
+    }
+
+    #[test]
+    fn stats_fields_give_any_task_name_back() {
+        for task in ["it.add", "jobs::daily", "a|b", ""] {
+            let field = stats_field(task, "failed");
+            assert_eq!(split_stats_field(&field), Some((task, "failed")), "{field}");
+        }
+        assert_eq!(split_stats_field("no separator"), None);
     }
 
     #[test]

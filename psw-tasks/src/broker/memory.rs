@@ -1,7 +1,7 @@
 //! The in-process broker: the same semantics as the Redis one (groups, pending entries, leases,
 //! delayed sets, records with a TTL), for single-process use and fast tests.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -9,10 +9,11 @@ use tokio::sync::{Notify, broadcast};
 
 use super::keys::{ENTRY_FIELD, LAST_FIELD};
 use super::{
-    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, Write,
-    dead_fields,
+    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, WorkerEntry,
+    WorkerReport, Write, dead_fields,
 };
 use crate::Result;
+use crate::stats::{BUCKET_TTL, QueueStats, minute_of};
 
 /// How often `apply` drops expired records.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -58,6 +59,12 @@ struct State {
     next_delayed: u64,
     schedules: HashMap<String, HashMap<String, String>>,
     beat_leader: Option<(String, Instant)>,
+    /// Queues workers have prepared (Redis keeps them in a set).
+    prepared: BTreeSet<String>,
+    /// Worker heartbeats by consumer name.
+    workers: HashMap<String, Vec<u8>>,
+    /// Outcome counts by minute, then by stats field.
+    outcomes: BTreeMap<i64, HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -65,6 +72,15 @@ struct Queue {
     ready: VecDeque<(String, Vec<u8>)>,
     pending: HashMap<String, Pending>,
     delayed: BTreeMap<(i64, u64), Vec<u8>>,
+    /// Consumers of the queue's group, with when each last read or claimed: Redis keeps a
+    /// consumer from its first read until it is deleted.
+    consumers: HashMap<String, Instant>,
+}
+
+impl Queue {
+    fn owns_nothing(&self, consumer: &str) -> bool {
+        self.pending.values().all(|p| p.consumer != consumer)
+    }
 }
 
 struct Pending {
@@ -101,6 +117,7 @@ impl MemoryBroker {
             let Some(queue) = state.queues.get_mut(name) else {
                 continue;
             };
+            queue.consumers.insert(consumer.to_owned(), now);
             let queue_name: Arc<str> = Arc::from(name.as_str());
             while out.len() < max {
                 let Some((entry_id, payload)) = queue.ready.pop_front() else {
@@ -147,6 +164,7 @@ impl Broker for MemoryBroker {
             let mut state = self.lock();
             for queue in queues {
                 state.queues.entry(queue.clone()).or_default();
+                state.prepared.insert(queue.clone());
             }
             Ok(())
         })
@@ -255,6 +273,7 @@ impl Broker for MemoryBroker {
             let now = Instant::now();
             let mut out = Vec::new();
             if let Some(q) = state.queues.get_mut(queue) {
+                q.consumers.insert(consumer.to_owned(), now);
                 let queue_name: Arc<str> = Arc::from(queue);
                 let mut expired: Vec<&String> = q
                     .pending
@@ -294,6 +313,7 @@ impl Broker for MemoryBroker {
             let now = Instant::now();
             let mut renewed = 0;
             if let Some(q) = state.queues.get_mut(queue) {
+                q.consumers.insert(consumer.to_owned(), now);
                 for id in entry_ids {
                     if let Some(p) = q.pending.get_mut(id)
                         && p.consumer == consumer
@@ -434,11 +454,20 @@ impl Broker for MemoryBroker {
 
     fn retire_consumer<'a>(
         &'a self,
-        _consumer: &'a str,
-        _queues: &'a [String],
+        consumer: &'a str,
+        queues: &'a [String],
     ) -> BoxFuture<'a, Result<()>> {
-        // Consumers are not stored apart from their pending entries here.
-        Box::pin(async { Ok(()) })
+        Box::pin(async move {
+            let mut state = self.lock();
+            for queue in queues {
+                if let Some(q) = state.queues.get_mut(queue)
+                    && q.owns_nothing(consumer)
+                {
+                    q.consumers.remove(consumer);
+                }
+            }
+            Ok(())
+        })
     }
 
     fn beat_state<'a>(
@@ -620,22 +649,136 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn dead_purge(&self) -> BoxFuture<'_, Result<u64>> {
+    fn dead_purge(&self, before_ms: Option<i64>) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let mut state = self.lock();
-            let purged = state.dead.len() as u64;
-            state.dead.clear();
-            Ok(purged)
+            let before = state.dead.len();
+            match before_ms {
+                None => state.dead.clear(),
+                Some(before_ms) => {
+                    state.dead.retain(|(_, fields)| {
+                        let at_ms = fields.iter().find(|(name, _)| *name == "at_ms").and_then(
+                            |(_, value)| std::str::from_utf8(value).ok()?.parse::<i64>().ok(),
+                        );
+                        at_ms.is_none_or(|at_ms| at_ms >= before_ms)
+                    })
+                }
+            }
+            Ok((before - state.dead.len()) as u64)
         })
     }
 
     fn prune_consumers<'a>(
         &'a self,
-        _queue: &'a str,
-        _me: &'a str,
-        _idle: Duration,
+        queue: &'a str,
+        me: &'a str,
+        idle: Duration,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
-        // Consumers exist here only through their pending entries: nothing to prune.
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(async move {
+            let mut state = self.lock();
+            let now = Instant::now();
+            let Some(q) = state.queues.get_mut(queue) else {
+                return Ok(Vec::new());
+            };
+            let mut removed: Vec<String> = q
+                .consumers
+                .iter()
+                .filter(|(name, seen)| {
+                    name.as_str() != me
+                        && now.duration_since(**seen) >= idle
+                        && q.owns_nothing(name)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &removed {
+                q.consumers.remove(name);
+            }
+            removed.sort();
+            Ok(removed)
+        })
+    }
+
+    fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            match &report.info {
+                Some(info) => {
+                    state.workers.insert(report.consumer.clone(), info.clone());
+                }
+                None => {
+                    state.workers.remove(&report.consumer);
+                }
+            }
+            if !report.counts.is_empty() {
+                let minute = minute_of(report.at_ms);
+                let bucket = state.outcomes.entry(minute).or_default();
+                for (field, count) in &report.counts {
+                    *bucket.entry(field.clone()).or_default() += count;
+                }
+                // Redis expires each bucket a day after its last write; here buckets a day
+                // older than the newest one go.
+                let oldest = minute - (BUCKET_TTL.as_secs() / 60) as i64;
+                state.outcomes.retain(|&m, _| m >= oldest);
+            }
+            Ok(())
+        })
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerEntry>>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .workers
+                .iter()
+                .map(|(name, info)| (name.clone(), info.clone()))
+                .collect())
+        })
+    }
+
+    fn forget_workers<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            for name in names {
+                state.workers.remove(name);
+            }
+            Ok(())
+        })
+    }
+
+    fn queue_names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move { Ok(self.lock().prepared.iter().cloned().collect()) })
+    }
+
+    fn queue_stats<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueStats>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok(queues
+                .iter()
+                .map(|name| {
+                    let q = state.queues.get(name);
+                    let count = |n: fn(&Queue) -> usize| q.map_or(0, n) as u64;
+                    QueueStats {
+                        name: name.clone(),
+                        ready: count(|q| q.ready.len()),
+                        pending: count(|q| q.pending.len()),
+                        delayed: count(|q| q.delayed.len()),
+                        consumers: count(|q| q.consumers.len()),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<HashMap<String, u64>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            let mut sums = HashMap::new();
+            for bucket in state.outcomes.range(from..=to).map(|(_, bucket)| bucket) {
+                for (field, count) in bucket {
+                    *sums.entry(field.clone()).or_default() += count;
+                }
+            }
+            Ok(sums)
+        })
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::Result;
 use crate::envelope::JobId;
+use crate::stats::QueueStats;
 
 pub(crate) mod keys;
 pub(crate) mod memory;
@@ -149,12 +150,28 @@ pub(crate) struct Applied {
 /// A dead-letter entry: its id and its fields.
 pub(crate) type DeadEntry = (String, Vec<(String, Vec<u8>)>);
 
+/// A stored worker heartbeat: the consumer name and the encoded `stats::Heartbeat`.
+pub(crate) type WorkerEntry = (String, Vec<u8>);
+
 /// What a promotion pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Promoted {
     pub(crate) moved: usize,
     /// Due time of the earliest job still delayed.
     pub(crate) next_due_ms: Option<i64>,
+}
+
+/// One heartbeat of a worker: what it is now, and the outcomes it counted since its last
+/// stored heartbeat.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerReport {
+    pub(crate) consumer: String,
+    /// The encoded `stats::Heartbeat`; `None` removes the worker (it is stopping).
+    pub(crate) info: Option<Vec<u8>>,
+    /// The counts go to the bucket of this time's minute.
+    pub(crate) at_ms: i64,
+    /// (`keys::stats_field`, count to add), none of them zero.
+    pub(crate) counts: Vec<(String, u64)>,
 }
 
 pub(crate) trait Broker: Send + Sync + 'static {
@@ -272,8 +289,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<bool>>;
 
-    /// Delete every dead letter; returns how many there were.
-    fn dead_purge(&self) -> BoxFuture<'_, Result<u64>>;
+    /// Delete every dead letter, or those dead-lettered before `before_ms`; returns how many.
+    fn dead_purge(&self, before_ms: Option<i64>) -> BoxFuture<'_, Result<u64>>;
 
     /// Remove from the queue's group the consumers other than `me` that own nothing and have
     /// been idle for `idle` or more: workers that died and whose entries were reclaimed.
@@ -284,6 +301,26 @@ pub(crate) trait Broker: Send + Sync + 'static {
         me: &'a str,
         idle: Duration,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
+
+    /// Store a worker's heartbeat (or remove it), and add its counts to the minute bucket of
+    /// `at_ms`, which expires `stats::BUCKET_TTL` after its last write; in one round trip.
+    fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>>;
+
+    /// Every stored worker heartbeat.
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerEntry>>>;
+
+    /// Remove the heartbeats of these workers.
+    fn forget_workers<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<()>>;
+
+    /// The queues workers have prepared, sorted.
+    fn queue_names(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+
+    /// What each queue holds, in the order asked.
+    fn queue_stats<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueStats>>>;
+
+    /// The outcome counts of the minutes `from..=to` (minutes since the Unix epoch), summed
+    /// per field.
+    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<HashMap<String, u64>>>;
 }
 
 /// One pass of a schedule, applied only if the schedule's last handled slot is still

@@ -14,10 +14,11 @@ use tokio::task::JoinHandle;
 
 use super::keys::{ENTRY_FIELD, GROUP, JOB_FIELD, Keys, LAST_FIELD};
 use super::{
-    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, Write,
-    dead_fields,
+    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, WorkerEntry,
+    WorkerReport, Write, dead_fields,
 };
 use crate::envelope::JobId;
+use crate::stats::{BUCKET_TTL, QueueStats, minute_of};
 use crate::{Error, Result};
 
 /// Moves due members of a delayed set into the queue's stream, atomically, so that two
@@ -166,7 +167,12 @@ return removed
 ";
 
 /// Empties the dead-letter stream, saying how much it held.
+/// Everything, or (with a time in ARGV[1]) the entries older than it: a dead entry's id is the
+/// Redis time it was added at.
 const PURGE: &str = r"
+if ARGV[1] then
+  return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+end
 local n = redis.call('XLEN', KEYS[1])
 redis.call('DEL', KEYS[1])
 return n
@@ -180,6 +186,37 @@ if #p == 0 then
   return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 end
 return -1
+";
+
+/// What each queue holds, read in one step so the numbers agree with each other. KEYS: per
+/// queue, its stream then its delayed set. ARGV[1]: the group. Returns {ready, pending,
+/// delayed, consumers} per queue. Redis answers a nil `lag` when entries were deleted after
+/// the group's last delivery (acknowledging deletes them); then the stream length minus the
+/// pending entries is the same number, as long as acknowledged entries are deleted at once.
+const QUEUE_STATS: &str = r"
+local out = {}
+for i = 1, #KEYS, 2 do
+  local ready, pending, consumers = 0, 0, 0
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local len = redis.call('XLEN', KEYS[i])
+    ready = len
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
+      local info = {}
+      for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+      if info['name'] == ARGV[1] then
+        pending = info['pending']
+        consumers = info['consumers']
+        if info['lag'] then
+          ready = info['lag']
+        else
+          ready = math.max(len - pending, 0)
+        end
+      end
+    end
+  end
+  out[#out + 1] = {ready, pending, redis.call('ZCARD', KEYS[i + 1]), consumers}
+end
+return out
 ";
 
 /// Most pending entries of one consumer the settle script reads to check ownership: far more
@@ -215,6 +252,7 @@ pub(crate) struct RedisBroker {
     /// Most entries kept in the dead-letter stream.
     dead_letter_cap: u64,
     retire: Script,
+    queue_stats: Script,
 }
 
 impl Drop for RedisBroker {
@@ -309,6 +347,7 @@ impl RedisBroker {
             prune: Script::new(PRUNE),
             dead_letter_cap: crate::config::DEFAULT_DEAD_LETTER_CAP,
             retire: Script::new(RETIRE),
+            queue_stats: Script::new(QUEUE_STATS),
         })
     }
 
@@ -878,13 +917,13 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn dead_purge(&self) -> BoxFuture<'_, Result<u64>> {
+    fn dead_purge(&self, before_ms: Option<i64>) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            Ok(self
-                .purge
-                .key(self.keys.dead())
-                .invoke_async(&mut self.conn())
-                .await?)
+            let mut purge = self.purge.key(self.keys.dead());
+            if let Some(before_ms) = before_ms {
+                purge.arg(before_ms.max(0));
+            }
+            Ok(purge.invoke_async(&mut self.conn()).await?)
         })
     }
 
@@ -903,6 +942,120 @@ impl Broker for RedisBroker {
                 .arg(idle.as_millis() as u64)
                 .invoke_async(&mut self.conn())
                 .await?)
+        })
+    }
+
+    fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let workers = self.keys.workers();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            match &report.info {
+                Some(info) => pipe
+                    .cmd("HSET")
+                    .arg(&workers)
+                    .arg(&report.consumer)
+                    .arg(info)
+                    .ignore(),
+                None => pipe
+                    .cmd("HDEL")
+                    .arg(&workers)
+                    .arg(&report.consumer)
+                    .ignore(),
+            };
+            if !report.counts.is_empty() {
+                let bucket = self.keys.stats(minute_of(report.at_ms));
+                for (field, count) in &report.counts {
+                    pipe.cmd("HINCRBY")
+                        .arg(&bucket)
+                        .arg(field)
+                        .arg(*count)
+                        .ignore();
+                }
+                pipe.cmd("EXPIRE")
+                    .arg(&bucket)
+                    .arg(BUCKET_TTL.as_secs())
+                    .ignore();
+            }
+            pipe.exec_async(&mut self.conn()).await?;
+            Ok(())
+        })
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerEntry>>> {
+        Box::pin(async move {
+            let workers: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+                .arg(self.keys.workers())
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(workers.into_iter().collect())
+        })
+    }
+
+    fn forget_workers<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if names.is_empty() {
+                return Ok(());
+            }
+            redis::cmd("HDEL")
+                .arg(self.keys.workers())
+                .arg(names)
+                .exec_async(&mut self.conn())
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn queue_names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let mut names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.queues())
+                .query_async(&mut self.conn())
+                .await?;
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    fn queue_stats<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueStats>>> {
+        Box::pin(async move {
+            if queues.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut invocation = self.queue_stats.prepare_invoke();
+            for queue in queues {
+                invocation
+                    .key(self.keys.stream(queue))
+                    .key(self.keys.delayed(queue));
+            }
+            let counts: Vec<(u64, u64, u64, u64)> =
+                invocation.arg(GROUP).invoke_async(&mut self.conn()).await?;
+            Ok(queues
+                .iter()
+                .zip(counts)
+                .map(|(name, (ready, pending, delayed, consumers))| QueueStats {
+                    name: name.clone(),
+                    ready,
+                    pending,
+                    delayed,
+                    consumers,
+                })
+                .collect())
+        })
+    }
+
+    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<HashMap<String, u64>>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for minute in from..=to {
+                pipe.cmd("HGETALL").arg(self.keys.stats(minute));
+            }
+            let buckets: Vec<HashMap<String, u64>> = pipe.query_async(&mut self.conn()).await?;
+            let mut sums = HashMap::new();
+            for (field, count) in buckets.into_iter().flatten() {
+                *sums.entry(field).or_default() += count;
+            }
+            Ok(sums)
         })
     }
 }

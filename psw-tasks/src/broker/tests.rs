@@ -4,10 +4,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::keys::stats_field;
 use super::memory::MemoryBroker;
 use super::redis::RedisBroker;
-use super::{BeatAdvance, Broker, NewJob, Settlement, Write};
+use super::{BeatAdvance, Broker, NewJob, Settlement, WorkerReport, Write};
 use crate::envelope::{JobId, now_ms};
+use crate::stats::{FORGET_AFTER, Heartbeat, collect};
 use crate::testing::TestNamespace;
 
 const Q: &str = "jobs";
@@ -91,6 +93,10 @@ both_brokers!(
     beat_registration_keeps_the_last_slot,
     beat_advance_is_a_compare_and_set,
     beat_lease_has_one_holder,
+    heartbeats_are_listed_until_the_worker_leaves,
+    silent_workers_stop_being_alive_and_are_forgotten,
+    outcome_counts_are_summed_over_the_window,
+    queue_stats_count_ready_pending_and_delayed_jobs,
 );
 
 async fn each_job_goes_to_one_consumer(broker: Arc<dyn Broker>) {
@@ -442,7 +448,14 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].payload, b"again");
-    assert_eq!(broker.dead_purge().await.unwrap(), 2);
+    let now = crate::envelope::now_ms();
+    assert_eq!(
+        broker.dead_purge(Some(now - 60_000)).await.unwrap(),
+        0,
+        "none is a minute old"
+    );
+    assert_eq!(broker.dead_purge(Some(now + 60_000)).await.unwrap(), 2);
+    assert_eq!(broker.dead_purge(None).await.unwrap(), 0);
     assert_eq!(broker.dead_stats().await.unwrap(), (0, 1));
 }
 
@@ -573,4 +586,273 @@ async fn consumers_of_dead_workers_are_pruned_once_they_own_nothing() {
     removed.sort();
     assert!(removed.contains(&"dead".to_owned()), "{removed:?}");
     assert!(!removed.contains(&"me".to_owned()), "never itself");
+}
+
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+const MINUTE: i64 = 60_000;
+
+/// A heartbeat last seen at `seen_ms`, beating every second.
+fn heartbeat(seen_ms: i64) -> Option<Vec<u8>> {
+    let beat = Heartbeat {
+        queues: queues(),
+        concurrency: 4,
+        started_ms: seen_ms - 10_000,
+        seen_ms,
+        heartbeat_ms: 1000,
+        running: 2,
+        succeeded: 5,
+        failed: 1,
+        retried: 1,
+        dead_lettered: 0,
+    };
+    Some(beat.encode().unwrap())
+}
+
+fn report(
+    consumer: &str,
+    info: Option<Vec<u8>>,
+    at_ms: i64,
+    counts: &[(&str, &str, u64)],
+) -> WorkerReport {
+    WorkerReport {
+        consumer: consumer.to_owned(),
+        info,
+        at_ms,
+        counts: counts
+            .iter()
+            .map(|(task, outcome, n)| (stats_field(task, outcome), *n))
+            .collect(),
+    }
+}
+
+async fn heartbeats_are_listed_until_the_worker_leaves(broker: Arc<dyn Broker>) {
+    let now = now_ms();
+    for name in ["w1", "w2"] {
+        broker
+            .report_worker(&report(name, heartbeat(now - 100), now - 100, &[]))
+            .await
+            .unwrap();
+    }
+    broker
+        .report_worker(&report("w1", heartbeat(now), now, &[]))
+        .await
+        .unwrap();
+    let stats = collect(broker.as_ref(), WINDOW, now).await.unwrap();
+    let names: Vec<&str> = stats.workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["w1", "w2"]);
+    let w1 = &stats.workers[0];
+    assert!(w1.alive);
+    assert_eq!(
+        w1.seen_ms, now,
+        "the latest heartbeat replaces the one before"
+    );
+    assert_eq!((w1.concurrency, w1.running, w1.heartbeat_ms), (4, 2, 1000));
+    assert_eq!((w1.succeeded, w1.failed, w1.retried), (5, 1, 1));
+    assert_eq!(w1.queues, queues());
+
+    // A stopping worker removes itself, and its last counts are stored.
+    broker
+        .report_worker(&report("w2", None, now, &[("t", "succeeded", 2)]))
+        .await
+        .unwrap();
+    let stats = collect(broker.as_ref(), WINDOW, now).await.unwrap();
+    let names: Vec<&str> = stats.workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["w1"]);
+    assert_eq!(stats.tasks.len(), 1);
+    assert_eq!(
+        (stats.tasks[0].task.as_str(), stats.tasks[0].succeeded),
+        ("t", 2)
+    );
+}
+
+async fn silent_workers_stop_being_alive_and_are_forgotten(broker: Arc<dyn Broker>) {
+    let now = now_ms();
+    let forget = FORGET_AFTER.as_millis() as i64;
+    for (name, seen) in [
+        ("late", now - 3000),
+        ("silent", now - 3001),
+        ("gone", now - forget - 1),
+    ] {
+        broker
+            .report_worker(&report(name, heartbeat(seen), seen, &[]))
+            .await
+            .unwrap();
+    }
+    let stats = collect(broker.as_ref(), WINDOW, now).await.unwrap();
+    let workers: Vec<(&str, bool)> = stats
+        .workers
+        .iter()
+        .map(|w| (w.name.as_str(), w.alive))
+        .collect();
+    assert_eq!(
+        workers,
+        [("late", true), ("silent", false)],
+        "alive for three heartbeats; listed for an hour"
+    );
+    let stored: Vec<String> = broker
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(!stored.contains(&"gone".to_owned()), "deleted: {stored:?}");
+    assert_eq!(stored.len(), 2);
+}
+
+async fn outcome_counts_are_summed_over_the_window(broker: Arc<dyn Broker>) {
+    // The middle of the current minute, so that the buckets used are plain to see.
+    let now = now_ms().div_euclid(MINUTE) * MINUTE + 30_000;
+    let beats = [
+        ("w1", now, vec![("a", "succeeded", 3), ("a", "failed", 1)]),
+        ("w2", now, vec![("a", "succeeded", 4)]),
+        (
+            "w1",
+            now - 5 * MINUTE,
+            vec![
+                ("a", "succeeded", 2),
+                ("a", "retried", 1),
+                ("a", "failed", 1),
+            ],
+        ),
+        (
+            "w1",
+            now - 30 * MINUTE,
+            vec![("a", "succeeded", 100), ("b", "dead_lettered", 1)],
+        ),
+    ];
+    for (name, at, counts) in &beats {
+        broker
+            .report_worker(&report(name, heartbeat(*at), *at, counts))
+            .await
+            .unwrap();
+    }
+    let recent = collect(broker.as_ref(), Duration::from_secs(10 * 60), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        recent.tasks.len(),
+        1,
+        "b only before the window: {:?}",
+        recent.tasks
+    );
+    let a = &recent.tasks[0];
+    assert_eq!(
+        (
+            a.task.as_str(),
+            a.succeeded,
+            a.failed,
+            a.retried,
+            a.dead_lettered
+        ),
+        ("a", 9, 2, 1, 0)
+    );
+    assert_eq!(a.failure_rate(), Some(2.0 / 11.0));
+    // 30 minutes back from the middle of a minute reach into the middle of that minute.
+    let hour = collect(broker.as_ref(), Duration::from_secs(30 * 60), now)
+        .await
+        .unwrap();
+    let counts: Vec<(&str, u64, u64)> = hour
+        .tasks
+        .iter()
+        .map(|t| (t.task.as_str(), t.succeeded, t.dead_lettered))
+        .collect();
+    assert_eq!(counts, [("a", 109, 0), ("b", 0, 1)]);
+}
+
+async fn queue_stats_count_ready_pending_and_delayed_jobs(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    let due = now_ms() + 60_000;
+    let mut jobs: Vec<NewJob> = (0..4u8).map(|i| job(&[i], None)).collect();
+    jobs.extend((4..6u8).map(|i| job(&[i], Some(due))));
+    broker.push(jobs).await.unwrap();
+    let counts = |stats: &crate::stats::ClusterStats| {
+        let q = &stats.queues[0];
+        (q.name.clone(), q.ready, q.pending, q.delayed, q.consumers)
+    };
+    let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
+    assert_eq!(counts(&stats), (Q.to_owned(), 4, 0, 2, 0));
+
+    let first = broker
+        .fetch("a", &queues(), 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let second = broker
+        .fetch("b", &queues(), 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!((first.len(), second.len()), (1, 1));
+    let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
+    assert_eq!(counts(&stats), (Q.to_owned(), 2, 2, 2, 2));
+
+    // Settling the last delivered entry deletes it: Redis can no longer tell the group's lag,
+    // and the count comes from the stream length instead.
+    broker
+        .apply("b", &[Write::Settle(Settlement::of(&second[0]))], TTL)
+        .await
+        .unwrap();
+    let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
+    assert_eq!(counts(&stats), (Q.to_owned(), 2, 1, 2, 2));
+
+    assert_eq!(broker.promote_due(Q, due, 10).await.unwrap().moved, 2);
+    let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
+    assert_eq!(counts(&stats), (Q.to_owned(), 4, 1, 0, 2));
+
+    // A queue a live worker names but no one prepared yet reads as empty.
+    let now = now_ms();
+    broker
+        .report_worker(&report("w", heartbeat(now), now, &[]))
+        .await
+        .unwrap();
+    let lonely = crate::stats::Heartbeat {
+        queues: vec!["nowhere".to_owned()],
+        seen_ms: now,
+        heartbeat_ms: 1000,
+        ..crate::stats::Heartbeat::default()
+    };
+    broker
+        .report_worker(&report("lonely", Some(lonely.encode().unwrap()), now, &[]))
+        .await
+        .unwrap();
+    let stats = collect(broker.as_ref(), WINDOW, now).await.unwrap();
+    let names: Vec<(&str, u64)> = stats
+        .queues
+        .iter()
+        .map(|q| {
+            (
+                q.name.as_str(),
+                q.ready + q.pending + q.delayed + q.consumers,
+            )
+        })
+        .collect();
+    assert_eq!(names, [(Q, 7), ("nowhere", 0)]);
+}
+
+#[tokio::test]
+async fn outcome_buckets_expire_a_day_after_their_last_write() {
+    let ns = TestNamespace::new("stats-ttl");
+    let broker = RedisBroker::connect(ns.url(), "REDIS_URL", None, ns.name())
+        .await
+        .unwrap();
+    let now = now_ms();
+    broker
+        .report_worker(&report("w", heartbeat(now), now, &[("a", "failed", 1)]))
+        .await
+        .unwrap();
+    let key = format!("{{{}}}:stats:{}", ns.name(), now.div_euclid(MINUTE));
+    let client = ::redis::Client::open(ns.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((24 * 3600 - 60..=24 * 3600).contains(&ttl), "{key}: {ttl}");
+    let count: i64 = ::redis::cmd("HGET")
+        .arg(&key)
+        .arg("a|failed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
 }

@@ -105,6 +105,9 @@ impl Shared {
         error: String,
     ) -> Settlement {
         self.stats.dead_lettered.inc();
+        if let Some((index, _)) = envelope.and_then(|e| self.registry.lookup(&e.task)) {
+            self.stats.tasks[index].dead_lettered.inc();
+        }
         let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
         let mut settlement = Settlement::of(delivery);
         settlement.dead = Some(DeadLetter {
@@ -170,9 +173,11 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
 }
 
 async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envelope) -> Settlement {
-    let Some(descriptor) = shared.registry.get(&envelope.task) else {
+    let Some((index, descriptor)) = shared.registry.lookup(&envelope.task) else {
         return unknown_task(shared, delivery, envelope);
     };
+    // The counters were made from this same registry, one per task.
+    let tally = &shared.stats.tasks[index];
     let options = descriptor.options();
     let keep_record = !options.ignore_result;
     let max_retries = envelope.retries.unwrap_or(options.retries);
@@ -207,6 +212,7 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
         max_retries,
         envelope.headers.clone(),
         progress,
+        shared.states.clone(),
     );
 
     let handler = (descriptor.handler())(ctx, &envelope.args);
@@ -260,7 +266,7 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     let base = Settlement::of(delivery);
     let err = match outcome {
         Ok(result) => {
-            shared.stats.succeeded.inc();
+            tally.succeeded.inc();
             if !keep_record {
                 return base;
             }
@@ -271,6 +277,7 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
         }
         Err(err) => err,
     };
+    tally.failed.inc();
     tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = err.kind(), error = %err, "attempt failed");
     record.errors.push(AttemptError {
         attempt: envelope.attempt,
@@ -288,7 +295,6 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     );
     match decision {
         Decision::RetryAfter(delay) => {
-            shared.stats.retried.inc();
             let due = now + delay.as_millis() as i64;
             let next = Envelope {
                 attempt: envelope.attempt + 1,
@@ -308,6 +314,7 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
                     );
                 }
             };
+            tally.retried.inc();
             record.state = State::Retry;
             record.retry_at_ms = Some(due);
             let mut settlement = base;

@@ -18,8 +18,10 @@ use crate::broker::{BoxFuture, Broker, Delivery, Settlement, Write};
 use crate::dead::{DeadHook, DeadJob};
 use crate::envelope::now_ms;
 use crate::registry::Registry;
+use crate::task::States;
 use crate::{Client, Result};
 
+mod heartbeat;
 mod job;
 mod writer;
 
@@ -46,13 +48,52 @@ pub struct WorkerStats(Arc<Counters>);
 
 #[derive(Debug, Default)]
 struct Counters {
-    succeeded: Counter,
+    /// Outcomes per task, indexed by the task's position in the worker's registry: the hot
+    /// path counts with one relaxed add, no lock, no lookup by name.
+    tasks: Box<[TaskTally]>,
+    /// Jobs failed for good.
     failed: Counter,
-    retried: Counter,
     panicked: Counter,
     dead_lettered: Counter,
     reclaimed: Counter,
     fenced: Counter,
+}
+
+impl Counters {
+    fn for_tasks(tasks: usize) -> Self {
+        Counters {
+            tasks: (0..tasks).map(|_| TaskTally::default()).collect(),
+            ..Counters::default()
+        }
+    }
+
+    fn sum(&self, outcome: fn(&TaskTally) -> &Counter) -> u64 {
+        self.tasks.iter().map(|tally| outcome(tally).get()).sum()
+    }
+}
+
+/// The outcomes of one task's attempts in this worker since it started (`stats::TaskCounts`
+/// says what each means). A cache line of its own, so that jobs of different tasks finishing
+/// on different threads do not contend.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct TaskTally {
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+}
+
+impl TaskTally {
+    /// Every count, in the order of `heartbeat::OUTCOMES`.
+    fn snapshot(&self) -> [u64; 4] {
+        [
+            self.succeeded.get(),
+            self.failed.get(),
+            self.retried.get(),
+            self.dead_lettered.get(),
+        ]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -73,7 +114,7 @@ impl Counter {
 impl WorkerStats {
     /// Jobs that finished with a result.
     pub fn succeeded(&self) -> u64 {
-        self.0.succeeded.get()
+        self.0.sum(|tally| &tally.succeeded)
     }
     /// Jobs that failed for good.
     pub fn failed(&self) -> u64 {
@@ -81,13 +122,14 @@ impl WorkerStats {
     }
     /// Failed attempts that were scheduled again.
     pub fn retried(&self) -> u64 {
-        self.0.retried.get()
+        self.0.sum(|tally| &tally.retried)
     }
     /// Attempts that panicked (each also counts as retried or failed).
     pub fn panicked(&self) -> u64 {
         self.0.panicked.get()
     }
-    /// Deliveries that could not be run at all and went to the dead-letter stream.
+    /// Deliveries that went to the dead-letter stream: jobs failed for good, and deliveries
+    /// that could not be run at all.
     pub fn dead_lettered(&self) -> u64 {
         self.0.dead_lettered.get()
     }
@@ -112,6 +154,7 @@ pub struct WorkerBuilder {
     queues: Option<Vec<String>>,
     lease: Duration,
     shutdown_grace: Duration,
+    states: States,
 }
 
 impl WorkerBuilder {
@@ -137,6 +180,14 @@ impl WorkerBuilder {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.on_dead = Some(crate::dead::hook(hook));
+        self
+    }
+
+    /// Share `value` with every job of this worker: tasks read it with
+    /// [`crate::TaskContext::state`]. One value per type; a second of the same type replaces
+    /// the first. Wrap it in a type of your own to share two of one type.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
         self
     }
 
@@ -186,15 +237,16 @@ impl WorkerBuilder {
         }
         Ok(Worker {
             client: self.client,
-            registry,
             queues,
             concurrency: self.concurrency,
             prefetch: self.prefetch.unwrap_or(self.concurrency),
             on_dead: self.on_dead,
+            states: Arc::new(self.states),
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
             consumer: consumer_name(),
-            stats: WorkerStats::default(),
+            stats: WorkerStats(Arc::new(Counters::for_tasks(registry.len()))),
+            registry,
         })
     }
 }
@@ -224,6 +276,7 @@ pub struct Worker {
     concurrency: usize,
     prefetch: usize,
     on_dead: Option<DeadHook>,
+    states: Arc<States>,
     lease: Duration,
     shutdown_grace: Duration,
     consumer: String,
@@ -241,6 +294,7 @@ pub(crate) struct Shared {
     max_deliveries: u64,
     max_message_size: usize,
     unknown_task_delay: Duration,
+    states: Arc<States>,
 }
 
 impl Shared {
@@ -317,6 +371,7 @@ impl Worker {
             concurrency: config.concurrency,
             prefetch: config.prefetch,
             on_dead: None,
+            states: States::default(),
             queues: config.queues.clone(),
             lease: config.lease,
             shutdown_grace: config.shutdown_grace,
@@ -350,6 +405,7 @@ impl Worker {
         let broker = self.client.broker().clone();
         let stop = CancellationToken::new();
         let abandon = CancellationToken::new();
+        let started_ms = now_ms();
         tokio::pin!(shutdown);
 
         // Redis may be unreachable at start: wait for it rather than exit.
@@ -389,7 +445,12 @@ impl Worker {
             max_deliveries: self.client.config().max_deliveries,
             max_message_size: self.client.config().max_message_size,
             unknown_task_delay: self.client.config().unknown_task_delay,
+            states: self.states.clone(),
         });
+        // A claim is a delivery this worker holds, running or waiting to run: claims beyond the
+        // concurrency let the next batch be fetched while the current one runs.
+        let claims = Arc::new(Semaphore::new(self.concurrency + self.prefetch));
+        let running = Arc::new(Semaphore::new(self.concurrency));
         let mut helpers = JoinSet::new();
         for queue in &self.queues {
             helpers.spawn(promote(broker.clone(), queue.clone(), stop.clone()));
@@ -400,12 +461,25 @@ impl Worker {
             self.lease,
             stop.clone(),
         ));
+        // Beats on until the last outcomes are stored: a worker draining its jobs is alive.
+        let quiet = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat::run(
+            heartbeat::Heartbeats {
+                broker: broker.clone(),
+                consumer: self.consumer.clone(),
+                queues: self.queues.clone(),
+                concurrency: self.concurrency,
+                started_ms,
+                interval: self.lease / 3,
+                tasks: self.registry.iter().map(|task| task.name()).collect(),
+                counters: self.stats.0.clone(),
+                running: running.clone(),
+                stored: vec![[0; 4]; self.registry.len()],
+            },
+            quiet.clone(),
+        ));
 
         tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
-        // A claim is a delivery this worker holds, running or waiting to run: claims beyond the
-        // concurrency let the next batch be fetched while the current one runs.
-        let claims = Arc::new(Semaphore::new(self.concurrency + self.prefetch));
-        let running = Arc::new(Semaphore::new(self.concurrency));
         let stopping = CancellationToken::new();
         let mut jobs = JoinSet::new();
         let mut next_reclaim = tokio::time::Instant::now();
@@ -559,6 +633,15 @@ impl Worker {
         }
         if let Err(err) = broker.retire_consumer(&self.consumer, &self.queues).await {
             tracing::warn!(error = %err, "could not remove this worker from the consumer groups");
+        }
+        quiet.cancel();
+        match heartbeats.await {
+            Ok(mut beats) => {
+                if let Err(err) = beats.beat(true).await {
+                    tracing::warn!(error = %err, "could not store this worker's last counts and remove its heartbeat; it shows as not alive until forgotten an hour later");
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "the heartbeat task failed"),
         }
         tracing::info!(consumer = %self.consumer, "worker stopped");
         Ok(())

@@ -1,0 +1,399 @@
+//! Cluster statistics from [`Client::stats`]: which workers run, what the queues hold and how
+//! each task fared lately, for health checks and dashboards.
+//!
+//! Workers publish a heartbeat every third of their lease, carrying their counters and the
+//! outcomes they counted since the last one; readers compute everything else from Redis.
+//! `docs/protocol.md` has the keys and their encoding.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::broker::Broker;
+use crate::broker::keys::split_stats_field;
+use crate::envelope::now_ms;
+use crate::{Client, DeadLetterStats, Error, Result};
+
+/// The outcome names of the stats fields, in the order of a task's tally.
+pub(crate) const SUCCEEDED: &str = "succeeded";
+pub(crate) const FAILED: &str = "failed";
+pub(crate) const RETRIED: &str = "retried";
+pub(crate) const DEAD_LETTERED: &str = "dead_lettered";
+
+/// How long a minute bucket of outcome counts lives after its last write; also the longest
+/// window [`Client::stats`] can sum.
+pub(crate) const BUCKET_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A worker whose last heartbeat is older than this is forgotten by readers: it was killed
+/// without a chance to remove itself.
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// Heartbeats a worker may miss and still be alive: one late beat is not a dead worker.
+const ALIVE_BEATS: u64 = 3;
+
+const MINUTE_MS: i64 = 60_000;
+
+/// A snapshot of the namespace: workers, queues, recent task outcomes and dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Workers that sent a heartbeat within the last hour, alive or not, sorted by name.
+    pub workers: Vec<WorkerInfo>,
+    /// Every queue a worker has prepared or consumes now, sorted by name.
+    pub queues: Vec<QueueStats>,
+    /// Outcomes per task summed over the window, sorted by task; tasks without any are left
+    /// out.
+    pub tasks: Vec<TaskCounts>,
+    /// The dead-letter queue now.
+    #[serde(serialize_with = "dead_json")]
+    pub dead: DeadLetterStats,
+    /// The window `tasks` sums over: the one asked for, at most a day (older counts are
+    /// gone). The minute buckets it overlaps are summed, so the counts cover between the
+    /// window and the window plus a minute.
+    #[serde(rename = "window_ms", serialize_with = "duration_ms")]
+    pub window: Duration,
+    /// When the snapshot was taken, by the reader's clock, in ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// One worker process, as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its consumer name in the queues' consumer groups (`<host>-<pid>-<random>`).
+    pub name: String,
+    /// The queues it consumes.
+    pub queues: Vec<String>,
+    /// Jobs it runs at once at most.
+    pub concurrency: u64,
+    /// When it started, in ms since the Unix epoch (its clock).
+    pub started_ms: i64,
+    /// When it sent its last heartbeat, in ms since the Unix epoch (its clock).
+    pub seen_ms: i64,
+    /// Time between its heartbeats (a third of its lease), in ms.
+    pub heartbeat_ms: u64,
+    /// Whether its last heartbeat is at most three heartbeat intervals old by the reader's
+    /// clock (keep clocks in sync). A worker that stops gracefully removes itself; one that
+    /// was killed stays listed, not alive, for an hour.
+    pub alive: bool,
+    /// Jobs it was running at its last heartbeat (holding a run slot, the last ones possibly
+    /// storing their outcome).
+    pub running: u64,
+    /// Attempts that succeeded in it since it started.
+    pub succeeded: u64,
+    /// Attempts that failed in it since it started (errors, panics, time limits), whether they
+    /// were retried or not.
+    pub failed: u64,
+    /// Failed attempts it scheduled again.
+    pub retried: u64,
+    /// Dead letters it wrote: failed for good, and deliveries it could not run at all
+    /// (unknown task, undecodable, oversized, poisoned).
+    pub dead_lettered: u64,
+}
+
+/// One queue now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Jobs in the stream never delivered to a worker: the consumer group's `lag` (Redis
+    /// 7.0). When Redis cannot tell it (entries deleted after the group's last delivery, as
+    /// acknowledging does), the stream length minus `pending`, which is exact as long as
+    /// acknowledged entries are deleted at once, as every psw-tasks worker does.
+    pub ready: u64,
+    /// Jobs delivered to a worker and not acknowledged yet: running, waiting for a run slot
+    /// (prefetched), or held by a worker that died, until another takes it over.
+    pub pending: u64,
+    /// Jobs in the delayed set: countdowns, ETAs and retries waiting for their due time.
+    pub delayed: u64,
+    /// Consumers in the queue's group: live workers, plus dead ones not yet removed (a worker
+    /// removes those that own nothing after four leases).
+    pub consumers: u64,
+}
+
+/// The outcomes of one task's attempts over the window, summed over every worker.
+///
+/// A worker adds its counts at each heartbeat (a third of its lease) to the bucket of that
+/// minute: an attempt shows up at most one heartbeat after it ended, and the counts since a
+/// worker's last heartbeat are lost if it is killed (a graceful stop stores them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TaskCounts {
+    /// The task's wire name.
+    pub task: String,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed (errors, panics, time limits, bad arguments), retried or not.
+    pub failed: u64,
+    /// Failed attempts that were scheduled again.
+    pub retried: u64,
+    /// Jobs of the task moved to the dead-letter queue: failed for good, or poisoned. Jobs of
+    /// a task no worker knows are counted only in [`ClusterStats::dead`].
+    pub dead_lettered: u64,
+}
+
+impl TaskCounts {
+    /// Failed attempts over all attempts that ended (succeeded + failed); `None` when none
+    /// ended.
+    pub fn failure_rate(&self) -> Option<f64> {
+        let ended = self.succeeded + self.failed;
+        (ended > 0).then(|| self.failed as f64 / ended as f64)
+    }
+}
+
+impl Serialize for TaskCounts {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        // By hand, so that the JSON carries the failure rate as well.
+        let mut out = serializer.serialize_struct("TaskCounts", 6)?;
+        out.serialize_field("task", &self.task)?;
+        out.serialize_field(SUCCEEDED, &self.succeeded)?;
+        out.serialize_field(FAILED, &self.failed)?;
+        out.serialize_field(RETRIED, &self.retried)?;
+        out.serialize_field(DEAD_LETTERED, &self.dead_lettered)?;
+        out.serialize_field("failure_rate", &self.failure_rate())?;
+        out.end()
+    }
+}
+
+fn dead_json<S: Serializer>(
+    dead: &DeadLetterStats,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let mut out = serializer.serialize_struct("DeadLetterStats", 2)?;
+    out.serialize_field("len", &dead.len)?;
+    out.serialize_field("trimmed", &dead.trimmed)?;
+    out.end()
+}
+
+fn duration_ms<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_millis() as u64)
+}
+
+/// A worker's heartbeat as stored: a MessagePack map (`docs/protocol.md`). Fields a reader does
+/// not know are ignored and missing ones are zero, so versions can differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct Heartbeat {
+    pub(crate) queues: Vec<String>,
+    pub(crate) concurrency: u64,
+    pub(crate) started_ms: i64,
+    pub(crate) seen_ms: i64,
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) running: u64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
+}
+
+impl Heartbeat {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        rmp_serde::to_vec_named(self).map_err(|err| Error::encode("worker heartbeat", err))
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        rmp_serde::from_slice(bytes).map_err(|err| Error::decode("worker heartbeat", err))
+    }
+
+    fn into_info(self, name: String, now_ms: i64) -> WorkerInfo {
+        WorkerInfo {
+            name,
+            queues: self.queues,
+            concurrency: self.concurrency,
+            started_ms: self.started_ms,
+            seen_ms: self.seen_ms,
+            heartbeat_ms: self.heartbeat_ms,
+            alive: now_ms - self.seen_ms <= (ALIVE_BEATS * self.heartbeat_ms) as i64,
+            running: self.running,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            retried: self.retried,
+            dead_lettered: self.dead_lettered,
+        }
+    }
+}
+
+/// The minute of a time, as the stats keys number them: minutes since the Unix epoch.
+pub(crate) fn minute_of(at_ms: i64) -> i64 {
+    at_ms.div_euclid(MINUTE_MS)
+}
+
+/// The first and last minute buckets that overlap the `window` ending at `now_ms`.
+fn minutes(now_ms: i64, window: Duration) -> (i64, i64) {
+    let window_ms = window.as_millis().min(i64::MAX as u128) as i64;
+    (
+        minute_of(now_ms.saturating_sub(window_ms)),
+        minute_of(now_ms),
+    )
+}
+
+/// Stats fields summed over the window into counts per task, sorted by task. Fields of
+/// outcomes this version does not know are skipped.
+fn task_counts(fields: HashMap<String, u64>) -> Vec<TaskCounts> {
+    let mut tasks: BTreeMap<String, TaskCounts> = BTreeMap::new();
+    for (field, count) in fields {
+        let Some((task, outcome)) = split_stats_field(&field) else {
+            continue;
+        };
+        let counts = tasks.entry(task.to_owned()).or_insert_with(|| TaskCounts {
+            task: task.to_owned(),
+            ..TaskCounts::default()
+        });
+        match outcome {
+            SUCCEEDED => counts.succeeded += count,
+            FAILED => counts.failed += count,
+            RETRIED => counts.retried += count,
+            DEAD_LETTERED => counts.dead_lettered += count,
+            _ => {}
+        }
+    }
+    tasks.into_values().collect()
+}
+
+/// The namespace's stats as of `now_ms` (passed in, so tests need no clock). Heartbeats older
+/// than [`FORGET_AFTER`] are deleted on the way.
+pub(crate) async fn collect(
+    broker: &dyn Broker,
+    window: Duration,
+    now_ms: i64,
+) -> Result<ClusterStats> {
+    let window = window.min(BUCKET_TTL);
+    let forget_before = now_ms - FORGET_AFTER.as_millis() as i64;
+    let mut workers = Vec::new();
+    let mut gone = Vec::new();
+    for (name, bytes) in broker.workers().await? {
+        match Heartbeat::decode(&bytes) {
+            Ok(beat) if beat.seen_ms < forget_before => gone.push(name),
+            Ok(beat) => workers.push(beat.into_info(name, now_ms)),
+            // Left in place: it may be a newer version's, which that version can read.
+            Err(err) => {
+                tracing::debug!(worker = %name, error = %err, "unreadable heartbeat skipped")
+            }
+        }
+    }
+    if !gone.is_empty() {
+        broker.forget_workers(&gone).await?;
+    }
+    workers.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut names: BTreeSet<String> = broker.queue_names().await?.into_iter().collect();
+    names.extend(workers.iter().flat_map(|w| w.queues.iter().cloned()));
+    let names: Vec<String> = names.into_iter().collect();
+    let queues = broker.queue_stats(&names).await?;
+
+    let (from, to) = minutes(now_ms, window);
+    let tasks = task_counts(broker.outcome_counts(from, to).await?);
+    let (len, trimmed) = broker.dead_stats().await?;
+    Ok(ClusterStats {
+        workers,
+        queues,
+        tasks,
+        dead: DeadLetterStats { len, trimmed },
+        window,
+        at_ms: now_ms,
+    })
+}
+
+impl Client {
+    /// A snapshot of the namespace: live and recently seen workers, what each queue holds,
+    /// each task's outcomes over the last `window` (at most a day) and the dead-letter queue.
+    /// Like Celery's `inspect().stats()` or BullMQ's `getJobCounts`; a handful of round trips.
+    pub async fn stats(&self, window: Duration) -> Result<ClusterStats> {
+        collect(self.broker().as_ref(), window, now_ms()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(now_ms: i64, window: Duration, expected: (i64, i64)) {
+        assert_eq!(minutes(now_ms, window), expected, "{now_ms} {window:?}");
+    }
+
+    #[test]
+    fn the_window_covers_every_minute_it_overlaps() {
+        let m = 29_000_000 * MINUTE_MS;
+        check(
+            m + 30_000,
+            Duration::from_secs(60),
+            (29_000_000 - 1, 29_000_000),
+        );
+        check(m, Duration::from_secs(60), (29_000_000 - 1, 29_000_000));
+        check(m + 30_000, Duration::ZERO, (29_000_000, 29_000_000));
+        check(
+            m + 59_999,
+            Duration::from_secs(15 * 60),
+            (29_000_000 - 15, 29_000_000),
+        );
+        check(
+            m + 60_000,
+            Duration::from_secs(15 * 60),
+            (29_000_000 - 14, 29_000_001),
+        );
+    }
+
+    #[test]
+    fn fields_are_summed_per_task() {
+        let fields = HashMap::from([
+            ("a|succeeded".to_owned(), 8),
+            ("a|failed".to_owned(), 2),
+            ("a|retried".to_owned(), 1),
+            ("a|dead_lettered".to_owned(), 1),
+            ("b::c|succeeded".to_owned(), 3),
+            ("b::c|from_the_future".to_owned(), 9),
+            ("garbage".to_owned(), 5),
+        ]);
+        let tasks = task_counts(fields);
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(
+            (tasks[0].task.as_str(), tasks[0].succeeded, tasks[0].failed),
+            ("a", 8, 2)
+        );
+        assert_eq!((tasks[0].retried, tasks[0].dead_lettered), (1, 1));
+        assert_eq!(tasks[0].failure_rate(), Some(0.2));
+        assert_eq!(tasks[1].task, "b::c");
+        assert_eq!(tasks[1].failure_rate(), Some(0.0));
+        assert_eq!(TaskCounts::default().failure_rate(), None);
+    }
+
+    #[test]
+    fn a_worker_is_alive_for_three_heartbeats() {
+        let beat = Heartbeat {
+            seen_ms: 10_000,
+            heartbeat_ms: 1_000,
+            ..Heartbeat::default()
+        };
+        let decoded = Heartbeat::decode(&beat.encode().unwrap()).unwrap();
+        assert_eq!(decoded, beat);
+        assert!(beat.clone().into_info("w".into(), 13_000).alive);
+        assert!(!beat.into_info("w".into(), 13_001).alive);
+    }
+
+    #[test]
+    fn json_has_ms_and_the_failure_rate() {
+        let stats = ClusterStats {
+            workers: Vec::new(),
+            queues: Vec::new(),
+            tasks: vec![TaskCounts {
+                task: "t".into(),
+                succeeded: 3,
+                failed: 1,
+                ..TaskCounts::default()
+            }],
+            dead: DeadLetterStats { len: 2, trimmed: 0 },
+            window: Duration::from_secs(900),
+            at_ms: 5,
+        };
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["window_ms"], 900_000);
+        assert_eq!(json["dead"]["len"], 2);
+        assert_eq!(json["tasks"][0]["failure_rate"], 0.25);
+    }
+}
