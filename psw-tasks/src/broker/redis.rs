@@ -253,6 +253,10 @@ pub(crate) struct RedisBroker {
     dead_letter_cap: u64,
     retire: Script,
     queue_stats: Script,
+    /// Queues this process has added to the set of queue names: a producer announces a queue
+    /// once, so that `stats` sees jobs waiting where no worker listens, without a command more
+    /// on every enqueue.
+    announced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Drop for RedisBroker {
@@ -347,6 +351,7 @@ impl RedisBroker {
             prune: Script::new(PRUNE),
             dead_letter_cap: crate::config::DEFAULT_DEAD_LETTER_CAP,
             retire: Script::new(RETIRE),
+            announced: std::sync::Mutex::default(),
             queue_stats: Script::new(QUEUE_STATS),
         })
     }
@@ -484,7 +489,34 @@ impl Broker for RedisBroker {
                     }
                 }
             }
+            let new_queues: Vec<&str> = {
+                let announced = self
+                    .announced
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut new: Vec<&str> = jobs
+                    .iter()
+                    .map(|job| job.queue.as_str())
+                    .filter(|queue| !announced.contains(*queue))
+                    .collect();
+                new.sort_unstable();
+                new.dedup();
+                new
+            };
+            if !new_queues.is_empty() {
+                pipe.cmd("SADD")
+                    .arg(self.keys.queues())
+                    .arg(&new_queues)
+                    .ignore();
+            }
             pipe.exec_async(&mut self.conn()).await?;
+            if !new_queues.is_empty() {
+                let mut announced = self
+                    .announced
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                announced.extend(new_queues.into_iter().map(str::to_owned));
+            }
             Ok(())
         })
     }

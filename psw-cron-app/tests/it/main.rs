@@ -1,0 +1,8 @@
+//! The app's integration tests: one binary (each test binary is another link of the crate).
+
+mod db;
+mod jobs;
+mod notify;
+mod providers;
+mod report;
+mod support;
