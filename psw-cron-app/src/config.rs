@@ -229,7 +229,19 @@ impl AppConfig {
             dead_letter_retention: duration("DEAD_LETTER_RETENTION", 30 * DAY)?,
             email,
             telegram,
-            sentry_dsn: get("SENTRY_DSN"),
+            sentry_dsn: match get("SENTRY_DSN") {
+                None => None,
+                Some(dsn) => match dsn.parse::<sentry::types::Dsn>() {
+                    Ok(_) => Some(dsn),
+                    Err(_) => {
+                        return Err(Error::config(
+                            "SENTRY_DSN",
+                            redact(&dsn),
+                            "a DSN like `https://<key>@<host>/<project>`",
+                        ));
+                    }
+                },
+            },
             sentry_environment: get("SENTRY_ENVIRONMENT")
                 .unwrap_or_else(|| "production".to_owned()),
             dashboard_auth,
@@ -244,18 +256,9 @@ impl AppConfig {
     }
 }
 
-/// `url` with the password between `:` and `@` replaced by `***`.
+/// `url` with its credentials masked, for logs and errors.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    psw_tasks::redact_url(url)
 }
 
 fn database_url(url: &str) -> Result<String> {
@@ -307,10 +310,13 @@ fn email_settings(get: &impl Fn(&str) -> Option<String>, host: String) -> Result
             .filter(|port| *port > 0)
             .ok_or_else(|| Error::config("EMAIL_SMTP_PORT", value, "a port number like 587"))?,
     };
+    let logs_in = get("EMAIL_SMTP_USER").is_some();
     let security = match get("EMAIL_SMTP_TLS").as_deref() {
         None => match port {
             587 => SmtpSecurity::StartTls,
             465 => SmtpSecurity::Tls,
+            // A password never goes out in clear unless EMAIL_SMTP_TLS=none says so.
+            _ if logs_in => SmtpSecurity::StartTls,
             _ => SmtpSecurity::None,
         },
         Some("starttls") => SmtpSecurity::StartTls,
@@ -424,7 +430,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.database_url_redacted(),
-            "mysql://user:***@mysql:3306/psw5_core"
+            "mysql://***@mysql:3306/psw5_core"
         );
         let email = c.email.unwrap();
         assert_eq!(email.security, SmtpSecurity::StartTls);
@@ -456,6 +462,7 @@ mod tests {
                 "HEALTH_MAX_FAILURE_RATE",
             ),
             (&[("PRICE_MAX_AGE", "soon")], "PRICE_MAX_AGE"),
+            (&[("SENTRY_DSN", "pw@nowhere")], "SENTRY_DSN"),
         ];
         for (vars, variable) in cases {
             let err = config(vars).unwrap_err().to_string();

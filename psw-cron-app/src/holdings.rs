@@ -93,8 +93,9 @@ struct Row {
     currency: Option<String>,
 }
 
-/// Load holdings into the portfolio `portfolio` (created in `currency` when missing). Every
-/// row is checked first; the good rows are written and each bad one is reported with its line.
+/// Load holdings into the portfolio `portfolio` (created in `currency` when missing; rows
+/// without a currency take the portfolio's). Every row is checked first; the good rows are
+/// written and each bad one is reported with its line (line 0: the arguments).
 pub async fn import_holdings(
     db: &Db,
     input: impl Read,
@@ -102,35 +103,90 @@ pub async fn import_holdings(
     currency: &str,
     now_ms: i64,
 ) -> DbResult<Import> {
+    let mut import = Import::default();
+    if portfolio.is_empty() || portfolio.len() > 191 {
+        import.errors.push(RowError {
+            line: 0,
+            message: format!("portfolio name {portfolio:?}: expected 1 to 191 characters"),
+        });
+        return Ok(import);
+    }
+    // Rows without a currency take the portfolio's: its own when it exists already.
+    let existing = db
+        .portfolios()
+        .await?
+        .into_iter()
+        .find(|p| p.name == portfolio);
+    let currency = match &existing {
+        Some(existing) => existing.currency.clone(),
+        None => match currency_code(currency) {
+            Ok(code) => code,
+            Err(message) => {
+                import.errors.push(RowError { line: 0, message });
+                return Ok(import);
+            }
+        },
+    };
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
         .from_reader(input);
-    let mut import = Import::default();
-    let mut valid = Vec::new();
+    let mut valid: Vec<(u64, NewStock, Decimal)> = Vec::new();
     for (index, record) in reader.deserialize::<Row>().enumerate() {
         let line = index as u64 + 2;
-        match record {
-            Err(err) => import.errors.push(RowError {
-                line: err.position().map_or(line, |p| p.line()),
-                message: csv_message(&err),
-            }),
-            Ok(row) => match check(row, currency) {
-                Ok(holding) => valid.push(holding),
-                Err(message) => import.errors.push(RowError { line, message }),
-            },
+        let checked = match record {
+            Err(err) => {
+                import.errors.push(RowError {
+                    line: err.position().map_or(line, |p| p.line()),
+                    message: csv_message(&err),
+                });
+                continue;
+            }
+            Ok(row) => check(row, &currency),
+        };
+        match checked {
+            Ok((stock, quantity)) => {
+                let earlier = valid.iter().find(|(_, seen, _)| {
+                    seen.symbol == stock.symbol && seen.exchange == stock.exchange
+                });
+                match earlier {
+                    Some((first, _, _)) => import.errors.push(RowError {
+                        line,
+                        message: format!(
+                            "{} on {} is on line {first} already",
+                            stock.symbol, stock.exchange
+                        ),
+                    }),
+                    None => valid.push((line, stock, quantity)),
+                }
+            }
+            Err(message) => import.errors.push(RowError { line, message }),
         }
     }
     if valid.is_empty() {
         return Ok(import);
     }
-    let portfolio = db.ensure_portfolio(portfolio, currency, now_ms).await?;
-    for (stock, quantity) in valid {
+    let portfolio = match existing {
+        Some(existing) => existing,
+        None => db.ensure_portfolio(portfolio, &currency, now_ms).await?,
+    };
+    for (_, stock, quantity) in valid {
         let stock_id = db.upsert_stock(&stock).await?;
         db.set_holding(portfolio.id, stock_id, quantity).await?;
         import.imported += 1;
     }
     Ok(import)
+}
+
+fn currency_code(text: &str) -> Result<String, String> {
+    let code = text.to_ascii_uppercase();
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(code)
+    } else {
+        Err(format!(
+            "currency {text:?}: expected a three-letter code like USD"
+        ))
+    }
 }
 
 fn check(row: Row, default_currency: &str) -> Result<(NewStock, Decimal), String> {
@@ -150,9 +206,9 @@ fn check(row: Row, default_currency: &str) -> Result<(NewStock, Decimal), String
     if quantity <= Decimal::ZERO {
         return Err(format!("quantity {quantity}: expected more than zero"));
     }
-    if quantity.scale() > crate::money::SCALE {
+    if quantity.scale() > crate::money::SCALE || crate::money::to_e4(quantity).is_none() {
         return Err(format!(
-            "quantity {quantity}: at most 4 decimal places are kept"
+            "quantity {quantity}: expected at most 4 decimal places and a size the database holds"
         ));
     }
     let exchange = row
@@ -160,21 +216,27 @@ fn check(row: Row, default_currency: &str) -> Result<(NewStock, Decimal), String
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| "US".to_owned())
         .to_ascii_uppercase();
-    let currency = row
-        .currency
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| default_currency.to_owned())
-        .to_ascii_uppercase();
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+    if exchange.len() > 16 {
         return Err(format!(
-            "currency {currency:?}: expected a three-letter code like USD"
+            "exchange {exchange:?}: expected at most 16 characters"
         ));
+    }
+    let currency = match row.currency.filter(|c| !c.is_empty()) {
+        Some(currency) => currency_code(&currency)?,
+        None => default_currency.to_owned(),
+    };
+    let name = row
+        .name
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| symbol.clone());
+    if name.len() > 255 {
+        return Err(format!("name of {symbol}: expected at most 255 characters"));
     }
     Ok((
         NewStock {
-            symbol: symbol.clone(),
+            symbol,
             exchange,
-            name: row.name.filter(|n| !n.is_empty()).unwrap_or(symbol),
+            name,
             currency,
         },
         quantity,

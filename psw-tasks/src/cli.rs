@@ -375,7 +375,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
 async fn service_client(config: &Config) -> Result<Client> {
     match &config.redis_url {
         Some(url) => {
-            tracing::info!(redis = %crate::broker::redis::redact_url(url), namespace = %config.namespace, "connecting");
+            tracing::info!(redis = %crate::config::redact_url(url), namespace = %config.namespace, "connecting");
         }
         None => tracing::warn!(
             "REDIS_URL is not set: running on the in-process broker, which only sees jobs enqueued by this process"

@@ -97,7 +97,7 @@ impl Config {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     return Err(Error::config(
                         name,
-                        crate::broker::redis::redact_url(&url),
+                        redact_url(&url),
                         "a redis://[:password@]host[:port][/db] or rediss:// URL",
                     ));
                 }
@@ -110,11 +110,13 @@ impl Config {
         // the job in one script, which only works on one server. Celery's separate result
         // backend is therefore accepted only when it names that same server.
         if let Some((name, backend)) = get("CELERY_RESULT_BACKEND")
-            && redis_url.as_deref() != Some(backend.as_str())
+            && !redis_url
+                .as_deref()
+                .is_some_and(|broker| same_redis(broker, &backend))
         {
             return Err(Error::config(
                 name,
-                crate::broker::redis::redact_url(&backend),
+                redact_url(&backend),
                 format!(
                     "the broker's own URL ({variable_of_url}), or no value: psw-tasks stores results on the broker's Redis"
                 ),
@@ -233,6 +235,48 @@ impl Config {
     }
 }
 
+/// `url` with its credentials replaced by `***`, for error messages and logs. The last `@`
+/// ends them, since a password may hold one.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        // No scheme (a mistyped value): whatever comes before the `@` may still be a secret.
+        (None, Some(at)) => format!("***{}", &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether two Redis URLs name the same server, database and login: `redis://h:6379` and
+/// `redis://h:6379/0` do.
+fn same_redis(a: &str, b: &str) -> bool {
+    let normal = |url: &str| {
+        let url = url.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let (authority, db) = match rest.rsplit_once('@') {
+            Some((login, host)) => {
+                let (host, db) = host.split_once('/').unwrap_or((host, "0"));
+                (format!("{login}@{host}"), db.to_owned())
+            }
+            None => {
+                let (host, db) = rest.split_once('/').unwrap_or((rest, "0"));
+                (host.to_owned(), db.to_owned())
+            }
+        };
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty())
+        {
+            authority
+        } else {
+            format!("{authority}:6379")
+        };
+        (scheme.to_owned(), authority, db)
+    };
+    normal(a) == normal(b)
+}
+
 /// A duration like `500ms`, `30s`, `5m`, `1h` or `1d`, or a whole number of seconds.
 pub fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
     let parsed = match value.parse::<u64>() {
@@ -299,7 +343,8 @@ mod tests {
     fn reads_celery_names_as_fallbacks() {
         let c = config(&[
             ("CELERY_BROKER_URL", "redis://:pw@redis:6379/0"),
-            ("CELERY_RESULT_BACKEND", "redis://:pw@redis:6379/0"),
+            // The same server and database, written another way.
+            ("CELERY_RESULT_BACKEND", "redis://:pw@redis/0/"),
             ("CELERY_WORKER_CONCURRENCY", "4"),
         ])
         .unwrap();

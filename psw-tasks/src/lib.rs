@@ -50,7 +50,7 @@ pub use crate::backend::{AttemptError, JobRecord, Progress, State};
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, TaskHandle};
 #[doc(inline)]
-pub use crate::config::{Config, parse_duration};
+pub use crate::config::{Config, parse_duration, redact_url};
 #[doc(inline)]
 pub use crate::dead::{DeadJob, DeadLetterStats, DeadLetters};
 #[doc(inline)]

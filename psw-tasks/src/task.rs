@@ -201,21 +201,21 @@ struct ContextInner {
     max_retries: u32,
     headers: BTreeMap<String, String>,
     progress: Option<Arc<dyn ProgressSink>>,
-    states: Arc<States>,
+    states: Arc<SharedState>,
 }
 
 /// Values shared by every job of a worker (a database pool, an HTTP client), one per type:
 /// given with [`crate::WorkerBuilder::state`], read with [`TaskContext::state`].
 #[derive(Default, Clone)]
-pub(crate) struct States(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+pub(crate) struct SharedState(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
 
-impl fmt::Debug for States {
+impl fmt::Debug for SharedState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "States({} shared)", self.0.len())
+        write!(f, "SharedState({} values)", self.0.len())
     }
 }
 
-impl States {
+impl SharedState {
     pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
         self.0.insert(TypeId::of::<T>(), Arc::new(value));
     }
@@ -233,7 +233,7 @@ impl TaskContext {
         max_retries: u32,
         headers: BTreeMap<String, String>,
         progress: Option<Arc<dyn ProgressSink>>,
-        states: Arc<States>,
+        states: Arc<SharedState>,
     ) -> Self {
         TaskContext {
             inner: Arc::new(ContextInner {
@@ -277,6 +277,16 @@ impl TaskContext {
             inner.progress.clone(),
             Arc::new(states),
         )
+    }
+
+    /// The slot (ms since the Unix epoch) the beat fired this job for, when a schedule fired it:
+    /// the time the job stands for, which a late run should use rather than the clock.
+    pub fn slot_ms(&self) -> Option<i64> {
+        self.inner
+            .headers
+            .get(crate::scheduler::SLOT_HEADER)?
+            .parse()
+            .ok()
     }
 
     /// The value of type `T` the worker shares with its jobs ([`crate::WorkerBuilder::state`]).
@@ -351,5 +361,34 @@ impl fmt::Debug for TaskContext {
             .field("task", &self.inner.task)
             .field("attempt", &self.inner.attempt)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_state_is_found_by_type_and_its_absence_names_the_type() {
+        let ctx = TaskContext::detached("reports.daily").with_state(42_u32);
+        assert_eq!(ctx.state::<u32>().unwrap(), &42);
+        let missing = ctx.state::<String>().unwrap_err();
+        assert_eq!(missing.kind(), "permanent");
+        assert!(
+            missing.message().contains("alloc::string::String"),
+            "{missing}"
+        );
+        assert!(missing.message().contains("reports.daily"), "{missing}");
+    }
+
+    #[test]
+    fn the_slot_comes_from_the_beat_header() {
+        let headers = BTreeMap::from([(
+            crate::scheduler::SLOT_HEADER.to_owned(),
+            "1764403200000".to_owned(),
+        )]);
+        let fired = TaskContext::new("id".into(), "t".into(), 0, 0, headers, None, Arc::default());
+        assert_eq!(fired.slot_ms(), Some(1_764_403_200_000));
+        assert_eq!(TaskContext::detached("t").slot_ms(), None);
     }
 }

@@ -89,7 +89,8 @@ impl Db {
         tx.commit().await.map_err(query_failed("commit the prices"))
     }
 
-    /// Add the stock or update its name and currency; its id.
+    /// Add the stock, or update the name of the one there; its id. The currency of a stock
+    /// already stored stays: its stored prices are in it.
     pub async fn upsert_stock(&self, stock: &NewStock) -> DbResult<i64> {
         let sql = format!(
             "INSERT INTO stocks (symbol, exchange, name, currency) VALUES (?, ?, ?, ?) {}",

@@ -91,8 +91,21 @@ impl Dialect {
         }
     }
 
-    /// An integer aggregate readable as `i64`: MySQL's `SUM` gives `DECIMAL`, which the `Any`
-    /// driver cannot read.
+    /// The exact sum of an integer expression over the group, as decimal text: MySQL sums in
+    /// `DECIMAL` (which the `Any` driver cannot read, and which `CAST .. AS SIGNED` would clamp
+    /// without an error), SQLite in 64 bits (failing on overflow). Each term is widened first
+    /// so that one large product cannot overflow on MySQL either.
+    pub(crate) fn exact_sum(self, expression: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("CAST(COALESCE(SUM({expression}), 0) AS TEXT)"),
+            Dialect::MySql => {
+                format!("CAST(COALESCE(SUM(CAST({expression} AS DECIMAL(38, 0))), 0) AS CHAR)")
+            }
+        }
+    }
+
+    /// A count readable as `i64`: MySQL's `SUM` gives `DECIMAL`, which the `Any` driver cannot
+    /// read.
     pub(crate) fn int(self, expression: &str) -> String {
         match self {
             Dialect::Sqlite => expression.to_owned(),

@@ -6,6 +6,19 @@ use sqlx::AssertSqlSafe;
 use super::{Db, DbError, DbResult, get, query_failed};
 use crate::money;
 
+/// Whether a holding's stock (`s`, of portfolio `p`) has a price usable in a value: one at least
+/// as recent as the bound parameter, in the portfolio's currency. Written once so that the
+/// value and the list of what it leaves out cannot disagree.
+macro_rules! usable {
+    () => {
+        "(s.last_price_e4 IS NOT NULL AND s.last_price_at_ms IS NOT NULL \
+         AND s.last_price_at_ms >= ? AND s.currency = p.currency)"
+    };
+}
+const USABLE: &str = usable!();
+/// True where [`USABLE`] is false or unknown.
+const UNUSABLE: &str = concat!("(CASE WHEN ", usable!(), " THEN 0 ELSE 1 END) = 1");
+
 /// A portfolio.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Portfolio {
@@ -28,6 +41,17 @@ pub struct Valuation {
     /// Holdings in the value.
     pub priced: i64,
     /// Holdings left out: no price, a stale one, or one in another currency.
+    pub unpriced: i64,
+}
+
+/// A stored portfolio value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    /// The value.
+    pub value: Decimal,
+    /// When it was computed.
+    pub at_ms: i64,
+    /// Holdings it left out for want of a usable price.
     pub unpriced: i64,
 }
 
@@ -152,20 +176,17 @@ impl Db {
     pub async fn valuations(&self, fresh_since_ms: i64) -> DbResult<Vec<Valuation>> {
         let d = self.dialect();
         // The products are in 1/10^8 (ten-thousandths squared): exact, summed as integers.
-        let usable =
-            "s.last_price_e4 IS NOT NULL AND s.last_price_at_ms >= ? AND s.currency = p.currency";
         let sql = format!(
-            "SELECT p.id, \
-                    {value}, \
-                    {priced}, \
-                    {unpriced} \
+            "SELECT p.id, {value}, {priced}, {unpriced} \
              FROM portfolios p \
              LEFT JOIN holdings h ON h.portfolio_id = p.id \
              LEFT JOIN stocks s ON s.id = h.stock_id \
              GROUP BY p.id ORDER BY p.id",
-            value = d.int(&format!("COALESCE(SUM(CASE WHEN {usable} THEN h.quantity_e4 * s.last_price_e4 ELSE 0 END), 0)")),
-            priced = d.int(&format!("COALESCE(SUM(CASE WHEN {usable} THEN 1 ELSE 0 END), 0)")),
-            unpriced = d.int(&format!("COALESCE(SUM(CASE WHEN h.stock_id IS NOT NULL AND NOT ({usable}) THEN 1 ELSE 0 END), 0)")),
+            value = d.exact_sum(&format!("CASE WHEN {USABLE} THEN h.quantity_e4 * s.last_price_e4 ELSE 0 END")),
+            priced = d.int(&format!("COALESCE(SUM(CASE WHEN {USABLE} THEN 1 ELSE 0 END), 0)")),
+            unpriced = d.int(&format!(
+                "COALESCE(SUM(CASE WHEN h.stock_id IS NOT NULL AND {UNUSABLE} THEN 1 ELSE 0 END), 0)"
+            )),
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(fresh_since_ms)
@@ -177,10 +198,16 @@ impl Db {
         const WHAT: &str = "read a portfolio value";
         rows.iter()
             .map(|row| {
-                let value_e8: i64 = get(row, 1, WHAT)?;
+                let portfolio_id: i64 = get(row, 0, WHAT)?;
+                let sum: String = get(row, 1, WHAT)?;
+                let value_e8: i128 = sum.trim().parse().map_err(|_| {
+                    DbError::Range(format!(
+                        "the value of portfolio {portfolio_id} ({sum} / 10^8)"
+                    ))
+                })?;
                 Ok(Valuation {
-                    portfolio_id: get(row, 0, WHAT)?,
-                    value: money::from_e8(i128::from(value_e8)),
+                    portfolio_id,
+                    value: money::from_e8(value_e8),
                     priced: get(row, 2, WHAT)?,
                     unpriced: get(row, 3, WHAT)?,
                 })
@@ -190,16 +217,16 @@ impl Db {
 
     /// The holdings that [`Db::valuations`] leaves out, with the reason, by portfolio.
     pub async fn unpriced_holdings(&self, fresh_since_ms: i64) -> DbResult<Vec<Unpriced>> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT h.portfolio_id, s.symbol, s.last_price_at_ms, s.currency, p.currency \
              FROM holdings h JOIN stocks s ON s.id = h.stock_id JOIN portfolios p ON p.id = h.portfolio_id \
-             WHERE s.last_price_e4 IS NULL OR s.last_price_at_ms < ? OR s.currency <> p.currency \
-             ORDER BY h.portfolio_id, s.symbol",
-        )
-        .bind(fresh_since_ms)
-        .fetch_all(self.pool())
-        .await
-        .map_err(query_failed("list unpriced holdings"))?;
+             WHERE {UNUSABLE} ORDER BY h.portfolio_id, s.symbol"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(fresh_since_ms)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_failed("list unpriced holdings"))?;
         const WHAT: &str = "read an unpriced holding";
         rows.iter()
             .map(|row| {
@@ -253,41 +280,53 @@ impl Db {
         tx.commit().await.map_err(query_failed("commit the values"))
     }
 
-    /// The latest stored value at or before `at_ms`, with its time.
+    /// The latest stored value at or before `at_ms`; with `unpriced`, only among the values that
+    /// left out that many holdings (so that a change compares like with like).
     pub async fn value_at(
         &self,
         portfolio_id: i64,
         at_ms: i64,
-    ) -> DbResult<Option<(Decimal, i64)>> {
+        unpriced: Option<i64>,
+    ) -> DbResult<Option<StoredValue>> {
         let row = sqlx::query(
-            "SELECT value_e4, at_ms FROM portfolio_values WHERE portfolio_id = ? AND at_ms <= ? \
+            "SELECT value_e4, at_ms, unpriced_holdings FROM portfolio_values \
+             WHERE portfolio_id = ? AND at_ms <= ? AND (? IS NULL OR unpriced_holdings = ?) \
              ORDER BY at_ms DESC LIMIT 1",
         )
         .bind(portfolio_id)
         .bind(at_ms)
+        .bind(unpriced)
+        .bind(unpriced)
         .fetch_optional(self.pool())
         .await
         .map_err(query_failed("read a portfolio value"))?;
+        const WHAT: &str = "read a portfolio value";
         row.map(|row| {
-            Ok((
-                money::from_e4(get(&row, 0, "read a portfolio value")?),
-                get(&row, 1, "read a portfolio value")?,
-            ))
+            Ok(StoredValue {
+                value: money::from_e4(get(&row, 0, WHAT)?),
+                at_ms: get(&row, 1, WHAT)?,
+                unpriced: get(&row, 2, WHAT)?,
+            })
         })
         .transpose()
     }
 
-    /// Stored values from `since_ms` on, oldest first.
+    /// Stored values from `since_ms` on, oldest first; with `unpriced`, only those that left
+    /// out that many holdings.
     pub async fn value_history(
         &self,
         portfolio_id: i64,
         since_ms: i64,
+        unpriced: Option<i64>,
     ) -> DbResult<Vec<(i64, Decimal)>> {
         let rows = sqlx::query(
-            "SELECT at_ms, value_e4 FROM portfolio_values WHERE portfolio_id = ? AND at_ms >= ? ORDER BY at_ms",
+            "SELECT at_ms, value_e4 FROM portfolio_values \
+             WHERE portfolio_id = ? AND at_ms >= ? AND (? IS NULL OR unpriced_holdings = ?) ORDER BY at_ms",
         )
         .bind(portfolio_id)
         .bind(since_ms)
+        .bind(unpriced)
+        .bind(unpriced)
         .fetch_all(self.pool())
         .await
         .map_err(query_failed("read the value history"))?;

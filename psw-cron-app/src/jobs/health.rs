@@ -12,6 +12,23 @@ use super::{App, app, now_ms};
 /// The reading name of the dead-letter total in `monitor_state`.
 const DEAD_LETTER_READING: &str = "dead_letters_total";
 
+/// Longest alert key the `alert_state` table holds (a VARCHAR(191) key on MySQL).
+const MAX_ALERT_KEY: usize = 191;
+
+/// `<kind>:<subject>`, cut to fit the table: a long queue or task name must not make a key
+/// the database shortens and then never finds again.
+fn alert_key(kind: &str, subject: &str) -> String {
+    let mut key = format!("{kind}:{subject}");
+    if key.len() > MAX_ALERT_KEY {
+        let mut end = MAX_ALERT_KEY;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
+    }
+    key
+}
+
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
@@ -61,13 +78,11 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
         .filter(|worker| !worker.alive)
         .map(|worker| worker.name.clone())
         .collect();
-    if !workers_lost.is_empty() {
+    for name in &workers_lost {
         conditions.insert(
-            "workers-lost".to_owned(),
+            alert_key("worker-lost", name),
             format!(
-                "{} worker(s) stopped sending heartbeats without shutting down: {}",
-                workers_lost.len(),
-                workers_lost.join(", ")
+                "worker {name} stopped sending heartbeats without shutting down (it is forgotten an hour after its last one)"
             ),
         );
     }
@@ -83,7 +98,7 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
             && rate > thresholds.max_failure_rate
         {
             conditions.insert(
-                format!("failure-rate:{}", counts.task),
+                alert_key("failure-rate", &counts.task),
                 format!(
                     "task {} failed {} of {} attempts ({:.0} %) in the last {}, over the {:.0} % threshold",
                     counts.task,
@@ -100,7 +115,7 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
     for queue in &stats.queues {
         if queue.ready > thresholds.max_queue_lag {
             conditions.insert(
-                format!("queue-lag:{}", queue.name),
+                alert_key("queue-lag", &queue.name),
                 format!(
                     "queue {} has {} jobs waiting (threshold {}), {} running",
                     queue.name, queue.ready, thresholds.max_queue_lag, queue.pending
@@ -109,8 +124,9 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
         }
     }
 
-    // The total ever dead-lettered (stored + trimmed) only grows, unlike the stored count,
-    // which a purge or replay lowers.
+    // Stored plus trimmed dead letters: the cap's trimming does not hide growth. A replay, a
+    // purge or the retention cleanup lowers it; the next check then starts from the lower
+    // number, so growth in the same minute as a replay can go unseen.
     let dead_total = (stats.dead.len + stats.dead.trimmed) as i64;
     if let Some((previous, _)) = app
         .db
@@ -133,9 +149,15 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
     for (key, detail) in &conditions {
         if app.db.open_alert(key, now_ms, detail).await? {
             tracing::warn!(condition = %key, %detail, "health alert");
-            app.notifier
+            let sent = app
+                .notifier
                 .alert(&format!("PSW5 health: {key}"), detail)
                 .await;
+            if !app.notifier.channels().is_empty() && !sent.any_ok() {
+                // Not told to anyone: open it again at the next check rather than never.
+                app.db.close_alert(key).await?;
+                continue;
+            }
             alerted.push(key.clone());
         }
     }
@@ -166,7 +188,12 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
         .to_owned(),
         workers_alive,
         workers_lost,
-        active_tasks: stats.workers.iter().map(|worker| worker.running).sum(),
+        active_tasks: stats
+            .workers
+            .iter()
+            .filter(|worker| worker.alive)
+            .map(|worker| worker.running)
+            .sum(),
         failed_tasks,
         dead_letters: stats.dead.len,
         conditions,

@@ -20,6 +20,7 @@ use psw_tasks::{Client, DeadJob, Schedule, Scheduler, TaskContext, TaskError, ta
 
 use crate::config::AppConfig;
 use crate::db::Db;
+use crate::db::portfolio::Unpriced;
 use crate::notify::Notifier;
 use crate::providers::Provider;
 
@@ -165,9 +166,20 @@ pub fn add_schedules(scheduler: &mut Scheduler, config: &AppConfig) -> psw_tasks
     scheduler.add(
         REPORT_SCHEDULE,
         reports::generate_daily_reports::NAME,
-        Schedule::cron("0 8 * * *")?.tz(config.report_zone.name())?,
+        Schedule::cron("0 8 * * *")?
+            .tz(config.report_zone.name())?
+            .overlap(false),
         (),
     )
+}
+
+/// The held symbols of `portfolio_id` that a value leaves out, each `SYMBOL (why)`.
+pub(crate) fn missing_prices(unpriced: &[Unpriced], portfolio_id: i64) -> Vec<String> {
+    unpriced
+        .iter()
+        .filter(|holding| holding.portfolio_id == portfolio_id)
+        .map(|holding| format!("{} ({})", holding.symbol, holding.reason))
+        .collect()
 }
 
 /// Unix milliseconds now.

@@ -15,7 +15,7 @@ pub struct PortfolioValue {
     pub value: Decimal,
     /// Holdings in the value.
     pub priced: i64,
-    /// Holdings left out, each `SYMBOL: why`.
+    /// Holdings left out, each `SYMBOL (why)`.
     pub missing: Vec<String>,
 }
 
@@ -31,7 +31,8 @@ pub struct PortfolioValues {
 }
 
 /// Every 6 hours. The sum runs in SQL over all portfolios at once; a holding without a fresh
-/// price (`PRICE_MAX_AGE`) is left out and reported, never valued at zero.
+/// price (`PRICE_MAX_AGE`) is left out of the sum and named in the result, and a portfolio with
+/// no usable price at all gets no value (rather than zero).
 #[task(
     name = "psw_cron.tasks.calculate_portfolio_values",
     retries = 3,
@@ -51,15 +52,22 @@ pub async fn value_portfolios(app: &App) -> Result<PortfolioValues, TaskError> {
     let fresh_since = now - app.config.price_max_age.as_millis() as i64;
     let valuations = app.db.valuations(fresh_since).await?;
     let unpriced = app.db.unpriced_holdings(fresh_since).await?;
-    app.db.store_valuations(&valuations, now).await?;
-    let values: Vec<PortfolioValue> = valuations
+    // A portfolio none of whose holdings has a usable price has no value now; storing the
+    // empty sum would chart it as a fall to zero.
+    let (storable, unvalued): (Vec<_>, Vec<_>) = valuations
+        .into_iter()
+        .partition(|valuation| valuation.priced > 0 || valuation.unpriced == 0);
+    app.db.store_valuations(&storable, now).await?;
+    for valuation in &unvalued {
+        tracing::warn!(
+            portfolio = valuation.portfolio_id,
+            "no holding has a usable price: no value stored"
+        );
+    }
+    let values: Vec<PortfolioValue> = storable
         .into_iter()
         .map(|valuation| {
-            let missing: Vec<String> = unpriced
-                .iter()
-                .filter(|holding| holding.portfolio_id == valuation.portfolio_id)
-                .map(|holding| format!("{}: {}", holding.symbol, holding.reason))
-                .collect();
+            let missing = super::missing_prices(&unpriced, valuation.portfolio_id);
             if !missing.is_empty() {
                 tracing::warn!(portfolio = valuation.portfolio_id, missing = ?missing, "holdings left out of the value");
             }

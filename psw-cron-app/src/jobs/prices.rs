@@ -74,11 +74,29 @@ pub async fn update_prices(app: &App, ctx: &TaskContext) -> Result<PriceUpdate, 
     for batch in due.chunks(provider.batch_size().max(1)) {
         batches += 1;
         match provider.fetch(batch).await {
-            Ok(fetched) => {
+            Ok(mut fetched) => {
+                // A price the database cannot hold exactly (or a non-positive one) is that
+                // symbol's failure, not the batch's.
+                let (storable, absurd): (Vec<_>, Vec<_>) =
+                    fetched.quotes.into_iter().partition(|quote| {
+                        quote.price > rust_decimal::Decimal::ZERO
+                            && crate::money::to_e4(quote.price).is_some()
+                    });
+                for quote in absurd {
+                    let symbol = batch
+                        .iter()
+                        .find(|stock| stock.id == quote.stock_id)
+                        .map_or("?", |stock| stock.symbol.as_str());
+                    fetched.failures.push(crate::providers::SymbolFailure {
+                        stock_id: quote.stock_id,
+                        symbol: symbol.to_owned(),
+                        reason: format!("price {} out of range", quote.price),
+                    });
+                }
                 app.db
-                    .store_quotes(&fetched.quotes, provider.name(), now_ms())
+                    .store_quotes(&storable, provider.name(), now_ms())
                     .await?;
-                update.updated += fetched.quotes.len();
+                update.updated += storable.len();
                 for failure in fetched.failures {
                     tracing::warn!(symbol = %failure.symbol, reason = %failure.reason, "no price");
                     note_failure(&mut update, &failure.symbol, &failure.reason);

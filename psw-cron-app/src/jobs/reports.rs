@@ -39,7 +39,9 @@ pub struct DailyReports {
     timeout = "30m"
 )]
 pub async fn generate_daily_reports(ctx: TaskContext) -> Result<DailyReports, TaskError> {
-    daily_reports(app(&ctx)?, now_ms()).await
+    // The day is the slot's, not the clock's: a run delayed past midnight still makes the
+    // report of the day it was due.
+    daily_reports(app(&ctx)?, ctx.slot_ms().unwrap_or_else(now_ms)).await
 }
 
 /// The job's work at `now_ms`, callable without a worker.
@@ -59,11 +61,7 @@ pub async fn daily_reports(app: &App, now_ms: i64) -> Result<DailyReports, TaskE
     let fresh_since = now_ms - app.config.price_max_age.as_millis() as i64;
     let unpriced = app.db.unpriced_holdings(fresh_since).await?;
     for portfolio in app.db.portfolios().await? {
-        let missing: Vec<String> = unpriced
-            .iter()
-            .filter(|holding| holding.portfolio_id == portfolio.id)
-            .map(|holding| format!("{} ({})", holding.symbol, holding.reason))
-            .collect();
+        let missing = super::missing_prices(&unpriced, portfolio.id);
         let data = report_data(app, &portfolio, &date, now_ms, missing).await?;
         let png = chart::value_chart(&data).map_err(|err| {
             TaskError::retry(format!(
@@ -114,6 +112,15 @@ pub async fn daily_reports(app: &App, now_ms: i64) -> Result<DailyReports, TaskE
             result.delivered += 1;
         }
     }
+    // Every configured channel failing is an outage worth retrying: the reports are stored,
+    // and the ones that went out are not sent again.
+    let channels = app.notifier.channels().len();
+    if channels > 0 && result.reports > result.already_delivered && result.delivered == 0 {
+        return Err(TaskError::retry(format!(
+            "no report went out: {}",
+            result.delivery_failures.join("; ")
+        )));
+    }
     tracing::info!(
         date,
         reports = result.reports,
@@ -132,12 +139,18 @@ pub async fn report_data(
     missing_prices: Vec<String>,
 ) -> Result<ReportData, TaskError> {
     let db = &app.db;
-    let value = db.value_at(portfolio.id, now_ms).await?;
+    let latest = db.value_at(portfolio.id, now_ms, None).await?;
+    // Changes and the chart compare values that left out as many holdings as the latest one:
+    // a value missing a holding is not a fall.
+    let unpriced = latest.as_ref().map(|latest| latest.unpriced);
     let mut changes = [None, None, None];
-    if let Some((latest, at_ms)) = value {
+    if let Some(latest) = &latest {
         for (change, days) in changes.iter_mut().zip([1, 7, 30]) {
-            if let Some((then, _)) = db.value_at(portfolio.id, at_ms - days * DAY_MS).await? {
-                *change = Some(change_between(then, latest));
+            if let Some(then) = db
+                .value_at(portfolio.id, latest.at_ms - days * DAY_MS, unpriced)
+                .await?
+            {
+                *change = Some(change_between(then.value, latest.value));
             }
         }
     }
@@ -168,13 +181,15 @@ pub async fn report_data(
         currency: portfolio.currency.clone(),
         date: date.to_owned(),
         zone: app.config.report_zone.name().to_owned(),
-        value,
+        value: latest.map(|latest| (latest.value, latest.at_ms)),
         change_day,
         change_week,
         change_month,
         top_movers: movers,
         missing_prices,
-        history: db.value_history(portfolio.id, now_ms - 30 * DAY_MS).await?,
+        history: db
+            .value_history(portfolio.id, now_ms - 30 * DAY_MS, unpriced)
+            .await?,
     })
 }
 

@@ -22,7 +22,7 @@ pub fn init(
     // Parsed here because `sentry::init` would panic on a bad DSN given as a string.
     let parsed: sentry::types::Dsn = dsn.parse().map_err(|_| NotifyError::Config {
         variable: "SENTRY_DSN",
-        value: dsn.to_owned(),
+        value: crate::config::redact(dsn),
         expected: "a DSN like `https://<key>@<host>/<project>`",
     })?;
     // Field by field: `ClientOptions` is non-exhaustive.

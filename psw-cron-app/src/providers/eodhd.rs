@@ -103,39 +103,60 @@ impl Eodhd {
                 unique.push(code);
             }
         }
-        let Some((first, others)) = unique.split_first() else {
-            return Ok(Fetched::default());
-        };
-
-        let url = self.http.url(&self.base_url, &["real-time", first])?;
-        let others = others.join(",");
-        let mut query = vec![("api_token", self.api_key.as_str()), ("fmt", "json")];
-        if !others.is_empty() {
-            query.push(("s", &others));
-        }
-        let body = self.http.get_text(url, &query).await?;
-        let rows = match self.http.parse_json::<Value>(&body)? {
-            // One ticker, one object; its `code` is not always the one asked for (an unknown
-            // ticker can come back as "NA"), and there is nothing else it could be.
-            row @ Value::Object(_) if unique.len() == 1 => {
-                let mut rows = HashMap::new();
-                if let Some(row) = self.row(row) {
-                    rows.insert(first.to_ascii_uppercase(), row);
+        // EODHD answers 404 when the ticker in the path is unknown, whatever `s=` holds: that
+        // ticker fails alone and the others are asked again without it, so one delisted stock
+        // cannot starve the rest of its batch run after run.
+        let mut not_found: Vec<&str> = Vec::new();
+        let rows = loop {
+            let Some((first, others)) = unique.split_first() else {
+                break HashMap::new();
+            };
+            let url = self.http.url(&self.base_url, &["real-time", first])?;
+            let others = others.join(",");
+            let mut query = vec![("api_token", self.api_key.as_str()), ("fmt", "json")];
+            if !others.is_empty() {
+                query.push(("s", &others));
+            }
+            let Some(body) = self.http.get_text_unless_not_found(url, &query).await? else {
+                not_found.push(first);
+                unique.remove(0);
+                continue;
+            };
+            let rows = match self.http.parse_json::<Value>(&body)? {
+                // One ticker, one object; its `code` is not always the one asked for (an
+                // unknown ticker can come back as "NA"), and there is nothing else it could be.
+                row @ Value::Object(_) if unique.len() == 1 => {
+                    let mut rows = HashMap::new();
+                    if let Some(row) = self.row(row) {
+                        rows.insert(first.to_ascii_uppercase(), row);
+                    }
+                    rows
                 }
-                rows
-            }
-            Value::Object(row) => self.rows(vec![Value::Object(row)]),
-            Value::Array(rows) => self.rows(rows),
-            other => {
-                return Err(self.http.unavailable(format!(
-                    "malformed answer (an object or an array expected, got {})",
-                    kind(&other)
-                )));
-            }
+                Value::Object(row) => self.rows(vec![Value::Object(row)]),
+                Value::Array(rows) => self.rows(rows),
+                other => {
+                    return Err(self.http.unavailable(format!(
+                        "malformed answer (an object or an array expected, got {})",
+                        kind(&other)
+                    )));
+                }
+            };
+            break rows;
         };
 
         let mut fetched = Fetched::default();
         for (stock, code) in batch.iter().zip(&codes) {
+            if not_found
+                .iter()
+                .any(|unknown| unknown.eq_ignore_ascii_case(code))
+            {
+                fetched.failures.push(failure(
+                    stock,
+                    NAME,
+                    format!("{code} is unknown to eodhd (http 404)"),
+                ));
+                continue;
+            }
             let Some(row) = rows.get(&code.to_ascii_uppercase()) else {
                 fetched.failures.push(failure(
                     stock,

@@ -313,6 +313,18 @@ impl Http {
         url: reqwest::Url,
         query: &[(&str, &str)],
     ) -> Result<String, ProviderError> {
+        self.get_text_unless_not_found(url, query)
+            .await?
+            .ok_or_else(|| self.refused(format!("http {}", StatusCode::NOT_FOUND)))
+    }
+
+    /// Like `get_text`, with `None` for an HTTP 404 (which some endpoints use for an unknown
+    /// ticker rather than for a wrong URL).
+    async fn get_text_unless_not_found(
+        &self,
+        url: reqwest::Url,
+        query: &[(&str, &str)],
+    ) -> Result<Option<String>, ProviderError> {
         let client = self
             .client
             .as_ref()
@@ -360,10 +372,17 @@ impl Http {
             if status.is_server_error() {
                 return Err(self.unavailable(format!("http {status}")));
             }
+            if status == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
             if !status.is_success() {
                 return Err(self.refused(format!("http {status}")));
             }
-            return response.text().await.map_err(|err| self.transport(err));
+            return response
+                .text()
+                .await
+                .map(Some)
+                .map_err(|err| self.transport(err));
         }
     }
 

@@ -16,7 +16,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use rust_decimal::prelude::ToPrimitive;
 
 use super::ReportData;
-use super::render::group_thousands;
+use super::render::{group_thousands, shorten};
 
 /// Width of the chart in pixels.
 pub const CHART_WIDTH: u32 = 800;
@@ -359,15 +359,6 @@ fn local_hours(start: i64, end: i64, zone: Tz) -> Vec<(i64, u32)> {
             (t.minute() == 0 && t.second() == 0).then_some((at, t.hour()))
         })
         .collect()
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 fn encode(rgb: &[u8]) -> Result<Vec<u8>, ChartError> {

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use crate::notify::escape_html;
 use chrono::DateTime;
 use chrono_tz::Tz;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -400,7 +401,7 @@ fn utf16_len(s: &str) -> usize {
 }
 
 /// `s` cut to at most `max` characters, with an ellipsis when cut.
-fn shorten(s: &str, max: usize) -> String {
+pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }
@@ -505,23 +506,6 @@ pub(crate) fn group_thousands(int_digits: &str) -> String {
             out.push(',');
         }
         out.push(c);
-    }
-    out
-}
-
-/// Text from data made safe for HTML element content and quoted attributes (and for Telegram's
-/// HTML mode, which accepts these entities too).
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
     }
     out
 }

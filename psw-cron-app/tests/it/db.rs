@@ -96,11 +96,22 @@ async fn values_are_exact_and_leave_out_what_has_no_fresh_price() {
         assert!(unpriced[2].reason.contains("SEK"), "{:?}", unpriced[2]);
 
         db.store_valuations(&values, NOW).await.unwrap();
+        let stored = db.value_at(portfolio.id, NOW, None).await.unwrap().unwrap();
         assert_eq!(
-            db.value_at(portfolio.id, NOW).await.unwrap(),
-            Some((dec("280.3088"), NOW))
+            (stored.value, stored.at_ms, stored.unpriced),
+            (dec("280.3088"), NOW, 3)
         );
-        assert_eq!(db.value_at(portfolio.id, NOW - 1).await.unwrap(), None);
+        assert!(
+            db.value_at(portfolio.id, NOW, Some(0))
+                .await
+                .unwrap()
+                .is_none(),
+            "like with like only"
+        );
+        assert_eq!(
+            db.value_at(portfolio.id, NOW - 1, None).await.unwrap(),
+            None
+        );
         test.finish().await;
     }
 }
@@ -147,6 +158,7 @@ ERIC B,100.5,ST,Ericsson,SEK
 KO,1.123456,US,Coca-Cola,USD
 TSLA,5,US
 GOOG,2,US,Alphabet,DOLLARS
+AAPL,3,US,Apple again,usd
 ";
     for test in databases().await {
         let db = &test.db;
@@ -155,7 +167,12 @@ GOOG,2,US,Alphabet,DOLLARS
             .unwrap();
         assert_eq!(import.imported, 2, "{}: {:?}", test.kind, import.errors);
         let lines: Vec<u64> = import.errors.iter().map(|e| e.line).collect();
-        assert_eq!(lines, [3, 4, 6, 7, 8], "{:?}", import.errors);
+        assert_eq!(lines, [3, 4, 6, 7, 8, 9], "{:?}", import.errors);
+        assert!(
+            import.errors[5].message.contains("line 2 already"),
+            "{:?}",
+            import.errors[5]
+        );
         assert!(
             import.errors[0].message.contains("quantity \"abc\""),
             "{:?}",

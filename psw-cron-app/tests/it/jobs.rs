@@ -15,7 +15,7 @@ use psw_tasks::{Client, EnqueueOptions, State};
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::notify::{BotCall, BotMode, CHAT, TOKEN, next, start_bot, start_smtp};
+use crate::notify::{BotCall, BotMode, CHAT, SmtpBehaviour, TOKEN, next, start_bot, start_smtp};
 use crate::providers::{Server, ok, status};
 use crate::support::{RunningWorker, TestDb, app, databases, eventually};
 
@@ -296,9 +296,16 @@ async fn calculate_portfolio_values_stores_exact_values_and_reports_missing_pric
         // 25 x 189.95 + 12 x 415.2 + 30 x 121.44 + 18 x 178.25 + 40 x 62.81
         assert_eq!(values.values[0].value, dec("19095.25"), "{}", test.kind);
         assert_eq!(values.values[0].priced, 5);
-        assert_eq!(values.values[0].missing, ["NEW: no price yet"]);
-        let (stored, at_ms) = db.value_at(portfolio.id, now_ms()).await.unwrap().unwrap();
-        assert_eq!((stored, at_ms), (dec("19095.25"), values.at_ms));
+        assert_eq!(values.values[0].missing, ["NEW (no price yet)"]);
+        let stored = db
+            .value_at(portfolio.id, now_ms(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.value, stored.at_ms),
+            (dec("19095.25"), values.at_ms)
+        );
 
         worker.stop().await;
         test.finish().await;
@@ -433,6 +440,74 @@ async fn daily_reports_are_stored_emailed_with_the_chart_and_sent_to_telegram_on
         );
         test.finish().await;
     }
+}
+
+#[tokio::test]
+async fn reports_no_channel_took_are_retried_and_a_portfolio_without_prices_gets_no_value() {
+    let test = crate::support::sqlite().await;
+    let (_ns, client) = redis("undelivered", &test).await;
+    let db = &test.db;
+    let portfolio = db
+        .ensure_portfolio("Unpriced", "USD", now_ms())
+        .await
+        .unwrap();
+    let stock = db
+        .upsert_stock(&NewStock {
+            symbol: "NEW".into(),
+            exchange: "US".into(),
+            name: "New".into(),
+            currency: "USD".into(),
+        })
+        .await
+        .unwrap();
+    db.set_holding(portfolio.id, stock, dec("1")).await.unwrap();
+    let (smtp_port, mut mail) = start_smtp(SmtpBehaviour {
+        reject_rcpt: true,
+        ..Default::default()
+    })
+    .await;
+    let port = smtp_port.to_string();
+    let app = app(
+        db,
+        &client,
+        &[
+            ("EMAIL_SMTP_HOST", "127.0.0.1"),
+            ("EMAIL_SMTP_PORT", &port),
+            ("EMAIL_FROM", "cron@example.com"),
+            ("EMAIL_TO", "owner@example.com"),
+        ],
+    );
+
+    let values = jobs::portfolio::value_portfolios(&app).await.unwrap();
+    assert_eq!(
+        values.portfolios_updated, 0,
+        "nothing priced: no value, not zero"
+    );
+    assert!(
+        db.value_at(portfolio.id, now_ms(), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let error = jobs::reports::daily_reports(&app, now_ms())
+        .await
+        .unwrap_err();
+    assert!(error.message().contains("no report went out"), "{error}");
+    assert!(error.message().contains("550"), "{error}");
+    assert!(mail.try_recv().is_err());
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let (_, html, _) = db
+        .report(portfolio.id, &date)
+        .await
+        .unwrap()
+        .expect("stored all the same");
+    assert!(
+        html.contains("NEW"),
+        "the report names the unpriced holding"
+    );
+    assert!(!db.report_delivered(portfolio.id, &date).await.unwrap());
+    test.finish().await;
 }
 
 fn png_size(png: &[u8]) -> (u32, u32) {

@@ -69,9 +69,9 @@ fn chart() -> Image {
 #[derive(Clone, Default)]
 pub(crate) struct SmtpBehaviour {
     /// Answer 550 to every RCPT TO.
-    reject_rcpt: bool,
+    pub(crate) reject_rcpt: bool,
     /// Offer STARTTLS (and require it before MAIL FROM and AUTH).
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// One message as the server got it.

@@ -308,6 +308,39 @@ async fn eodhd_prices_a_batch_and_reports_na_and_missing_tickers() {
 }
 
 #[tokio::test]
+async fn eodhd_skips_an_unknown_first_ticker_and_asks_again_for_the_rest() {
+    // EODHD answers 404 for an unknown ticker in the path, whatever `s=` holds.
+    let server = Server::start(vec![
+        ("/real-time/GONE.US", vec![status(404, "Ticker Not Found.")]),
+        ("/real-time/AAPL.US", vec![ok(format!("[{AAPL},{VTI}]"))]),
+    ])
+    .await;
+    let provider = Provider::Eodhd(
+        Eodhd::new(KEY, &server.base, Duration::from_secs(5)).with_eod_fallback(false),
+    );
+
+    let batch = [
+        stock(1, "GONE", "US"),
+        stock(2, "AAPL", "US"),
+        stock(3, "VTI", "US"),
+    ];
+    let fetched = provider.fetch(&batch).await.unwrap();
+
+    let priced: Vec<i64> = fetched.quotes.iter().map(|q| q.stock_id).collect();
+    assert_eq!(priced, vec![2, 3]);
+    assert_eq!(fetched.failures.len(), 1);
+    assert_eq!(fetched.failures[0].stock_id, 1);
+    assert!(
+        fetched.failures[0].reason.contains("404"),
+        "{:?}",
+        fetched.failures[0]
+    );
+    let hits = server.hits();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[1].query.get("s").map(String::as_str), Some("VTI.US"));
+}
+
+#[tokio::test]
 async fn eodhd_turns_blanks_into_dashes_and_asks_each_ticker_once() {
     let body = r#"[{"code":"ERIC-B.ST","timestamp":1704467400,"close":68.42,"volume":5}]"#;
     let server = Server::start(vec![("/real-time/ERIC-B.ST", vec![ok(body)])]).await;

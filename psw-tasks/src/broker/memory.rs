@@ -59,7 +59,7 @@ struct State {
     next_delayed: u64,
     schedules: HashMap<String, HashMap<String, String>>,
     beat_leader: Option<(String, Instant)>,
-    /// Queues workers have prepared (Redis keeps them in a set).
+    /// Queues workers have prepared or producers pushed to (Redis keeps them in a set).
     prepared: BTreeSet<String>,
     /// Worker heartbeats by consumer name.
     workers: HashMap<String, Vec<u8>>,
@@ -175,6 +175,9 @@ impl Broker for MemoryBroker {
             {
                 let mut state = self.lock();
                 for job in jobs {
+                    if !state.prepared.contains(&job.queue) {
+                        state.prepared.insert(job.queue.clone());
+                    }
                     match job.due_ms {
                         Some(due) if due > crate::envelope::now_ms() => {
                             state.next_delayed += 1;

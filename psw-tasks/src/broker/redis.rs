@@ -272,16 +272,6 @@ impl Drop for RedisBroker {
     }
 }
 
-/// The URL with any password replaced, for error messages and logs.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 fn install_tls_provider() {
     // rustls needs one process-wide provider; aws-lc-rs everywhere (mixing with ring panics).
     // Another part of the program may have installed it already, which is fine.
@@ -299,7 +289,7 @@ impl RedisBroker {
         let bad_url = |err: redis::RedisError| {
             Error::config(
                 variable,
-                redact_url(url),
+                crate::config::redact_url(url),
                 format!("a redis://[:password@]host[:port][/db] or rediss:// URL ({err})"),
             )
         };

@@ -72,6 +72,9 @@ impl Entry {
     }
 }
 
+/// The header that carries the slot a scheduled job was fired for.
+pub(crate) const SLOT_HEADER: &str = "slot_ms";
+
 /// Configures a [`Scheduler`].
 pub struct SchedulerBuilder {
     client: Client,
@@ -422,7 +425,7 @@ impl Scheduler {
         let mut options = EnqueueOptions::new()
             .job_id(schedule::slot_job_id(&entry.name, fire.slot_ms))
             .header("schedule", entry.name.clone())
-            .header("slot_ms", fire.slot_ms.to_string())
+            .header(SLOT_HEADER, fire.slot_ms.to_string())
             .header("late", fire.late.to_string());
         if let Some(from) = fire.missed_from_ms {
             options = options.header("missed_from_ms", from.to_string());

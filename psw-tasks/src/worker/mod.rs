@@ -18,7 +18,7 @@ use crate::broker::{BoxFuture, Broker, Delivery, Settlement, Write};
 use crate::dead::{DeadHook, DeadJob};
 use crate::envelope::now_ms;
 use crate::registry::Registry;
-use crate::task::States;
+use crate::task::SharedState;
 use crate::{Client, Result};
 
 mod heartbeat;
@@ -154,7 +154,7 @@ pub struct WorkerBuilder {
     queues: Option<Vec<String>>,
     lease: Duration,
     shutdown_grace: Duration,
-    states: States,
+    states: SharedState,
 }
 
 impl WorkerBuilder {
@@ -276,7 +276,7 @@ pub struct Worker {
     concurrency: usize,
     prefetch: usize,
     on_dead: Option<DeadHook>,
-    states: Arc<States>,
+    states: Arc<SharedState>,
     lease: Duration,
     shutdown_grace: Duration,
     consumer: String,
@@ -294,7 +294,7 @@ pub(crate) struct Shared {
     max_deliveries: u64,
     max_message_size: usize,
     unknown_task_delay: Duration,
-    states: Arc<States>,
+    states: Arc<SharedState>,
 }
 
 impl Shared {
@@ -371,7 +371,7 @@ impl Worker {
             concurrency: config.concurrency,
             prefetch: config.prefetch,
             on_dead: None,
-            states: States::default(),
+            states: SharedState::default(),
             queues: config.queues.clone(),
             lease: config.lease,
             shutdown_grace: config.shutdown_grace,
