@@ -126,6 +126,9 @@ impl Client {
         let queue = self.queue_of(task);
         let mut handles = Vec::new();
         let mut chunk = Vec::with_capacity(BULK_CHUNK);
+        // One chunk travels while the next is encoded; a chunk leaves only once the one before
+        // it is stored, so the jobs keep their order.
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<()>>> = None;
         for args in args {
             let args = rmp_serde::to_vec_named(&args)
                 .map_err(|err| Error::encode(format!("arguments of task `{task}`"), err))?;
@@ -133,9 +136,16 @@ impl Client {
             handles.push(self.handle(id));
             chunk.push(job);
             if chunk.len() == BULK_CHUNK {
-                self.inner.broker.push(std::mem::take(&mut chunk)).await?;
-                chunk.reserve(BULK_CHUNK);
+                if let Some(previous) = in_flight.take() {
+                    settle_push(previous).await?;
+                }
+                let broker = self.inner.broker.clone();
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(BULK_CHUNK));
+                in_flight = Some(tokio::spawn(async move { broker.push(full).await }));
             }
+        }
+        if let Some(previous) = in_flight.take() {
+            settle_push(previous).await?;
         }
         self.inner.broker.push(chunk).await?;
         Ok(handles)
@@ -307,6 +317,15 @@ impl<O> Clone for TaskHandle<O> {
 impl<O> fmt::Debug for TaskHandle<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskHandle").field("id", &self.id).finish()
+    }
+}
+
+/// The outcome of a chunk pushed on its own task.
+async fn settle_push(push: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    match push.await {
+        Ok(outcome) => outcome,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => Err(Error::Closed),
     }
 }
 

@@ -270,6 +270,7 @@ impl Broker for MemoryBroker {
         queue: &'a str,
         min_idle: Duration,
         max: usize,
+        holds: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
         Box::pin(async move {
             let mut state = self.lock();
@@ -281,8 +282,9 @@ impl Broker for MemoryBroker {
                 let mut expired: Vec<&String> = q
                     .pending
                     .iter()
-                    .filter(|(_, p)| {
-                        p.consumer != consumer && now.duration_since(p.last_delivery) >= min_idle
+                    .filter(|(id, p)| {
+                        (p.consumer != consumer || !holds.contains(id))
+                            && now.duration_since(p.last_delivery) >= min_idle
                     })
                     .map(|(id, _)| id)
                     .collect();

@@ -198,13 +198,16 @@ pub(crate) trait Broker: Send + Sync + 'static {
         block: Duration,
     ) -> BoxFuture<'a, Result<Vec<Delivery>>>;
 
-    /// Take over jobs whose lease ran out: pending and idle for at least `min_idle`.
+    /// Take over jobs whose lease ran out: pending and idle for at least `min_idle`, under
+    /// another consumer, or under `consumer` itself but not among the entries it `holds` (an
+    /// orphan: a read whose reply never reached it).
     fn reclaim<'a>(
         &'a self,
         consumer: &'a str,
         queue: &'a str,
         min_idle: Duration,
         max: usize,
+        holds: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Delivery>>>;
 
     /// Renew the leases of entries `consumer` still owns; returns how many it owned.

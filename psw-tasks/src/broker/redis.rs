@@ -59,9 +59,11 @@ return renewed
 /// Returns {cursor (always 0-0), {{id, fields, deliveries}...}, ids deleted from the stream}.
 const RECLAIM: &str = r"
 local limit = tonumber(ARGV[4])
+local holds = {}
+for i = 5, #ARGV do holds[ARGV[i]] = true end
 local ids = {}
 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', limit * 10)) do
-  if p[2] ~= ARGV[2] and #ids < limit then ids[#ids + 1] = p[1] end
+  if #ids < limit and (p[2] ~= ARGV[2] or not holds[p[1]]) then ids[#ids + 1] = p[1] end
 end
 if #ids == 0 then return {'0-0', {}, {}} end
 local got = {}
@@ -582,6 +584,7 @@ impl Broker for RedisBroker {
         queue: &'a str,
         min_idle: Duration,
         max: usize,
+        holds: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
         Box::pin(async move {
             if max == 0 {
@@ -594,6 +597,7 @@ impl Broker for RedisBroker {
                 .arg(consumer)
                 .arg(min_idle.as_millis() as u64)
                 .arg(max)
+                .arg(holds)
                 .invoke_async(&mut self.conn())
                 .await?;
             let Value::Array(mut parts) = reply else {

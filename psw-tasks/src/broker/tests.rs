@@ -88,7 +88,7 @@ both_brokers!(
     retries_go_through_the_delayed_set,
     records_expire,
     writes_of_a_lost_delivery_are_fenced,
-    a_consumer_never_takes_back_its_own_entries,
+    a_consumer_takes_back_only_its_own_entries_it_does_not_hold,
     dead_letters_are_kept_capped_replayed_and_purged,
     beat_registration_keeps_the_last_slot,
     beat_advance_is_a_compare_and_set,
@@ -227,7 +227,10 @@ async fn settling_stores_the_record_acks_and_announces(broker: Arc<dyn Broker>) 
         .expect("announced in time")
         .unwrap();
     assert_eq!(&*announced, id.as_str());
-    let reclaimed = broker.reclaim("b", Q, Duration::ZERO, 10).await.unwrap();
+    let reclaimed = broker
+        .reclaim("b", Q, Duration::ZERO, 10, &[])
+        .await
+        .unwrap();
     assert!(reclaimed.is_empty(), "an acknowledged job is not pending");
 }
 
@@ -236,7 +239,7 @@ async fn expired_leases_are_reclaimed_and_the_old_owner_cannot_renew(broker: Arc
     let held = hold_one(broker.as_ref(), "a").await;
     tokio::time::sleep(Duration::from_millis(120)).await;
     let reclaimed = broker
-        .reclaim("b", Q, Duration::from_millis(100), 10)
+        .reclaim("b", Q, Duration::from_millis(100), 10, &[])
         .await
         .unwrap();
     assert_eq!(reclaimed.len(), 1);
@@ -255,7 +258,7 @@ async fn renewed_leases_are_not_reclaimed(broker: Arc<dyn Broker>) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(broker.renew("a", Q, &ids).await.unwrap(), 1);
         let reclaimed = broker
-            .reclaim("b", Q, Duration::from_millis(500), 10)
+            .reclaim("b", Q, Duration::from_millis(500), 10, &[])
             .await
             .unwrap();
         assert!(reclaimed.is_empty(), "a renewed lease is not taken over");
@@ -318,7 +321,7 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
     assert_eq!(first.deliveries, 1);
     tokio::time::sleep(Duration::from_millis(60)).await;
     let second = broker
-        .reclaim("b", Q, Duration::from_millis(50), 10)
+        .reclaim("b", Q, Duration::from_millis(50), 10, &[])
         .await
         .unwrap()
         .remove(0);
@@ -355,29 +358,39 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
     );
     assert!(
         broker
-            .reclaim("c", Q, Duration::ZERO, 10)
+            .reclaim("c", Q, Duration::ZERO, 10, &[])
             .await
             .unwrap()
             .is_empty()
     );
 }
 
-async fn a_consumer_never_takes_back_its_own_entries(broker: Arc<dyn Broker>) {
+async fn a_consumer_takes_back_only_its_own_entries_it_does_not_hold(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    hold_one(broker.as_ref(), "a").await;
+    let held = hold_one(broker.as_ref(), "a").await;
     tokio::time::sleep(Duration::from_millis(60)).await;
-    // `a` was paused past its lease: it must not start a second copy of its own job.
+    // `a` was paused past its lease but still runs the job: no second copy of it.
+    let holds = vec![held.entry_id.clone()];
     let own = broker
-        .reclaim("a", Q, Duration::from_millis(50), 10)
+        .reclaim("a", Q, Duration::from_millis(50), 10, &holds)
         .await
         .unwrap();
     assert!(own.is_empty(), "{own:?}");
+    // A read whose reply never reached `a`: pending under `a`, which does not hold it.
+    let orphan = broker
+        .reclaim("a", Q, Duration::from_millis(50), 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(orphan.len(), 1);
+    assert_eq!(orphan[0].entry_id, held.entry_id);
+    assert_eq!(orphan[0].deliveries, 2);
+    tokio::time::sleep(Duration::from_millis(60)).await;
     let other = broker
-        .reclaim("b", Q, Duration::from_millis(50), 10)
+        .reclaim("b", Q, Duration::from_millis(50), 10, &[])
         .await
         .unwrap();
     assert_eq!(other.len(), 1);
-    assert_eq!(other[0].deliveries, 2);
+    assert_eq!(other[0].deliveries, 3);
 }
 
 fn letter(n: u8) -> super::DeadLetter {
@@ -574,7 +587,7 @@ async fn consumers_of_dead_workers_are_pruned_once_they_own_nothing() {
     assert!(!removed.contains(&"dead".to_owned()), "{removed:?}");
     // Its entry is reclaimed by `me`; then `dead` owns nothing and goes.
     let reclaimed = broker
-        .reclaim("me", Q, Duration::from_millis(50), 10)
+        .reclaim("me", Q, Duration::from_millis(50), 10, &[])
         .await
         .unwrap();
     assert!(!reclaimed.is_empty());

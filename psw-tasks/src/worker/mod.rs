@@ -287,9 +287,7 @@ pub(crate) struct Shared {
     broker: Arc<dyn Broker>,
     registry: Registry,
     writes: mpsc::Sender<WriteRequest>,
-    /// Deliveries held, per queue: entry id -> delivery count. The count tells a stale copy of
-    /// an entry (one this worker lost and took back) from the live one.
-    in_flight: Mutex<HashMap<Arc<str>, HashMap<String, u64>>>,
+    in_flight: Arc<InFlight>,
     stats: Arc<Counters>,
     max_deliveries: u64,
     max_message_size: usize,
@@ -330,35 +328,55 @@ impl Shared {
     }
 
     async fn settle(&self, settlement: Settlement) {
-        if let Some(entries) = self
-            .in_flight
+        // Still held until the writer has stored it: see `InFlight`.
+        self.send(Write::Settle(settlement)).await;
+    }
+}
+
+/// The deliveries this worker holds, per queue: entry id -> delivery count, from the fetch
+/// until the writer has stored their settlement. Their leases are renewed; every other entry
+/// pending under this consumer is an orphan (a read whose reply was lost) that the reclaim
+/// takes back. The count tells a stale copy of an entry (one this worker lost and took back)
+/// from the live one.
+#[derive(Default)]
+pub(crate) struct InFlight(Mutex<HashMap<Arc<str>, HashMap<String, u64>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<String, u64>>> {
+        self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get_mut(&settlement.queue)
-            && entries.get(&settlement.entry_id) == Some(&settlement.deliveries)
-        {
-            entries.remove(&settlement.entry_id);
-        }
-        self.send(Write::Settle(settlement)).await;
     }
 
     fn track(&self, delivery: &Delivery) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.lock()
             .entry(delivery.queue.clone())
             .or_default()
             .insert(delivery.entry_id.clone(), delivery.deliveries);
     }
 
-    fn in_flight_snapshot(&self) -> Vec<(Arc<str>, Vec<String>)> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Forget a delivery once its settlement is stored (or refused).
+    pub(crate) fn release(&self, queue: &Arc<str>, entry_id: &str, deliveries: u64) {
+        if let Some(entries) = self.lock().get_mut(queue)
+            && entries.get(entry_id) == Some(&deliveries)
+        {
+            entries.remove(entry_id);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Arc<str>, Vec<String>)> {
+        self.lock()
             .iter()
             .filter(|(_, ids)| !ids.is_empty())
             .map(|(queue, ids)| (queue.clone(), ids.keys().cloned().collect()))
             .collect()
+    }
+
+    fn ids(&self, queue: &str) -> Vec<String> {
+        self.lock()
+            .get(queue)
+            .map(|ids| ids.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -425,6 +443,7 @@ impl Worker {
         }
 
         let (writes, requests) = mpsc::channel(self.concurrency.max(64) * 2);
+        let in_flight = Arc::new(InFlight::default());
         let writer = tokio::spawn(writer::run(
             writer::Writer {
                 broker: broker.clone(),
@@ -432,6 +451,7 @@ impl Worker {
                 ttl: self.client.config().result_ttl,
                 stats: self.stats.0.clone(),
                 on_dead: self.on_dead.clone(),
+                in_flight: in_flight.clone(),
             },
             requests,
             abandon.clone(),
@@ -440,7 +460,7 @@ impl Worker {
             broker: broker.clone(),
             registry: self.registry.clone(),
             writes,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight,
             stats: self.stats.0.clone(),
             max_deliveries: self.client.config().max_deliveries,
             max_message_size: self.client.config().max_message_size,
@@ -497,7 +517,13 @@ impl Worker {
                 next_reclaim = tokio::time::Instant::now() + self.lease / 2;
                 for queue in &self.queues {
                     match broker
-                        .reclaim(&self.consumer, queue, self.lease, free - deliveries.len())
+                        .reclaim(
+                            &self.consumer,
+                            queue,
+                            self.lease,
+                            free - deliveries.len(),
+                            &shared.in_flight.ids(queue),
+                        )
                         .await
                     {
                         Ok(reclaimed) => {
@@ -505,7 +531,7 @@ impl Worker {
                                 tracing::warn!(
                                     queue,
                                     count = reclaimed.len(),
-                                    "took over jobs whose worker stopped renewing its lease"
+                                    "took over jobs whose lease ran out (a worker that stopped renewing it, or a read whose reply was lost)"
                                 );
                                 shared.stats.reclaimed.add(reclaimed.len());
                             }
@@ -571,7 +597,7 @@ impl Worker {
                 let claim = first
                     .take()
                     .or_else(|| claims.clone().try_acquire_owned().ok());
-                shared.track(&delivery);
+                shared.in_flight.track(&delivery);
                 let shared = shared.clone();
                 let running = running.clone();
                 let stopping = stopping.clone();
@@ -686,7 +712,7 @@ async fn renew(shared: Arc<Shared>, consumer: String, lease: Duration, stop: Can
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        for (queue, ids) in shared.in_flight_snapshot() {
+        for (queue, ids) in shared.in_flight.snapshot() {
             match shared.broker.renew(&consumer, &queue, &ids).await {
                 Ok(renewed) if renewed < ids.len() => {
                     // Either settled since the snapshot, or taken over by another worker

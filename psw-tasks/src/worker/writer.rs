@@ -31,6 +31,8 @@ pub(crate) struct Writer {
     pub(crate) ttl: Duration,
     pub(crate) stats: Arc<Counters>,
     pub(crate) on_dead: Option<DeadHook>,
+    /// Settled deliveries are released from it once stored.
+    pub(crate) in_flight: Arc<super::InFlight>,
 }
 
 /// Runs until every sender is gone and the channel is drained. While Redis refuses the writes
@@ -56,6 +58,15 @@ pub(crate) async fn run(
         let applied = apply_in_chunks(&writer, &writes, &abandon).await;
         if let Some(applied) = &applied {
             report(&writer, &writes, applied);
+            for write in &writes {
+                if let Write::Settle(settlement) = write {
+                    writer.in_flight.release(
+                        &settlement.queue,
+                        &settlement.entry_id,
+                        settlement.deliveries,
+                    );
+                }
+            }
         }
         for (index, waiter) in waiters.drain(..).enumerate() {
             let Some(waiter) = waiter else { continue };
