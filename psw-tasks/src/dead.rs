@@ -119,6 +119,10 @@ pub struct DeadLetterStats {
     /// Dead letters removed, since the namespace began, to keep under the cap
     /// (`PSW_DLQ_MAX_LEN`).
     pub trimmed: u64,
+    /// Dead letters ever added since the queue was created or last purged whole: a count that
+    /// replays and retention do not lower, for watching its growth (Redis 7.0's `entries-added`
+    /// of the stream; on older Redis, `len + trimmed`).
+    pub added: u64,
 }
 
 /// The dead-letter queue of a namespace, from [`Client::dead_letters`].
@@ -157,8 +161,7 @@ impl DeadLetters {
 
     /// How many there are, and how many the cap has removed.
     pub async fn stats(&self) -> Result<DeadLetterStats> {
-        let (len, trimmed) = self.client.broker().dead_stats().await?;
-        Ok(DeadLetterStats { len, trimmed })
+        self.client.broker().dead_stats().await
     }
 
     /// Put one dead job back on its queue as a fresh job (attempt 0, its error history kept),

@@ -162,9 +162,10 @@ fn dead_json<S: Serializer>(
     dead: &DeadLetterStats,
     serializer: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    let mut out = serializer.serialize_struct("DeadLetterStats", 2)?;
+    let mut out = serializer.serialize_struct("DeadLetterStats", 3)?;
     out.serialize_field("len", &dead.len)?;
     out.serialize_field("trimmed", &dead.trimmed)?;
+    out.serialize_field("added", &dead.added)?;
     out.end()
 }
 
@@ -289,12 +290,12 @@ pub(crate) async fn collect(
 
     let (from, to) = minutes(now_ms, window);
     let tasks = task_counts(broker.outcome_counts(from, to).await?);
-    let (len, trimmed) = broker.dead_stats().await?;
+    let dead = broker.dead_stats().await?;
     Ok(ClusterStats {
         workers,
         queues,
         tasks,
-        dead: DeadLetterStats { len, trimmed },
+        dead,
         window,
         at_ms: now_ms,
     })
@@ -387,7 +388,11 @@ mod tests {
                 failed: 1,
                 ..TaskCounts::default()
             }],
-            dead: DeadLetterStats { len: 2, trimmed: 0 },
+            dead: DeadLetterStats {
+                len: 2,
+                trimmed: 0,
+                added: 2,
+            },
             window: Duration::from_secs(900),
             at_ms: 5,
         };

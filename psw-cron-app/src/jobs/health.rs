@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{App, app, now_ms};
 
 /// The reading name of the dead-letter total in `monitor_state`.
-const DEAD_LETTER_READING: &str = "dead_letters_total";
+const DEAD_LETTER_READING: &str = "dead_letters_added";
 
 /// Longest alert key the `alert_state` table holds (a VARCHAR(191) key on MySQL).
 const MAX_ALERT_KEY: usize = 191;
@@ -124,10 +124,9 @@ pub async fn check_health(app: &App, now_ms: i64) -> Result<Health, TaskError> {
         }
     }
 
-    // Stored plus trimmed dead letters: the cap's trimming does not hide growth. A replay, a
-    // purge or the retention cleanup lowers it; the next check then starts from the lower
-    // number, so growth in the same minute as a replay can go unseen.
-    let dead_total = (stats.dead.len + stats.dead.trimmed) as i64;
+    // Dead letters ever added: replays, purges of old ones and the cap's trimming do not lower
+    // it (a whole `dlq purge` restarts it, and the next check starts from there).
+    let dead_total = stats.dead.added as i64;
     if let Some((previous, _)) = app
         .db
         .swap_reading(DEAD_LETTER_READING, dead_total, now_ms)

@@ -54,6 +54,8 @@ struct State {
     /// Dead letters by entry id, oldest first, as field lists like the Redis stream's.
     dead: VecDeque<(String, DeadFields)>,
     dead_trimmed: u64,
+    /// Dead letters added since the last whole purge (a stream's `entries-added` in Redis).
+    dead_added: u64,
     last_sweep: Option<Instant>,
     next_entry: u64,
     next_delayed: u64,
@@ -413,6 +415,7 @@ impl Broker for MemoryBroker {
                                 let fields =
                                     dead_fields(dead, &settlement.queue, &settlement.entry_id);
                                 state.dead.push_back((entry.clone(), fields));
+                                state.dead_added += 1;
                                 applied.dead_entries.push(entry);
                                 dead_added = true;
                             }
@@ -625,10 +628,14 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn dead_stats(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+    fn dead_stats(&self) -> BoxFuture<'_, Result<crate::DeadLetterStats>> {
         Box::pin(async move {
             let state = self.lock();
-            Ok((state.dead.len() as u64, state.dead_trimmed))
+            Ok(crate::DeadLetterStats {
+                len: state.dead.len() as u64,
+                trimmed: state.dead_trimmed,
+                added: state.dead_added,
+            })
         })
     }
 
@@ -659,7 +666,10 @@ impl Broker for MemoryBroker {
             let mut state = self.lock();
             let before = state.dead.len();
             match before_ms {
-                None => state.dead.clear(),
+                None => {
+                    state.dead.clear();
+                    state.dead_added = 0;
+                }
                 Some(before_ms) => {
                     state.dead.retain(|(_, fields)| {
                         let at_ms = fields.iter().find(|(name, _)| *name == "at_ms").and_then(

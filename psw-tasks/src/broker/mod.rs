@@ -279,8 +279,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadEntry>>>;
 
-    /// (dead letters stored, dead letters trimmed by the cap so far).
-    fn dead_stats(&self) -> BoxFuture<'_, Result<(u64, u64)>>;
+    /// Dead letters stored, trimmed by the cap so far, and added since the last whole purge.
+    fn dead_stats(&self) -> BoxFuture<'_, Result<crate::DeadLetterStats>>;
 
     /// Atomically remove a dead letter, add `payload` to the queue as a ready job and delete
     /// the job's old record (it is pending again); false if the dead letter is gone.

@@ -140,6 +140,23 @@ if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')
 return {fenced, trimmed, dead_ids}
 ";
 
+/// The dead-letter queue's length, trimmed count and entries ever added (Redis 7.0 reports
+/// `entries-added`; before it, length + trimmed stands in); none added while the stream does
+/// not exist (never used, or purged whole).
+const DEAD_STATS: &str = r"
+local len = redis.call('XLEN', KEYS[1])
+local trimmed = tonumber(redis.call('GET', KEYS[2]) or '0')
+local added = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  added = len + trimmed
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then added = info[i + 1] end
+  end
+end
+return {len, trimmed, added}
+";
+
 /// Puts a dead letter back on its queue, once: only if this call removed it. The job's old
 /// FAILURE record goes too: the job is pending again.
 const REPLAY: &str = r"
@@ -255,6 +272,7 @@ pub(crate) struct RedisBroker {
     dead_letter_cap: u64,
     retire: Script,
     queue_stats: Script,
+    dead_stats: Script,
     /// Queues this process has added to the set of queue names: a producer announces a queue
     /// once, so that `stats` sees jobs waiting where no worker listens, without a command more
     /// on every enqueue.
@@ -345,6 +363,7 @@ impl RedisBroker {
             retire: Script::new(RETIRE),
             announced: std::sync::Mutex::default(),
             queue_stats: Script::new(QUEUE_STATS),
+            dead_stats: Script::new(DEAD_STATS),
         })
     }
 
@@ -908,16 +927,19 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn dead_stats(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+    fn dead_stats(&self) -> BoxFuture<'_, Result<crate::DeadLetterStats>> {
         Box::pin(async move {
-            let (len, trimmed): (u64, Option<u64>) = redis::pipe()
-                .cmd("XLEN")
-                .arg(self.keys.dead())
-                .cmd("GET")
-                .arg(self.keys.dead_trimmed())
-                .query_async(&mut self.conn())
+            let (len, trimmed, added): (u64, u64, u64) = self
+                .dead_stats
+                .key(self.keys.dead())
+                .key(self.keys.dead_trimmed())
+                .invoke_async(&mut self.conn())
                 .await?;
-            Ok((len, trimmed.unwrap_or(0)))
+            Ok(crate::DeadLetterStats {
+                len,
+                trimmed,
+                added,
+            })
         })
     }
 

@@ -426,7 +426,8 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
     assert_eq!(applied.dead_entries.len(), 4);
     // The cap (3 in these tests) removed the oldest, and says so.
     assert_eq!(applied.dead_trimmed, 1);
-    assert_eq!(broker.dead_stats().await.unwrap(), (3, 1));
+    let stats = broker.dead_stats().await.unwrap();
+    assert_eq!((stats.len, stats.trimmed, stats.added), (3, 1, 4));
     let listed = broker.dead_range("-", 10).await.unwrap();
     let errors: Vec<String> = listed
         .iter()
@@ -468,8 +469,19 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
         "none is a minute old"
     );
     assert_eq!(broker.dead_purge(Some(now + 60_000)).await.unwrap(), 2);
+    let stats = broker.dead_stats().await.unwrap();
+    assert_eq!(
+        (stats.len, stats.added),
+        (0, 4),
+        "a replay and a retention purge do not lower the count of dead letters added"
+    );
     assert_eq!(broker.dead_purge(None).await.unwrap(), 0);
-    assert_eq!(broker.dead_stats().await.unwrap(), (0, 1));
+    let stats = broker.dead_stats().await.unwrap();
+    assert_eq!((stats.len, stats.trimmed), (0, 1));
+    assert_eq!(
+        stats.added, 0,
+        "a whole purge starts the count again, as DEL does in Redis"
+    );
 }
 
 async fn beat_registration_keeps_the_last_slot(broker: Arc<dyn Broker>) {
