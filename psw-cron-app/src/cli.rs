@@ -247,8 +247,9 @@ async fn serve(app: Arc<App>, command: Standard) -> Result<()> {
     Ok(outcome?)
 }
 
-/// Write the latest report of each portfolio to `out`; the files written.
-async fn export_reports(db: &Db, out: &std::path::Path) -> Result<Vec<PathBuf>> {
+/// Write the latest report of each portfolio to `out` (the HTML refers to its chart by file
+/// name); the files written.
+pub async fn export_reports(db: &Db, out: &std::path::Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut written = Vec::new();
     for portfolio in db.portfolios().await? {

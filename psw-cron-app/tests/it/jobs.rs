@@ -428,6 +428,17 @@ async fn daily_reports_are_stored_emailed_with_the_chart_and_sent_to_telegram_on
             fields["caption"]
         );
 
+        // On disk, the page shows its chart by file name instead of the e-mail's content id.
+        let out = tempfile::tempdir().unwrap();
+        let written = psw_cron_app::cli::export_reports(db, out.path())
+            .await
+            .unwrap();
+        assert_eq!(written.len(), 2, "{written:?}");
+        let page = std::fs::read_to_string(&written[1]).unwrap();
+        let png_name = written[0].file_name().unwrap().to_str().unwrap();
+        assert!(page.contains(&format!("src=\"{png_name}\"")), "{png_name}");
+        assert_eq!(std::fs::read(&written[0]).unwrap(), chart);
+
         // A retry of the same day makes the report again but does not send it twice.
         let again = jobs::reports::daily_reports(&app, now_ms()).await.unwrap();
         assert_eq!(
