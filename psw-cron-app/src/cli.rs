@@ -230,13 +230,7 @@ async fn serve(app: Arc<App>, command: Standard) -> Result<()> {
         .client(app.client.clone())
         .worker({
             let app = app.clone();
-            move |builder| {
-                let hook_app = app.clone();
-                builder.state(app.clone()).on_dead(move |job| {
-                    let app = hook_app.clone();
-                    async move { app.dead_letter_alert(job).await }
-                })
-            }
+            move |builder| app.configure_worker(builder)
         })
         .beat({
             let config = app.config.clone();
@@ -256,18 +250,18 @@ pub async fn export_reports(db: &Db, out: &std::path::Path) -> Result<Vec<PathBu
         let Some((date, _subject, html, chart)) = db.latest_report(portfolio.id).await? else {
             continue;
         };
-        let stem = format!("portfolio-{}-{date}", portfolio.id);
+        let png_name = jobs::reports::chart_file_name(portfolio.id, &date);
         let mut html = html;
         if let Some(chart) = chart {
-            let png = out.join(format!("{stem}.png"));
+            let png = out.join(&png_name);
             std::fs::write(&png, chart)
                 .with_context(|| format!("cannot write {}", png.display()))?;
             // The e-mail refers to the chart by content id; a file on disk refers to it by name.
             let content_id = jobs::reports::chart_content_id(portfolio.id, &date);
-            html = html.replace(&format!("cid:{content_id}"), &format!("{stem}.png"));
+            html = html.replace(&format!("cid:{content_id}"), &png_name);
             written.push(png);
         }
-        let page = out.join(format!("{stem}.html"));
+        let page = out.join(png_name.replace(".png", ".html"));
         std::fs::write(&page, html).with_context(|| format!("cannot write {}", page.display()))?;
         written.push(page);
     }

@@ -137,6 +137,23 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Poll `check` every 20 ms until it holds; panic naming `what` after `limit`. Tests wait on
+/// a condition with a deadline, never on a bare sleep.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The pure hot-path pieces, reachable from the micro-benchmarks (they are not public API).
 pub mod hot_path {
     use crate::envelope::{Envelope, JobId, VERSION};

@@ -1,6 +1,5 @@
 //! Starting and stopping in-process workers with a deadline on every wait.
 
-use std::future::Future;
 use std::time::Duration;
 
 use psw_tasks::{Client, Worker, WorkerStats};
@@ -51,21 +50,7 @@ pub(crate) fn start_built(worker: Worker) -> RunningWorker {
     }
 }
 
-/// Poll `check` until it holds, failing after `limit`.
-pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub(crate) use psw_tasks::testing::eventually;
 
 /// (entries in the queue's stream, entries pending in its group), read with plain commands.
 pub(crate) fn queue_state(ns: &psw_tasks::testing::TestNamespace, queue: &str) -> (u64, u64) {

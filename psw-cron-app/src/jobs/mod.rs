@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use psw_tasks::{Client, DeadJob, Schedule, Scheduler, TaskContext, TaskError, task};
+use psw_tasks::{
+    Client, DeadJob, Schedule, Scheduler, TaskContext, TaskError, WorkerBuilder, task,
+};
 
 use crate::config::AppConfig;
 use crate::db::Db;
@@ -68,6 +70,16 @@ impl App {
             client,
             alerts: Mutex::new(AlertBudget::new(limit, window)),
         }
+    }
+
+    /// `builder` with what every worker of the app gets: this app as the tasks' shared state,
+    /// and [`App::dead_letter_alert`] as its dead-letter hook.
+    pub fn configure_worker(self: &Arc<Self>, builder: WorkerBuilder) -> WorkerBuilder {
+        let hook_app = self.clone();
+        builder.state(self.clone()).on_dead(move |job| {
+            let app = hook_app.clone();
+            async move { app.dead_letter_alert(job).await }
+        })
     }
 
     /// The worker's dead-letter hook: alert by every channel and report to Sentry, within the

@@ -92,7 +92,7 @@ pub async fn daily_reports(app: &App, now_ms: i64) -> Result<DailyReports, TaskE
             continue;
         }
         let image = Image {
-            file_name: format!("portfolio-{}-{date}.png", portfolio.id),
+            file_name: chart_file_name(portfolio.id, &date),
             content_id,
             png,
         };
@@ -191,6 +191,11 @@ pub async fn report_data(
             .value_history(portfolio.id, now_ms - 30 * DAY_MS, unpriced)
             .await?,
     })
+}
+
+/// The file name of a report's chart (attached to the e-mail, exported to disk).
+pub fn chart_file_name(portfolio_id: i64, date: &str) -> String {
+    format!("portfolio-{portfolio_id}-{date}.png")
 }
 
 /// The content id by which a report's HTML refers to its chart.

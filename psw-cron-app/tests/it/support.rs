@@ -158,15 +158,10 @@ pub(crate) struct RunningWorker {
 }
 
 impl RunningWorker {
-    /// Start one on `app`'s client with `app` as its state and its dead-letter hook.
+    /// Start one on `app`'s client, set up as the binary sets up its workers.
     pub(crate) fn start(app: &Arc<App>) -> RunningWorker {
-        let hook_app = app.clone();
-        let worker = psw_tasks::Worker::builder(&app.client)
-            .state(app.clone())
-            .on_dead(move |job| {
-                let app = hook_app.clone();
-                async move { app.dead_letter_alert(job).await }
-            })
+        let worker = app
+            .configure_worker(psw_tasks::Worker::builder(&app.client))
             .concurrency(4)
             .shutdown_grace(std::time::Duration::from_secs(10))
             .build()
@@ -194,18 +189,4 @@ impl RunningWorker {
     }
 }
 
-/// Poll `check` every 20 ms until it holds, failing after `limit`.
-pub(crate) async fn eventually<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
+pub(crate) use psw_tasks::testing::eventually;
