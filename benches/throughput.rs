@@ -120,6 +120,9 @@ struct Ceilings {
     bare_xadd_awaited_us: f64,
     bare_xadd_batches_of_100: f64,
     bare_xreadgroup_100_xack: f64,
+    /// Redis CPU per entry read and acknowledged by the bare client: Redis's share of a job
+    /// when nothing else is done with it.
+    bare_xreadgroup_redis_cpu_us: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -130,6 +133,10 @@ struct Drain {
     worker_rss_mib_by_progress: Vec<(u32, f64)>,
     redis_commands_per_job: f64,
     redis_command_counts_per_job: BTreeMap<String, f64>,
+    /// CPU time per job during the drain: the worker processes' and the Redis server's. On
+    /// two shared cores their sum bounds the rate.
+    worker_cpu_us_per_job: f64,
+    redis_cpu_us_per_job: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -203,6 +210,10 @@ impl Raw {
             .collect()
     }
 
+    async fn server_cpu_seconds(&mut self) -> f64 {
+        raw_cpu(&mut self.conn).await
+    }
+
     async fn xlen(&mut self, key: &str) -> u64 {
         redis::cmd("XLEN")
             .arg(key)
@@ -210,6 +221,19 @@ impl Raw {
             .await
             .unwrap()
     }
+}
+
+/// CPU seconds the server has used (user + system, all its threads).
+async fn raw_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap();
+    ["used_cpu_user:", "used_cpu_sys:"]
+        .iter()
+        .map(|name| field(&info, name).parse::<f64>().unwrap_or(0.0))
+        .sum()
 }
 
 fn field<'a>(info: &'a str, name: &str) -> &'a str {
@@ -234,6 +258,31 @@ fn memory_kib(pid: u32, field_name: &str) -> u64 {
             })
         })
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    static TICKS_PER_SECOND: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces: fields are counted after its closing parenthesis,
+    // where utime and stime are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|n| n.parse::<f64>().ok())
+        .sum();
+    ticks / *TICKS_PER_SECOND
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -449,6 +498,7 @@ async fn ceilings(raw: &mut Raw, ns: &TestNamespace) -> Ceilings {
         .query_async(conn)
         .await
         .unwrap();
+    let cpu_before = raw_cpu(conn).await;
     let started = Instant::now();
     let mut read = 0u64;
     while read < total {
@@ -482,6 +532,8 @@ async fn ceilings(raw: &mut Raw, ns: &TestNamespace) -> Ceilings {
             .unwrap();
     }
     ceilings.bare_xreadgroup_100_xack = read as f64 / started.elapsed().as_secs_f64();
+    ceilings.bare_xreadgroup_redis_cpu_us =
+        (raw_cpu(conn).await - cpu_before) * 1e6 / read.max(1) as f64;
     let _: () = redis::cmd("DEL").arg(&key).query_async(conn).await.unwrap();
     ceilings
 }
@@ -594,6 +646,7 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
 
     // Drain the filled queue with worker processes.
     let calls_before = raw.command_calls().await;
+    let redis_cpu_before = raw.server_cpu_seconds().await;
     let workers = Workers::start(&ns, args.workers, args.concurrency);
     let pids = workers.pids();
     let (elapsed, polls) = wait_drained(
@@ -605,6 +658,15 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
     )
     .await;
     let calls_after = raw.command_calls().await;
+    let jobs = args.jobs as f64;
+    report.drain.redis_cpu_us_per_job =
+        (raw.server_cpu_seconds().await - redis_cpu_before) * 1e6 / jobs;
+    report.drain.worker_cpu_us_per_job = pids
+        .iter()
+        .map(|&pid| process_cpu_seconds(pid))
+        .sum::<f64>()
+        * 1e6
+        / jobs;
     report.drain.worker_peak_rss_mib = pids
         .iter()
         .map(|&pid| mib(memory_kib(pid, "VmHWM:")))
@@ -772,8 +834,8 @@ fn markdown(report: &Report) -> String {
         c.bare_xadd_batches_of_100
     ));
     out.push_str(&format!(
-        "| bare redis-rs XREADGROUP COUNT 100 + XACK | {:.0} |\n\n",
-        c.bare_xreadgroup_100_xack
+        "| bare redis-rs XREADGROUP COUNT 100 + XACK | {:.0} (Redis CPU {:.2} µs per entry) |\n\n",
+        c.bare_xreadgroup_100_xack, c.bare_xreadgroup_redis_cpu_us
     ));
     out.push_str("| measurement | jobs | seconds | jobs/s |\n|---|---:|---:|---:|\n");
     for mode in &report.modes {
@@ -788,7 +850,7 @@ fn markdown(report: &Report) -> String {
             out.push('\n');
         }
     }
-    out.push_str("\n| results | awaited enqueue vs bare XADD | Redis bytes per queued job | Redis commands per job (drain) | worker peak RSS MiB | worker RSS MiB at 10/50/90 % |\n|---|---:|---:|---:|---:|---|\n");
+    out.push_str("\n| results | awaited enqueue vs bare XADD | Redis bytes per queued job | Redis commands per job (drain) | CPU µs per job in the drain: worker / Redis | worker peak RSS MiB | worker RSS MiB at 10/50/90 % |\n|---|---:|---:|---:|---:|---:|---|\n");
     for mode in &report.modes {
         let rss: Vec<String> = mode
             .drain
@@ -803,12 +865,14 @@ fn markdown(report: &Report) -> String {
             .map(|m| format!("{m:.1}"))
             .collect();
         out.push_str(&format!(
-            "| {} | {:.2}x ({:.1} µs) | {:.0} | {:.2} | {} | {} |\n",
+            "| {} | {:.2}x ({:.1} µs) | {:.0} | {:.2} | {:.2} / {:.2} | {} | {} |\n",
             if mode.results { "on" } else { "off" },
             mode.enqueue_awaited_vs_bare_xadd,
             mode.enqueue_awaited_us,
             mode.redis_bytes_per_queued_job,
             mode.drain.redis_commands_per_job,
+            mode.drain.worker_cpu_us_per_job,
+            mode.drain.redis_cpu_us_per_job,
             peak.join(", "),
             rss.join(" / "),
         ));

@@ -85,26 +85,43 @@ return {'0-0', claimed, deleted}
 /// Applies a batch of writes, each only while the consumer still holds its delivery with the
 /// delivery count it saw: a worker that lost its lease (paused, partitioned) can neither
 /// acknowledge nor write the record of a job another worker took over. XACK alone checks
-/// nothing. KEYS[1] is the dead-letter stream and KEYS[2] its trimmed counter; each op names
-/// its keys by position. Returns {indexes of fenced ops (from 0), dead letters trimmed, ids of
-/// the dead letters added}.
+/// nothing.
+///
+/// KEYS[1] is the dead-letter stream and KEYS[2] its trimmed counter; each op names its keys by
+/// position. ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
+/// MessagePack; the bare acknowledgements, most of a drain with results off, come after
+/// ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
+/// Writing ops are applied first, in order, then the bare acknowledgements: a bare one writes
+/// nothing, so no other op of the batch can depend on it. ARGV[7] is how many streams follow
+/// as (stream, first id, last id) triples: the range of each stream's entries in the batch,
+/// so that XPENDING reads what the consumer holds there, not all it holds.
+/// Returns {indexes of fenced writing ops (from 0), dead letters trimmed, ids of the dead
+/// letters added, indexes of fenced bare acknowledgements (from 0)}.
 const SETTLE: &str = r"
 local ops = cmsgpack.unpack(ARGV[6])
--- What this consumer holds, per stream: entry id -> delivery count. One XPENDING per stream
--- and batch (the consumer's pending list is bounded by its claims), not one per entry.
+-- What this consumer holds in each stream's range: entry id -> delivery count. One XPENDING
+-- per stream and batch, not one per entry.
 local held = {}
-for _, op in ipairs(ops) do
-  if not held[op[1]] then
-    local map = {}
-    for _, e in ipairs(redis.call('XPENDING', KEYS[op[1]], ARGV[1], '-', '+', ARGV[7], ARGV[2])) do
-      map[e[1]] = e[4]
-    end
-    held[op[1]] = map
+local streams = tonumber(ARGV[7])
+for s = 0, streams - 1 do
+  local at = 9 + 3 * s
+  local stream = tonumber(ARGV[at])
+  local map = {}
+  for _, e in ipairs(redis.call('XPENDING', KEYS[stream], ARGV[1], ARGV[at + 1], ARGV[at + 2], ARGV[8], ARGV[2])) do
+    map[e[1]] = e[4]
   end
+  held[stream] = map
 end
 local fenced = {}
 local finished = {}
 local acks = {}
+local function ack(stream, id)
+  local ids = acks[stream]
+  if not ids then ids = {}; acks[stream] = ids end
+  ids[#ids + 1] = id
+  -- Settled: a second write about it in this batch is stale.
+  held[stream][id] = nil
+end
 local dead = 0
 local dead_ids = {}
 for i, op in ipairs(ops) do
@@ -115,16 +132,21 @@ for i, op in ipairs(ops) do
       dead = dead + 1
       dead_ids[dead] = redis.call('XADD', KEYS[1], '*', unpack(op[10]))
     end
-    if op[4] == 1 then
-      local ids = acks[op[1]]
-      if not ids then ids = {}; acks[op[1]] = ids end
-      ids[#ids + 1] = op[2]
-      -- Settled: a second write about it in this batch is stale.
-      held[op[1]][op[2]] = nil
-    end
+    if op[4] == 1 then ack(op[1], op[2]) end
     if op[11] ~= '' then finished[#finished + 1] = op[11] end
   else
     fenced[#fenced + 1] = i - 1
+  end
+end
+local bare_fenced = {}
+local first = 9 + 3 * streams
+for at = first, #ARGV, 3 do
+  local stream = tonumber(ARGV[at])
+  local id = ARGV[at + 1]
+  if held[stream][id] == tonumber(ARGV[at + 2]) then
+    ack(stream, id)
+  else
+    bare_fenced[#bare_fenced + 1] = (at - first) / 3
   end
 end
 for stream, ids in pairs(acks) do
@@ -137,7 +159,7 @@ if dead > 0 then
   if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
 end
 if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end
-return {fenced, trimmed, dead_ids}
+return {fenced, trimmed, dead_ids, bare_fenced}
 ";
 
 /// The dead-letter queue's length, trimmed count and entries ever added (Redis 7.0 reports
@@ -662,48 +684,70 @@ impl Broker for RedisBroker {
                 return Ok(Applied::default());
             }
             let mut keys = KeyList::default();
-            keys.index(self.keys.dead());
-            keys.index(self.keys.dead_trimmed());
-            let mut ops = Vec::with_capacity(writes.len());
-            for write in writes {
-                ops.push(match write {
+            keys.add(self.keys.dead());
+            keys.add(self.keys.dead_trimmed());
+            let mut streams = StreamRanges::default();
+            // Write index of each op, for mapping the fenced positions back.
+            let mut writing = Vec::new();
+            let mut bare = Vec::new();
+            let mut ops = Vec::new();
+            for (index, write) in writes.iter().enumerate() {
+                let (queue, entry_id) = match write {
                     Write::Record {
-                        queue,
-                        entry_id,
+                        queue, entry_id, ..
+                    } => (queue, entry_id),
+                    Write::Settle(settlement) => (&settlement.queue, &settlement.entry_id),
+                };
+                let stream =
+                    streams.include(&mut keys, queue, entry_id, || self.keys.stream(queue));
+                match write {
+                    Write::Record {
                         deliveries,
                         id,
                         record,
-                    } => SettleOp {
-                        stream: keys.index(self.keys.stream(queue)),
-                        entry_id,
-                        deliveries: *deliveries,
-                        ack: 0,
-                        record_key: keys.index(self.keys.record(id.as_str())),
-                        record,
-                        delayed_key: 0,
-                        due_ms: 0,
-                        retry: &[],
-                        dead: Vec::new(),
-                        finished: "",
-                    },
+                        ..
+                    } => {
+                        writing.push(index);
+                        ops.push(SettleOp {
+                            stream,
+                            entry_id,
+                            deliveries: *deliveries,
+                            ack: 0,
+                            record_key: keys.add(self.keys.record(id.as_str())),
+                            record,
+                            delayed_key: 0,
+                            due_ms: 0,
+                            retry: &[],
+                            dead: Vec::new(),
+                            finished: "",
+                        });
+                    }
+                    Write::Settle(settlement)
+                        if settlement.record.is_none()
+                            && settlement.retry.is_none()
+                            && settlement.dead.is_none() =>
+                    {
+                        bare.push((index, stream, entry_id, settlement.deliveries));
+                    }
                     Write::Settle(settlement) => {
                         let (record_key, record) = match &settlement.record {
                             Some((id, record)) => {
-                                (keys.index(self.keys.record(id.as_str())), record.as_slice())
+                                (keys.add(self.keys.record(id.as_str())), record.as_slice())
                             }
                             None => (0, &[][..]),
                         };
                         let (delayed_key, due_ms, retry) = match &settlement.retry {
                             Some(retry) => (
-                                keys.index(self.keys.delayed(&retry.queue)),
+                                keys.add_once(self.keys.delayed(&retry.queue)),
                                 retry.due_ms.unwrap_or(0),
                                 retry.payload.as_slice(),
                             ),
                             None => (0, 0, &[][..]),
                         };
-                        SettleOp {
-                            stream: keys.index(self.keys.stream(&settlement.queue)),
-                            entry_id: &settlement.entry_id,
+                        writing.push(index);
+                        ops.push(SettleOp {
+                            stream,
+                            entry_id,
                             deliveries: settlement.deliveries,
                             ack: 1,
                             record_key,
@@ -719,11 +763,10 @@ impl Broker for RedisBroker {
                                 })
                                 .unwrap_or_default(),
                             finished: settlement.finished.as_ref().map_or("", JobId::as_str),
-                        }
+                        });
                     }
-                });
+                }
             }
-            let ops = encode_ops(&ops);
             let mut invocation = self.settle.prepare_invoke();
             for key in &keys.keys {
                 invocation.key(key);
@@ -734,10 +777,34 @@ impl Broker for RedisBroker {
                 .arg(ttl.as_millis().max(1) as u64)
                 .arg(self.dead_letter_cap)
                 .arg(self.keys.finished_channel())
-                .arg(ops)
+                .arg(encode_ops(&ops))
+                .arg(streams.ranges.len())
                 .arg(PENDING_SCAN_LIMIT);
-            let (fenced, dead_trimmed, dead_entries): (Vec<usize>, u64, Vec<String>) =
-                invocation.invoke_async(&mut self.conn()).await?;
+            for range in &streams.ranges {
+                invocation
+                    .arg(range.key)
+                    .arg(range.first_arg())
+                    .arg(range.last_arg());
+            }
+            for (_, stream, entry_id, deliveries) in &bare {
+                invocation.arg(*stream).arg(*entry_id).arg(*deliveries);
+            }
+            let (fenced, dead_trimmed, dead_entries, bare_fenced): (
+                Vec<usize>,
+                u64,
+                Vec<String>,
+                Vec<usize>,
+            ) = invocation.invoke_async(&mut self.conn()).await?;
+            let mut fenced: Vec<usize> = fenced
+                .into_iter()
+                .filter_map(|op| writing.get(op).copied())
+                .chain(
+                    bare_fenced
+                        .into_iter()
+                        .filter_map(|op| bare.get(op).map(|(index, ..)| *index)),
+                )
+                .collect();
+            fenced.sort_unstable();
             Ok(Applied {
                 fenced,
                 dead_trimmed,
@@ -1161,22 +1228,95 @@ return 0
     )
 });
 
-/// The keys of one script call, each once, numbered from 1 as Lua's KEYS are.
+/// The keys of one script call, numbered from 1 as Lua's KEYS are.
 #[derive(Default)]
 struct KeyList {
     keys: Vec<String>,
-    positions: std::collections::HashMap<String, usize>,
 }
 
 impl KeyList {
-    fn index(&mut self, key: String) -> usize {
-        if let Some(&position) = self.positions.get(&key) {
-            return position;
-        }
-        self.keys.push(key.clone());
-        self.positions.insert(key, self.keys.len());
+    /// Add a key that is new to the call (a record key: one per job).
+    fn add(&mut self, key: String) -> usize {
+        self.keys.push(key);
         self.keys.len()
     }
+
+    /// Add a key once: a call names few distinct ones (a delayed set per queue), so a scan is
+    /// cheaper than hashing.
+    fn add_once(&mut self, key: String) -> usize {
+        match self.keys.iter().position(|known| *known == key) {
+            Some(position) => position + 1,
+            None => self.add(key),
+        }
+    }
+}
+
+/// The streams of one settle call: each one's key position and the range of entry ids the
+/// batch settles there, for a narrow `XPENDING`.
+#[derive(Default)]
+struct StreamRanges {
+    ranges: Vec<StreamRange>,
+}
+
+struct StreamRange {
+    queue: Arc<str>,
+    key: usize,
+    /// Lowest and highest entry id seen, as (milliseconds, sequence); `None` once an id did not
+    /// parse (then the whole stream is read).
+    bounds: Option<((u64, u64), (u64, u64))>,
+}
+
+impl StreamRanges {
+    /// The key position of `queue`'s stream, widening its range to take in `entry_id`; `key`
+    /// makes the stream's key name the first time the queue is seen.
+    fn include(
+        &mut self,
+        keys: &mut KeyList,
+        queue: &Arc<str>,
+        entry_id: &str,
+        key: impl FnOnce() -> String,
+    ) -> usize {
+        let id = parse_entry_id(entry_id);
+        let at = match self
+            .ranges
+            .iter()
+            .position(|range| Arc::ptr_eq(&range.queue, queue) || range.queue == *queue)
+        {
+            Some(at) => at,
+            None => {
+                self.ranges.push(StreamRange {
+                    queue: queue.clone(),
+                    key: keys.add_once(key()),
+                    bounds: id.map(|id| (id, id)),
+                });
+                self.ranges.len() - 1
+            }
+        };
+        let range = &mut self.ranges[at];
+        range.bounds = match (range.bounds, id) {
+            (Some((low, high)), Some(id)) => Some((low.min(id), high.max(id))),
+            _ => None,
+        };
+        range.key
+    }
+}
+
+impl StreamRange {
+    fn first_arg(&self) -> String {
+        self.bounds
+            .map_or_else(|| "-".to_owned(), |((ms, seq), _)| format!("{ms}-{seq}"))
+    }
+
+    fn last_arg(&self) -> String {
+        self.bounds
+            .map_or_else(|| "+".to_owned(), |(_, (ms, seq))| format!("{ms}-{seq}"))
+    }
+}
+
+/// A stream entry id `<ms>-<seq>` as numbers, which order as Redis orders ids.
+fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// One write as the settle script reads it: a positional MessagePack array (see `SETTLE`).

@@ -88,6 +88,7 @@ both_brokers!(
     retries_go_through_the_delayed_set,
     records_expire,
     writes_of_a_lost_delivery_are_fenced,
+    a_mixed_batch_is_fenced_write_by_write,
     a_consumer_takes_back_only_its_own_entries_it_does_not_hold,
     dead_letters_are_kept_capped_replayed_and_purged,
     beat_registration_keeps_the_last_slot,
@@ -363,6 +364,60 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Bare acknowledgements and writing ops travel apart to the settle script: the fenced
+/// indexes must still name the right writes of the batch.
+async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    broker
+        .push((0..3u8).map(|i| job(&[i], None)).collect())
+        .await
+        .unwrap();
+    let held = broker
+        .fetch("a", &queues(), 3, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let taken = broker
+        .reclaim("b", Q, Duration::from_millis(50), 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let (lost, kept): (Vec<_>, Vec<_>) = held
+        .iter()
+        .partition(|delivery| delivery.entry_id == taken[0].entry_id);
+    let (lost, first, last) = (lost[0], kept[0], kept[1]);
+
+    let mut lost_with_record = Settlement::of(lost);
+    lost_with_record.record = Some((JobId::from("lost"), b"lost".to_vec()));
+    let writes = vec![
+        Write::Settle(Settlement::of(first)),
+        Write::Settle(Settlement::of(lost)),
+        Write::Settle(lost_with_record),
+        Write::Record {
+            queue: last.queue.clone(),
+            entry_id: last.entry_id.clone(),
+            deliveries: last.deliveries,
+            id: JobId::from("running"),
+            record: b"running".to_vec(),
+        },
+        Write::Settle(Settlement::of(last)),
+        // Settled above in this same batch: stale now.
+        Write::Settle(Settlement::of(first)),
+    ];
+    let applied = broker.apply("a", &writes, TTL).await.unwrap();
+    assert_eq!(applied.fenced, vec![1, 2, 5]);
+    assert!(broker.load_record("lost").await.unwrap().is_none());
+    assert!(broker.load_record("running").await.unwrap().is_some());
+    // Only the entry `b` took over is still pending.
+    let left = broker
+        .reclaim("c", Q, Duration::ZERO, 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].entry_id, lost.entry_id);
 }
 
 async fn a_consumer_takes_back_only_its_own_entries_it_does_not_hold(broker: Arc<dyn Broker>) {
