@@ -1430,8 +1430,13 @@ fn parse_entries(entries: Value, queue: &Arc<str>, out: &mut Vec<Delivery>) {
             _ => continue,
         };
         let fields = parts.pop().expect("len checked");
-        let Some(entry_id) = parts.pop().as_ref().and_then(text) else {
-            continue;
+        let entry_id = match parts.pop() {
+            Some(Value::BulkString(bytes)) => match String::from_utf8(bytes) {
+                Ok(id) => id,
+                Err(_) => continue,
+            },
+            Some(Value::SimpleString(id)) => id,
+            _ => continue,
         };
         let mut payload = Vec::new();
         let mut fields = match fields {

@@ -3,9 +3,9 @@
 //! bucket, in one round trip; at a graceful stop it stores the last counts and removes itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, TaskTally};
@@ -28,8 +28,8 @@ pub(crate) struct Heartbeats {
     /// Task names in registry order: the same order as `counters.tasks`.
     pub(crate) tasks: Vec<&'static str>,
     pub(crate) counters: Arc<Counters>,
-    /// The run slots: those taken are the jobs running.
-    pub(crate) running: Arc<Semaphore>,
+    /// Jobs running now.
+    pub(crate) busy: Arc<AtomicUsize>,
     /// Each task's counts as of the last stored heartbeat: the next adds only what came since.
     pub(crate) stored: Vec<[u64; 4]>,
 }
@@ -57,7 +57,7 @@ impl Heartbeats {
         let info = if leaving {
             None
         } else {
-            let running = self.concurrency - self.running.available_permits().min(self.concurrency);
+            let running = self.busy.load(Ordering::Relaxed);
             Some(
                 Heartbeat {
                     queues: self.queues.clone(),

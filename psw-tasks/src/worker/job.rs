@@ -34,8 +34,8 @@ const UNKNOWN_TASK_TRIES: &str = "psw-unknown-task-tries";
 /// default delay of 15 s, a minute in all.
 const UNKNOWN_TASK_RETRIES: u32 = 4;
 
-pub(crate) async fn run(shared: Arc<Shared>, delivery: Delivery) {
-    let settlement = check_and_run(&shared, &delivery).await;
+pub(crate) async fn run(shared: &Arc<Shared>, delivery: &Delivery) {
+    let settlement = check_and_run(shared, delivery).await;
     shared.settle(settlement).await;
 }
 
@@ -83,7 +83,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
 
 /// Return a delivery that was fetched but never started: it goes back through the queue's
 /// delayed set, due at once, and the entry is acknowledged in the same transaction.
-pub(crate) async fn give_back(shared: Arc<Shared>, delivery: Delivery) {
+pub(crate) async fn give_back(shared: &Shared, delivery: Delivery) {
     let mut settlement = Settlement::of(&delivery);
     settlement.retry = Some(NewJob {
         queue: delivery.queue.to_string(),
@@ -179,39 +179,37 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     // The counters were made from this same registry, one per task.
     let tally = &shared.stats.tasks[index];
     let options = descriptor.options();
-    let keep_record = !options.ignore_result;
     let max_retries = envelope.retries.unwrap_or(options.retries);
-    let mut record = JobRecord {
-        id: envelope.id.to_string(),
-        task: envelope.task.clone(),
-        state: State::Started,
-        attempt: envelope.attempt,
-        result: None,
-        errors: envelope.errors.clone(),
-        progress: None,
-        created_ms: envelope.created_ms,
-        started_ms: Some(now_ms()),
-        finished_ms: None,
-        retry_at_ms: None,
-    };
-    let last_progress = Arc::new(Mutex::new(None));
-    let progress: Option<Arc<dyn ProgressSink>> = if keep_record {
-        Some(Arc::new(RecordProgress {
+    // Only a task that keeps results has a record, and so progress to report.
+    let progress = (!options.ignore_result).then(|| {
+        Arc::new(RecordProgress {
             writes: shared.writes.clone(),
             delivery: delivery.clone_without_payload(),
-            record: record.clone(),
-            last: last_progress.clone(),
-        }))
-    } else {
-        None
-    };
+            record: JobRecord {
+                id: envelope.id.to_string(),
+                task: envelope.task.clone(),
+                state: State::Started,
+                attempt: envelope.attempt,
+                result: None,
+                errors: envelope.errors.clone(),
+                progress: None,
+                created_ms: envelope.created_ms,
+                started_ms: Some(now_ms()),
+                finished_ms: None,
+                retry_at_ms: None,
+            },
+            last: Mutex::new(None),
+        })
+    });
     let ctx = TaskContext::new(
         envelope.id.to_string(),
         envelope.task.clone(),
         envelope.attempt,
         max_retries,
         envelope.headers.clone(),
-        progress,
+        progress
+            .clone()
+            .map(|progress| progress as Arc<dyn ProgressSink>),
         shared.states.clone(),
     );
 
@@ -229,27 +227,24 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
             None => CatchUnwind(handler).await,
         }
     };
-    let outcome = if keep_record {
+    let outcome = match &progress {
         // STARTED is written only for a job still running after a moment: most jobs finish
         // first, and their one record write is the final one. The attempt is not polled while
         // STARTED is queued, so it cannot overtake a progress report.
-        tokio::pin!(attempt);
-        tokio::select! {
-            biased;
-            outcome = &mut attempt => outcome,
-            () = tokio::time::sleep(STARTED_AFTER) => {
-                let reported = last_progress
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .is_some();
-                if !reported {
-                    shared.write_record(delivery, &record).await;
+        Some(progress) => {
+            tokio::pin!(attempt);
+            tokio::select! {
+                biased;
+                outcome = &mut attempt => outcome,
+                () = tokio::time::sleep(STARTED_AFTER) => {
+                    if progress.last().is_none() {
+                        shared.write_record(delivery, &progress.record).await;
+                    }
+                    attempt.await
                 }
-                attempt.await
             }
         }
-    } else {
-        attempt.await
+        None => attempt.await,
     };
     let outcome = outcome.unwrap_or_else(|panic| {
         shared.stats.panicked.inc();
@@ -258,18 +253,22 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
 
     let now = now_ms();
     // The final record keeps the last progress report, so a finished job still shows how far
-    // it got.
-    record.progress = last_progress
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
+    // it got. The handler, and with it the context, is done: the record is ours alone unless
+    // the task kept a clone of its context.
+    let mut record = progress.map(|progress| {
+        let last = progress.last().take();
+        let mut record =
+            Arc::try_unwrap(progress).map_or_else(|shared| shared.record.clone(), |own| own.record);
+        record.progress = last;
+        record
+    });
     let base = Settlement::of(delivery);
     let err = match outcome {
         Ok(result) => {
             tally.succeeded.inc();
-            if !keep_record {
+            let Some(mut record) = record else {
                 return base;
-            }
+            };
             record.state = State::Success;
             record.result = Some(result);
             record.finished_ms = Some(now);
@@ -279,7 +278,8 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
     };
     tally.failed.inc();
     tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = err.kind(), error = %err, "attempt failed");
-    record.errors.push(AttemptError {
+    let mut errors = envelope.errors.clone();
+    errors.push(AttemptError {
         attempt: envelope.attempt,
         kind: err.kind().to_owned(),
         message: err.message().to_owned(),
@@ -293,13 +293,16 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
         max_retries,
         fastrand::f64(),
     );
+    if let Some(record) = &mut record {
+        record.errors = errors.clone();
+    }
     match decision {
         Decision::RetryAfter(delay) => {
             let due = now + delay.as_millis() as i64;
             let next = Envelope {
                 attempt: envelope.attempt + 1,
                 eta_ms: Some(due),
-                errors: record.errors.clone(),
+                errors,
                 ..envelope
             };
             let payload = match next.encode() {
@@ -315,8 +318,6 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
                 }
             };
             tally.retried.inc();
-            record.state = State::Retry;
-            record.retry_at_ms = Some(due);
             let mut settlement = base;
             // The queue the job came from, not the one its envelope names: a producer that
             // wrote another name must not send the retry where no worker looks.
@@ -325,33 +326,38 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
                 payload,
                 due_ms: Some(due),
             });
-            if keep_record {
-                settlement = shared.finish(settlement, &record, false);
+            match record {
+                Some(mut record) => {
+                    record.state = State::Retry;
+                    record.retry_at_ms = Some(due);
+                    shared.finish(settlement, &record, false)
+                }
+                None => settlement,
             }
-            settlement
         }
         Decision::Fail => {
             shared.stats.failed.inc();
-            record.state = State::Failure;
-            record.finished_ms = Some(now);
             let reason = match (err.kind(), err.retry_policy()) {
                 ("bad_args", _) => "bad_args",
                 ("timeout", _) => "timed_out",
                 (_, Retry::Never) => "permanent_error",
                 _ => "retries_exhausted",
             };
-            tracing::error!(id = %envelope.id, task = %envelope.task, attempts = record.errors.len(), reason, "job failed for good; dead-lettered");
+            tracing::error!(id = %envelope.id, task = %envelope.task, attempts = errors.len(), reason, "job failed for good; dead-lettered");
             let dead = shared.dead_letter(
                 delivery,
                 Some(&envelope),
-                &record.errors,
+                &errors,
                 reason,
                 err.message().to_owned(),
             );
-            if keep_record {
-                shared.finish(dead, &record, true)
-            } else {
-                dead
+            match record {
+                Some(mut record) => {
+                    record.state = State::Failure;
+                    record.finished_ms = Some(now);
+                    shared.finish(dead, &record, true)
+                }
+                None => dead,
             }
         }
     }
@@ -399,8 +405,18 @@ impl Delivery {
 struct RecordProgress {
     writes: mpsc::Sender<WriteRequest>,
     delivery: Delivery,
+    /// The job's record as it started.
     record: JobRecord,
-    last: Arc<Mutex<Option<Progress>>>,
+    /// The last report, kept for the final record.
+    last: Mutex<Option<Progress>>,
+}
+
+impl RecordProgress {
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<Progress>> {
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl ProgressSink for RecordProgress {
@@ -409,10 +425,7 @@ impl ProgressSink for RecordProgress {
             let mut record = self.record.clone();
             record.state = State::Progress;
             record.progress = Some(progress.clone());
-            *self
-                .last
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(progress);
+            *self.last() = Some(progress);
             let (done, stored) = oneshot::channel();
             let request = WriteRequest {
                 write: Write::record_of(&self.delivery, &record)?,
