@@ -371,14 +371,14 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
 async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
     broker
-        .push((0..3u8).map(|i| job(&[i], None)).collect())
+        .push((0..4u8).map(|i| job(&[i], None)).collect())
         .await
         .unwrap();
     let held = broker
-        .fetch("a", &queues(), 3, Duration::from_millis(50))
+        .fetch("a", &queues(), 4, Duration::from_millis(50))
         .await
         .unwrap();
-    assert_eq!(held.len(), 3);
+    assert_eq!(held.len(), 4);
     tokio::time::sleep(Duration::from_millis(60)).await;
     let taken = broker
         .reclaim("b", Q, Duration::from_millis(50), 1, &[])
@@ -388,10 +388,14 @@ async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
     let (lost, kept): (Vec<_>, Vec<_>) = held
         .iter()
         .partition(|delivery| delivery.entry_id == taken[0].entry_id);
-    let (lost, first, last) = (lost[0], kept[0], kept[1]);
+    let (lost, first, last, failed) = (lost[0], kept[0], kept[1], kept[2]);
 
     let mut lost_with_record = Settlement::of(lost);
     lost_with_record.record = Some((JobId::from("lost"), b"lost".to_vec()));
+    let mut lost_retry = Settlement::of(lost);
+    lost_retry.retry = Some(job(b"again", Some(1)));
+    let mut dead = Settlement::of(failed);
+    dead.dead = Some(letter(1));
     let writes = vec![
         Write::Settle(Settlement::of(first)),
         Write::Settle(Settlement::of(lost)),
@@ -406,11 +410,19 @@ async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
         Write::Settle(Settlement::of(last)),
         // Settled above in this same batch: stale now.
         Write::Settle(Settlement::of(first)),
+        Write::Settle(lost_retry),
+        Write::Settle(dead),
     ];
     let applied = broker.apply("a", &writes, TTL).await.unwrap();
-    assert_eq!(applied.fenced, vec![1, 2, 5]);
+    assert_eq!(applied.fenced, vec![1, 2, 5, 6]);
+    assert_eq!(applied.dead_entries.len(), 1);
     assert!(broker.load_record("lost").await.unwrap().is_none());
     assert!(broker.load_record("running").await.unwrap().is_some());
+    assert_eq!(
+        broker.promote_due(Q, i64::MAX, 10).await.unwrap().moved,
+        0,
+        "the fenced retry was not scheduled"
+    );
     // Only the entry `b` took over is still pending.
     let left = broker
         .reclaim("c", Q, Duration::ZERO, 10, &[])
