@@ -29,6 +29,11 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Move the text out, leaving an empty id to be put back.
+    pub(crate) fn take(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
 }
 
 impl fmt::Display for JobId {

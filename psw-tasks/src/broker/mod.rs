@@ -69,9 +69,10 @@ pub(crate) struct Settlement {
     pub(crate) record: Option<(JobId, Vec<u8>)>,
     /// Announced to waiters once written (terminal states of jobs with results).
     pub(crate) finished: Option<JobId>,
-    /// The next attempt, for a retry.
-    pub(crate) retry: Option<NewJob>,
-    pub(crate) dead: Option<DeadLetter>,
+    /// The next attempt, for a retry. Boxed, like `dead`: rare, and a settlement is moved
+    /// through two channels per job.
+    pub(crate) retry: Option<Box<NewJob>>,
+    pub(crate) dead: Option<Box<DeadLetter>>,
 }
 
 impl Settlement {
@@ -119,10 +120,6 @@ pub(crate) fn dead_fields(
 
 /// Writes applied in order, in one round trip per batch.
 #[derive(Debug)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "settlements are the common case; boxing them would add an allocation per job"
-)]
 pub(crate) enum Write {
     /// Store a record (STARTED, PROGRESS) of a delivery still running, without settling it.
     Record {

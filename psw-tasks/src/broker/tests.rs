@@ -275,7 +275,7 @@ async fn retries_go_through_the_delayed_set(broker: Arc<dyn Broker>) {
         .unwrap();
     let due = now_ms() + 60_000;
     let mut settlement = settle(&got[0].queue, &got[0].entry_id);
-    settlement.retry = Some(job(b"second", Some(due)));
+    settlement.retry = Some(Box::new(job(b"second", Some(due))));
     broker
         .apply("a", &[Write::Settle(settlement)], TTL)
         .await
@@ -393,9 +393,9 @@ async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
     let mut lost_with_record = Settlement::of(lost);
     lost_with_record.record = Some((JobId::from("lost"), b"lost".to_vec()));
     let mut lost_retry = Settlement::of(lost);
-    lost_retry.retry = Some(job(b"again", Some(1)));
+    lost_retry.retry = Some(Box::new(job(b"again", Some(1))));
     let mut dead = Settlement::of(failed);
-    dead.dead = Some(letter(1));
+    dead.dead = Some(Box::new(letter(1)));
     let writes = vec![
         Write::Settle(Settlement::of(first)),
         Write::Settle(Settlement::of(lost)),
@@ -485,7 +485,7 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
         .zip(0u8..)
         .map(|(delivery, n)| {
             let mut settlement = Settlement::of(delivery);
-            settlement.dead = Some(letter(n));
+            settlement.dead = Some(Box::new(letter(n)));
             Write::Settle(settlement)
         })
         .collect();

@@ -85,11 +85,11 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
 /// delayed set, due at once, and the entry is acknowledged in the same transaction.
 pub(crate) async fn give_back(shared: &Shared, delivery: Delivery) {
     let mut settlement = Settlement::of(&delivery);
-    settlement.retry = Some(NewJob {
+    settlement.retry = Some(Box::new(NewJob {
         queue: delivery.queue.to_string(),
         payload: delivery.payload,
         due_ms: None,
-    });
+    }));
     shared.settle(settlement).await;
 }
 
@@ -110,7 +110,7 @@ impl Shared {
         }
         let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
         let mut settlement = Settlement::of(delivery);
-        settlement.dead = Some(DeadLetter {
+        settlement.dead = Some(Box::new(DeadLetter {
             job_id: envelope.map(|e| e.id.clone()),
             task: envelope.map(|e| e.task.clone()),
             reason,
@@ -118,7 +118,7 @@ impl Shared {
             errors: rmp_serde::to_vec_named(errors).unwrap_or_else(|_| vec![0x90]),
             payload: delivery.payload[..delivery.payload.len().min(DEAD_PAYLOAD_CAP)].to_vec(),
             truncated,
-        });
+        }));
         settlement
     }
 }
@@ -155,11 +155,11 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
     let mut settlement = Settlement::of(delivery);
     match envelope.encode() {
         Ok(payload) => {
-            settlement.retry = Some(NewJob {
+            settlement.retry = Some(Box::new(NewJob {
                 queue: delivery.queue.to_string(),
                 payload,
                 due_ms: Some(now_ms() + shared.unknown_task_delay.as_millis() as i64),
-            });
+            }));
             settlement
         }
         Err(err) => shared.dead_letter(
@@ -172,7 +172,11 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
     }
 }
 
-async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envelope) -> Settlement {
+async fn run_envelope(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    mut envelope: Envelope,
+) -> Settlement {
     let Some((index, descriptor)) = shared.registry.lookup(&envelope.task) else {
         return unknown_task(shared, delivery, envelope);
     };
@@ -201,18 +205,21 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
             last: Mutex::new(None),
         })
     });
+    // The context takes the envelope's id, name and headers (no copies on the hot path); a
+    // failed attempt puts them back from its own handle for the next envelope.
     let ctx = TaskContext::new(
-        envelope.id.to_string(),
-        envelope.task.clone(),
+        envelope.id.take(),
+        std::mem::take(&mut envelope.task),
         envelope.attempt,
         max_retries,
-        envelope.headers.clone(),
+        std::mem::take(&mut envelope.headers),
         progress
             .clone()
             .map(|progress| progress as Arc<dyn ProgressSink>),
         shared.states.clone(),
     );
 
+    let context = ctx.clone();
     let handler = (descriptor.handler())(ctx, &envelope.args);
     let attempt = async {
         match options.timeout {
@@ -250,6 +257,13 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
         shared.stats.panicked.inc();
         Err(TaskError::retry(format!("panicked: {}", panic_message(&*panic))).with_kind("panic"))
     });
+    if outcome.is_err() {
+        envelope.id = context.job_id().into();
+        envelope.task = context.task_name().to_owned();
+        envelope.headers = context.headers().clone();
+    }
+    // Dropped before the record is taken back below: the context holds the progress sink.
+    drop(context);
 
     let now = now_ms();
     // The final record keeps the last progress report, so a finished job still shows how far
@@ -321,11 +335,11 @@ async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envel
             let mut settlement = base;
             // The queue the job came from, not the one its envelope names: a producer that
             // wrote another name must not send the retry where no worker looks.
-            settlement.retry = Some(NewJob {
+            settlement.retry = Some(Box::new(NewJob {
                 queue: delivery.queue.to_string(),
                 payload,
                 due_ms: Some(due),
-            });
+            }));
             match record {
                 Some(mut record) => {
                     record.state = State::Retry;

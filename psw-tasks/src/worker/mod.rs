@@ -351,19 +351,31 @@ impl InFlight {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn track(&self, delivery: &Delivery) {
-        self.lock()
-            .entry(delivery.queue.clone())
-            .or_default()
-            .insert(delivery.entry_id.clone(), delivery.deliveries);
+    /// Hold a fetched batch (one lock for the batch: the writer releases on another thread).
+    fn track(&self, deliveries: &[Delivery]) {
+        let mut held = self.lock();
+        for delivery in deliveries {
+            let entries = match held.get_mut(&delivery.queue) {
+                Some(entries) => entries,
+                None => held.entry(delivery.queue.clone()).or_default(),
+            };
+            entries.insert(delivery.entry_id.clone(), delivery.deliveries);
+        }
     }
 
-    /// Forget a delivery once its settlement is stored (or refused).
-    pub(crate) fn release(&self, queue: &Arc<str>, entry_id: &str, deliveries: u64) {
-        if let Some(entries) = self.lock().get_mut(queue)
-            && entries.get(entry_id) == Some(&deliveries)
-        {
-            entries.remove(entry_id);
+    /// Forget deliveries once their settlement is stored (or refused): (queue, entry id,
+    /// delivery count) each.
+    pub(crate) fn release<'d>(
+        &self,
+        settled: impl IntoIterator<Item = (&'d Arc<str>, &'d str, u64)>,
+    ) {
+        let mut held = self.lock();
+        for (queue, entry_id, deliveries) in settled {
+            if let Some(entries) = held.get_mut(queue)
+                && entries.get(entry_id) == Some(&deliveries)
+            {
+                entries.remove(entry_id);
+            }
         }
     }
 
@@ -618,6 +630,7 @@ impl Worker {
                     }
                 }
             }
+            shared.in_flight.track(&deliveries);
             for delivery in deliveries {
                 // A read of several queues can return more than the free claims (COUNT is per
                 // stream): the extra deliveries are tracked and queued all the same, never
@@ -625,7 +638,6 @@ impl Worker {
                 let claim = first
                     .split(1)
                     .or_else(|| claims.clone().try_acquire_owned().ok());
-                shared.in_flight.track(&delivery);
                 // The runners hold a receiver until they stop, after this loop.
                 let _ = dispatch.send(Fetched { delivery, claim });
             }
@@ -727,9 +739,11 @@ async fn runner(
         busy.fetch_sub(1, Ordering::Relaxed);
         if ran.is_err() {
             tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, "the worker panicked while handling this delivery (a bug in psw-tasks); it runs again once its lease expires");
-            shared
-                .in_flight
-                .release(&delivery.queue, &delivery.entry_id, delivery.deliveries);
+            shared.in_flight.release([(
+                &delivery.queue,
+                delivery.entry_id.as_str(),
+                delivery.deliveries,
+            )]);
         }
         drop(claim);
     }

@@ -58,15 +58,16 @@ pub(crate) async fn run(
         let applied = apply_in_chunks(&writer, &writes, &abandon).await;
         if let Some(applied) = &applied {
             report(&writer, &writes, applied);
-            for write in &writes {
-                if let Write::Settle(settlement) = write {
-                    writer.in_flight.release(
+            writer
+                .in_flight
+                .release(writes.iter().filter_map(|write| match write {
+                    Write::Settle(settlement) => Some((
                         &settlement.queue,
-                        &settlement.entry_id,
+                        settlement.entry_id.as_str(),
                         settlement.deliveries,
-                    );
-                }
-            }
+                    )),
+                    Write::Record { .. } => None,
+                }));
         }
         for (index, waiter) in waiters.drain(..).enumerate() {
             let Some(waiter) = waiter else { continue };
