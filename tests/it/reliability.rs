@@ -594,3 +594,63 @@ async fn kill_9_every_two_seconds_loses_nothing() {
     assert_eq!(client.dead_letters().stats().await.unwrap().len, 0);
     eprintln!("chaos: {jobs} jobs, {kills} kills, {duplicates} duplicates, 0 lost");
 }
+
+/// With Redis gone the writer can store nothing and its queue fills; giving back hundreds of
+/// prefetched deliveries then waits for room. Shutdown must end all the same: the grace period
+/// bounds the give-backs as it bounds running jobs, and what was not stored stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_while_redis_is_away_with_hundreds_prefetched() {
+    let mut redis = PrivateRedis::start(&[], false);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let client = Client::connect(&psw_tasks::Config::redis(url.clone()))
+        .await
+        .unwrap();
+    let ledger = format!("away-{}", redis.port);
+    let jobs = 600;
+    for _ in 0..jobs {
+        count_local::enqueue(&client, ledger.clone(), 60_000)
+            .await
+            .unwrap();
+    }
+    let worker = Worker::builder(&client)
+        .concurrency(2)
+        .prefetch(jobs)
+        .shutdown_grace(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let raw = redis::Client::open(url).unwrap();
+    eventually(WAIT, "every job fetched", || async {
+        let mut conn = raw.get_multiplexed_async_connection().await.unwrap();
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg("{psw}:queue:default")
+            .arg("workers")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        matches!(summary, redis::Value::Array(parts) if parts.first() == Some(&redis::Value::Int(jobs as i64)))
+    })
+    .await;
+    redis.kill();
+
+    let _ = stop.send(());
+    // Grace (1 s), the writer's flush limit (10 s), then two last calls of 3 s at most.
+    let started = Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), running).await;
+    assert!(
+        stopped.is_ok(),
+        "the worker did not stop within 30 s of its shutdown with Redis away"
+    );
+    eprintln!(
+        "stopped {:?} after its shutdown with Redis away",
+        started.elapsed()
+    );
+    stopped.unwrap().unwrap().unwrap();
+    assert!(
+        local_runs(&ledger).is_empty(),
+        "the two running jobs were cut off, none finished"
+    );
+}

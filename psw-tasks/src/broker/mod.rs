@@ -118,7 +118,11 @@ pub(crate) fn dead_fields(
     fields
 }
 
-/// Writes applied in order, in one round trip per batch.
+/// Writes applied in one round trip per batch. A batch holds at most one settlement per
+/// delivery (entry id and delivery count: a delivery is settled once), after the records of
+/// that delivery; brokers keep a delivery's records before its settlement and may apply the
+/// settlements of different deliveries in any order (fencing by delivery count makes them
+/// independent).
 #[derive(Debug)]
 pub(crate) enum Write {
     /// Store a record (STARTED, PROGRESS) of a delivery still running, without settling it.
@@ -215,8 +219,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
         entry_ids: &'a [String],
     ) -> BoxFuture<'a, Result<usize>>;
 
-    /// Apply writes in order, atomically, each only while `consumer` still holds its delivery
-    /// with the same delivery count; records expire after `ttl`.
+    /// Apply writes atomically (in the order `Write` describes), each only while `consumer`
+    /// still holds its delivery with the same delivery count; records expire after `ttl`.
     fn apply<'a>(
         &'a self,
         consumer: &'a str,

@@ -91,8 +91,8 @@ return {'0-0', claimed, deleted}
 /// position. ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
 /// MessagePack; the bare acknowledgements, most of a drain with results off, come after
 /// ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
-/// Writing ops are applied first, in order, then the bare acknowledgements: a bare one writes
-/// nothing, so no other op of the batch can depend on it. ARGV[7] is how many streams follow
+/// Writing ops are applied first, in order, then the bare acknowledgements: records stay before
+/// their delivery's settlement, and a batch settles a delivery once (see `Write`). ARGV[7] is how many streams follow
 /// as (stream, first id, last id) triples: the range of each stream's entries in the batch,
 /// so that XPENDING reads what the consumer holds there, not all it holds.
 /// Returns {indexes of fenced writing ops (from 0), dead letters trimmed, ids of the dead

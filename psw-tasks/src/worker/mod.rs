@@ -40,6 +40,10 @@ pub(crate) trait ProgressSink: Send + Sync {
 const FETCH_BLOCK: Duration = Duration::from_millis(500);
 /// How long a stopping worker waits for its last outcomes to be stored.
 const WRITER_FLUSH: Duration = Duration::from_secs(10);
+/// How long each last call to Redis at shutdown (leaving the groups, the last heartbeat) may
+/// take: with Redis away they fail anyway, and a stopping worker must not wait out the
+/// client's reconnection backoff for each.
+const FAREWELL: Duration = Duration::from_secs(3);
 /// Most delayed jobs moved per promotion pass.
 const PROMOTE_BATCH: usize = 1000;
 /// Longest sleep of the promoter: a job delayed by another process is noticed this late at most.
@@ -401,7 +405,7 @@ impl Worker {
         let config = client.config();
         WorkerBuilder {
             client: client.clone(),
-            concurrency: config.concurrency,
+            concurrency: config.concurrency.max(1),
             prefetch: config.prefetch,
             on_dead: None,
             states: SharedState::default(),
@@ -645,12 +649,16 @@ impl Worker {
         stopping.cancel();
         drop(dispatch);
         // Fetched but not started: give them back at once rather than let them wait out a
-        // lease behind long jobs (idle runners give back what they take too).
-        while let Ok(Fetched { delivery, claim }) = ready.try_recv() {
-            job::give_back(&shared, delivery).await;
-            drop(claim);
-        }
-        drop(ready);
+        // lease behind long jobs (idle runners give back what they take too). Among the
+        // runners, so that the grace period bounds it too: with Redis away the writer's queue
+        // fills, and a give-back waits for room.
+        let give_back = shared.clone();
+        runners.spawn(async move {
+            while let Ok(Fetched { delivery, claim }) = ready.try_recv() {
+                job::give_back(&give_back, delivery).await;
+                drop(claim);
+            }
+        });
 
         tracing::info!(running = busy.load(Ordering::Relaxed), grace = ?self.shutdown_grace, "shutting down: no new jobs are taken");
         let drained = tokio::time::timeout(self.shutdown_grace, async {
@@ -666,7 +674,9 @@ impl Worker {
             while runners.join_next().await.is_some() {}
         }
         stop.cancel();
-        while helpers.join_next().await.is_some() {}
+        // Promotion and renewal are periodic and atomic on the server: a call cut short
+        // changes nothing, and with Redis away it could take seconds to fail.
+        helpers.shutdown().await;
         drop(shared);
         // The writer ends once every sender is gone and its queue is stored. A task that kept
         // a clone of its context alive would hold it open: do not wait for ever.
@@ -681,17 +691,41 @@ impl Worker {
             abandon.cancel();
             writer.abort();
         }
-        if let Err(err) = broker.retire_consumer(&self.consumer, &self.queues).await {
-            tracing::warn!(error = %err, "could not remove this worker from the consumer groups");
+        match tokio::time::timeout(
+            FAREWELL,
+            broker.retire_consumer(&self.consumer, &self.queues),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "could not remove this worker from the consumer groups")
+            }
+            Err(_) => tracing::warn!(
+                "Redis did not answer within {FAREWELL:?}; this worker stays in the consumer groups until pruned"
+            ),
         }
         quiet.cancel();
-        match heartbeats.await {
-            Ok(mut beats) => {
-                if let Err(err) = beats.beat(true).await {
-                    tracing::warn!(error = %err, "could not store this worker's last counts and remove its heartbeat; it shows as not alive until forgotten an hour later");
+        let mut heartbeats = AbortOnDropHandle::new(heartbeats);
+        let last_beat = tokio::time::timeout(FAREWELL, async {
+            match (&mut heartbeats).await {
+                Ok(mut beats) => beats.beat(true).await,
+                Err(err) => {
+                    tracing::error!(error = %err, "the heartbeat task failed");
+                    Ok(())
                 }
             }
-            Err(err) => tracing::error!(error = %err, "the heartbeat task failed"),
+        })
+        .await;
+        if !matches!(last_beat, Ok(Ok(()))) {
+            let error = match last_beat {
+                Ok(Err(err)) => err.to_string(),
+                _ => format!("Redis did not answer within {FAREWELL:?}"),
+            };
+            tracing::warn!(
+                error,
+                "could not store this worker's last counts and remove its heartbeat; it shows as not alive until forgotten an hour later"
+            );
         }
         tracing::info!(consumer = %self.consumer, "worker stopped");
         Ok(())

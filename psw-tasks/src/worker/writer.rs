@@ -54,6 +54,10 @@ pub(crate) async fn run(
             writes.push(request.write);
             waiters.push(request.done);
         }
+        debug_assert!(
+            settles_each_delivery_once(&writes),
+            "a batch settles each delivery once (see broker::Write)"
+        );
         drop_superseded(&mut writes, &mut waiters);
         let applied = apply_in_chunks(&writer, &writes, &abandon).await;
         if let Some(applied) = &applied {
@@ -125,6 +129,20 @@ fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
         // Off the writer's path: a slow alert must not hold up settling other jobs.
         tokio::spawn(hook.call(job));
     }
+}
+
+/// Whether no delivery (entry and delivery count) is settled twice in `writes`: the brokers
+/// may reorder settlements of different deliveries, which is safe only then.
+fn settles_each_delivery_once(writes: &[Write]) -> bool {
+    let mut settled = HashSet::new();
+    writes.iter().all(|write| match write {
+        Write::Settle(settlement) => settled.insert((
+            &settlement.queue,
+            settlement.entry_id.as_str(),
+            settlement.deliveries,
+        )),
+        Write::Record { .. } => true,
+    })
 }
 
 /// Drop record writes (STARTED, PROGRESS) of jobs whose final record is in the same batch: the
