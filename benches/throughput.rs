@@ -184,11 +184,7 @@ impl Raw {
     }
 
     async fn info(&mut self, section: &str) -> String {
-        redis::cmd("INFO")
-            .arg(section)
-            .query_async(&mut self.conn)
-            .await
-            .unwrap()
+        info(&mut self.conn, section).await
     }
 
     async fn used_memory(&mut self) -> u64 {
@@ -210,10 +206,6 @@ impl Raw {
             .collect()
     }
 
-    async fn server_cpu_seconds(&mut self) -> f64 {
-        raw_cpu(&mut self.conn).await
-    }
-
     async fn xlen(&mut self, key: &str) -> u64 {
         redis::cmd("XLEN")
             .arg(key)
@@ -223,13 +215,17 @@ impl Raw {
     }
 }
 
-/// CPU seconds the server has used (user + system, all its threads).
-async fn raw_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
+async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(conn)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// CPU seconds the server has used (user + system, all its threads).
+async fn server_cpu_seconds(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info = info(conn, "cpu").await;
     ["used_cpu_user:", "used_cpu_sys:"]
         .iter()
         .map(|name| field(&info, name).parse::<f64>().unwrap_or(0.0))
@@ -498,7 +494,7 @@ async fn ceilings(raw: &mut Raw, ns: &TestNamespace) -> Ceilings {
         .query_async(conn)
         .await
         .unwrap();
-    let cpu_before = raw_cpu(conn).await;
+    let cpu_before = server_cpu_seconds(conn).await;
     let started = Instant::now();
     let mut read = 0u64;
     while read < total {
@@ -533,7 +529,7 @@ async fn ceilings(raw: &mut Raw, ns: &TestNamespace) -> Ceilings {
     }
     ceilings.bare_xreadgroup_100_xack = read as f64 / started.elapsed().as_secs_f64();
     ceilings.bare_xreadgroup_redis_cpu_us =
-        (raw_cpu(conn).await - cpu_before) * 1e6 / read.max(1) as f64;
+        (server_cpu_seconds(conn).await - cpu_before) * 1e6 / read.max(1) as f64;
     let _: () = redis::cmd("DEL").arg(&key).query_async(conn).await.unwrap();
     ceilings
 }
@@ -646,7 +642,7 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
 
     // Drain the filled queue with worker processes.
     let calls_before = raw.command_calls().await;
-    let redis_cpu_before = raw.server_cpu_seconds().await;
+    let redis_cpu_before = server_cpu_seconds(&mut raw.conn).await;
     let workers = Workers::start(&ns, args.workers, args.concurrency);
     let pids = workers.pids();
     let (elapsed, polls) = wait_drained(
@@ -660,7 +656,7 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
     let calls_after = raw.command_calls().await;
     let jobs = args.jobs as f64;
     report.drain.redis_cpu_us_per_job =
-        (raw.server_cpu_seconds().await - redis_cpu_before) * 1e6 / jobs;
+        (server_cpu_seconds(&mut raw.conn).await - redis_cpu_before) * 1e6 / jobs;
     report.drain.worker_cpu_us_per_job = pids
         .iter()
         .map(|&pid| process_cpu_seconds(pid))

@@ -92,9 +92,10 @@ return {'0-0', claimed, deleted}
 /// MessagePack; the bare acknowledgements, most of a drain with results off, come after
 /// ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
 /// Writing ops are applied first, in order, then the bare acknowledgements: records stay before
-/// their delivery's settlement, and a batch settles a delivery once (see `Write`). ARGV[7] is how many streams follow
-/// as (stream, first id, last id) triples: the range of each stream's entries in the batch,
-/// so that XPENDING reads what the consumer holds there, not all it holds.
+/// their delivery's settlement, and a batch settles a delivery once (see `Write`). ARGV[7] is
+/// how many streams follow as (stream, first id, last id) triples: the range of each stream's
+/// entries in the batch, so that XPENDING reads what the consumer holds there, not all it
+/// holds.
 /// Returns {indexes of fenced writing ops (from 0), dead letters trimmed, ids of the dead
 /// letters added, indexes of fenced bare acknowledgements (from 0)}.
 const SETTLE: &str = r"

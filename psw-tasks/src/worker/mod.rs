@@ -648,17 +648,17 @@ impl Worker {
         }
         stopping.cancel();
         drop(dispatch);
-        // Fetched but not started: give them back at once rather than let them wait out a
-        // lease behind long jobs (idle runners give back what they take too). Among the
-        // runners, so that the grace period bounds it too: with Redis away the writer's queue
-        // fills, and a give-back waits for room.
-        let give_back = shared.clone();
-        runners.spawn(async move {
-            while let Ok(Fetched { delivery, claim }) = ready.try_recv() {
-                job::give_back(&give_back, delivery).await;
-                drop(claim);
-            }
-        });
+        // Fetched but not started: given back at once rather than left to wait out a lease
+        // behind long jobs. Every runner gives back what it takes once stopping; one more
+        // runner makes sure that happens even when all the others are busy. Among the
+        // runners, the grace period bounds it too: with Redis away the writer's queue fills,
+        // and a give-back waits for room.
+        runners.spawn(runner(
+            shared.clone(),
+            ready,
+            stopping.clone(),
+            busy.clone(),
+        ));
 
         tracing::info!(running = busy.load(Ordering::Relaxed), grace = ?self.shutdown_grace, "shutting down: no new jobs are taken");
         let drained = tokio::time::timeout(self.shutdown_grace, async {
