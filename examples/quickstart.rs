@@ -3,8 +3,10 @@
 //! ```text
 //! cargo run -p psw-tasks-examples --example quickstart
 //! ```
-//! Uses `REDIS_URL` (default `redis://127.0.0.1:6379`), in the namespace `quickstart`.
+//! Uses the Redis at `REDIS_URL` when it is set (in the namespace `quickstart`), else the
+//! in-process broker, and says which on its first line.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use psw_tasks::{Client, Config, TaskContext, TaskError, Worker, task};
@@ -47,10 +49,35 @@ async fn word_count(ctx: TaskContext, lines: Vec<String>) -> Result<Counts, Task
 }
 
 #[tokio::main]
-async fn main() -> psw_tasks::Result<()> {
-    psw_tasks::cli::init_tracing();
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let client = Client::connect(&Config::redis(url).with_namespace("quickstart")).await?;
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The error and each of its causes, once.
+            let mut text = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(source) = cause {
+                text.push_str(&format!(": {source}"));
+                cause = source.source();
+            }
+            eprintln!("error: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> psw_tasks::Result<()> {
+    psw_tasks::cli::init_tracing()?;
+    let config = Config::from_env()?.with_namespace("quickstart");
+    if config.redis_url.is_some() {
+        println!("using the Redis at REDIS_URL, in the namespace `quickstart`");
+    } else {
+        println!(
+            "REDIS_URL is not set: using the in-process broker (jobs live in this process; set \
+             REDIS_URL=redis://127.0.0.1:6379 to run them on Redis)"
+        );
+    }
+    let client = Client::connect(&config).await?;
 
     let sum = add::enqueue(&client, 2, 40).await?;
     let counts = word_count::enqueue(

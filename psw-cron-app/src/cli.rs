@@ -68,7 +68,10 @@ pub enum AppCommand {
 /// Sentry starts before the async runtime, as its docs ask: every runtime thread's hub then
 /// inherits the client.
 pub fn main() -> ExitCode {
-    psw_tasks::cli::init_tracing();
+    if let Err(err) = psw_tasks::cli::init_tracing() {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let outcome = AppConfig::from_env()
         .map_err(anyhow::Error::from)
@@ -126,7 +129,7 @@ pub async fn run(config: AppConfig, command: Option<AppCommand>) -> Result<ExitC
         }
         Some(AppCommand::SeedDemo) => {
             let db = open(&config).await?;
-            let created = crate::holdings::seed_demo(&db, jobs::now_ms()).await?;
+            let created = crate::holdings::seed_demo(&db, crate::time::now_ms()).await?;
             println!(
                 "{}",
                 if created {
@@ -145,9 +148,14 @@ pub async fn run(config: AppConfig, command: Option<AppCommand>) -> Result<ExitC
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let db = open(&config).await?;
-            let import =
-                crate::holdings::import_holdings(&db, input, &portfolio, &currency, jobs::now_ms())
-                    .await?;
+            let import = crate::holdings::import_holdings(
+                &db,
+                input,
+                &portfolio,
+                &currency,
+                crate::time::now_ms(),
+            )
+            .await?;
             db.close().await;
             for error in &import.errors {
                 eprintln!("{}:{}: {}", file.display(), error.line, error.message);
@@ -186,7 +194,7 @@ pub async fn run(config: AppConfig, command: Option<AppCommand>) -> Result<ExitC
 async fn start(config: AppConfig, jobs: &Config) -> Result<(Arc<App>, bool)> {
     let db = open(&config).await?;
     let seeded = if config.database_is_default {
-        crate::holdings::seed_demo(&db, jobs::now_ms()).await?
+        crate::holdings::seed_demo(&db, crate::time::now_ms()).await?
     } else {
         false
     };
@@ -195,7 +203,7 @@ async fn start(config: AppConfig, jobs: &Config) -> Result<(Arc<App>, bool)> {
     let client = Client::connect(jobs).await?;
 
     let broker = match &jobs.redis_url {
-        Some(url) => format!("Redis at {}", crate::config::redact(url)),
+        Some(url) => format!("Redis at {}", crate::redact::url(url)),
         None => "the in-process broker (set REDIS_URL to share jobs between processes)".to_owned(),
     };
     tracing::info!(%broker, "broker");

@@ -8,10 +8,55 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono_tz::Tz;
-use psw_tasks::{Error, Result, parse_duration};
 
 use crate::notify::{EmailSettings, SmtpSecurity, TelegramSettings};
 use crate::providers::ProviderSettings;
+use crate::redact;
+
+/// A setting whose value has the wrong form: the variable, its value (secrets masked) and the
+/// form expected, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable} = {value:?}: expected {expected}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: String,
+    /// The value it holds, with any secret in it masked.
+    pub value: String,
+    /// The form expected.
+    pub expected: String,
+}
+
+impl ConfigError {
+    fn new(
+        variable: impl Into<String>,
+        value: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            variable: variable.into(),
+            value: value.into(),
+            expected: expected.into(),
+        }
+    }
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// A duration like `500ms`, `30s`, `5m`, `1h` or `1d`, or a whole number of seconds, not zero.
+fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
+    let parsed = match value.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(value),
+    };
+    match parsed {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(ConfigError::new(
+            variable,
+            value,
+            "a positive duration like `500ms`, `30s`, `5m`, `1h` or `1d`",
+        )),
+    }
+}
 
 /// Everything the jobs need to know besides the broker.
 #[derive(Debug, Clone)]
@@ -122,7 +167,7 @@ impl AppConfig {
             .or_else(|| get("CELERY_TIMEZONE").map(|zone| ("CELERY_TIMEZONE", zone)))
         {
             Some((name, zone)) => zone.parse::<Tz>().map_err(|_| {
-                Error::config(
+                ConfigError::new(
                     name,
                     &zone,
                     "an IANA time zone name like `UTC` or `Europe/Stockholm`",
@@ -139,14 +184,14 @@ impl AppConfig {
             None => None,
             Some(token) => {
                 let chat_id = get("TELEGRAM_CHAT_ID").ok_or_else(|| {
-                    Error::config(
+                    ConfigError::new(
                         "TELEGRAM_CHAT_ID",
                         "",
                         "the chat to send to (a number like -1001234567890, or @channelname) when TELEGRAM_BOT_TOKEN is set",
                     )
                 })?;
                 if !token.contains(':') {
-                    return Err(Error::config(
+                    return Err(ConfigError::new(
                         "TELEGRAM_BOT_TOKEN",
                         "***",
                         "a bot token as BotFather gives it: `<bot id>:<secret>`",
@@ -168,7 +213,7 @@ impl AppConfig {
                     Some((user.to_owned(), password.to_owned()))
                 }
                 _ => {
-                    return Err(Error::config(
+                    return Err(ConfigError::new(
                         "FLOWER_BASIC_AUTH",
                         "***",
                         "`user:password`, both non-empty",
@@ -184,7 +229,7 @@ impl AppConfig {
                 Some(value) => match value.parse::<f64>() {
                     Ok(rate) if (0.0..=1.0).contains(&rate) => rate,
                     _ => {
-                        return Err(Error::config(
+                        return Err(ConfigError::new(
                             "HEALTH_MAX_FAILURE_RATE",
                             value,
                             "a fraction from 0 to 1, like 0.5",
@@ -206,7 +251,7 @@ impl AppConfig {
                     Some((count, window))
                 });
                 parsed.ok_or_else(|| {
-                    Error::config(
+                    ConfigError::new(
                         "ALERT_RATE_LIMIT",
                         &value,
                         "`<count>/<window>`, like `10/1h`: at most that many alerts per window",
@@ -234,9 +279,9 @@ impl AppConfig {
                 Some(dsn) => match dsn.parse::<sentry::types::Dsn>() {
                     Ok(_) => Some(dsn),
                     Err(_) => {
-                        return Err(Error::config(
+                        return Err(ConfigError::new(
                             "SENTRY_DSN",
-                            redact(&dsn),
+                            redact::url(&dsn),
                             "a DSN like `https://<key>@<host>/<project>`",
                         ));
                     }
@@ -252,13 +297,8 @@ impl AppConfig {
 
     /// `DATABASE_URL` with any password masked, for logs.
     pub fn database_url_redacted(&self) -> String {
-        redact(&self.database_url)
+        redact::url(&self.database_url)
     }
-}
-
-/// `url` with its credentials masked, for logs and errors.
-pub fn redact(url: &str) -> String {
-    psw_tasks::redact_url(url)
 }
 
 fn database_url(url: &str) -> Result<String> {
@@ -275,9 +315,9 @@ fn database_url(url: &str) -> Result<String> {
     if url.starts_with("mysql://") || url.starts_with("sqlite:") {
         Ok(url)
     } else {
-        Err(Error::config(
+        Err(ConfigError::new(
             "DATABASE_URL",
-            redact(&url),
+            redact::url(&url),
             "a mysql://user:password@host:3306/database (or mariadb://) or sqlite://path/to/file.db URL",
         ))
     }
@@ -288,7 +328,11 @@ fn base_url(get: &impl Fn(&str) -> Option<String>, name: &str, default: &str) ->
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(url.trim_end_matches('/').to_owned())
     } else {
-        Err(Error::config(name, url, "an http:// or https:// base URL"))
+        Err(ConfigError::new(
+            name,
+            url,
+            "an http:// or https:// base URL",
+        ))
     }
 }
 
@@ -297,7 +341,7 @@ fn count(get: &impl Fn(&str) -> Option<String>, name: &str, default: u64) -> Res
         None => Ok(default),
         Some(value) => value
             .parse::<u64>()
-            .map_err(|_| Error::config(name, value, "a whole number")),
+            .map_err(|_| ConfigError::new(name, value, "a whole number")),
     }
 }
 
@@ -308,7 +352,7 @@ fn email_settings(get: &impl Fn(&str) -> Option<String>, host: String) -> Result
             .parse::<u16>()
             .ok()
             .filter(|port| *port > 0)
-            .ok_or_else(|| Error::config("EMAIL_SMTP_PORT", value, "a port number like 587"))?,
+            .ok_or_else(|| ConfigError::new("EMAIL_SMTP_PORT", value, "a port number like 587"))?,
     };
     let logs_in = get("EMAIL_SMTP_USER").is_some();
     let security = match get("EMAIL_SMTP_TLS").as_deref() {
@@ -323,7 +367,7 @@ fn email_settings(get: &impl Fn(&str) -> Option<String>, host: String) -> Result
         Some("tls") => SmtpSecurity::Tls,
         Some("none") => SmtpSecurity::None,
         Some(other) => {
-            return Err(Error::config(
+            return Err(ConfigError::new(
                 "EMAIL_SMTP_TLS",
                 other,
                 "`starttls`, `tls` or `none`",
@@ -334,14 +378,14 @@ fn email_settings(get: &impl Fn(&str) -> Option<String>, host: String) -> Result
         (Some(user), Some(password)) => Some((user, password)),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(Error::config(
+            return Err(ConfigError::new(
                 "EMAIL_SMTP_PASSWORD",
                 "",
                 "the SMTP password, since EMAIL_SMTP_USER is set",
             ));
         }
         (None, Some(_)) => {
-            return Err(Error::config(
+            return Err(ConfigError::new(
                 "EMAIL_SMTP_USER",
                 "",
                 "the SMTP user name, since EMAIL_SMTP_PASSWORD is set",
@@ -351,7 +395,7 @@ fn email_settings(get: &impl Fn(&str) -> Option<String>, host: String) -> Result
     let from = get("EMAIL_FROM")
         .or_else(|| credentials.as_ref().map(|(user, _)| user.clone()))
         .ok_or_else(|| {
-            Error::config(
+            ConfigError::new(
                 "EMAIL_FROM",
                 "",
                 "the sender address, like `PSW5 <cron@example.com>` (needed when EMAIL_SMTP_HOST is set)",
@@ -366,7 +410,7 @@ fn email_settings(get: &impl Fn(&str) -> Option<String>, host: String) -> Result
         })
         .unwrap_or_default();
     if to.is_empty() {
-        return Err(Error::config(
+        return Err(ConfigError::new(
             "EMAIL_TO",
             "",
             "the recipients, comma-separated (needed when EMAIL_SMTP_HOST is set)",

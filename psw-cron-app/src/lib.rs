@@ -13,4 +13,6 @@ pub mod jobs;
 pub mod money;
 pub mod notify;
 pub mod providers;
+pub mod redact;
 pub mod report;
+pub mod time;

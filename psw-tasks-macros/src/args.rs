@@ -7,6 +7,8 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Error, Expr, Lit, LitStr, MetaNameValue, Token};
 
+use crate::rules::{self, Misfire, NameProblem};
+
 /// Every option `#[task]` accepts, in the order the "unknown option" message lists them.
 const OPTIONS: &[&str] = &[
     "name",
@@ -59,24 +61,16 @@ pub(crate) enum Timing {
     Every(Duration),
 }
 
-/// The `misfire = ".."` policies, mirroring the runtime's `Misfire`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Misfire {
-    Skip,
-    Coalesce,
-    Backfill(u32),
-}
-
 impl Default for Args {
     fn default() -> Self {
         Args {
             name: None,
-            queue: "default".to_owned(),
-            retries: 3,
+            queue: rules::DEFAULT_QUEUE.to_owned(),
+            retries: rules::DEFAULT_RETRIES,
             backoff: Backoff::Exponential,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60 * 60),
-            jitter: true,
+            backoff_base: Duration::from_millis(rules::DEFAULT_BACKOFF_BASE_MS),
+            backoff_max: Duration::from_millis(rules::DEFAULT_BACKOFF_MAX_MS),
+            jitter: rules::DEFAULT_JITTER,
             ignore_result: false,
             timeout: None,
             schedule: None,
@@ -188,7 +182,7 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
             )),
             "schedule" => string(value, "schedule", "*/15 * * * *").and_then(|lit| {
                 let expression = lit.value();
-                check_cron(&expression).map_err(|reason| {
+                rules::parse_cron(&expression).map_err(|reason| {
                     Error::new_spanned(lit, format!("invalid schedule {expression:?}: {reason}"))
                 })?;
                 timing = Some((Timing::Cron(expression), value));
@@ -207,13 +201,10 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
             }),
             "tz" => string(value, "tz", "Europe/Stockholm").and_then(|lit| {
                 let zone = lit.value();
-                if zone.parse::<chrono_tz::Tz>().is_err() {
+                if let Err(reason) = rules::parse_zone(&zone) {
                     return Err(Error::new_spanned(
                         lit,
-                        format!(
-                            "invalid schedule {zone:?}: not a time zone; expected an IANA name \
-                             like `Europe/Stockholm` or `UTC`"
-                        ),
+                        format!("invalid schedule {zone:?}: {reason}"),
                     ));
                 }
                 tz = Some((zone, value));
@@ -261,8 +252,8 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
             }
             args.schedule = Some(Schedule {
                 timing,
-                tz: tz.map_or_else(|| "UTC".to_owned(), |(zone, _)| zone),
-                misfire: misfire.map_or(Misfire::Coalesce, |(misfire, _)| misfire),
+                tz: tz.map_or_else(|| rules::DEFAULT_ZONE.to_owned(), |(zone, _)| zone),
+                misfire: misfire.map_or(Misfire::default(), |(misfire, _)| misfire),
                 overlap: overlap.is_none_or(|(allowed, _)| allowed),
             });
         }
@@ -290,96 +281,8 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
 /// `skip`, `coalesce` or `backfill(N)`, in the runtime's wording.
 fn parse_misfire(lit: &LitStr) -> syn::Result<Misfire> {
     let text = lit.value();
-    let backfill = text
-        .strip_prefix("backfill(")
-        .and_then(|rest| rest.strip_suffix(')'))
-        .map(|n| n.trim().parse::<u32>());
-    match (text.as_str(), backfill) {
-        ("skip", _) => Ok(Misfire::Skip),
-        ("coalesce", _) => Ok(Misfire::Coalesce),
-        (_, Some(Ok(n))) if (1..=1000).contains(&n) => Ok(Misfire::Backfill(n)),
-        _ => Err(Error::new_spanned(
-            lit,
-            format!(
-                "invalid schedule {text:?}: expected `skip`, `coalesce` or `backfill(N)` with N \
-                 from 1 to 1000"
-            ),
-        )),
-    }
-}
-
-/// The field names of 5- and 6-field expressions, with what each accepts.
-const FIELDS: [(&str, &str); 6] = [
-    ("second", "0-59"),
-    ("minute", "0-59"),
-    ("hour", "0-23"),
-    ("day-of-month", "1-31, L or W"),
-    ("month", "1-12 or JAN-DEC"),
-    ("day-of-week", "0-7 or SUN-SAT, with # or L"),
-];
-
-/// Check a cron expression as `psw_tasks::Schedule::cron` does at run time (same croner
-/// settings, same wording: a proc-macro crate cannot share the runtime's code).
-fn check_cron(text: &str) -> Result<(), String> {
-    use croner::parser::{CronParser, Seconds, Year};
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let nickname = fields.len() == 1 && fields[0].starts_with('@');
-    if !nickname && !(5..=6).contains(&fields.len()) {
-        return Err(format!(
-            "expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds \
-             first, found {}",
-            fields.len()
-        ));
-    }
-    let parser = CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build();
-    let cron = parser.parse(text).map_err(|err| {
-        let names = &FIELDS[6 - fields.len().max(5)..];
-        let culprit = (0..fields.len()).find(|&i| {
-            let probe: Vec<&str> = (0..fields.len())
-                .map(|j| if i == j { fields[j] } else { "*" })
-                .collect();
-            parser.parse(&probe.join(" ")).is_err()
-        });
-        match culprit.filter(|_| !nickname) {
-            Some(i) => format!(
-                "{} field `{}`: {}; expected {}",
-                names[i].0,
-                fields[i],
-                cron_reason(&err),
-                names[i].1
-            ),
-            None => cron_reason(&err),
-        }
-    })?;
-    let reference = chrono::DateTime::<chrono::Utc>::from_timestamp(946_684_800, 0);
-    if reference.is_none_or(|at| cron.find_next_occurrence(&at, false).is_err()) {
-        return Err("it never fires: no date matches it".to_owned());
-    }
-    Ok(())
-}
-
-/// croner's message without its prefix, capital and period.
-fn cron_reason(err: &croner::errors::CronError) -> String {
-    use croner::errors::CronError;
-    let text = match err {
-        CronError::IllegalCharacters(text) => {
-            return match text.split('\'').nth(1) {
-                Some(character) => format!("illegal character `{character}`"),
-                None => "illegal character".to_owned(),
-            };
-        }
-        CronError::ComponentError(text) | CronError::InvalidPattern(text) => text.clone(),
-        other => other.to_string(),
-    };
-    let text = text.trim_end_matches('.');
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => "not a cron expression".to_owned(),
-    }
+    rules::parse_misfire(&text)
+        .map_err(|reason| Error::new_spanned(lit, format!("invalid schedule {text:?}: {reason}")))
 }
 
 /// The one place that words a repeated option, so every option says it the same way.
@@ -474,21 +377,28 @@ fn retries(value: &Expr) -> syn::Result<u32> {
     }
 }
 
+/// A queue name is part of Redis keys: the runtime's rule for key-safe names, worded for the
+/// option.
 fn queue(lit: &LitStr) -> syn::Result<String> {
     let queue = lit.value();
-    if queue.is_empty() {
-        return Err(Error::new_spanned(
-            lit,
-            "`queue` must not be empty; leave it out to use \"default\"",
-        ));
-    }
-    if queue.chars().any(char::is_whitespace) {
-        return Err(Error::new_spanned(
-            lit,
-            "`queue` must not contain whitespace, like `queue = \"emails\"`",
-        ));
-    }
-    Ok(queue)
+    let problem = match rules::check_name(&queue) {
+        Ok(()) => return Ok(queue),
+        Err(problem) => problem,
+    };
+    let message = match problem {
+        NameProblem::Empty => {
+            "`queue` must not be empty; leave it out to use \"default\"".to_owned()
+        }
+        NameProblem::Whitespace => {
+            "`queue` must not contain whitespace, like `queue = \"emails\"`".to_owned()
+        }
+        NameProblem::TooLong => "`queue` must be at most 200 characters".to_owned(),
+        NameProblem::Reserved(c) => format!(
+            "`queue` must not contain `{c}`: queue names become part of Redis keys, where `:` \
+             separates parts and braces make the hash tag"
+        ),
+    };
+    Err(Error::new_spanned(lit, message))
 }
 
 fn backoff(lit: &LitStr) -> syn::Result<Backoff> {
@@ -710,6 +620,16 @@ mod tests {
             (
                 r#"queue = "high prio""#,
                 "`queue` must not contain whitespace, like `queue = \"emails\"`",
+            ),
+            (
+                r#"queue = "mail:high""#,
+                "`queue` must not contain `:`: queue names become part of Redis keys, where `:` \
+                 separates parts and braces make the hash tag",
+            ),
+            (
+                r#"queue = "{mail}""#,
+                "`queue` must not contain `{`: queue names become part of Redis keys, where `:` \
+                 separates parts and braces make the hash tag",
             ),
             (
                 "backoff = 2",

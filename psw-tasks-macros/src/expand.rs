@@ -10,6 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Error, FnArg, Ident, Item, ItemFn, Pat, PatIdent, ReturnType, Type};
 
 use crate::args::{self, Args, Errors};
+use crate::rules::Misfire;
 
 /// One wording for every way a signature can be generic.
 const GENERIC: &str = "tasks cannot be generic: their arguments must have one concrete wire type";
@@ -382,9 +383,9 @@ fn declared_schedule(schedule: &args::Schedule) -> TokenStream {
     };
     let tz = &schedule.tz;
     let misfire = match schedule.misfire {
-        args::Misfire::Skip => quote!(::psw_tasks::__private::Misfire::Skip),
-        args::Misfire::Coalesce => quote!(::psw_tasks::__private::Misfire::Coalesce),
-        args::Misfire::Backfill(n) => {
+        Misfire::Skip => quote!(::psw_tasks::__private::Misfire::Skip),
+        Misfire::Coalesce => quote!(::psw_tasks::__private::Misfire::Coalesce),
+        Misfire::Backfill(n) => {
             let n = Literal::u32_suffixed(n);
             quote!(::psw_tasks::__private::Misfire::Backfill(#n))
         }

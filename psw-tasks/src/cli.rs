@@ -10,14 +10,18 @@
 //! ```
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::{Client, EnqueueOptions};
+use crate::config::Config;
 use crate::config::parse_duration;
-use crate::{
-    Client, Config, EnqueueOptions, Error, Registry, Result, Scheduler, Worker, WorkerBuilder,
-};
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::scheduler::Scheduler;
+use crate::worker::{Worker, WorkerBuilder};
 
 /// Command-line interface of a psw-tasks binary.
 #[derive(Debug, Parser)]
@@ -127,7 +131,10 @@ pub enum DlqAction {
 
 /// Parse the process arguments, run the command, and report errors on stderr.
 pub async fn main() -> ExitCode {
-    init_tracing();
+    if let Err(err) = init_tracing() {
+        eprintln!("error: {}", crate::error::chain(&err));
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,14 +157,32 @@ where
     run(cli.command).await
 }
 
-/// Log to stderr, filtered by `RUST_LOG` (default `info`). Does nothing if a subscriber is set.
-pub fn init_tracing() {
+/// Log to stderr, filtered by `RUST_LOG` (default `info`): as text, in colour only on a terminal
+/// (and never with `NO_COLOR` set), or with `PSW_LOG_FORMAT=json` as one JSON object per line,
+/// for log collectors. Does nothing if a subscriber is set already. A `PSW_LOG_FORMAT` of
+/// another form is an error that names it; logs then go out as text.
+pub fn init_tracing() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let format = std::env::var("PSW_LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    match format.trim() {
+        "json" => {
+            let _ = builder.json().try_init();
+            Ok(())
+        }
+        "" | "text" => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let _ = builder.with_ansi(colour).try_init();
+            Ok(())
+        }
+        other => {
+            let _ = builder.with_ansi(false).try_init();
+            Err(Error::config("PSW_LOG_FORMAT", other, "`text` or `json`"))
+        }
+    }
 }
 
 /// Run one command with the configuration from the environment.
@@ -268,7 +293,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             let signal = tokio::spawn({
                 let stop = stop.clone();
                 async move {
-                    crate::worker::shutdown_signal().await;
+                    crate::process::shutdown_signal().await;
                     stop.cancel();
                 }
             });
@@ -299,7 +324,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
         Command::Schedules => {
             let client = Client::connect(&config).await?;
             let listings =
-                crate::scheduler::listings(&client, crate::envelope::now_ms(), 5).await?;
+                crate::scheduler::listing::listings(&client, crate::envelope::now_ms(), 5).await?;
             print!("{}", schedule_table(&listings));
             Ok(())
         }
@@ -549,7 +574,7 @@ fn aligned<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
 }
 
 /// The schedules as an aligned table, each row followed by its next fire times.
-fn schedule_table(listings: &[crate::scheduler::Listing]) -> String {
+fn schedule_table(listings: &[crate::scheduler::listing::Listing]) -> String {
     let mut rows = vec![[
         "NAME".to_owned(),
         "TASK".to_owned(),

@@ -10,14 +10,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-use crate::backend::{JobRecord, State};
-use crate::broker::keys::validate_name;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, NewJob};
-use crate::envelope::{Envelope, JobId, VERSION, now_ms};
-use crate::registry::Registry;
-use crate::{Config, Error, Result};
+use crate::config::Config;
+use crate::dead::DeadLetters;
+use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
+use crate::error::{Error, Result};
+use crate::keys::{Keys, validate_name};
+use crate::record::{JobRecord, State};
+use crate::registry::{Duplicate, Registry};
+use crate::stats::ClusterStats;
 
 /// A connection to the broker, cheap to clone: enqueue jobs, read their records, run workers.
 #[derive(Clone)]
@@ -28,8 +31,9 @@ pub struct Client {
 struct Inner {
     broker: Arc<dyn Broker>,
     config: Config,
-    /// The tasks linked into this binary, to find the queue of a task enqueued by name.
-    registry: Option<Registry>,
+    /// The tasks linked into this binary, to find the queue of a task enqueued by name; two
+    /// tasks of one name are reported by every call that needs it.
+    registry: std::result::Result<Registry, Duplicate>,
 }
 
 impl fmt::Debug for Client {
@@ -42,8 +46,10 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connect as configured: to Redis when `config.redis_url` is set, else in process.
+    /// Connect as configured: to Redis when `config.redis_url` is set, else in process. Two
+    /// `#[task]`s with one wire name in this binary are an error here already.
     pub async fn connect(config: &Config) -> Result<Client> {
+        let registry = Registry::linked().map_err(|duplicate| duplicate.error())?;
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(
                 RedisBroker::connect(
@@ -56,7 +62,7 @@ impl Client {
                 .with_dead_letter_cap(config.dead_letter_cap),
             ),
             None => {
-                crate::broker::keys::Keys::new(&config.namespace)?;
+                Keys::new(&config.namespace)?;
                 Arc::new(MemoryBroker::new().with_dead_letter_cap(config.dead_letter_cap))
             }
         };
@@ -64,7 +70,7 @@ impl Client {
             inner: Arc::new(Inner {
                 broker,
                 config: config.clone(),
-                registry: Registry::from_linked().ok(),
+                registry: Ok(registry),
             }),
         })
     }
@@ -74,13 +80,14 @@ impl Client {
         Client::connect(&Config::redis(url)).await
     }
 
-    /// An in-process broker: jobs live in this process only, and workers must run in it.
+    /// An in-process broker: jobs live in this process only, and workers must run in it. Two
+    /// `#[task]`s with one wire name are reported by enqueueing by name and by building a worker.
     pub fn memory() -> Client {
         Client {
             inner: Arc::new(Inner {
                 broker: Arc::new(MemoryBroker::new()),
                 config: Config::default(),
-                registry: Registry::from_linked().ok(),
+                registry: Registry::linked(),
             }),
         }
     }
@@ -103,7 +110,7 @@ impl Client {
         args: &impl Serialize,
         options: EnqueueOptions,
     ) -> Result<TaskHandle<O>> {
-        self.enqueue_typed(task, self.queue_of(task), args, options)
+        self.enqueue_typed(task, self.queue_of(task)?, args, options)
             .await
     }
 
@@ -123,7 +130,7 @@ impl Client {
                 "no fixed id when enqueueing many jobs: each job needs its own",
             ));
         }
-        let queue = self.queue_of(task);
+        let queue = self.queue_of(task)?;
         let mut handles = Vec::new();
         let mut chunk = Vec::with_capacity(BULK_CHUNK);
         // One chunk travels while the next is encoded; a chunk leaves only once the one before
@@ -152,12 +159,25 @@ impl Client {
     }
 
     /// The queue of a task linked into this binary, else `default`.
-    fn queue_of(&self, task: &str) -> &'static str {
-        self.inner
-            .registry
-            .as_ref()
-            .and_then(|registry| registry.get(task))
-            .map_or("default", |descriptor| descriptor.options().queue)
+    fn queue_of(&self, task: &str) -> Result<&'static str> {
+        let registry = self.inner.registry.as_ref().map_err(Duplicate::error)?;
+        Ok(registry
+            .get(task)
+            .map_or(crate::rules::DEFAULT_QUEUE, |descriptor| {
+                descriptor.options().queue
+            }))
+    }
+
+    /// A snapshot of the namespace: live and recently seen workers, what each queue holds,
+    /// each task's outcomes over the last `window` (at most a day) and the dead-letter queue.
+    /// Like Celery's `inspect().stats()` or BullMQ's `getJobCounts`; a handful of round trips.
+    pub async fn stats(&self, window: Duration) -> Result<ClusterStats> {
+        crate::stats::collect(self.broker().as_ref(), window, now_ms()).await
+    }
+
+    /// The namespace's dead-letter queue.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.inner.broker.clone())
     }
 
     pub(crate) async fn enqueue_typed<O>(
@@ -183,6 +203,21 @@ impl Client {
     ) -> Result<(JobId, NewJob)> {
         let queue = options.queue.as_deref().unwrap_or(default_queue).to_owned();
         validate_name("queue", &queue)?;
+        if let Some(name) = options
+            .headers
+            .keys()
+            .find(|name| name.starts_with(RESERVED_HEADER_PREFIX))
+        {
+            return Err(Error::config(
+                "EnqueueOptions::header",
+                name.as_str(),
+                "a header name that does not start with `psw-`, which psw-tasks keeps for its own",
+            ));
+        }
+        let mut headers = options.headers.clone();
+        for (header, value) in &options.system_headers {
+            headers.insert(header.as_str().to_owned(), value.clone());
+        }
         let created_ms = now_ms();
         let eta_ms = match (options.eta, options.countdown) {
             (Some(eta), _) => Some(
@@ -203,7 +238,7 @@ impl Client {
             retries: options.retries,
             created_ms,
             eta_ms,
-            headers: options.headers.clone(),
+            headers,
             errors: Vec::new(),
         };
         let payload = envelope.encode()?;
@@ -251,6 +286,8 @@ pub struct EnqueueOptions {
     queue: Option<String>,
     retries: Option<u32>,
     headers: BTreeMap<String, String>,
+    /// Headers of psw-tasks itself (a scheduled job's slot), which producers cannot set.
+    system_headers: Vec<(SystemHeader, String)>,
     id: Option<JobId>,
 }
 
@@ -284,9 +321,16 @@ impl EnqueueOptions {
         self
     }
 
-    /// Attach a header, readable by the task through `TaskContext::headers`.
+    /// Attach a header, readable by the task through `TaskContext::headers`. Names starting
+    /// with `psw-` are psw-tasks' own: enqueueing with one is refused.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Attach a header of psw-tasks' own.
+    pub(crate) fn system_header(mut self, header: SystemHeader, value: String) -> Self {
+        self.system_headers.push((header, value));
         self
     }
 
@@ -394,5 +438,66 @@ async fn announced(events: &mut broadcast::Receiver<Arc<str>>, id: &str) {
             Err(broadcast::error::RecvError::Lagged(_)) => return,
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn headers_of_the_system_cannot_be_set_by_a_producer() {
+        let client = Client::memory();
+        let forged = EnqueueOptions::new().header("psw-slot-ms", "1764403200000");
+        let err = client
+            .enqueue_by_name::<()>("reports.daily", &(), forged)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: EnqueueOptions::header = \"psw-slot-ms\": expected a header \
+             name that does not start with `psw-`, which psw-tasks keeps for its own"
+        );
+        let own = EnqueueOptions::new().header("trace", "abc");
+        client
+            .enqueue_by_name::<()>("reports.daily", &(), own)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_tasks_of_one_name_are_reported_not_dropped() {
+        fn never(_: crate::task::TaskContext, _: &[u8]) -> crate::registry::HandlerFuture {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        static A: crate::registry::TaskDescriptor = crate::registry::TaskDescriptor::new(
+            "dup",
+            crate::task::TaskOptions::DEFAULT,
+            never,
+            "a.rs",
+            1,
+        );
+        static B: crate::registry::TaskDescriptor = crate::registry::TaskDescriptor::new(
+            "dup",
+            crate::task::TaskOptions::DEFAULT,
+            never,
+            "b.rs",
+            2,
+        );
+        let client = Client {
+            inner: Arc::new(Inner {
+                broker: Arc::new(MemoryBroker::new()),
+                config: Config::default(),
+                registry: Registry::from_descriptors([&A, &B]),
+            }),
+        };
+        let err = client
+            .enqueue_by_name::<()>("dup", &(), EnqueueOptions::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::DuplicateTask { name, .. } if name == "dup"),
+            "{err}"
+        );
     }
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::broker::keys::validate_name;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::keys::validate_name;
 
 /// Dead letters kept unless `PSW_DLQ_MAX_LEN` says otherwise.
 pub(crate) const DEFAULT_DEAD_LETTER_CAP: u64 = 100_000;
@@ -237,7 +237,7 @@ impl Config {
 
 /// `url` with its credentials replaced by `***`, for error messages and logs. The last `@`
 /// ends them, since a password may hold one.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
@@ -278,7 +278,7 @@ fn same_redis(a: &str, b: &str) -> bool {
 }
 
 /// A duration like `500ms`, `30s`, `5m`, `1h` or `1d`, or a whole number of seconds.
-pub fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
+pub(crate) fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
     let parsed = match value.parse::<u64>() {
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
         Err(_) => humantime::parse_duration(value),

@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::AttemptError;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::record::AttemptError;
+use crate::wire::wire_enum;
 
 /// The envelope version this build writes; it reads every version up to this one.
 pub(crate) const VERSION: u32 = 1;
@@ -115,6 +116,47 @@ impl fmt::Display for UnsupportedVersion {
 }
 
 impl std::error::Error for UnsupportedVersion {}
+
+/// The prefix of the headers psw-tasks sets itself; producers may not set headers with it.
+pub(crate) const RESERVED_HEADER_PREFIX: &str = "psw-";
+
+wire_enum! {
+    /// The headers psw-tasks sets on a job (documented in `docs/protocol.md`): a task can trust
+    /// them, since no producer of this crate can set a header with the `psw-` prefix.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum SystemHeader {
+        /// The schedule that fired the job.
+        Schedule => "psw-schedule",
+        /// The slot the beat fired the job for, in ms since the Unix epoch.
+        SlotMs => "psw-slot-ms",
+        /// Whether the beat fired the slot more than its grace period late (`true`/`false`).
+        Late => "psw-late",
+        /// For a coalesced late run: the earliest slot it stands for, in ms.
+        MissedFromMs => "psw-missed-from-ms",
+        /// How often a job of a task unknown to its workers was put back (a deploy in progress).
+        UnknownTaskTries => "psw-unknown-task-tries",
+    }
+}
+
+impl SystemHeader {
+    /// Whether a replayed dead letter starts this header afresh: counters of what happened to
+    /// the job start over, what the job stands for (its schedule and slot) stays.
+    pub(crate) fn resets_on_replay(self) -> bool {
+        matches!(self, SystemHeader::UnknownTaskTries)
+    }
+}
+
+impl Envelope {
+    /// The value of a system header.
+    pub(crate) fn header(&self, header: SystemHeader) -> Option<&str> {
+        self.headers.get(header.as_str()).map(String::as_str)
+    }
+
+    /// Set a system header.
+    pub(crate) fn set_header(&mut self, header: SystemHeader, value: String) {
+        self.headers.insert(header.as_str().to_owned(), value);
+    }
+}
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp on the wire.
 pub(crate) fn now_ms() -> i64 {

@@ -1,5 +1,6 @@
 //! The crate's one public error type and its `Result` alias.
 
+use std::fmt;
 use std::time::Duration;
 
 /// Everything that can go wrong when talking to psw-tasks from the outside.
@@ -11,7 +12,26 @@ use std::time::Duration;
 pub enum Error {
     /// Redis refused or dropped a command.
     #[error("redis command failed")]
-    Redis(#[source] redis::RedisError),
+    Redis(#[source] RedisError),
+
+    /// Redis could not be reached when connecting (or refused the login).
+    #[error("cannot connect to Redis at {address} (from {variable}; {advice})")]
+    Connect {
+        /// The variable the URL came from, like `REDIS_URL`.
+        variable: &'static str,
+        /// The URL that was tried, without its password.
+        address: String,
+        /// What to do about it.
+        advice: &'static str,
+        /// Why it failed.
+        #[source]
+        source: RedisError,
+    },
+
+    /// The consumer group of a queue is missing: Redis lost its data (it restarted without
+    /// persistence, or the keys were deleted). Workers recreate the groups when they see it.
+    #[error("the consumer group of a queue is missing (did Redis restart without its data?)")]
+    GroupMissing,
 
     /// An environment variable or option holds a value of the wrong form.
     #[error("invalid configuration: {variable} = {value:?}: expected {expected}")]
@@ -35,21 +55,25 @@ pub enum Error {
         limit: usize,
     },
 
-    /// Arguments or a result could not be encoded or decoded.
-    #[error("could not {action} {what}")]
-    Codec {
-        /// `encode` or `decode`.
-        action: &'static str,
-        /// What was being handled (`arguments of task x`, `job record`, ...).
+    /// Arguments, a record or another value could not be encoded.
+    #[error("could not encode {what}")]
+    Encode {
+        /// What was being encoded (`arguments of task x`, `job record`, ...).
         what: String,
         /// The serializer's message.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    /// No task of that name is registered in this process.
-    #[error("no task named `{0}` is registered in this binary")]
-    UnknownTask(String),
+    /// Bytes read back (a record, an envelope, a result) could not be decoded.
+    #[error("could not decode {what}")]
+    Decode {
+        /// What was being decoded (`job envelope`, `result of job x`, ...).
+        what: String,
+        /// The deserializer's message.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     /// Two `#[task]` functions claim one wire name.
     #[error("task name `{name}` is registered twice: at {first} and at {second}")]
@@ -120,15 +144,35 @@ pub enum Error {
     },
 }
 
-impl From<redis::RedisError> for Error {
-    fn from(err: redis::RedisError) -> Self {
-        Error::Redis(err)
+/// What Redis or the connection to it reported. Opaque, so that the redis crate is not part of
+/// this crate's API: its text says what happened.
+pub struct RedisError(redis::RedisError);
+
+impl fmt::Debug for RedisError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for RedisError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for RedisError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The text above is the redis error's own: its cause comes next, not itself again. The
+        // redis crate writes some causes (I/O errors) into its own text too: those are not
+        // repeated either.
+        let cause = std::error::Error::source(&self.0)?;
+        (!self.0.to_string().contains(&cause.to_string())).then_some(cause)
     }
 }
 
 impl Error {
     /// An [`Error::Config`]: `variable` holds `value`, which is not of the `expected` form.
-    pub fn config(
+    pub(crate) fn config(
         variable: impl Into<String>,
         value: impl Into<String>,
         expected: impl Into<String>,
@@ -137,6 +181,32 @@ impl Error {
             variable: variable.into(),
             value: value.into(),
             expected: expected.into(),
+        }
+    }
+
+    /// A failed Redis command; a missing consumer group gets its own variant, so that the
+    /// worker recovers by type, not by reading the message.
+    pub(crate) fn redis(err: redis::RedisError) -> Self {
+        if err.code() == Some("NOGROUP") {
+            return Error::GroupMissing;
+        }
+        Error::Redis(RedisError(err))
+    }
+
+    /// Connecting to the Redis at `address` (already redacted) from `variable` failed.
+    pub(crate) fn connect(variable: &'static str, address: String, err: redis::RedisError) -> Self {
+        let advice = if err.kind() == redis::ErrorKind::AuthenticationFailed {
+            "check the user and password in the URL"
+        } else if err.is_connection_refusal() || err.is_timeout() || err.is_io_error() {
+            "is Redis running there? start one with `redis-server`, or point the variable at yours"
+        } else {
+            "check the URL and the server"
+        };
+        Error::Connect {
+            variable,
+            address,
+            advice,
+            source: RedisError(err),
         }
     }
 
@@ -151,8 +221,7 @@ impl Error {
         what: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Codec {
-            action: "encode",
+        Error::Encode {
             what: what.into(),
             source: Box::new(source),
         }
@@ -162,8 +231,7 @@ impl Error {
         what: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error::Codec {
-            action: "decode",
+        Error::Decode {
             what: what.into(),
             source: Box::new(source),
         }
@@ -185,3 +253,23 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_variable_the_address_and_what_to_do() {
+        let err = Error::connect("REDIS_URL", "redis://127.0.0.1:6379".into(), refused());
+        assert_eq!(
+            chain(&err),
+            "cannot connect to Redis at redis://127.0.0.1:6379 (from REDIS_URL; is Redis running \
+             there? start one with `redis-server`, or point the variable at yours): connection \
+             refused"
+        );
+    }
+}

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::scheduler::DeclaredSchedule;
+use crate::error::{Error, Result};
+use crate::schedule::DeclaredSchedule;
 use crate::task::{TaskContext, TaskError, TaskOptions};
-use crate::{Error, Result};
 
 /// The future a type-erased handler returns: the encoded result, or the attempt's error.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
@@ -77,6 +77,24 @@ impl TaskDescriptor {
 
 inventory::collect!(TaskDescriptor);
 
+/// Two `#[task]` functions with one wire name: what [`Error::DuplicateTask`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Duplicate {
+    name: &'static str,
+    first: String,
+    second: String,
+}
+
+impl Duplicate {
+    pub(crate) fn error(&self) -> Error {
+        Error::DuplicateTask {
+            name: self.name.to_owned(),
+            first: self.first.clone(),
+            second: self.second.clone(),
+        }
+    }
+}
+
 /// The tasks linked into this binary, by wire name.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -89,25 +107,27 @@ impl Registry {
     /// Collect every `#[task]` linked into the binary; two tasks with one name are an error
     /// that names both definitions.
     pub fn from_linked() -> Result<Self> {
+        Self::linked().map_err(|duplicate| duplicate.error())
+    }
+
+    /// [`Registry::from_linked`], keeping a duplicate as a value that can be reported again.
+    pub(crate) fn linked() -> std::result::Result<Self, Duplicate> {
         Self::from_descriptors(inventory::iter::<TaskDescriptor>)
     }
 
     pub(crate) fn from_descriptors(
         descriptors: impl IntoIterator<Item = &'static TaskDescriptor>,
-    ) -> Result<Self> {
+    ) -> std::result::Result<Self, Duplicate> {
         let mut tasks = BTreeMap::new();
         for descriptor in descriptors {
             if let Some(first) = tasks.insert(descriptor.name, descriptor) {
-                let (a, b) = {
-                    let mut places = [first.location(), descriptor.location()];
-                    places.sort();
-                    let [a, b] = places;
-                    (a, b)
-                };
-                return Err(Error::DuplicateTask {
-                    name: descriptor.name.to_owned(),
-                    first: a,
-                    second: b,
+                let mut places = [first.location(), descriptor.location()];
+                places.sort();
+                let [first, second] = places;
+                return Err(Duplicate {
+                    name: descriptor.name,
+                    first,
+                    second,
                 });
             }
         }
@@ -163,7 +183,9 @@ mod tests {
 
     #[test]
     fn duplicate_names_name_both_places() {
-        let err = Registry::from_descriptors([&A, &C, &B]).unwrap_err();
+        let err = Registry::from_descriptors([&A, &C, &B])
+            .unwrap_err()
+            .error();
         assert_eq!(
             err.to_string(),
             "task name `dup` is registered twice: at a.rs:1 and at b.rs:7"

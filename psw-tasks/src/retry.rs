@@ -1,8 +1,56 @@
-//! Backoff and retry decisions: pure functions, no IO, no clock.
+//! Retry policies and decisions: how delays grow ([`Backoff`]), whether a failure may be
+//! retried ([`Retry`]), and what to do after a failed attempt. Pure: no IO, no clock; the
+//! random part of the jitter is passed in.
 
 use std::time::Duration;
 
-use crate::task::{Backoff, BackoffKind, Retry};
+/// How the delay between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackoffKind {
+    /// `base * 2^attempt`, capped at `max`.
+    Exponential,
+    /// `base * (attempt + 1)`, capped at `max`.
+    Linear,
+    /// Always `base`.
+    Fixed,
+    /// Retry at once.
+    None,
+}
+
+impl BackoffKind {
+    /// The spelling used by `#[task(backoff = "..")]` and in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackoffKind::Exponential => "exp",
+            BackoffKind::Linear => "linear",
+            BackoffKind::Fixed => "fixed",
+            BackoffKind::None => "none",
+        }
+    }
+}
+
+/// The retry delay policy of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Growth curve.
+    pub kind: BackoffKind,
+    /// First delay.
+    pub base: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+    /// Whether each delay is shortened by a random part of up to a quarter, so that jobs that
+    /// failed together do not retry together.
+    pub jitter: bool,
+}
+
+/// Whether a failed attempt may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Retried after the backoff while retries remain.
+    Allowed,
+    /// Never retried: the job fails at once.
+    Never,
+}
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,30 +1,19 @@
-//! Cluster statistics from [`Client::stats`]: which workers run, what the queues hold and how
+//! Cluster statistics from [`crate::Client::stats`]: which workers run, what the queues hold and how
 //! each task fared lately, for health checks and dashboards.
 //!
 //! Workers publish a heartbeat every third of their lease, carrying their counters and the
 //! outcomes they counted since the last one; readers compute everything else from Redis.
 //! `docs/protocol.md` has the keys and their encoding.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::broker::Broker;
-use crate::broker::keys::split_stats_field;
-use crate::envelope::now_ms;
-use crate::{Client, DeadLetterStats, Error, Result};
-
-/// The outcome names of the stats fields, in the order of a task's tally.
-pub(crate) const SUCCEEDED: &str = "succeeded";
-pub(crate) const FAILED: &str = "failed";
-pub(crate) const RETRIED: &str = "retried";
-pub(crate) const DEAD_LETTERED: &str = "dead_lettered";
-
-/// How long a minute bucket of outcome counts lives after its last write; also the longest
-/// window [`Client::stats`] can sum.
-pub(crate) const BUCKET_TTL: Duration = Duration::from_secs(24 * 3600);
+use crate::broker::{Broker, DeadLetterStats, OutcomeCounts, QueueStats};
+use crate::error::{Error, Result};
+use crate::keys::{BUCKET_TTL, Outcome, minute_of};
 
 /// A worker whose last heartbeat is older than this is forgotten by readers: it was killed
 /// without a chance to remove itself.
@@ -32,8 +21,6 @@ pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// Heartbeats a worker may miss and still be alive: one late beat is not a dead worker.
 const ALIVE_BEATS: u64 = 3;
-
-const MINUTE_MS: i64 = 60_000;
 
 /// A snapshot of the namespace: workers, queues, recent task outcomes and dead letters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -93,27 +80,6 @@ pub struct WorkerInfo {
     pub dead_lettered: u64,
 }
 
-/// One queue now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct QueueStats {
-    /// The queue's name.
-    pub name: String,
-    /// Jobs in the stream never delivered to a worker: the consumer group's `lag` (Redis
-    /// 7.0). When Redis cannot tell it (entries deleted after the group's last delivery, as
-    /// acknowledging does), the stream length minus `pending`, which is exact as long as
-    /// acknowledged entries are deleted at once, as every psw-tasks worker does.
-    pub ready: u64,
-    /// Jobs delivered to a worker and not acknowledged yet: running, waiting for a run slot
-    /// (prefetched), or held by a worker that died, until another takes it over.
-    pub pending: u64,
-    /// Jobs in the delayed set: countdowns, ETAs and retries waiting for their due time.
-    pub delayed: u64,
-    /// Consumers in the queue's group: live workers, plus dead ones not yet removed (a worker
-    /// removes those that own nothing after four leases).
-    pub consumers: u64,
-}
-
 /// The outcomes of one task's attempts over the window, summed over every worker.
 ///
 /// A worker adds its counts at each heartbeat (a third of its lease) to the bucket of that
@@ -149,10 +115,10 @@ impl Serialize for TaskCounts {
         // By hand, so that the JSON carries the failure rate as well.
         let mut out = serializer.serialize_struct("TaskCounts", 6)?;
         out.serialize_field("task", &self.task)?;
-        out.serialize_field(SUCCEEDED, &self.succeeded)?;
-        out.serialize_field(FAILED, &self.failed)?;
-        out.serialize_field(RETRIED, &self.retried)?;
-        out.serialize_field(DEAD_LETTERED, &self.dead_lettered)?;
+        out.serialize_field(Outcome::Succeeded.as_str(), &self.succeeded)?;
+        out.serialize_field(Outcome::Failed.as_str(), &self.failed)?;
+        out.serialize_field(Outcome::Retried.as_str(), &self.retried)?;
+        out.serialize_field(Outcome::DeadLettered.as_str(), &self.dead_lettered)?;
         out.serialize_field("failure_rate", &self.failure_rate())?;
         out.end()
     }
@@ -220,11 +186,6 @@ impl Heartbeat {
     }
 }
 
-/// The minute of a time, as the stats keys number them: minutes since the Unix epoch.
-pub(crate) fn minute_of(at_ms: i64) -> i64 {
-    at_ms.div_euclid(MINUTE_MS)
-}
-
 /// The first and last minute buckets that overlap the `window` ending at `now_ms`.
 fn minutes(now_ms: i64, window: Duration) -> (i64, i64) {
     let window_ms = window.as_millis().min(i64::MAX as u128) as i64;
@@ -234,24 +195,19 @@ fn minutes(now_ms: i64, window: Duration) -> (i64, i64) {
     )
 }
 
-/// Stats fields summed over the window into counts per task, sorted by task. Fields of
-/// outcomes this version does not know are skipped.
-fn task_counts(fields: HashMap<String, u64>) -> Vec<TaskCounts> {
+/// Outcome counts summed over the window into counts per task, sorted by task.
+fn task_counts(counts: OutcomeCounts) -> Vec<TaskCounts> {
     let mut tasks: BTreeMap<String, TaskCounts> = BTreeMap::new();
-    for (field, count) in fields {
-        let Some((task, outcome)) = split_stats_field(&field) else {
-            continue;
-        };
-        let counts = tasks.entry(task.to_owned()).or_insert_with(|| TaskCounts {
-            task: task.to_owned(),
+    for ((task, outcome), count) in counts {
+        let counts = tasks.entry(task.clone()).or_insert_with(|| TaskCounts {
+            task,
             ..TaskCounts::default()
         });
         match outcome {
-            SUCCEEDED => counts.succeeded += count,
-            FAILED => counts.failed += count,
-            RETRIED => counts.retried += count,
-            DEAD_LETTERED => counts.dead_lettered += count,
-            _ => {}
+            Outcome::Succeeded => counts.succeeded += count,
+            Outcome::Failed => counts.failed += count,
+            Outcome::Retried => counts.retried += count,
+            Outcome::DeadLettered => counts.dead_lettered += count,
         }
     }
     tasks.into_values().collect()
@@ -301,15 +257,6 @@ pub(crate) async fn collect(
     })
 }
 
-impl Client {
-    /// A snapshot of the namespace: live and recently seen workers, what each queue holds,
-    /// each task's outcomes over the last `window` (at most a day) and the dead-letter queue.
-    /// Like Celery's `inspect().stats()` or BullMQ's `getJobCounts`; a handful of round trips.
-    pub async fn stats(&self, window: Duration) -> Result<ClusterStats> {
-        collect(self.broker().as_ref(), window, now_ms()).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +267,7 @@ mod tests {
 
     #[test]
     fn the_window_covers_every_minute_it_overlaps() {
-        let m = 29_000_000 * MINUTE_MS;
+        let m = 29_000_000 * 60_000;
         check(
             m + 30_000,
             Duration::from_secs(60),
@@ -341,17 +288,15 @@ mod tests {
     }
 
     #[test]
-    fn fields_are_summed_per_task() {
-        let fields = HashMap::from([
-            ("a|succeeded".to_owned(), 8),
-            ("a|failed".to_owned(), 2),
-            ("a|retried".to_owned(), 1),
-            ("a|dead_lettered".to_owned(), 1),
-            ("b::c|succeeded".to_owned(), 3),
-            ("b::c|from_the_future".to_owned(), 9),
-            ("garbage".to_owned(), 5),
+    fn counts_are_summed_per_task() {
+        let counts = OutcomeCounts::from([
+            (("a".to_owned(), Outcome::Succeeded), 8),
+            (("a".to_owned(), Outcome::Failed), 2),
+            (("a".to_owned(), Outcome::Retried), 1),
+            (("a".to_owned(), Outcome::DeadLettered), 1),
+            (("b::c".to_owned(), Outcome::Succeeded), 3),
         ]);
-        let tasks = task_counts(fields);
+        let tasks = task_counts(counts);
         assert_eq!(tasks.len(), 2);
         assert_eq!(
             (tasks[0].task.as_str(), tasks[0].succeeded, tasks[0].failed),

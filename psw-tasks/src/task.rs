@@ -1,4 +1,5 @@
-//! What a task sees and returns: [`TaskContext`], [`TaskError`] and the per-task options.
+//! What a task sees and returns: [`TaskContext`], [`TaskError`], the per-task options, and
+//! where progress reports go ([`ProgressSink`], implemented by the worker).
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
@@ -6,48 +7,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::backend::Progress;
-use crate::worker::ProgressSink;
+use crate::envelope::SystemHeader;
+use crate::record::{FailureKind, Progress};
+use crate::retry::{Backoff, BackoffKind, Retry};
+use crate::rules;
 
-/// How the delay between attempts grows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackoffKind {
-    /// `base * 2^attempt`, capped at `max`.
-    Exponential,
-    /// `base * (attempt + 1)`, capped at `max`.
-    Linear,
-    /// Always `base`.
-    Fixed,
-    /// Retry at once.
-    None,
-}
-
-impl BackoffKind {
-    /// The spelling used by `#[task(backoff = "..")]` and in listings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackoffKind::Exponential => "exp",
-            BackoffKind::Linear => "linear",
-            BackoffKind::Fixed => "fixed",
-            BackoffKind::None => "none",
-        }
-    }
-}
-
-/// The retry delay policy of one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Growth curve.
-    pub kind: BackoffKind,
-    /// First delay.
-    pub base: Duration,
-    /// Upper bound of any delay.
-    pub max: Duration,
-    /// Whether each delay is shortened by a random part of up to a quarter, so that jobs that
-    /// failed together do not retry together.
-    pub jitter: bool,
+/// Where a running task's progress reports go: the worker stores them through its writer.
+pub(crate) trait ProgressSink: Send + Sync {
+    fn report(&self, progress: Progress) -> BoxFuture<'_, crate::error::Result<()>>;
 }
 
 /// The options `#[task(..)]` sets, as the worker reads them.
@@ -68,13 +38,13 @@ pub struct TaskOptions {
 impl TaskOptions {
     /// The options of a `#[task]` without arguments.
     pub const DEFAULT: TaskOptions = TaskOptions {
-        queue: "default",
-        retries: 3,
+        queue: rules::DEFAULT_QUEUE,
+        retries: rules::DEFAULT_RETRIES,
         backoff: Backoff {
             kind: BackoffKind::Exponential,
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(3600),
-            jitter: true,
+            base: Duration::from_millis(rules::DEFAULT_BACKOFF_BASE_MS),
+            max: Duration::from_millis(rules::DEFAULT_BACKOFF_MAX_MS),
+            jitter: rules::DEFAULT_JITTER,
         },
         ignore_result: false,
         timeout: None,
@@ -87,15 +57,6 @@ impl Default for TaskOptions {
     }
 }
 
-/// Whether a failed attempt may be tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Retried after the backoff while retries remain.
-    Allowed,
-    /// Never retried: the job fails at once.
-    Never,
-}
-
 /// The error a task handler returns.
 ///
 /// Any `std::error::Error` converts into a retryable `TaskError` through `?`, as a failure in a
@@ -105,7 +66,7 @@ pub struct TaskError {
     message: String,
     retry: Retry,
     retry_after: Option<Duration>,
-    kind: &'static str,
+    kind: FailureKind,
 }
 
 impl TaskError {
@@ -115,7 +76,7 @@ impl TaskError {
             message: message.to_string(),
             retry: Retry::Allowed,
             retry_after: None,
-            kind: "error",
+            kind: FailureKind::Error,
         }
     }
 
@@ -125,7 +86,7 @@ impl TaskError {
             message: message.to_string(),
             retry: Retry::Never,
             retry_after: None,
-            kind: "permanent",
+            kind: FailureKind::Permanent,
         }
     }
 
@@ -150,13 +111,12 @@ impl TaskError {
         self.retry_after
     }
 
-    /// A short word that classifies the failure in the job record (`error`, `permanent`,
-    /// `panic`, `timeout`, `bad_args`).
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure it is, as the job record stores it.
+    pub fn kind(&self) -> FailureKind {
         self.kind
     }
 
-    pub(crate) fn with_kind(mut self, kind: &'static str) -> Self {
+    pub(crate) fn with_kind(mut self, kind: FailureKind) -> Self {
         self.kind = kind;
         self
     }
@@ -284,7 +244,7 @@ impl TaskContext {
     pub fn slot_ms(&self) -> Option<i64> {
         self.inner
             .headers
-            .get(crate::scheduler::SLOT_HEADER)?
+            .get(SystemHeader::SlotMs.as_str())?
             .parse()
             .ok()
     }
@@ -326,7 +286,8 @@ impl TaskContext {
         self.inner.attempt >= self.inner.max_retries
     }
 
-    /// The headers the producer set.
+    /// The headers: those the producer set, and psw-tasks' own (`psw-` names, see
+    /// `docs/protocol.md`).
     pub fn headers(&self) -> &BTreeMap<String, String> {
         &self.inner.headers
     }
@@ -338,12 +299,12 @@ impl TaskContext {
         current: u64,
         total: u64,
         meta: impl Serialize,
-    ) -> crate::Result<()> {
+    ) -> crate::error::Result<()> {
         let Some(sink) = &self.inner.progress else {
             return Ok(());
         };
         let meta = serde_json::to_value(&meta)
-            .map_err(|err| crate::Error::encode("progress meta", err))?;
+            .map_err(|err| crate::error::Error::encode("progress meta", err))?;
         let meta = (!meta.is_null()).then_some(meta);
         sink.report(Progress {
             current,
@@ -373,7 +334,7 @@ mod tests {
         let ctx = TaskContext::detached("reports.daily").with_state(42_u32);
         assert_eq!(ctx.state::<u32>().unwrap(), &42);
         let missing = ctx.state::<String>().unwrap_err();
-        assert_eq!(missing.kind(), "permanent");
+        assert_eq!(missing.kind(), FailureKind::Permanent);
         assert!(
             missing.message().contains("alloc::string::String"),
             "{missing}"
@@ -384,11 +345,15 @@ mod tests {
     #[test]
     fn the_slot_comes_from_the_beat_header() {
         let headers = BTreeMap::from([(
-            crate::scheduler::SLOT_HEADER.to_owned(),
+            SystemHeader::SlotMs.as_str().to_owned(),
             "1764403200000".to_owned(),
         )]);
         let fired = TaskContext::new("id".into(), "t".into(), 0, 0, headers, None, Arc::default());
         assert_eq!(fired.slot_ms(), Some(1_764_403_200_000));
         assert_eq!(TaskContext::detached("t").slot_ms(), None);
+        // The header without the system's prefix is anybody's: it says nothing about a slot.
+        let forged = BTreeMap::from([("slot_ms".to_owned(), "1764403200000".to_owned())]);
+        let forged = TaskContext::new("id".into(), "t".into(), 0, 0, forged, None, Arc::default());
+        assert_eq!(forged.slot_ms(), None);
     }
 }

@@ -227,7 +227,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_keeps_serving
     .await;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for job in dead.list(100).await.unwrap() {
-        *reasons.entry(job.reason.clone()).or_default() += 1;
+        *reasons.entry(job.reason.to_string()).or_default() += 1;
         match job.reason.as_str() {
             "unknown_task" => {
                 assert_eq!(job.job_id.as_deref(), Some("unknown"));

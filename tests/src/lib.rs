@@ -174,14 +174,13 @@ pub async fn sleepy(ms: u64) -> Result<u64, TaskError> {
 }
 
 /// Fired by the beat every second; counts its run in this process's ledger `beat_tick` under
-/// its slot (the `slot_ms` header), so that duplicates and gaps show.
+/// its slot (`TaskContext::slot_ms`, from the beat's `psw-slot-ms` header), so that duplicates
+/// and gaps show.
 #[task(name = "it.beat_tick", every = "1s", queue = "beat", retries = 0)]
 pub async fn beat_tick(ctx: TaskContext) -> Result<(), TaskError> {
     let slot = ctx
-        .headers()
-        .get("slot_ms")
-        .cloned()
-        .unwrap_or_else(|| "none".to_owned());
+        .slot_ms()
+        .map_or_else(|| "none".to_owned(), |slot| slot.to_string());
     *local_ledger()
         .lock()
         .unwrap()

@@ -130,7 +130,7 @@ impl Db {
         } else {
             Dialect::Sqlite
         };
-        let redacted = crate::config::redact(url);
+        let redacted = crate::redact::url(url);
         if dialect == Dialect::Sqlite
             && let Some(folder) = sqlite_folder(url)
         {

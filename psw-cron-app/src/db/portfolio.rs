@@ -238,7 +238,7 @@ impl Db {
                     Some(_) if stock_currency != portfolio_currency => format!(
                         "priced in {stock_currency}, the portfolio in {portfolio_currency} (no exchange rates)"
                     ),
-                    Some(at_ms) => format!("last price from {}", crate::jobs::format_ms(at_ms)),
+                    Some(at_ms) => format!("last price from {}", crate::time::format_ms(at_ms)),
                 };
                 Ok(Unpriced {
                     portfolio_id: get(row, 0, WHAT)?,
@@ -503,4 +503,13 @@ impl Db {
         }
         Ok(counts)
     }
+}
+
+/// The held symbols of `portfolio_id` that a value leaves out, each `SYMBOL (why)`.
+pub(crate) fn missing_prices(unpriced: &[Unpriced], portfolio_id: i64) -> Vec<String> {
+    unpriced
+        .iter()
+        .filter(|holding| holding.portfolio_id == portfolio_id)
+        .map(|holding| format!("{} ({})", holding.symbol, holding.reason))
+        .collect()
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 use psw_tasks::{TaskContext, TaskError, task};
 use serde::{Deserialize, Serialize};
 
-use super::{App, app, now_ms};
+use super::app::{App, app};
+use crate::time::now_ms;
 
 /// What one run removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

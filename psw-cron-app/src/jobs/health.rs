@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use psw_tasks::{TaskContext, TaskError, task};
 use serde::{Deserialize, Serialize};
 
-use super::{App, app, now_ms};
+use super::app::{App, app};
+use crate::time::now_ms;
 
 /// The reading name of the dead-letter total in `monitor_state`.
 const DEAD_LETTER_READING: &str = "dead_letters_added";

@@ -4,7 +4,8 @@ use psw_tasks::{TaskContext, TaskError, task};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{App, app, now_ms};
+use super::app::{App, app};
+use crate::time::now_ms;
 
 /// One portfolio's new value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +68,7 @@ pub async fn value_portfolios(app: &App) -> Result<PortfolioValues, TaskError> {
     let values: Vec<PortfolioValue> = storable
         .into_iter()
         .map(|valuation| {
-            let missing = super::missing_prices(&unpriced, valuation.portfolio_id);
+            let missing = crate::db::portfolio::missing_prices(&unpriced, valuation.portfolio_id);
             if !missing.is_empty() {
                 tracing::warn!(portfolio = valuation.portfolio_id, missing = ?missing, "holdings left out of the value");
             }

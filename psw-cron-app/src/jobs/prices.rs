@@ -3,8 +3,9 @@
 use psw_tasks::{TaskContext, TaskError, task};
 use serde::{Deserialize, Serialize};
 
-use super::{App, app, now_ms};
+use super::app::{App, app};
 use crate::providers::ProviderError;
+use crate::time::now_ms;
 
 /// At most this many failed symbols are named in the result (the log has them all).
 const NAMED_FAILURES: usize = 50;

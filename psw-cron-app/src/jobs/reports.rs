@@ -6,10 +6,11 @@ use psw_tasks::{TaskContext, TaskError, task};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{App, app, now_ms};
+use super::app::{App, app};
 use crate::db::portfolio::{Portfolio, StoredReport};
 use crate::notify::Image;
 use crate::report::{Change, Mover, ReportData, chart, render};
+use crate::time::now_ms;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 const TOP_MOVERS: usize = 5;
@@ -61,7 +62,7 @@ pub async fn daily_reports(app: &App, now_ms: i64) -> Result<DailyReports, TaskE
     let fresh_since = now_ms - app.config.price_max_age.as_millis() as i64;
     let unpriced = app.db.unpriced_holdings(fresh_since).await?;
     for portfolio in app.db.portfolios().await? {
-        let missing = super::missing_prices(&unpriced, portfolio.id);
+        let missing = crate::db::portfolio::missing_prices(&unpriced, portfolio.id);
         let data = report_data(app, &portfolio, &date, now_ms, missing).await?;
         let png = chart::value_chart(&data).map_err(|err| {
             TaskError::retry(format!(

@@ -11,7 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::{EmailSettings, Image, NotifyError, SmtpSecurity};
+use super::channel::{EmailSettings, Image, NotifyError, SmtpSecurity};
 
 static IMAGE_PNG: LazyLock<ContentType> =
     LazyLock::new(|| ContentType::parse("image/png").expect("image/png is a valid MIME type"));

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use sentry::protocol::{Event, Level};
 
-use super::NotifyError;
+use super::channel::NotifyError;
 
 /// Starts the Sentry client when `dsn` is set (`SENTRY_DSN`; unset or blank leaves Sentry off).
 ///
@@ -22,7 +22,7 @@ pub fn init(
     // Parsed here because `sentry::init` would panic on a bad DSN given as a string.
     let parsed: sentry::types::Dsn = dsn.parse().map_err(|_| NotifyError::Config {
         variable: "SENTRY_DSN",
-        value: crate::config::redact(dsn),
+        value: crate::redact::url(dsn),
         expected: "a DSN like `https://<key>@<host>/<project>`",
     })?;
     // Field by field: `ClientOptions` is non-exhaustive.

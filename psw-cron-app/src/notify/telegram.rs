@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{NotifyError, TelegramSettings};
+use super::channel::{NotifyError, TelegramSettings};
 
 /// The longest `sendMessage` text, in UTF-16 code units (how Telegram counts).
 pub const MESSAGE_LIMIT: usize = 4096;

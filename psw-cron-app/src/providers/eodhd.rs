@@ -11,10 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    Fetched, Http, Pacer, ProviderError, Quote, RateLimitRetry, StockRef, decimal, end_of_day_ms,
-    failure, integer,
-};
+use super::http::{Http, Pacer, RateLimitRetry, decimal, end_of_day_ms, integer};
+use super::quote::{Fetched, ProviderError, Quote, StockRef, failure};
 
 /// The provider's name.
 pub(super) const NAME: &str = "eodhd";

@@ -2,7 +2,8 @@
 
 use rust_decimal::Decimal;
 
-use super::{Fetched, Quote, StockRef, now_ms};
+use super::quote::{Fetched, Quote, StockRef};
+use crate::time::now_ms;
 
 /// The provider's name.
 pub(super) const NAME: &str = "simulated";

@@ -156,7 +156,7 @@ fn draw_series(
         .map(|v| y_label(v).chars().count())
         .max()
         .unwrap_or(1);
-    let y_area = 34 + 7 * label_chars as u32;
+    let y_area = 34 + 9 * label_chars as u32;
     let x_label = |at: &i64| local_label(*at, zone, ticks.format);
 
     let mut chart = ChartBuilder::on(root)
@@ -180,7 +180,9 @@ fn draw_series(
         .y_label_formatter(&y_label)
         .y_labels(6)
         .y_desc(shorten(currency, 12))
-        .label_style((FONT, 13).into_font().color(&TEXT))
+        // 15 px, not less: at 13 px the thousands comma drew as a dot, and `19,500` read as
+        // `19.500`, unlike the same number on the page beside the chart.
+        .label_style((FONT, 15).into_font().color(&TEXT))
         .axis_desc_style((FONT, 14).into_font().color(&MUTED))
         .bold_line_style(GRID_BOLD)
         .light_line_style(GRID_LIGHT)

@@ -5,4 +5,5 @@ mod jobs;
 mod notify;
 mod providers;
 mod report;
+mod structure;
 mod support;

@@ -5,21 +5,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
 
-use super::keys::{ENTRY_FIELD, LAST_FIELD};
 use super::{
-    Applied, BeatAdvance, BoxFuture, Broker, DeadEntry, Delivery, NewJob, Promoted, WorkerEntry,
-    WorkerReport, Write, dead_fields,
+    Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
+    NewJob, OutcomeCounts, Promoted, QueueStats, WorkerEntry, WorkerReport, Write,
 };
-use crate::Result;
-use crate::stats::{BUCKET_TTL, QueueStats, minute_of};
+use crate::error::Result;
+use crate::keys::{BUCKET_TTL, minute_of};
 
 /// How often `apply` drops expired records.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// The fields of one dead letter, as `dead_fields` makes them.
-type DeadFields = Vec<(&'static str, Vec<u8>)>;
 
 pub(crate) struct MemoryBroker {
     state: Mutex<State>,
@@ -51,22 +48,22 @@ impl Default for FinishedChannel {
 struct State {
     queues: HashMap<String, Queue>,
     records: HashMap<String, (Vec<u8>, Instant)>,
-    /// Dead letters by entry id, oldest first, as field lists like the Redis stream's.
-    dead: VecDeque<(String, DeadFields)>,
+    /// Dead letters, oldest first.
+    dead: VecDeque<DeadJob>,
     dead_trimmed: u64,
     /// Dead letters added since the last whole purge (a stream's `entries-added` in Redis).
     dead_added: u64,
     last_sweep: Option<Instant>,
     next_entry: u64,
     next_delayed: u64,
-    schedules: HashMap<String, HashMap<String, String>>,
+    schedules: HashMap<String, BeatState>,
     beat_leader: Option<(String, Instant)>,
     /// Queues workers have prepared or producers pushed to (Redis keeps them in a set).
     prepared: BTreeSet<String>,
     /// Worker heartbeats by consumer name.
     workers: HashMap<String, Vec<u8>>,
-    /// Outcome counts by minute, then by stats field.
-    outcomes: BTreeMap<i64, HashMap<String, u64>>,
+    /// Outcome counts by minute, then by task and outcome.
+    outcomes: BTreeMap<i64, OutcomeCounts>,
 }
 
 #[derive(Default)]
@@ -412,9 +409,8 @@ impl Broker for MemoryBroker {
                             if let Some(dead) = &settlement.dead {
                                 state.next_entry += 1;
                                 let entry = format!("{}-0", state.next_entry);
-                                let fields =
-                                    dead_fields(dead, &settlement.queue, &settlement.entry_id);
-                                state.dead.push_back((entry.clone(), fields));
+                                let job = dead.stored(&settlement.queue, entry.clone());
+                                state.dead.push_back(job);
                                 state.dead_added += 1;
                                 applied.dead_entries.push(entry);
                                 dead_added = true;
@@ -478,10 +474,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn beat_state<'a>(
-        &'a self,
-        schedule: &'a str,
-    ) -> BoxFuture<'a, Result<HashMap<String, String>>> {
+    fn beat_state<'a>(&'a self, schedule: &'a str) -> BoxFuture<'a, Result<BeatState>> {
         Box::pin(async move {
             Ok(self
                 .lock()
@@ -496,17 +489,13 @@ impl Broker for MemoryBroker {
         &'a self,
         schedule: &'a str,
         last_ms: i64,
-        fields: &'a [(&'static str, String)],
+        definition: &'a BeatDefinition,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut state = self.lock();
             let stored = state.schedules.entry(schedule.to_owned()).or_default();
-            stored
-                .entry(LAST_FIELD.to_owned())
-                .or_insert_with(|| last_ms.to_string());
-            for (field, value) in fields {
-                stored.insert((*field).to_owned(), value.clone());
-            }
+            stored.last_ms.get_or_insert(last_ms);
+            stored.definition = Some(definition.clone());
             Ok(())
         })
     }
@@ -515,12 +504,11 @@ impl Broker for MemoryBroker {
         Box::pin(async move {
             {
                 let mut state = self.lock();
-                let expected = advance.expected_ms.to_string();
                 let current = state
                     .schedules
                     .get(&advance.schedule)
-                    .and_then(|stored| stored.get(LAST_FIELD));
-                if current != Some(&expected) {
+                    .and_then(|stored| stored.last_ms);
+                if current != Some(advance.expected_ms) {
                     return Ok(false);
                 }
                 let entries: Vec<String> = advance
@@ -532,16 +520,16 @@ impl Broker for MemoryBroker {
                     .schedules
                     .get_mut(&advance.schedule)
                     .expect("compared above");
-                stored.insert(LAST_FIELD.to_owned(), advance.through_ms.to_string());
-                if let Some(field) = advance.count {
-                    let count = stored.entry(field.to_owned()).or_default();
-                    *count = (count.parse::<u64>().unwrap_or(0) + 1).to_string();
+                stored.last_ms = Some(advance.through_ms);
+                if let Some(slot) = advance.skipped_slot_ms {
+                    stored.overlap_skips += 1;
+                    stored.skipped_slot_ms = Some(slot);
                 }
-                for (field, value) in &advance.fields {
-                    stored.insert((*field).to_owned(), value.clone());
+                if let Some(fired) = &advance.fired {
+                    stored.fired = Some(fired.clone());
                 }
                 if let Some(entry) = entries.last() {
-                    stored.insert(ENTRY_FIELD.to_owned(), entry.clone());
+                    stored.entry = Some(entry.clone());
                 }
             }
             if !advance.payloads.is_empty() {
@@ -588,50 +576,40 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn dead_range<'a>(
+    fn dead_after<'a>(
         &'a self,
-        start: &'a str,
+        after: Option<&'a str>,
         count: usize,
-    ) -> BoxFuture<'a, Result<Vec<DeadEntry>>> {
+    ) -> BoxFuture<'a, Result<Vec<DeadJob>>> {
         Box::pin(async move {
             let state = self.lock();
             // Entry ids are `<n>-0` with n increasing: compare by n.
-            let number = |id: &str| -> u64 {
-                id.split('-')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
-            let (from, exclusive) = match start {
-                "-" => (0, false),
-                id => match id.strip_prefix('(') {
-                    Some(id) => (number(id), true),
-                    None => (number(id), false),
-                },
-            };
+            let after = after.map_or(0, entry_number);
             Ok(state
                 .dead
                 .iter()
-                .filter(|(id, _)| {
-                    let n = number(id);
-                    if exclusive { n > from } else { n >= from }
-                })
+                .filter(|job| entry_number(&job.entry_id) > after)
                 .take(count.max(1))
-                .map(|(id, fields)| {
-                    let fields = fields
-                        .iter()
-                        .map(|(name, value)| ((*name).to_owned(), value.clone()))
-                        .collect();
-                    (id.clone(), fields)
-                })
+                .cloned()
                 .collect())
         })
     }
 
-    fn dead_stats(&self) -> BoxFuture<'_, Result<crate::DeadLetterStats>> {
+    fn dead_get<'a>(&'a self, entry_id: &'a str) -> BoxFuture<'a, Result<Option<DeadJob>>> {
         Box::pin(async move {
             let state = self.lock();
-            Ok(crate::DeadLetterStats {
+            Ok(state
+                .dead
+                .iter()
+                .find(|job| job.entry_id == entry_id)
+                .cloned())
+        })
+    }
+
+    fn dead_stats(&self) -> BoxFuture<'_, Result<DeadLetterStats>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok(DeadLetterStats {
                 len: state.dead.len() as u64,
                 trimmed: state.dead_trimmed,
                 added: state.dead_added,
@@ -649,7 +627,8 @@ impl Broker for MemoryBroker {
         Box::pin(async move {
             {
                 let mut state = self.lock();
-                let Some(position) = state.dead.iter().position(|(id, _)| id == entry_id) else {
+                let Some(position) = state.dead.iter().position(|job| job.entry_id == entry_id)
+                else {
                     return Ok(false);
                 };
                 state.dead.remove(position);
@@ -670,14 +649,7 @@ impl Broker for MemoryBroker {
                     state.dead.clear();
                     state.dead_added = 0;
                 }
-                Some(before_ms) => {
-                    state.dead.retain(|(_, fields)| {
-                        let at_ms = fields.iter().find(|(name, _)| *name == "at_ms").and_then(
-                            |(_, value)| std::str::from_utf8(value).ok()?.parse::<i64>().ok(),
-                        );
-                        at_ms.is_none_or(|at_ms| at_ms >= before_ms)
-                    })
-                }
+                Some(before_ms) => state.dead.retain(|job| job.at_ms >= before_ms),
             }
             Ok((before - state.dead.len()) as u64)
         })
@@ -727,8 +699,8 @@ impl Broker for MemoryBroker {
             if !report.counts.is_empty() {
                 let minute = minute_of(report.at_ms);
                 let bucket = state.outcomes.entry(minute).or_default();
-                for (field, count) in &report.counts {
-                    *bucket.entry(field.clone()).or_default() += count;
+                for (task, outcome, count) in &report.counts {
+                    *bucket.entry((task.clone(), *outcome)).or_default() += count;
                 }
                 // Redis expires each bucket a day after its last write; here buckets a day
                 // older than the newest one go.
@@ -784,16 +756,24 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<HashMap<String, u64>>> {
+    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<OutcomeCounts>> {
         Box::pin(async move {
             let state = self.lock();
-            let mut sums = HashMap::new();
+            let mut sums = OutcomeCounts::new();
             for bucket in state.outcomes.range(from..=to).map(|(_, bucket)| bucket) {
-                for (field, count) in bucket {
-                    *sums.entry(field.clone()).or_default() += count;
+                for (key, count) in bucket {
+                    *sums.entry(key.clone()).or_default() += count;
                 }
             }
             Ok(sums)
         })
     }
+}
+
+/// The number `n` of an in-process entry id `<n>-0`.
+fn entry_number(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

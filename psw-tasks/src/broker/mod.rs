@@ -1,28 +1,32 @@
-//! The queue seam: what the worker and client need from a broker, with a Redis Streams
-//! implementation and an in-process one that behave alike (their shared tests are in `tests`).
+//! The queue seam: what the worker, the beat, the client and the readers above them need from a
+//! broker, as typed values, with a Redis Streams implementation and an in-process one that
+//! behave alike (their shared tests are in `tests.rs`).
 //!
-//! Architecture invariant: the worker and the client see only [`Broker`]; Redis types stay in
-//! `redis.rs`.
+//! Architecture invariant: nothing above this module sees Redis types, key names or field
+//! names; `redis/` is the only code that talks to Redis (with the test fixture).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::Result;
 use crate::envelope::JobId;
-use crate::stats::QueueStats;
+use crate::error::Result;
+use crate::keys::Outcome;
 
-pub(crate) mod keys;
+mod beat;
+mod dead_letter;
 pub(crate) mod memory;
 pub(crate) mod redis;
 #[cfg(test)]
 mod tests;
 
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use beat::{BeatAdvance, BeatDefinition, BeatState, LastFired};
+pub(crate) use dead_letter::DeadLetter;
+pub use dead_letter::{DeadJob, DeadLetterStats, DeadReason};
 
 /// One job handed to a consumer, pending until it is settled.
 #[derive(Debug, Clone)]
@@ -34,27 +38,24 @@ pub(crate) struct Delivery {
     pub(crate) deliveries: u64,
 }
 
+impl Delivery {
+    /// The delivery's identity without its bytes, for fencing the writes about it.
+    pub(crate) fn clone_without_payload(&self) -> Delivery {
+        Delivery {
+            queue: self.queue.clone(),
+            entry_id: self.entry_id.clone(),
+            payload: Vec::new(),
+            deliveries: self.deliveries,
+        }
+    }
+}
+
 /// A job to add: ready at once, or held in the queue's delayed set until `due_ms`.
 #[derive(Debug, Clone)]
 pub(crate) struct NewJob {
     pub(crate) queue: String,
     pub(crate) payload: Vec<u8>,
     pub(crate) due_ms: Option<i64>,
-}
-
-/// Why a delivery could not be run or failed for good, kept with its raw bytes in the
-/// dead-letter stream.
-#[derive(Debug, Clone)]
-pub(crate) struct DeadLetter {
-    pub(crate) job_id: Option<JobId>,
-    pub(crate) task: Option<String>,
-    pub(crate) reason: &'static str,
-    pub(crate) error: String,
-    /// Every attempt's error, MessagePack-encoded (an empty array when none ran).
-    pub(crate) errors: Vec<u8>,
-    /// The entry's bytes, cut at the cap; `truncated` says whether they were.
-    pub(crate) payload: Vec<u8>,
-    pub(crate) truncated: bool,
 }
 
 /// The end of one delivery. Everything in it is written before the entry is acknowledged,
@@ -90,34 +91,6 @@ impl Settlement {
     }
 }
 
-/// The fields of a dead-letter entry, in stream order (documented in `docs/protocol.md`).
-pub(crate) fn dead_fields(
-    dead: &DeadLetter,
-    queue: &str,
-    entry_id: &str,
-) -> Vec<(&'static str, Vec<u8>)> {
-    let mut fields = vec![
-        ("reason", dead.reason.as_bytes().to_vec()),
-        ("error", dead.error.as_bytes().to_vec()),
-        ("queue", queue.as_bytes().to_vec()),
-        ("entry", entry_id.as_bytes().to_vec()),
-        ("at_ms", crate::envelope::now_ms().to_string().into_bytes()),
-        ("errors", dead.errors.clone()),
-        (
-            "truncated",
-            if dead.truncated { b"1" } else { b"0" }.to_vec(),
-        ),
-    ];
-    if let Some(id) = &dead.job_id {
-        fields.push(("id", id.as_str().as_bytes().to_vec()));
-    }
-    if let Some(task) = &dead.task {
-        fields.push(("task", task.as_bytes().to_vec()));
-    }
-    fields.push((keys::JOB_FIELD, dead.payload.clone()));
-    fields
-}
-
 /// Writes applied in one round trip per batch. A batch holds at most one settlement per
 /// delivery (entry id and delivery count: a delivery is settled once), after the records of
 /// that delivery; brokers keep a delivery's records before its settlement and may apply the
@@ -136,6 +109,18 @@ pub(crate) enum Write {
     Settle(Settlement),
 }
 
+impl Write {
+    /// The queue and entry id of the delivery the write is about.
+    pub(crate) fn delivery(&self) -> (&Arc<str>, &str) {
+        match self {
+            Write::Record {
+                queue, entry_id, ..
+            } => (queue, entry_id),
+            Write::Settle(settlement) => (&settlement.queue, &settlement.entry_id),
+        }
+    }
+}
+
 /// What applying a batch of writes did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Applied {
@@ -148,12 +133,6 @@ pub(crate) struct Applied {
     pub(crate) dead_entries: Vec<String>,
 }
 
-/// A dead-letter entry: its id and its fields.
-pub(crate) type DeadEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// A stored worker heartbeat: the consumer name and the encoded `stats::Heartbeat`.
-pub(crate) type WorkerEntry = (String, Vec<u8>);
-
 /// What a promotion pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Promoted {
@@ -161,6 +140,10 @@ pub(crate) struct Promoted {
     /// Due time of the earliest job still delayed.
     pub(crate) next_due_ms: Option<i64>,
 }
+
+/// A stored worker heartbeat: the consumer name and the encoded `stats::Heartbeat`, which the
+/// broker keeps whole.
+pub(crate) type WorkerEntry = (String, Vec<u8>);
 
 /// One heartbeat of a worker: what it is now, and the outcomes it counted since its last
 /// stored heartbeat.
@@ -171,8 +154,32 @@ pub(crate) struct WorkerReport {
     pub(crate) info: Option<Vec<u8>>,
     /// The counts go to the bucket of this time's minute.
     pub(crate) at_ms: i64,
-    /// (`keys::stats_field`, count to add), none of them zero.
-    pub(crate) counts: Vec<(String, u64)>,
+    /// (task, outcome, count to add), none of them zero.
+    pub(crate) counts: Vec<(String, Outcome, u64)>,
+}
+
+/// Outcome counts per task and outcome, summed over minutes.
+pub(crate) type OutcomeCounts = HashMap<(String, Outcome), u64>;
+
+/// One queue now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Jobs in the stream never delivered to a worker: the consumer group's `lag` (Redis
+    /// 7.0). When Redis cannot tell it (entries deleted after the group's last delivery, as
+    /// acknowledging does), the stream length minus `pending`, which is exact as long as
+    /// acknowledged entries are deleted at once, as every psw-tasks worker does.
+    pub ready: u64,
+    /// Jobs delivered to a worker and not acknowledged yet: running, waiting for a run slot
+    /// (prefetched), or held by a worker that died, until another takes it over.
+    pub pending: u64,
+    /// Jobs in the delayed set: countdowns, ETAs and retries waiting for their due time.
+    pub delayed: u64,
+    /// Consumers in the queue's group: live workers, plus dead ones not yet removed (a worker
+    /// removes those that own nothing after four leases).
+    pub consumers: u64,
 }
 
 pub(crate) trait Broker: Send + Sync + 'static {
@@ -191,6 +198,7 @@ pub(crate) trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Promoted>>;
 
     /// Take up to `max` new jobs for `consumer`, waiting up to `block` when there are none.
+    /// [`crate::Error::GroupMissing`] when a queue's group is gone (Redis lost its data).
     fn fetch<'a>(
         &'a self,
         consumer: &'a str,
@@ -243,19 +251,16 @@ pub(crate) trait Broker: Send + Sync + 'static {
         queues: &'a [String],
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// The stored fields of a schedule; empty when no beat has registered it.
-    fn beat_state<'a>(
-        &'a self,
-        schedule: &'a str,
-    ) -> BoxFuture<'a, Result<HashMap<String, String>>>;
+    /// What is stored about a schedule; all empty when no beat has registered it.
+    fn beat_state<'a>(&'a self, schedule: &'a str) -> BoxFuture<'a, Result<BeatState>>;
 
-    /// Register a schedule: store its definition `fields`, and `last_ms` as the last slot
-    /// handled unless it has one (a restart neither repeats nor drops slots).
+    /// Register a schedule: store its definition, and `last_ms` as the last slot handled
+    /// unless it has one (a restart neither repeats nor drops slots).
     fn beat_register<'a>(
         &'a self,
         schedule: &'a str,
         last_ms: i64,
-        fields: &'a [(&'static str, String)],
+        definition: &'a BeatDefinition,
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Apply one pass of a schedule, all or nothing, only if its last slot handled is still
@@ -272,16 +277,19 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Whether an entry is still in its queue's stream: waiting, or running and not settled.
     fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>>;
 
-    /// Up to `count` dead letters from entry id `start` on (`-` for the oldest; `(id` for
-    /// those after `id`), oldest first.
-    fn dead_range<'a>(
+    /// Up to `count` dead letters, oldest first: from the oldest, or those after the entry id
+    /// `after`.
+    fn dead_after<'a>(
         &'a self,
-        start: &'a str,
+        after: Option<&'a str>,
         count: usize,
-    ) -> BoxFuture<'a, Result<Vec<DeadEntry>>>;
+    ) -> BoxFuture<'a, Result<Vec<DeadJob>>>;
+
+    /// One dead letter by its entry id.
+    fn dead_get<'a>(&'a self, entry_id: &'a str) -> BoxFuture<'a, Result<Option<DeadJob>>>;
 
     /// Dead letters stored, trimmed by the cap so far, and added since the last whole purge.
-    fn dead_stats(&self) -> BoxFuture<'_, Result<crate::DeadLetterStats>>;
+    fn dead_stats(&self) -> BoxFuture<'_, Result<DeadLetterStats>>;
 
     /// Atomically remove a dead letter, add `payload` to the queue as a ready job and delete
     /// the job's old record (it is pending again); false if the dead letter is gone.
@@ -307,7 +315,7 @@ pub(crate) trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<String>>>;
 
     /// Store a worker's heartbeat (or remove it), and add its counts to the minute bucket of
-    /// `at_ms`, which expires `stats::BUCKET_TTL` after its last write; in one round trip.
+    /// `at_ms`, which expires `keys::BUCKET_TTL` after its last write; in one round trip.
     fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>>;
 
     /// Every stored worker heartbeat.
@@ -323,25 +331,6 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn queue_stats<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueStats>>>;
 
     /// The outcome counts of the minutes `from..=to` (minutes since the Unix epoch), summed
-    /// per field.
-    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<HashMap<String, u64>>>;
-}
-
-/// One pass of a schedule, applied only if the schedule's last handled slot is still
-/// `expected_ms`: this compare-and-set is what makes each (schedule, slot) produce one job
-/// however many beat processes run, paused or not.
-#[derive(Debug, Clone)]
-pub(crate) struct BeatAdvance {
-    pub(crate) schedule: String,
-    /// The last slot handled that the pass was planned from.
-    pub(crate) expected_ms: i64,
-    /// The last slot handled after it.
-    pub(crate) through_ms: i64,
-    /// The jobs it fires, ready now, all on `queue`; the entry id of the last one is stored.
-    pub(crate) queue: String,
-    pub(crate) payloads: Vec<Vec<u8>>,
-    /// Fields stored with it (the last job, its slot).
-    pub(crate) fields: Vec<(&'static str, String)>,
-    /// A counter field to increment (slots skipped because the last run was still going).
-    pub(crate) count: Option<&'static str>,
+    /// per task and outcome.
+    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<OutcomeCounts>>;
 }

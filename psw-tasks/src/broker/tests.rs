@@ -4,11 +4,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::keys::stats_field;
 use super::memory::MemoryBroker;
 use super::redis::RedisBroker;
-use super::{BeatAdvance, Broker, NewJob, Settlement, WorkerReport, Write};
+use super::{
+    BeatAdvance, BeatDefinition, Broker, DeadReason, LastFired, NewJob, Settlement, WorkerReport,
+    Write,
+};
 use crate::envelope::{JobId, now_ms};
+use crate::keys::Outcome;
+use crate::rules::Misfire;
 use crate::stats::{FORGET_AFTER, Heartbeat, collect};
 use crate::testing::TestNamespace;
 
@@ -464,11 +468,12 @@ fn letter(n: u8) -> super::DeadLetter {
     super::DeadLetter {
         job_id: Some(JobId::from(format!("job-{n}"))),
         task: Some("t".to_owned()),
-        reason: "retries_exhausted",
+        reason: DeadReason::RetriesExhausted,
         error: format!("boom {n}"),
-        errors: vec![0x90],
+        errors: Vec::new(),
         payload: vec![n],
         truncated: false,
+        at_ms: now_ms(),
     }
 }
 
@@ -495,30 +500,33 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
     assert_eq!(applied.dead_trimmed, 1);
     let stats = broker.dead_stats().await.unwrap();
     assert_eq!((stats.len, stats.trimmed, stats.added), (3, 1, 4));
-    let listed = broker.dead_range("-", 10).await.unwrap();
-    let errors: Vec<String> = listed
-        .iter()
-        .map(|(_, fields)| {
-            let error = fields.iter().find(|(name, _)| name == "error").unwrap();
-            String::from_utf8(error.1.clone()).unwrap()
-        })
-        .collect();
+    let listed = broker.dead_after(None, 10).await.unwrap();
+    let errors: Vec<&str> = listed.iter().map(|job| job.error.as_str()).collect();
     assert_eq!(errors, ["boom 1", "boom 2", "boom 3"]);
+    assert_eq!(listed[0].reason, DeadReason::RetriesExhausted);
+    assert_eq!(listed[0].job_id.as_deref(), Some("job-1"));
+    assert_eq!((listed[0].queue.as_str(), listed[0].payload_size), (Q, 1));
     let after_first = broker
-        .dead_range(&format!("({}", listed[0].0), 10)
+        .dead_after(Some(&listed[0].entry_id), 10)
         .await
         .unwrap();
     assert_eq!(after_first.len(), 2);
+    assert_eq!(
+        broker.dead_get(&listed[1].entry_id).await.unwrap().as_ref(),
+        Some(&listed[1])
+    );
 
+    let first = &listed[0].entry_id;
     assert!(
         broker
-            .dead_replay(&listed[0].0, Q, "job-1", b"again".to_vec())
+            .dead_replay(first, Q, "job-1", b"again".to_vec())
             .await
             .unwrap()
     );
+    assert_eq!(broker.dead_get(first).await.unwrap(), None);
     assert!(
         !broker
-            .dead_replay(&listed[0].0, Q, "job-1", b"twice".to_vec())
+            .dead_replay(first, Q, "job-1", b"twice".to_vec())
             .await
             .unwrap(),
         "once only"
@@ -551,23 +559,39 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
     );
 }
 
+fn definition(schedule: &str) -> BeatDefinition {
+    BeatDefinition {
+        task: "t".to_owned(),
+        queue: Q.to_owned(),
+        schedule: schedule.to_owned(),
+        tz: "Europe/Stockholm".to_owned(),
+        misfire: Misfire::Backfill(3),
+        overlap: false,
+    }
+}
+
 async fn beat_registration_keeps_the_last_slot(broker: Arc<dyn Broker>) {
-    assert!(broker.beat_state("nightly").await.unwrap().is_empty());
-    let definition = [("schedule", "0 3 * * *".to_owned())];
-    broker
-        .beat_register("nightly", 1000, &definition)
-        .await
-        .unwrap();
-    let changed = [("schedule", "0 4 * * *".to_owned())];
-    broker
-        .beat_register("nightly", 2000, &changed)
-        .await
-        .unwrap();
-    broker.beat_register("hourly", 5, &[]).await.unwrap();
-    let state = broker.beat_state("nightly").await.unwrap();
-    assert_eq!(state["last_ms"], "1000", "a restart does not move it");
     assert_eq!(
-        state["schedule"], "0 4 * * *",
+        broker.beat_state("nightly").await.unwrap(),
+        Default::default()
+    );
+    broker
+        .beat_register("nightly", 1000, &definition("0 3 * * *"))
+        .await
+        .unwrap();
+    broker
+        .beat_register("nightly", 2000, &definition("0 4 * * *"))
+        .await
+        .unwrap();
+    broker
+        .beat_register("hourly", 5, &definition("0 * * * *"))
+        .await
+        .unwrap();
+    let state = broker.beat_state("nightly").await.unwrap();
+    assert_eq!(state.last_ms, Some(1000), "a restart does not move it");
+    assert_eq!(
+        state.definition,
+        Some(definition("0 4 * * *")),
         "the definition is the latest"
     );
     assert_eq!(
@@ -578,15 +602,23 @@ async fn beat_registration_keeps_the_last_slot(broker: Arc<dyn Broker>) {
 
 async fn beat_advance_is_a_compare_and_set(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
-    broker.beat_register("every", 1000, &[]).await.unwrap();
+    broker
+        .beat_register("every", 1000, &definition("every 1s"))
+        .await
+        .unwrap();
     let advance = |payload: &[u8]| BeatAdvance {
         schedule: "every".to_owned(),
         expected_ms: 1000,
         through_ms: 2000,
         queue: Q.to_owned(),
         payloads: vec![payload.to_vec(), b"second".to_vec()],
-        fields: vec![("job", String::from_utf8_lossy(payload).into_owned())],
-        count: Some("fired_passes"),
+        fired: Some(LastFired {
+            job: String::from_utf8_lossy(payload).into_owned(),
+            slot_ms: 2000,
+            fired_ms: 2005,
+            late: true,
+        }),
+        skipped_slot_ms: Some(1500),
     };
     // Racing passes planned from the same state: one of them applies.
     let racers: Vec<_> = (0..5u8)
@@ -602,19 +634,26 @@ async fn beat_advance_is_a_compare_and_set(broker: Arc<dyn Broker>) {
     }
     assert_eq!(applied, 1);
     let state = broker.beat_state("every").await.unwrap();
-    assert_eq!(state["last_ms"], "2000");
-    assert_eq!(state["fired_passes"], "1");
+    assert_eq!(state.last_ms, Some(2000));
+    assert_eq!(
+        (state.overlap_skips, state.skipped_slot_ms),
+        (1, Some(1500)),
+        "counted once"
+    );
+    let fired = state.fired.clone().expect("the winner's last job");
+    assert_eq!(
+        (fired.slot_ms, fired.fired_ms, fired.late),
+        (2000, 2005, true)
+    );
     let got = broker
         .fetch("a", &queues(), 10, Duration::from_millis(50))
         .await
         .unwrap();
     assert_eq!(got.len(), 2, "the winner's jobs, once");
-    assert_eq!(got[0].payload, state["job"].as_bytes());
-    assert_eq!(
-        got[1].entry_id, state["entry"],
-        "the last job's entry is kept"
-    );
-    assert!(broker.in_stream(Q, &state["entry"]).await.unwrap());
+    assert_eq!(got[0].payload, fired.job.as_bytes());
+    let entry = state.entry.clone().expect("the last job's entry");
+    assert_eq!(got[1].entry_id, entry, "the last job's entry is kept");
+    assert!(broker.in_stream(Q, &entry).await.unwrap());
     broker
         .apply(
             "a",
@@ -623,7 +662,7 @@ async fn beat_advance_is_a_compare_and_set(broker: Arc<dyn Broker>) {
         )
         .await
         .unwrap();
-    assert!(!broker.in_stream(Q, &state["entry"]).await.unwrap());
+    assert!(!broker.in_stream(Q, &entry).await.unwrap());
     assert!(!broker.beat_advance(&advance(b"late")).await.unwrap());
 }
 
@@ -642,6 +681,32 @@ async fn beat_lease_has_one_holder(broker: Arc<dyn Broker>) {
     // A holder that stops renewing loses it.
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
     assert!(broker.beat_lease("c", lease).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_lost_group_is_a_typed_error() {
+    let ns = TestNamespace::new("nogroup");
+    let broker = RedisBroker::connect(ns.url(), "REDIS_URL", None, ns.name())
+        .await
+        .unwrap();
+    broker.prepare(&queues()).await.unwrap();
+    // What Redis restarted without its data looks like to a worker: the stream and its group
+    // are gone.
+    let client = ::redis::Client::open(ns.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let stream = format!("{{{}}}:queue:{Q}", ns.name());
+    let _: () = ::redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    let err = broker
+        .fetch("a", &queues(), 1, Duration::from_millis(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, crate::error::Error::GroupMissing), "{err}");
+    broker.prepare(&queues()).await.unwrap();
+    let fetched = broker
+        .fetch("a", &queues(), 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(fetched.is_empty(), "the group is back");
 }
 
 #[tokio::test]
@@ -712,7 +777,10 @@ fn report(
         at_ms,
         counts: counts
             .iter()
-            .map(|(task, outcome, n)| (stats_field(task, outcome), *n))
+            .map(|(task, outcome, n)| {
+                let outcome = Outcome::from_wire(outcome).expect("an outcome");
+                ((*task).to_owned(), outcome, *n)
+            })
             .collect(),
     }
 }

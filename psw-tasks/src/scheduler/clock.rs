@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::broker::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Longest single sleep on the system clock, so that a wall clock set forward (NTP, a
 /// suspended VM) is noticed within this long rather than at the end of a long sleep.
@@ -42,7 +42,7 @@ mod sim {
     use tokio::sync::watch;
 
     use super::Clock;
-    use crate::broker::BoxFuture;
+    use futures_util::future::BoxFuture;
 
     /// Simulated time that jumps to whatever moment is waited for, up to `end`; a wait past
     /// `end` never resolves and marks the clock finished.

@@ -5,7 +5,6 @@
 //! Architecture invariant: the scheduler sees the `Broker` trait only, never Redis types, and
 //! never runs a task. `schedule.rs` is pure; time comes from a `Clock`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -13,34 +12,23 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::{JobRecord, State};
-use crate::broker::keys::{ENTRY_FIELD, LAST_FIELD, validate_schedule_name};
-use crate::broker::{BeatAdvance, Broker};
-use crate::envelope::NoArgs;
+use crate::broker::{BeatAdvance, BeatDefinition, BeatState, Broker, LastFired};
+use crate::client::{Client, EnqueueOptions};
+use crate::envelope::{NoArgs, SystemHeader};
+use crate::error::{Error, Result};
+use crate::keys::validate_schedule_name;
+use crate::process::{process_name, shutdown_signal};
+use crate::record::{JobRecord, State};
 use crate::registry::Registry;
-use crate::{Client, EnqueueOptions, Error, Result};
+use crate::rules::DEFAULT_QUEUE;
+use crate::schedule::{self, Schedule};
 
 mod clock;
-mod schedule;
+pub(crate) mod listing;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use clock::{Clock, SystemClock};
-pub use schedule::{DeclaredSchedule, Misfire, Schedule};
-
-// Fields of a schedule's hash besides `last_ms` and `entry` (see docs/protocol.md).
-const TASK_FIELD: &str = "task";
-const QUEUE_FIELD: &str = "queue";
-const SCHEDULE_FIELD: &str = "schedule";
-const TZ_FIELD: &str = "tz";
-const MISFIRE_FIELD: &str = "misfire";
-const OVERLAP_FIELD: &str = "overlap";
-const JOB_ID_FIELD: &str = "job";
-const SLOT_FIELD: &str = "slot_ms";
-const FIRED_FIELD: &str = "fired_ms";
-const LATE_FIELD: &str = "late";
-const SKIPS_FIELD: &str = "overlap_skips";
-const SKIPPED_SLOT_FIELD: &str = "skipped_slot_ms";
 
 /// Passes of one schedule retried at once after losing a race to another beat.
 const RACES: usize = 5;
@@ -60,20 +48,17 @@ struct Entry {
 
 impl Entry {
     /// The definition stored with the schedule, for `schedules` in any process.
-    fn definition(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (TASK_FIELD, self.task.clone()),
-            (QUEUE_FIELD, self.queue.clone()),
-            (SCHEDULE_FIELD, self.schedule.to_string()),
-            (TZ_FIELD, self.schedule.zone().name().to_owned()),
-            (MISFIRE_FIELD, self.schedule.misfire_policy().to_string()),
-            (OVERLAP_FIELD, self.schedule.allows_overlap().to_string()),
-        ]
+    fn definition(&self) -> BeatDefinition {
+        BeatDefinition {
+            task: self.task.clone(),
+            queue: self.queue.clone(),
+            schedule: self.schedule.to_string(),
+            tz: self.schedule.zone().name().to_owned(),
+            misfire: self.schedule.misfire_policy(),
+            overlap: self.schedule.allows_overlap(),
+        }
     }
 }
-
-/// The header that carries the slot a scheduled job was fired for.
-pub(crate) const SLOT_HEADER: &str = "slot_ms";
 
 /// Configures a [`Scheduler`].
 pub struct SchedulerBuilder {
@@ -153,7 +138,7 @@ impl SchedulerBuilder {
 
 /// The name of this beat in the leader lease: unique per process, with the pid to find it by.
 fn holder_name() -> String {
-    crate::worker::process_name("beat")
+    process_name("beat")
 }
 
 /// Fires the jobs of schedules until shut down: the `beat` of Celery, safe to run on every node.
@@ -233,7 +218,7 @@ impl Scheduler {
         let queue = self
             .registry
             .get(task)
-            .map_or("default", |descriptor| descriptor.options().queue);
+            .map_or(DEFAULT_QUEUE, |descriptor| descriptor.options().queue);
         self.entries.push(Entry {
             name: name.to_owned(),
             task: task.to_owned(),
@@ -251,7 +236,7 @@ impl Scheduler {
 
     /// Run until SIGINT or SIGTERM.
     pub async fn run(self) -> Result<()> {
-        self.run_until(crate::worker::shutdown_signal()).await
+        self.run_until(shutdown_signal()).await
     }
 
     /// Run until `shutdown` completes, then give up the lease so that a standby takes over at
@@ -353,7 +338,7 @@ impl Scheduler {
 
     async fn pass(&self, broker: &dyn Broker, entry: &Entry, now: i64) -> Result<Pass> {
         let state = broker.beat_state(&entry.name).await?;
-        let Some(last_ms) = state.get(LAST_FIELD).and_then(|last| last.parse().ok()) else {
+        let Some(last_ms) = state.last_ms else {
             // The hash is gone (deleted by hand, or Redis restarted empty): start from now.
             tracing::warn!(schedule = %entry.name, "the schedule's state was missing; slots are counted from now");
             broker
@@ -371,15 +356,12 @@ impl Scheduler {
             through_ms,
             queue: entry.queue.clone(),
             payloads: Vec::new(),
-            fields: Vec::new(),
-            count: None,
+            fired: None,
+            skipped_slot_ms: None,
         };
         let skipped = match plan.fires.last() {
             Some(fire) if !entry.schedule.allows_overlap() && running(broker, &state).await? => {
-                advance.count = Some(SKIPS_FIELD);
-                advance
-                    .fields
-                    .push((SKIPPED_SLOT_FIELD, fire.slot_ms.to_string()));
+                advance.skipped_slot_ms = Some(fire.slot_ms);
                 Some(fire.slot_ms)
             }
             _ => None,
@@ -388,17 +370,12 @@ impl Scheduler {
             for fire in &plan.fires {
                 advance.payloads.push(self.job(entry, fire)?);
             }
-            if let Some(fire) = plan.fires.last() {
-                advance.fields.extend([
-                    (
-                        JOB_ID_FIELD,
-                        schedule::slot_job_id(&entry.name, fire.slot_ms),
-                    ),
-                    (SLOT_FIELD, fire.slot_ms.to_string()),
-                    (FIRED_FIELD, now.to_string()),
-                    (LATE_FIELD, fire.late.to_string()),
-                ]);
-            }
+            advance.fired = plan.fires.last().map(|fire| LastFired {
+                job: schedule::slot_job_id(&entry.name, fire.slot_ms),
+                slot_ms: fire.slot_ms,
+                fired_ms: now,
+                late: fire.late,
+            });
         }
         if !broker.beat_advance(&advance).await? {
             return Ok(Pass::Raced);
@@ -424,11 +401,11 @@ impl Scheduler {
     fn job(&self, entry: &Entry, fire: &schedule::Fire) -> Result<Vec<u8>> {
         let mut options = EnqueueOptions::new()
             .job_id(schedule::slot_job_id(&entry.name, fire.slot_ms))
-            .header("schedule", entry.name.clone())
-            .header(SLOT_HEADER, fire.slot_ms.to_string())
-            .header("late", fire.late.to_string());
+            .system_header(SystemHeader::Schedule, entry.name.clone())
+            .system_header(SystemHeader::SlotMs, fire.slot_ms.to_string())
+            .system_header(SystemHeader::Late, fire.late.to_string());
         if let Some(from) = fire.missed_from_ms {
-            options = options.header("missed_from_ms", from.to_string());
+            options = options.system_header(SystemHeader::MissedFromMs, from.to_string());
         }
         let (_, job) =
             self.client
@@ -438,18 +415,18 @@ impl Scheduler {
 }
 
 /// Whether the schedule's last job is still queued, running, or waiting to retry.
-async fn running(broker: &dyn Broker, state: &HashMap<String, String>) -> Result<bool> {
-    if let (Some(queue), Some(entry_id)) = (state.get(QUEUE_FIELD), state.get(ENTRY_FIELD))
-        && broker.in_stream(queue, entry_id).await?
+async fn running(broker: &dyn Broker, state: &BeatState) -> Result<bool> {
+    if let (Some(definition), Some(entry_id)) = (&state.definition, &state.entry)
+        && broker.in_stream(&definition.queue, entry_id).await?
     {
         return Ok(true);
     }
     // Settled: the record says whether it finished or goes on (a retry waits in the delayed
     // set). Read after the stream, so a job settled in between is seen in its new state.
-    let Some(job) = state.get(JOB_ID_FIELD) else {
+    let Some(fired) = &state.fired else {
         return Ok(false);
     };
-    let Some(bytes) = broker.load_record(job).await? else {
+    let Some(bytes) = broker.load_record(&fired.job).await? else {
         return Ok(false);
     };
     let record = JobRecord::decode(&bytes)?;
@@ -457,104 +434,4 @@ async fn running(broker: &dyn Broker, state: &HashMap<String, String>) -> Result
         record.state,
         State::Started | State::Progress | State::Retry
     ))
-}
-
-/// One line of `schedules`: a schedule, its next fire times, its last run.
-#[derive(Debug, Clone)]
-pub(crate) struct Listing {
-    pub(crate) name: String,
-    pub(crate) task: String,
-    pub(crate) schedule: String,
-    pub(crate) zone: String,
-    pub(crate) misfire: String,
-    pub(crate) overlap: String,
-    /// Local wall-clock times.
-    pub(crate) next: Vec<String>,
-    /// The slot of the last job, local, with ` (late)` when it went out late.
-    pub(crate) last: Option<String>,
-    /// The last job's state, `queued`, or `-`.
-    pub(crate) outcome: String,
-    pub(crate) skipped: u64,
-}
-
-/// Every schedule of this binary's tasks and every one registered by any beat in the
-/// namespace, sorted by name, with `count` next fire times after `now_ms`.
-pub(crate) async fn listings(client: &Client, now_ms: i64, count: usize) -> Result<Vec<Listing>> {
-    let broker = client.broker();
-    let mut schedules: HashMap<String, (String, Schedule)> = HashMap::new();
-    let linked = Scheduler::builder(client).build()?;
-    for entry in linked.entries {
-        schedules.insert(entry.name, (entry.task, entry.schedule));
-    }
-    let mut names: Vec<String> = broker.beat_schedules().await?;
-    names.extend(schedules.keys().cloned());
-    names.sort();
-    names.dedup();
-    let mut out = Vec::new();
-    for name in names {
-        let state = broker.beat_state(&name).await?;
-        let field = |field: &str| state.get(field).cloned();
-        let stored = || -> Option<(String, Schedule)> {
-            let schedule = Schedule::parse(&field(SCHEDULE_FIELD)?).ok()?;
-            let schedule = match field(TZ_FIELD) {
-                Some(zone) if zone != "UTC" => schedule.tz(&zone).ok()?,
-                _ => schedule,
-            };
-            let misfire = field(MISFIRE_FIELD)?.parse().ok()?;
-            let overlap = field(OVERLAP_FIELD)? == "true";
-            Some((
-                field(TASK_FIELD)?,
-                schedule.misfire(misfire).overlap(overlap),
-            ))
-        };
-        let Some((task, schedule)) = schedules.remove(&name).or_else(stored) else {
-            continue;
-        };
-        let mut next = Vec::new();
-        let mut at = schedule.next_after(now_ms);
-        while let Some(slot) = at.filter(|_| next.len() < count) {
-            next.push(schedule.local(slot));
-            at = schedule.next_after(slot);
-        }
-        let slot = field(SLOT_FIELD).and_then(|slot| slot.parse::<i64>().ok());
-        let last = slot.map(|slot| {
-            let late = if field(LATE_FIELD).as_deref() == Some("true") {
-                " (late)"
-            } else {
-                ""
-            };
-            format!("{}{late}", schedule.local(slot))
-        });
-        let outcome = match field(JOB_ID_FIELD) {
-            None => "-".to_owned(),
-            Some(job) => match client.record(&job).await? {
-                Some(record) => record.state.as_str().to_owned(),
-                None => match (field(QUEUE_FIELD), field(ENTRY_FIELD)) {
-                    (Some(queue), Some(entry)) if broker.in_stream(&queue, &entry).await? => {
-                        "queued".to_owned()
-                    }
-                    // Expired, or a task that keeps no record.
-                    _ => "unknown".to_owned(),
-                },
-            },
-        };
-        out.push(Listing {
-            name,
-            task,
-            schedule: schedule.to_string(),
-            zone: schedule.zone().name().to_owned(),
-            misfire: schedule.misfire_policy().to_string(),
-            overlap: if schedule.allows_overlap() {
-                "yes"
-            } else {
-                "no"
-            }
-            .to_owned(),
-            next,
-            last,
-            outcome,
-            skipped: field(SKIPS_FIELD).and_then(|n| n.parse().ok()).unwrap_or(0),
-        });
-    }
-    Ok(out)
 }

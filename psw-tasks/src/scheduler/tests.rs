@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 
+use super::Scheduler;
 use super::clock::{Clock, SimClock, SystemClock};
-use super::{Misfire, Schedule, Scheduler};
-use crate::Client;
-use crate::envelope::Envelope;
+use crate::client::Client;
+use crate::envelope::{Envelope, SystemHeader};
+use crate::rules::Misfire;
+use crate::schedule::Schedule;
 use crate::testing::TestNamespace;
 
 /// A client on the memory broker and one on Redis in a fresh namespace (kept until the end).
@@ -77,12 +79,12 @@ async fn take_fired(client: &Client) -> Vec<Fired> {
         }
         for delivery in got {
             let envelope = Envelope::decode(&delivery.payload).unwrap();
-            let header = |name: &str| envelope.headers.get(name).cloned();
+            let header = |name: SystemHeader| envelope.header(name).map(str::to_owned);
             fired.push(Fired {
-                schedule: header("schedule").unwrap(),
-                slot_ms: header("slot_ms").unwrap().parse().unwrap(),
-                late: header("late").unwrap() == "true",
-                missed_from_ms: header("missed_from_ms").map(|ms| ms.parse().unwrap()),
+                schedule: header(SystemHeader::Schedule).unwrap(),
+                slot_ms: header(SystemHeader::SlotMs).unwrap().parse().unwrap(),
+                late: header(SystemHeader::Late).unwrap() == "true",
+                missed_from_ms: header(SystemHeader::MissedFromMs).map(|ms| ms.parse().unwrap()),
                 id: envelope.id.to_string(),
             });
         }

@@ -8,15 +8,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Counters, TaskTally};
-use crate::Result;
-use crate::broker::keys::stats_field;
+use super::counters::{Counters, TaskTally};
 use crate::broker::{Broker, WorkerReport};
 use crate::envelope::now_ms;
-use crate::stats::{DEAD_LETTERED, FAILED, Heartbeat, RETRIED, SUCCEEDED};
-
-/// The outcomes of a tally, in the order of `TaskTally::snapshot`.
-const OUTCOMES: [&str; 4] = [SUCCEEDED, FAILED, RETRIED, DEAD_LETTERED];
+use crate::error::Result;
+use crate::keys::Outcome;
+use crate::stats::Heartbeat;
 
 pub(crate) struct Heartbeats {
     pub(crate) broker: Arc<dyn Broker>,
@@ -47,9 +44,9 @@ impl Heartbeats {
             .collect();
         let mut counts = Vec::new();
         for ((task, now), stored) in self.tasks.iter().zip(&now).zip(&self.stored) {
-            for ((outcome, now), stored) in OUTCOMES.iter().zip(now).zip(stored) {
+            for ((outcome, now), stored) in Outcome::ALL.iter().zip(now).zip(stored) {
                 if now > stored {
-                    counts.push((stats_field(task, outcome), now - stored));
+                    counts.push(((*task).to_owned(), *outcome, now - stored));
                 }
             }
         }

@@ -5,31 +5,21 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, oneshot};
-
-use super::writer::WriteRequest;
-use super::{ProgressSink, Shared};
-use crate::backend::{AttemptError, JobRecord, Progress, State};
-use crate::broker::{BoxFuture, DeadLetter, Delivery, NewJob, Settlement, Write};
-use crate::envelope::{Envelope, now_ms};
+use super::progress::RecordProgress;
+use super::shared::Shared;
+use crate::broker::{DeadReason, Delivery, NewJob, Settlement};
+use crate::envelope::{Envelope, SystemHeader, now_ms};
+use crate::record::{AttemptError, FailureKind, JobRecord, State};
 use crate::registry::HandlerFuture;
 use crate::retry::{Decision, decide};
-use crate::task::{Retry, TaskContext, TaskError};
-use crate::{Error, Result};
-
-/// Longest raw payload kept in a dead letter: enough to replay any job `enqueue` accepts at
-/// the default size limit, while a runaway 100 MB entry does not move into the dead letters.
-const DEAD_PAYLOAD_CAP: usize = 1024 * 1024;
+use crate::task::{ProgressSink, TaskContext, TaskError};
 
 /// How long a job runs before its STARTED state is recorded.
 const STARTED_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Header counting how often a job of a task unknown here was put back: during a rolling
-/// deploy, a worker that knows the task may be about to start.
-const UNKNOWN_TASK_TRIES: &str = "psw-unknown-task-tries";
 /// How often a job of an unknown task is put back before it is dead-lettered: with the
 /// default delay of 15 s, a minute in all.
 const UNKNOWN_TASK_RETRIES: u32 = 4;
@@ -53,7 +43,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
             delivery,
             envelope.as_ref(),
             envelope.as_ref().map_or(&[][..], |e| e.errors.as_slice()),
-            "poisoned",
+            DeadReason::Poisoned,
             error,
         );
     }
@@ -64,7 +54,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
             delivery.payload.len(),
             shared.max_message_size
         );
-        return shared.dead_letter(delivery, None, &[], "oversized", error);
+        return shared.dead_letter(delivery, None, &[], DeadReason::Oversized, error);
     }
     match Envelope::decode(&delivery.payload) {
         Ok(envelope) => run_envelope(shared, delivery, envelope).await,
@@ -74,52 +64,10 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
                 delivery,
                 None,
                 &[],
-                "decode_error",
+                DeadReason::DecodeError,
                 crate::error::chain(&err),
             )
         }
-    }
-}
-
-/// Return a delivery that was fetched but never started: it goes back through the queue's
-/// delayed set, due at once, and the entry is acknowledged in the same transaction.
-pub(crate) async fn give_back(shared: &Shared, delivery: Delivery) {
-    let mut settlement = Settlement::of(&delivery);
-    settlement.retry = Some(Box::new(NewJob {
-        queue: delivery.queue.to_string(),
-        payload: delivery.payload,
-        due_ms: None,
-    }));
-    shared.settle(settlement).await;
-}
-
-impl Shared {
-    /// A settlement that moves the delivery to the dead letters, with `errors` (every
-    /// attempt's, or the envelope's history when the job never ran here).
-    fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        envelope: Option<&Envelope>,
-        errors: &[AttemptError],
-        reason: &'static str,
-        error: String,
-    ) -> Settlement {
-        self.stats.dead_lettered.inc();
-        if let Some((index, _)) = envelope.and_then(|e| self.registry.lookup(&e.task)) {
-            self.stats.tasks[index].dead_lettered.inc();
-        }
-        let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
-        let mut settlement = Settlement::of(delivery);
-        settlement.dead = Some(Box::new(DeadLetter {
-            job_id: envelope.map(|e| e.id.clone()),
-            task: envelope.map(|e| e.task.clone()),
-            reason,
-            error,
-            errors: rmp_serde::to_vec_named(errors).unwrap_or_else(|_| vec![0x90]),
-            payload: delivery.payload[..delivery.payload.len().min(DEAD_PAYLOAD_CAP)].to_vec(),
-            truncated,
-        }));
-        settlement
     }
 }
 
@@ -127,8 +75,7 @@ impl Shared {
 /// once it has waited long enough.
 fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) -> Settlement {
     let tries: u32 = envelope
-        .headers
-        .get(UNKNOWN_TASK_TRIES)
+        .header(SystemHeader::UnknownTaskTries)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     if tries >= UNKNOWN_TASK_RETRIES {
@@ -144,14 +91,12 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
             delivery,
             Some(&envelope),
             &envelope.errors,
-            "unknown_task",
+            DeadReason::UnknownTask,
             error,
         );
     }
     tracing::warn!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, tries, "no task of this name here (a deploy in progress?); putting it back");
-    envelope
-        .headers
-        .insert(UNKNOWN_TASK_TRIES.to_owned(), (tries + 1).to_string());
+    envelope.set_header(SystemHeader::UnknownTaskTries, (tries + 1).to_string());
     let mut settlement = Settlement::of(delivery);
     match envelope.encode() {
         Ok(payload) => {
@@ -166,8 +111,8 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
             delivery,
             Some(&envelope),
             &envelope.errors,
-            "unknown_task",
-            err.to_string(),
+            DeadReason::EncodeError,
+            crate::error::chain(&err),
         ),
     }
 }
@@ -186,10 +131,10 @@ async fn run_envelope(
     let max_retries = envelope.retries.unwrap_or(options.retries);
     // Only a task that keeps results has a record, and so progress to report.
     let progress = (!options.ignore_result).then(|| {
-        Arc::new(RecordProgress {
-            writes: shared.writes.clone(),
-            delivery: delivery.clone_without_payload(),
-            record: JobRecord {
+        Arc::new(RecordProgress::new(
+            shared.writes.clone(),
+            delivery.clone_without_payload(),
+            JobRecord {
                 id: envelope.id.to_string(),
                 task: envelope.task.clone(),
                 state: State::Started,
@@ -202,8 +147,7 @@ async fn run_envelope(
                 finished_ms: None,
                 retry_at_ms: None,
             },
-            last: Mutex::new(None),
-        })
+        ))
     });
     // The context takes the envelope's id, name and headers (no copies on the hot path); a
     // failed attempt puts them back from its own handle for the next envelope.
@@ -229,7 +173,7 @@ async fn run_envelope(
                     "timed out after {}",
                     humantime::format_duration(limit)
                 ))
-                .with_kind("timeout"))),
+                .with_kind(FailureKind::Timeout))),
             },
             None => CatchUnwind(handler).await,
         }
@@ -245,7 +189,7 @@ async fn run_envelope(
                 outcome = &mut attempt => outcome,
                 () = tokio::time::sleep(STARTED_AFTER) => {
                     if progress.last().is_none() {
-                        shared.write_record(delivery, &progress.record).await;
+                        shared.write_record(delivery, progress.started()).await;
                     }
                     attempt.await
                 }
@@ -255,7 +199,10 @@ async fn run_envelope(
     };
     let outcome = outcome.unwrap_or_else(|panic| {
         shared.stats.panicked.inc();
-        Err(TaskError::retry(format!("panicked: {}", panic_message(&*panic))).with_kind("panic"))
+        Err(
+            TaskError::retry(format!("panicked: {}", panic_message(&*panic)))
+                .with_kind(FailureKind::Panic),
+        )
     });
     if outcome.is_err() {
         envelope.id = context.job_id().into();
@@ -269,13 +216,7 @@ async fn run_envelope(
     // The final record keeps the last progress report, so a finished job still shows how far
     // it got. The handler, and with it the context, is done: the record is ours alone unless
     // the task kept a clone of its context.
-    let mut record = progress.map(|progress| {
-        let last = progress.last().take();
-        let mut record =
-            Arc::try_unwrap(progress).map_or_else(|shared| shared.record.clone(), |own| own.record);
-        record.progress = last;
-        record
-    });
+    let mut record = progress.map(RecordProgress::into_record);
     let base = Settlement::of(delivery);
     let err = match outcome {
         Ok(result) => {
@@ -291,11 +232,11 @@ async fn run_envelope(
         Err(err) => err,
     };
     tally.failed.inc();
-    tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = err.kind(), error = %err, "attempt failed");
+    tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = %err.kind(), error = %err, "attempt failed");
     let mut errors = envelope.errors.clone();
     errors.push(AttemptError {
         attempt: envelope.attempt,
-        kind: err.kind().to_owned(),
+        kind: err.kind(),
         message: err.message().to_owned(),
         at_ms: now,
     });
@@ -326,8 +267,8 @@ async fn run_envelope(
                         delivery,
                         Some(&next),
                         &next.errors,
-                        "decode_error",
-                        err.to_string(),
+                        DeadReason::EncodeError,
+                        crate::error::chain(&err),
                     );
                 }
             };
@@ -351,13 +292,8 @@ async fn run_envelope(
         }
         Decision::Fail => {
             shared.stats.failed.inc();
-            let reason = match (err.kind(), err.retry_policy()) {
-                ("bad_args", _) => "bad_args",
-                ("timeout", _) => "timed_out",
-                (_, Retry::Never) => "permanent_error",
-                _ => "retries_exhausted",
-            };
-            tracing::error!(id = %envelope.id, task = %envelope.task, attempts = errors.len(), reason, "job failed for good; dead-lettered");
+            let reason = DeadReason::after_failure(err.kind(), err.retry_policy());
+            tracing::error!(id = %envelope.id, task = %envelope.task, attempts = errors.len(), reason = %reason, "job failed for good; dead-lettered");
             let dead = shared.dead_letter(
                 delivery,
                 Some(&envelope),
@@ -400,66 +336,4 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a non-string panic payload")
-}
-
-impl Delivery {
-    /// The delivery's identity, for fencing the writes about it.
-    fn clone_without_payload(&self) -> Delivery {
-        Delivery {
-            queue: self.queue.clone(),
-            entry_id: self.entry_id.clone(),
-            payload: Vec::new(),
-            deliveries: self.deliveries,
-        }
-    }
-}
-
-/// Progress reports of one running job: its record in the PROGRESS state, written through the
-/// same writer as everything else so that it can never land after the job's final state.
-struct RecordProgress {
-    writes: mpsc::Sender<WriteRequest>,
-    delivery: Delivery,
-    /// The job's record as it started.
-    record: JobRecord,
-    /// The last report, kept for the final record.
-    last: Mutex<Option<Progress>>,
-}
-
-impl RecordProgress {
-    fn last(&self) -> std::sync::MutexGuard<'_, Option<Progress>> {
-        self.last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl ProgressSink for RecordProgress {
-    fn report(&self, progress: Progress) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut record = self.record.clone();
-            record.state = State::Progress;
-            record.progress = Some(progress.clone());
-            *self.last() = Some(progress);
-            let (done, stored) = oneshot::channel();
-            let request = WriteRequest {
-                write: Write::record_of(&self.delivery, &record)?,
-                done: Some(done),
-            };
-            self.writes.send(request).await.map_err(|_| Error::Closed)?;
-            stored.await.map_err(|_| Error::Closed)?
-        })
-    }
-}
-
-impl Write {
-    /// A record write fenced on `delivery`.
-    pub(crate) fn record_of(delivery: &Delivery, record: &JobRecord) -> Result<Write> {
-        Ok(Write::Record {
-            queue: delivery.queue.clone(),
-            entry_id: delivery.entry_id.clone(),
-            deliveries: delivery.deliveries,
-            id: record.id.clone().into(),
-            record: record.encode()?,
-        })
-    }
 }

@@ -1,155 +1,62 @@
 //! The worker: fetch -> run -> settle, with leases renewed while jobs run, expired leases
 //! reclaimed, delayed jobs promoted, and a graceful shutdown.
 //!
+//! Its parts, one file each: the [`fetch`] loop, the [`runner`]s and the [`job`] each runs,
+//! the [`writer`] that stores outcomes in batches, the [`heartbeat`], the [`promoter`] and the
+//! lease [`renewer`]; what they share is in [`shared`], [`in_flight`] and [`counters`]. This
+//! file starts them in order and stops them in order.
+//!
 //! Architecture invariant: the worker sees the `Broker` trait only, never Redis types.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::backend::{JobRecord, Progress};
-use crate::broker::{BoxFuture, Broker, Delivery, Settlement, Write};
-use crate::dead::{DeadHook, DeadJob};
+use crate::broker::Broker;
+use crate::broker::DeadJob;
+use crate::client::Client;
+use crate::dead::DeadHook;
 use crate::envelope::now_ms;
+use crate::error::Result;
+use crate::keys::validate_name;
+use crate::process::{self, process_name};
 use crate::registry::Registry;
+use crate::rules::DEFAULT_QUEUE;
 use crate::task::SharedState;
-use crate::{Client, Result};
 
+mod counters;
+mod fetch;
 mod heartbeat;
+mod in_flight;
 mod job;
+mod progress;
+mod promoter;
+mod renewer;
+mod runner;
+mod shared;
 mod writer;
 
-use writer::WriteRequest;
+use counters::Counters;
+pub use counters::WorkerStats;
+use fetch::FetchLoop;
+use in_flight::InFlight;
+use runner::Fetched;
+use shared::Shared;
 
-/// Where a running task's progress reports go.
-pub(crate) trait ProgressSink: Send + Sync {
-    fn report(&self, progress: Progress) -> BoxFuture<'_, Result<()>>;
-}
-
-/// How long one fetch blocks when the queues are empty; also bounds how late a shutdown
-/// request is noticed.
-const FETCH_BLOCK: Duration = Duration::from_millis(500);
 /// How long a stopping worker waits for its last outcomes to be stored.
 const WRITER_FLUSH: Duration = Duration::from_secs(10);
 /// How long each last call to Redis at shutdown (leaving the groups, the last heartbeat) may
 /// take: with Redis away they fail anyway, and a stopping worker must not wait out the
 /// client's reconnection backoff for each.
 const FAREWELL: Duration = Duration::from_secs(3);
-/// Most delayed jobs moved per promotion pass.
-const PROMOTE_BATCH: usize = 1000;
-/// Longest sleep of the promoter: a job delayed by another process is noticed this late at most.
-const PROMOTE_IDLE: Duration = Duration::from_millis(100);
-
-/// Counters of one worker, shared with whoever holds a copy.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerStats(Arc<Counters>);
-
-#[derive(Debug, Default)]
-struct Counters {
-    /// Outcomes per task, indexed by the task's position in the worker's registry: the hot
-    /// path counts with one relaxed add, no lock, no lookup by name.
-    tasks: Box<[TaskTally]>,
-    /// Jobs failed for good.
-    failed: Counter,
-    panicked: Counter,
-    dead_lettered: Counter,
-    reclaimed: Counter,
-    fenced: Counter,
-}
-
-impl Counters {
-    fn for_tasks(tasks: usize) -> Self {
-        Counters {
-            tasks: (0..tasks).map(|_| TaskTally::default()).collect(),
-            ..Counters::default()
-        }
-    }
-
-    fn sum(&self, outcome: fn(&TaskTally) -> &Counter) -> u64 {
-        self.tasks.iter().map(|tally| outcome(tally).get()).sum()
-    }
-}
-
-/// The outcomes of one task's attempts in this worker since it started (`stats::TaskCounts`
-/// says what each means). A cache line of its own, so that jobs of different tasks finishing
-/// on different threads do not contend.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct TaskTally {
-    succeeded: Counter,
-    failed: Counter,
-    retried: Counter,
-    dead_lettered: Counter,
-}
-
-impl TaskTally {
-    /// Every count, in the order of `heartbeat::OUTCOMES`.
-    fn snapshot(&self) -> [u64; 4] {
-        [
-            self.succeeded.get(),
-            self.failed.get(),
-            self.retried.get(),
-            self.dead_lettered.get(),
-        ]
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counter(AtomicU64);
-
-impl Counter {
-    fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn add(&self, n: usize) {
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl WorkerStats {
-    /// Jobs that finished with a result.
-    pub fn succeeded(&self) -> u64 {
-        self.0.sum(|tally| &tally.succeeded)
-    }
-    /// Jobs that failed for good.
-    pub fn failed(&self) -> u64 {
-        self.0.failed.get()
-    }
-    /// Failed attempts that were scheduled again.
-    pub fn retried(&self) -> u64 {
-        self.0.sum(|tally| &tally.retried)
-    }
-    /// Attempts that panicked (each also counts as retried or failed).
-    pub fn panicked(&self) -> u64 {
-        self.0.panicked.get()
-    }
-    /// Deliveries that went to the dead-letter stream: jobs failed for good, and deliveries
-    /// that could not be run at all.
-    pub fn dead_lettered(&self) -> u64 {
-        self.0.dead_lettered.get()
-    }
-    /// Deliveries taken over from workers whose lease ran out.
-    pub fn reclaimed(&self) -> u64 {
-        self.0.reclaimed.get()
-    }
-    /// Writes refused because this worker had lost the job to another (its lease ran out
-    /// while it was paused): the other worker's outcome stands.
-    pub fn fenced(&self) -> u64 {
-        self.0.fenced.get()
-    }
-}
+/// First pause when the queues cannot be prepared at start; it doubles up to 5 s.
+const PREPARE_RETRY: Duration = Duration::from_millis(100);
 
 /// Configures a [`Worker`].
 #[derive(Debug)]
@@ -186,7 +93,7 @@ impl WorkerBuilder {
         F: Fn(DeadJob) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.on_dead = Some(crate::dead::hook(hook));
+        self.on_dead = Some(DeadHook::new(hook));
         self
     }
 
@@ -228,14 +135,14 @@ impl WorkerBuilder {
             None => {
                 let queues = registry.queues();
                 if queues.is_empty() {
-                    vec!["default".to_owned()]
+                    vec![DEFAULT_QUEUE.to_owned()]
                 } else {
                     queues
                 }
             }
         };
         for queue in &queues {
-            crate::broker::keys::validate_name("queue", queue)?;
+            validate_name("queue", queue)?;
         }
         if registry.iter().next().is_none() {
             tracing::warn!(
@@ -251,27 +158,13 @@ impl WorkerBuilder {
             states: Arc::new(self.states),
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
-            consumer: consumer_name(),
+            // Unique per process: a restarted worker must not inherit a dead one's entries as
+            // if it were still running them.
+            consumer: process_name("worker"),
             stats: WorkerStats(Arc::new(Counters::for_tasks(registry.len()))),
             registry,
         })
     }
-}
-
-/// A unique name per process: a restarted worker must not inherit a dead one's entries as if
-/// it were still running them.
-fn consumer_name() -> String {
-    process_name("worker")
-}
-
-/// `<host>-<pid>-<random>`: unique per process (a restart is someone new), and the pid tells an
-/// operator which process it is. `fallback` stands in for an unknown host name.
-pub(crate) fn process_name(fallback: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| fallback.to_owned());
-    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Runs jobs from the queues until shut down.
@@ -288,115 +181,6 @@ pub struct Worker {
     shutdown_grace: Duration,
     consumer: String,
     stats: WorkerStats,
-}
-
-pub(crate) struct Shared {
-    broker: Arc<dyn Broker>,
-    registry: Registry,
-    writes: mpsc::Sender<WriteRequest>,
-    in_flight: Arc<InFlight>,
-    stats: Arc<Counters>,
-    max_deliveries: u64,
-    max_message_size: usize,
-    unknown_task_delay: Duration,
-    states: Arc<SharedState>,
-}
-
-impl Shared {
-    async fn send(&self, write: Write) {
-        let request = WriteRequest { write, done: None };
-        if self.writes.send(request).await.is_err() {
-            tracing::error!("the writer is gone; the job stays pending and runs again");
-        }
-    }
-
-    async fn write_record(&self, delivery: &Delivery, record: &JobRecord) {
-        match Write::record_of(delivery, record) {
-            Ok(write) => self.send(write).await,
-            Err(err) => {
-                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
-            }
-        }
-    }
-
-    /// Attach the record (and the finish announcement) to a settlement.
-    fn finish(&self, mut settlement: Settlement, record: &JobRecord, terminal: bool) -> Settlement {
-        match record.encode() {
-            Ok(bytes) => {
-                let id: crate::JobId = record.id.clone().into();
-                settlement.finished = terminal.then(|| id.clone());
-                settlement.record = Some((id, bytes));
-            }
-            Err(err) => {
-                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
-            }
-        }
-        settlement
-    }
-
-    async fn settle(&self, settlement: Settlement) {
-        // Still held until the writer has stored it: see `InFlight`.
-        self.send(Write::Settle(settlement)).await;
-    }
-}
-
-/// The deliveries this worker holds, per queue: entry id -> delivery count, from the fetch
-/// until the writer has stored their settlement. Their leases are renewed; every other entry
-/// pending under this consumer is an orphan (a read whose reply was lost) that the reclaim
-/// takes back. The count tells a stale copy of an entry (one this worker lost and took back)
-/// from the live one.
-#[derive(Default)]
-pub(crate) struct InFlight(Mutex<HashMap<Arc<str>, HashMap<String, u64>>>);
-
-impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<String, u64>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Hold a fetched batch (one lock for the batch: the writer releases on another thread).
-    fn track(&self, deliveries: &[Delivery]) {
-        let mut held = self.lock();
-        for delivery in deliveries {
-            let entries = match held.get_mut(&delivery.queue) {
-                Some(entries) => entries,
-                None => held.entry(delivery.queue.clone()).or_default(),
-            };
-            entries.insert(delivery.entry_id.clone(), delivery.deliveries);
-        }
-    }
-
-    /// Forget deliveries once their settlement is stored (or refused): (queue, entry id,
-    /// delivery count) each.
-    pub(crate) fn release<'d>(
-        &self,
-        settled: impl IntoIterator<Item = (&'d Arc<str>, &'d str, u64)>,
-    ) {
-        let mut held = self.lock();
-        for (queue, entry_id, deliveries) in settled {
-            if let Some(entries) = held.get_mut(queue)
-                && entries.get(entry_id) == Some(&deliveries)
-            {
-                entries.remove(entry_id);
-            }
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(Arc<str>, Vec<String>)> {
-        self.lock()
-            .iter()
-            .filter(|(_, ids)| !ids.is_empty())
-            .map(|(queue, ids)| (queue.clone(), ids.keys().cloned().collect()))
-            .collect()
-    }
-
-    fn ids(&self, queue: &str) -> Vec<String> {
-        self.lock()
-            .get(queue)
-            .map(|ids| ids.keys().cloned().collect())
-            .unwrap_or_default()
-    }
 }
 
 impl Worker {
@@ -432,7 +216,7 @@ impl Worker {
 
     /// Run until SIGINT or SIGTERM, then shut down gracefully.
     pub async fn run(self) -> Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(process::shutdown_signal()).await
     }
 
     /// Run until `shutdown` completes, then stop fetching, give running jobs the grace period,
@@ -453,26 +237,22 @@ impl Worker {
 
     async fn work(self, shutdown: CancellationToken) -> Result<()> {
         let broker = self.client.broker().clone();
-        let stop = CancellationToken::new();
-        let abandon = CancellationToken::new();
         let started_ms = now_ms();
-
-        // Redis may be unreachable at start: wait for it rather than exit.
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match broker.prepare(&self.queues).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot prepare the queues; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        if !prepare_queues(broker.as_ref(), &self.queues, &shutdown).await {
+            return Ok(());
         }
+        let running = self.start(broker, started_ms);
+        tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
+        running.fetch.run(&shutdown).await;
+        running.stop(&self).await;
+        tracing::info!(consumer = %self.consumer, "worker stopped");
+        Ok(())
+    }
 
+    /// Start the writer, the runners, the promoters, the renewer and the heartbeat, and make
+    /// the fetch loop that feeds them.
+    fn start(&self, broker: Arc<dyn Broker>, started_ms: i64) -> Running {
+        let abandon = CancellationToken::new();
         let (writes, requests) = mpsc::channel(self.concurrency.max(64) * 2);
         let in_flight = Arc::new(InFlight::default());
         let writer = tokio::spawn(writer::run(
@@ -498,32 +278,33 @@ impl Worker {
             unknown_task_delay: self.client.config().unknown_task_delay,
             states: self.states.clone(),
         });
-        // A claim is a delivery this worker holds, running or waiting to run: claims beyond the
-        // concurrency let the next batch be fetched while the current one runs.
-        let claims = Arc::new(Semaphore::new(self.concurrency + self.prefetch));
         let busy = Arc::new(AtomicUsize::new(0));
-        // Fetched deliveries wait here for the first free runner. Runners are long-lived: a
-        // job costs a channel hand-over, not a task spawned and joined.
+        // Fetched deliveries wait here for the first free runner.
         let (dispatch, ready) = flume::unbounded::<Fetched>();
         let stopping = CancellationToken::new();
         let mut runners = JoinSet::new();
         for _ in 0..self.concurrency {
-            runners.spawn(runner(
+            runners.spawn(runner::run(
                 shared.clone(),
                 ready.clone(),
                 stopping.clone(),
                 busy.clone(),
             ));
         }
+        let stop_helpers = CancellationToken::new();
         let mut helpers = JoinSet::new();
         for queue in &self.queues {
-            helpers.spawn(promote(broker.clone(), queue.clone(), stop.clone()));
+            helpers.spawn(promoter::run(
+                broker.clone(),
+                queue.clone(),
+                stop_helpers.clone(),
+            ));
         }
-        helpers.spawn(renew(
+        helpers.spawn(renewer::run(
             shared.clone(),
             self.consumer.clone(),
             self.lease,
-            stop.clone(),
+            stop_helpers.clone(),
         ));
         // Beats on until the last outcomes are stored: a worker draining its jobs is alive.
         let quiet = CancellationToken::new();
@@ -542,126 +323,117 @@ impl Worker {
             },
             quiet.clone(),
         ));
+        let fetch = FetchLoop {
+            shared: shared.clone(),
+            consumer: self.consumer.clone(),
+            queues: self.queues.clone(),
+            lease: self.lease,
+            claims: Arc::new(Semaphore::new(self.concurrency + self.prefetch)),
+            dispatch,
+            fetch_at: u32::try_from((self.prefetch / 2).max(1)).unwrap_or(u32::MAX),
+        };
+        Running {
+            broker,
+            shared,
+            fetch,
+            ready,
+            stopping,
+            busy,
+            runners,
+            stop_helpers,
+            helpers,
+            writer,
+            abandon,
+            heartbeats,
+            quiet,
+        }
+    }
+}
 
-        tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
-        let fetch_at = u32::try_from((self.prefetch / 2).max(1)).unwrap_or(u32::MAX);
-        let mut next_reclaim = tokio::time::Instant::now();
-        let mut fetch_delay = Duration::from_millis(100);
-        loop {
-            // Fetch once half the prefetch is free, not at each freed claim: until then the
-            // runners have at least that many deliveries waiting, and a fetch per freed claim
-            // would cost a round trip per job under load.
-            let mut first = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                permit = claims.clone().acquire_many_owned(fetch_at) => permit.expect("never closed"),
-            };
-            let free = claims.available_permits() + first.num_permits();
-            let mut deliveries = Vec::new();
-            if tokio::time::Instant::now() >= next_reclaim {
-                next_reclaim = tokio::time::Instant::now() + self.lease / 2;
-                for queue in &self.queues {
-                    match broker
-                        .reclaim(
-                            &self.consumer,
-                            queue,
-                            self.lease,
-                            free - deliveries.len(),
-                            &shared.in_flight.ids(queue),
-                        )
-                        .await
-                    {
-                        Ok(reclaimed) => {
-                            if !reclaimed.is_empty() {
-                                tracing::warn!(
-                                    queue,
-                                    count = reclaimed.len(),
-                                    "took over jobs whose lease ran out (a worker that stopped renewing it, or a read whose reply was lost)"
-                                );
-                                shared.stats.reclaimed.add(reclaimed.len());
-                            }
-                            deliveries.extend(reclaimed);
-                        }
-                        Err(err) => {
-                            tracing::warn!(queue, error = %err, "reclaiming expired leases failed")
-                        }
-                    }
-                    // Workers that died leave their consumer behind; once it owns nothing and
-                    // has been silent for a few leases, it is only clutter.
-                    match broker
-                        .prune_consumers(queue, &self.consumer, self.lease * 4)
-                        .await
-                    {
-                        Ok(removed) if !removed.is_empty() => {
-                            tracing::info!(queue, consumers = ?removed, "removed consumers of workers that are gone");
-                        }
-                        Ok(_) => {}
-                        Err(err) => tracing::warn!(queue, error = %err, "pruning consumers failed"),
-                    }
-                    if deliveries.len() >= free {
-                        break;
-                    }
+/// Make the queues' groups exist, waiting for Redis if it is unreachable at start rather than
+/// exiting; false if `shutdown` came first.
+async fn prepare_queues(
+    broker: &dyn Broker,
+    queues: &[String],
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut delay = PREPARE_RETRY;
+    loop {
+        match broker.prepare(queues).await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot prepare the queues; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
                 }
-            }
-            if deliveries.is_empty() {
-                // Not raced against the shutdown signal: dropping a read that Redis already
-                // answered would leave its entries pending until their lease runs out.
-                match broker
-                    .fetch(&self.consumer, &self.queues, free, FETCH_BLOCK)
-                    .await
-                {
-                    Ok(fetched) => {
-                        deliveries = fetched;
-                        fetch_delay = Duration::from_millis(100);
-                    }
-                    Err(err) => {
-                        let message = crate::error::chain(&err);
-                        if message.contains("NOGROUP") {
-                            tracing::error!(
-                                "the consumer groups are gone (Redis restarted empty?); creating them again from the start of each stream"
-                            );
-                            let _ = broker.prepare(&self.queues).await;
-                        } else {
-                            tracing::error!(error = %message, "fetching jobs failed; retrying");
-                        }
-                        drop(first);
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(fetch_delay) => {}
-                        }
-                        fetch_delay = (fetch_delay * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                }
-            }
-            shared.in_flight.track(&deliveries);
-            for delivery in deliveries {
-                // A read of several queues can return more than the free claims (COUNT is per
-                // stream): the extra deliveries are tracked and queued all the same, never
-                // left waiting unrenewed, and the next fetch waits for claims to free up.
-                let claim = first
-                    .split(1)
-                    .or_else(|| claims.clone().try_acquire_owned().ok());
-                // The runners hold a receiver until they stop, after this loop.
-                let _ = dispatch.send(Fetched { delivery, claim });
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// A started worker: its fetch loop and everything that must be stopped, in order, after it.
+struct Running {
+    broker: Arc<dyn Broker>,
+    shared: Arc<Shared>,
+    fetch: FetchLoop,
+    /// The runners' end of the dispatch queue, for one more runner at shutdown.
+    ready: flume::Receiver<Fetched>,
+    /// Tells the runners to give back what they take instead of running it.
+    stopping: CancellationToken,
+    /// Jobs running now.
+    busy: Arc<AtomicUsize>,
+    runners: JoinSet<()>,
+    stop_helpers: CancellationToken,
+    /// The promoters and the renewer.
+    helpers: JoinSet<()>,
+    writer: JoinHandle<()>,
+    /// Tells the writer to give up retrying (what it has not stored then runs again).
+    abandon: CancellationToken,
+    heartbeats: JoinHandle<heartbeat::Heartbeats>,
+    /// Ends the periodic heartbeats, before the last one.
+    quiet: CancellationToken,
+}
+
+impl Running {
+    /// Shut down after the fetch loop ended: give back what was fetched but not started, let
+    /// running jobs finish within the grace period, store their outcomes, leave the groups and
+    /// send the last heartbeat.
+    async fn stop(self, worker: &Worker) {
+        let Running {
+            broker,
+            shared,
+            fetch,
+            ready,
+            stopping,
+            busy,
+            mut runners,
+            stop_helpers,
+            mut helpers,
+            writer,
+            abandon,
+            heartbeats,
+            quiet,
+        } = self;
+        // Stopping first, then no more dispatch: a runner that takes a queued delivery from
+        // now on gives it back.
         stopping.cancel();
-        drop(dispatch);
+        drop(fetch);
         // Fetched but not started: given back at once rather than left to wait out a lease
         // behind long jobs. Every runner gives back what it takes once stopping; one more
         // runner makes sure that happens even when all the others are busy. Among the
         // runners, the grace period bounds it too: with Redis away the writer's queue fills,
         // and a give-back waits for room.
-        runners.spawn(runner(
+        runners.spawn(runner::run(
             shared.clone(),
             ready,
             stopping.clone(),
             busy.clone(),
         ));
 
-        tracing::info!(running = busy.load(Ordering::Relaxed), grace = ?self.shutdown_grace, "shutting down: no new jobs are taken");
-        let drained = tokio::time::timeout(self.shutdown_grace, async {
+        tracing::info!(running = busy.load(Ordering::Relaxed), grace = ?worker.shutdown_grace, "shutting down: no new jobs are taken");
+        let drained = tokio::time::timeout(worker.shutdown_grace, async {
             while runners.join_next().await.is_some() {}
         })
         .await;
@@ -673,7 +445,7 @@ impl Worker {
             runners.abort_all();
             while runners.join_next().await.is_some() {}
         }
-        stop.cancel();
+        stop_helpers.cancel();
         // Promotion and renewal are periodic and atomic on the server: a call cut short
         // changes nothing, and with Redis away it could take seconds to fail.
         helpers.shutdown().await;
@@ -693,7 +465,7 @@ impl Worker {
         }
         match tokio::time::timeout(
             FAREWELL,
-            broker.retire_consumer(&self.consumer, &self.queues),
+            broker.retire_consumer(&worker.consumer, &worker.queues),
         )
         .await
         {
@@ -727,8 +499,6 @@ impl Worker {
                 "could not store this worker's last counts and remove its heartbeat; it shows as not alive until forgotten an hour later"
             );
         }
-        tracing::info!(consumer = %self.consumer, "worker stopped");
-        Ok(())
     }
 }
 
@@ -741,120 +511,5 @@ fn joined(outcome: std::result::Result<Result<()>, tokio::task::JoinError>) -> R
             tracing::error!(error = %err, "the worker's task was cancelled");
             Ok(())
         }
-    }
-}
-
-/// A delivery on its way to a runner, with the claim it holds until settled.
-struct Fetched {
-    delivery: Delivery,
-    claim: Option<OwnedSemaphorePermit>,
-}
-
-/// One of the worker's `concurrency` runners: runs fetched deliveries one after another until
-/// the fetch loop stops and the queue is empty. Once stopping, what it takes is given back.
-async fn runner(
-    shared: Arc<Shared>,
-    ready: flume::Receiver<Fetched>,
-    stopping: CancellationToken,
-    busy: Arc<AtomicUsize>,
-) {
-    while let Ok(Fetched { delivery, claim }) = ready.recv_async().await {
-        if stopping.is_cancelled() {
-            job::give_back(&shared, delivery).await;
-            drop(claim);
-            continue;
-        }
-        busy.fetch_add(1, Ordering::Relaxed);
-        // Task panics are caught around the handler; one here is a bug of ours. The runner
-        // lives on, and the delivery is released so the reclaim takes it back after its lease.
-        let ran = AssertUnwindSafe(job::run(&shared, &delivery))
-            .catch_unwind()
-            .await;
-        busy.fetch_sub(1, Ordering::Relaxed);
-        if ran.is_err() {
-            tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, "the worker panicked while handling this delivery (a bug in psw-tasks); it runs again once its lease expires");
-            shared.in_flight.release([(
-                &delivery.queue,
-                delivery.entry_id.as_str(),
-                delivery.deliveries,
-            )]);
-        }
-        drop(claim);
-    }
-}
-
-/// Moves due delayed jobs of one queue into it, sleeping until the next is due.
-async fn promote(broker: Arc<dyn Broker>, queue: String, stop: CancellationToken) {
-    let mut failures = 0u32;
-    while !stop.is_cancelled() {
-        let pause = match broker.promote_due(&queue, now_ms(), PROMOTE_BATCH).await {
-            Ok(promoted) if promoted.moved == PROMOTE_BATCH => Duration::ZERO,
-            Ok(promoted) => {
-                failures = 0;
-                let until_next = promoted
-                    .next_due_ms
-                    .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64));
-                until_next.map_or(PROMOTE_IDLE, |d| d.min(PROMOTE_IDLE))
-            }
-            Err(err) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(queue, error = %err, "promoting delayed jobs failed; retrying");
-                }
-                Duration::from_millis(500)
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-    }
-}
-
-/// Renews the lease of every running job at a third of the lease, so that a live worker never
-/// loses a long job to the reaper.
-async fn renew(shared: Arc<Shared>, consumer: String, lease: Duration, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(lease / 3);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        for (queue, ids) in shared.in_flight.snapshot() {
-            match shared.broker.renew(&consumer, &queue, &ids).await {
-                Ok(renewed) if renewed < ids.len() => {
-                    // Either settled since the snapshot, or taken over by another worker
-                    // after a pause longer than the lease.
-                    tracing::debug!(queue = %queue, asked = ids.len(), renewed, "some leases were not renewed");
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(queue = %queue, error = %err, "renewing leases failed"),
-            }
-        }
-    }
-}
-
-/// SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::Counters;
+use super::counters::Counters;
+use super::in_flight::InFlight;
 use crate::broker::{Applied, Broker, Write};
-use crate::dead::{DeadHook, DeadJob};
+use crate::dead::DeadHook;
 use crate::envelope::JobId;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 pub(crate) struct WriteRequest {
     pub(crate) write: Write,
@@ -32,7 +33,7 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<Counters>,
     pub(crate) on_dead: Option<DeadHook>,
     /// Settled deliveries are released from it once stored.
-    pub(crate) in_flight: Arc<super::InFlight>,
+    pub(crate) in_flight: Arc<InFlight>,
 }
 
 /// Runs until every sender is gone and the channel is drained. While Redis refuses the writes
@@ -99,12 +100,7 @@ fn job_of(write: &Write) -> String {
 fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
     for &index in &applied.fenced {
         writer.stats.fenced.inc();
-        let (queue, entry) = match &writes[index] {
-            Write::Record {
-                queue, entry_id, ..
-            } => (queue, entry_id),
-            Write::Settle(settlement) => (&settlement.queue, &settlement.entry_id),
-        };
+        let (queue, entry) = writes[index].delivery();
         tracing::warn!(queue = %queue, entry = %entry, "write refused: another worker took this job over after its lease ran out; its outcome stands");
     }
     if applied.dead_trimmed > 0 {
@@ -125,7 +121,7 @@ fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
             _ => None,
         });
     for ((letter, queue), entry_id) in dead.zip(&applied.dead_entries) {
-        let job = DeadJob::from_letter(letter, queue, entry_id.clone());
+        let job = letter.stored(queue, entry_id.clone());
         // Off the writer's path: a slow alert must not hold up settling other jobs.
         tokio::spawn(hook.call(job));
     }

@@ -1,21 +1,94 @@
-//! The only place Redis key names are spelled (mirrored in `docs/protocol.md`).
+//! The only place Redis key names, hash and stream field names are spelled (mirrored in
+//! `docs/protocol.md`). Pure: names only, no IO.
 //!
 //! Every key of a namespace carries the hash tag `{namespace}`, so any command, MULTI or script
 //! that touches several of them stays on one Redis Cluster slot.
 
-use crate::{Error, Result};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::rules::{self, NameProblem};
+use crate::wire::wire_enum;
 
 /// The consumer group every worker of a namespace joins, on every queue stream.
 pub(crate) const GROUP: &str = "workers";
 
-/// The stream field that holds the encoded envelope.
+/// The stream field that holds the encoded envelope, in queue streams and dead letters.
 pub(crate) const JOB_FIELD: &str = "job";
 
-/// The field of a schedule's hash that holds the last slot handled (ms), compared and set.
-pub(crate) const LAST_FIELD: &str = "last_ms";
+wire_enum! {
+    /// The fields of a schedule's hash, `{ns}:beat:schedule:<name>`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum ScheduleField {
+        /// The last slot handled (ms), compared and set by every pass.
+        Last => "last_ms",
+        /// The stream entry id of the last job fired.
+        Entry => "entry",
+        /// The definition: task, queue, expression, zone, misfire policy, overlap.
+        Task => "task",
+        Queue => "queue",
+        Schedule => "schedule",
+        Tz => "tz",
+        Misfire => "misfire",
+        Overlap => "overlap",
+        /// The last job fired: its id, its slot, when it was sent, whether late.
+        Job => "job",
+        Slot => "slot_ms",
+        Fired => "fired_ms",
+        Late => "late",
+        /// Slots skipped because the last run was still going, and the latest of them.
+        OverlapSkips => "overlap_skips",
+        SkippedSlot => "skipped_slot_ms",
+    }
+}
 
-/// The field of a schedule's hash that holds the stream entry id of its last job.
-pub(crate) const ENTRY_FIELD: &str = "entry";
+wire_enum! {
+    /// The fields of a dead-letter entry in `{ns}:dead`, besides [`JOB_FIELD`] (the bytes).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum DeadField {
+        Reason => "reason",
+        Error => "error",
+        Queue => "queue",
+        Entry => "entry",
+        At => "at_ms",
+        Errors => "errors",
+        Truncated => "truncated",
+        Id => "id",
+        Task => "task",
+    }
+}
+
+wire_enum! {
+    /// What an attempt came to, as the per-minute stats count it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub(crate) enum Outcome {
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Retried => "retried",
+        DeadLettered => "dead_lettered",
+    }
+}
+
+impl Outcome {
+    /// Every outcome, in the order of a task's tally.
+    pub(crate) const ALL: [Outcome; 4] = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Retried,
+        Outcome::DeadLettered,
+    ];
+}
+
+/// How long a minute bucket of outcome counts lives after its last write; also the longest
+/// window `Client::stats` can sum.
+pub(crate) const BUCKET_TTL: Duration = Duration::from_secs(24 * 3600);
+
+const MINUTE_MS: i64 = 60_000;
+
+/// The minute of a time, as the stats keys number them: minutes since the Unix epoch.
+pub(crate) fn minute_of(at_ms: i64) -> i64 {
+    at_ms.div_euclid(MINUTE_MS)
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -65,7 +138,8 @@ impl Keys {
         format!("{}:finished", self.prefix)
     }
 
-    /// Hash of one schedule: its definition, the last slot handled, the last job fired.
+    /// Hash of one schedule ([`ScheduleField`]): its definition, the last slot handled, the
+    /// last job fired.
     pub(crate) fn schedule(&self, name: &str) -> String {
         format!("{}:beat:schedule:{name}", self.prefix)
     }
@@ -97,13 +171,15 @@ impl Keys {
 const STATS_SEPARATOR: char = '|';
 
 /// The field of a stats hash counting `outcome`s of `task`: `<task>|<outcome>`.
-pub(crate) fn stats_field(task: &str, outcome: &str) -> String {
+pub(crate) fn stats_field(task: &str, outcome: Outcome) -> String {
     format!("{task}{STATS_SEPARATOR}{outcome}")
 }
 
-/// (task, outcome) of a stats field.
-pub(crate) fn split_stats_field(field: &str) -> Option<(&str, &str)> {
-    field.rsplit_once(STATS_SEPARATOR)
+/// (task, outcome) of a stats field; `None` for a field of an outcome this version does not
+/// know (a newer one wrote it) or one without the separator.
+pub(crate) fn split_stats_field(field: &str) -> Option<(&str, Outcome)> {
+    let (task, outcome) = field.rsplit_once(STATS_SEPARATOR)?;
+    Some((task, Outcome::from_wire(outcome)?))
 }
 
 /// Schedule names end a key and make job ids (`name@slot`): no whitespace (ids are announced
@@ -124,22 +200,16 @@ pub(crate) fn validate_schedule_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Namespaces and queue names become parts of keys: no braces (they would change the hash
-/// tag), no whitespace, no colon in queue names (it separates key parts), not empty.
+/// Namespaces and queue names become parts of keys ([`rules::check_name`], which `#[task]`
+/// applies to `queue` at compile time too); `variable` names where the name came from.
 pub(crate) fn validate_name(variable: &str, name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.len() > 200
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | ':'));
-    if bad {
-        return Err(Error::config(
+    rules::check_name(name).map_err(|_: NameProblem| {
+        Error::config(
             variable,
             name,
             "a non-empty name of at most 200 characters without whitespace, `{`, `}` or `:`",
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 #[cfg(test)]
@@ -169,10 +239,15 @@ mod tests {
     #[test]
     fn stats_fields_give_any_task_name_back() {
         for task in ["it.add", "jobs::daily", "a|b", ""] {
-            let field = stats_field(task, "failed");
-            assert_eq!(split_stats_field(&field), Some((task, "failed")), "{field}");
+            let field = stats_field(task, Outcome::Failed);
+            assert_eq!(
+                split_stats_field(&field),
+                Some((task, Outcome::Failed)),
+                "{field}"
+            );
         }
         assert_eq!(split_stats_field("no separator"), None);
+        assert_eq!(split_stats_field("it.add|from_the_future"), None);
     }
 
     #[test]

@@ -8,58 +8,20 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use croner::errors::CronError;
-use croner::parser::{CronParser, Seconds, Year};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::rules::{self, Misfire};
 
 /// Most slots one pass fires on time; the rest wait for the next pass, so a long outage of a
 /// one-second schedule cannot make one pass unbounded.
 const MAX_FIRES: usize = 10_000;
-/// Largest `backfill(N)`.
-pub(crate) const MAX_BACKFILL: u32 = 1000;
-
-/// What a schedule does with slots that are found more than the grace period late (the beat was
-/// down, or Redis was away).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Misfire {
-    /// Drop them.
-    Skip,
-    /// Fire once for all of them, for the latest (the default).
-    #[default]
-    Coalesce,
-    /// Fire each of the latest N of them, oldest first; drop older ones.
-    Backfill(u32),
-}
-
-impl fmt::Display for Misfire {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Misfire::Skip => f.write_str("skip"),
-            Misfire::Coalesce => f.write_str("coalesce"),
-            Misfire::Backfill(n) => write!(f, "backfill({n})"),
-        }
-    }
-}
 
 impl FromStr for Misfire {
     type Err = Error;
 
     /// `skip`, `coalesce` or `backfill(N)` with N from 1 to 1000.
     fn from_str(text: &str) -> Result<Self> {
-        let backfill = text
-            .strip_prefix("backfill(")
-            .and_then(|rest| rest.strip_suffix(')'))
-            .map(|n| n.trim().parse::<u32>());
-        match (text, backfill) {
-            ("skip", _) => Ok(Misfire::Skip),
-            ("coalesce", _) => Ok(Misfire::Coalesce),
-            (_, Some(Ok(n))) if (1..=MAX_BACKFILL).contains(&n) => Ok(Misfire::Backfill(n)),
-            _ => Err(Error::schedule(
-                text,
-                "expected `skip`, `coalesce` or `backfill(N)` with N from 1 to 1000",
-            )),
-        }
+        rules::parse_misfire(text).map_err(|reason| Error::schedule(text, reason))
     }
 }
 
@@ -96,7 +58,8 @@ impl Schedule {
     /// A crontab expression: 5 fields (`minute hour day-of-month month day-of-week`, as Celery's
     /// `crontab()`), or 6 with seconds first; `@daily` and the other nicknames work too.
     pub fn cron(expression: &str) -> Result<Schedule> {
-        let cron = parse_cron(expression).map_err(|reason| Error::schedule(expression, reason))?;
+        let cron =
+            rules::parse_cron(expression).map_err(|reason| Error::schedule(expression, reason))?;
         Ok(Schedule {
             when: When::Cron {
                 text: expression.trim().to_owned(),
@@ -150,7 +113,7 @@ impl Schedule {
                 "a time zone applies to cron expressions; `every` counts from the Unix epoch",
             ));
         }
-        self.tz = parse_zone(zone).map_err(|reason| Error::schedule(zone, reason))?;
+        self.tz = rules::parse_zone(zone).map_err(|reason| Error::schedule(zone, reason))?;
         Ok(self)
     }
 
@@ -371,92 +334,6 @@ pub(crate) fn plan(schedule: &Schedule, last_ms: i64, now_ms: i64, grace: Durati
         plan.fires = vec![latest];
     }
     plan
-}
-
-/// The field names of 5- and 6-field expressions, with what each accepts.
-const FIELDS: [(&str, &str); 6] = [
-    ("second", "0-59"),
-    ("minute", "0-59"),
-    ("hour", "0-23"),
-    ("day-of-month", "1-31, L or W"),
-    ("month", "1-12 or JAN-DEC"),
-    ("day-of-week", "0-7 or SUN-SAT, with # or L"),
-];
-
-/// Seconds may lead (6 fields); years are refused so that 7 fields are a mistake, not a
-/// surprise. `psw-tasks-macros` checks `#[task(schedule)]` with the same settings and wording.
-fn parser() -> CronParser {
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build()
-}
-
-/// Parse a cron expression, or say which field is wrong and what it accepts.
-fn parse_cron(text: &str) -> std::result::Result<Cron, String> {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let nickname = fields.len() == 1 && fields[0].starts_with('@');
-    if !nickname && !(5..=6).contains(&fields.len()) {
-        return Err(format!(
-            "expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds \
-             first, found {}",
-            fields.len()
-        ));
-    }
-    let parser = parser();
-    let cron = parser.parse(text).map_err(|err| {
-        let names = &FIELDS[6 - fields.len().max(5)..];
-        // The field that fails on its own, with every other field a wildcard.
-        let culprit = (0..fields.len()).find(|&i| {
-            let probe: Vec<&str> = (0..fields.len())
-                .map(|j| if i == j { fields[j] } else { "*" })
-                .collect();
-            parser.parse(&probe.join(" ")).is_err()
-        });
-        match culprit.filter(|_| !nickname) {
-            Some(i) => format!(
-                "{} field `{}`: {}; expected {}",
-                names[i].0,
-                fields[i],
-                reason(&err),
-                names[i].1
-            ),
-            None => reason(&err),
-        }
-    })?;
-    // From a fixed instant, so that the answer never depends on when it is asked.
-    let reference = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
-    if reference.is_none_or(|at| cron.find_next_occurrence(&at, false).is_err()) {
-        return Err("it never fires: no date matches it".to_owned());
-    }
-    Ok(cron)
-}
-
-/// croner's message without its prefix, capital and period.
-fn reason(err: &CronError) -> String {
-    let text = match err {
-        // croner names the character inside a rewritten field (`MON` becomes `1`): name only it.
-        CronError::IllegalCharacters(text) => {
-            return match text.split('\'').nth(1) {
-                Some(character) => format!("illegal character `{character}`"),
-                None => "illegal character".to_owned(),
-            };
-        }
-        CronError::ComponentError(text) | CronError::InvalidPattern(text) => text.clone(),
-        other => other.to_string(),
-    };
-    let text = text.trim_end_matches('.');
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => "not a cron expression".to_owned(),
-    }
-}
-
-fn parse_zone(zone: &str) -> std::result::Result<Tz, String> {
-    zone.parse::<Tz>().map_err(|_| {
-        "not a time zone; expected an IANA name like `Europe/Stockholm` or `UTC`".to_owned()
-    })
 }
 
 #[cfg(test)]

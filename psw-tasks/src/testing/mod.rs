@@ -1,4 +1,5 @@
-//! Test support: a reachable Redis and a fresh key namespace per test, removed afterwards.
+//! Test support: a reachable Redis and a fresh key namespace per test, removed afterwards; and
+//! [`imports`], which holds a crate's modules to the layers of its `ARCHITECTURE.md`.
 //!
 //! The Redis is `REDIS_URL` when it answers, else one on 127.0.0.1:6379, else a
 //! `redis-server` started here on a free port (and stopped when the test process exits).
@@ -9,7 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{Client, Config};
+use crate::client::Client;
+use crate::config::Config;
+
+pub mod imports;
 
 /// The URL of a Redis that answers PING, found or started once per process.
 pub fn redis_url() -> &'static str {

@@ -1,4 +1,5 @@
-//! Job records: states, results, progress and attempt errors, as stored with a TTL.
+//! Job records: states, results, progress and attempt errors, as stored with a TTL. Pure: no IO
+//! here (the broker stores the encoded bytes).
 //!
 //! The record is one MessagePack map per job, written whole by the worker that owns the job at
 //! each state change, so readers never see a half-updated record and no write needs a read.
@@ -7,7 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::wire::{wire_enum, wire_serde};
 
 /// A job's state, as in Celery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,13 +66,35 @@ pub struct Progress {
     pub meta: Option<serde_json::Value>,
 }
 
+wire_enum! {
+    /// What kind of failure ended an attempt, as stored in the record.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum FailureKind {
+        /// The task returned an error that may be retried (any `std::error::Error` through `?`).
+        Error => "error",
+        /// The task returned [`crate::TaskError::permanent`]: never retried.
+        Permanent => "permanent",
+        /// The task panicked.
+        Panic => "panic",
+        /// The attempt ran past the task's `timeout`.
+        Timeout => "timeout",
+        /// The arguments did not decode into the task's parameters.
+        BadArgs => "bad_args",
+        /// A kind this version does not know, written by a newer one.
+        Unknown => "unknown",
+    }
+}
+
+wire_serde!(FailureKind, Unknown);
+
 /// The error of one failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptError {
     /// Which attempt, from 0.
     pub attempt: u32,
-    /// `error`, `permanent`, `panic`, `timeout` or `bad_args`.
-    pub kind: String,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
     /// The error's message.
     pub message: String,
     /// When the attempt failed, in ms since the Unix epoch.
@@ -156,7 +180,7 @@ mod tests {
             result: Some(rmp_serde::to_vec_named(&vec![1u32, 2]).unwrap()),
             errors: vec![AttemptError {
                 attempt: 0,
-                kind: "error".into(),
+                kind: FailureKind::Error,
                 message: "boom".into(),
                 at_ms: 3,
             }],
@@ -178,6 +202,30 @@ mod tests {
             Some(serde_json::json!([1, 2]))
         );
         assert_eq!(decoded.last_error(), Some("boom"));
+    }
+
+    #[test]
+    fn failure_kinds_travel_as_their_words_and_unknown_ones_are_kept_readable() {
+        for kind in [
+            FailureKind::Error,
+            FailureKind::Permanent,
+            FailureKind::Panic,
+            FailureKind::Timeout,
+            FailureKind::BadArgs,
+        ] {
+            let bytes = rmp_serde::to_vec_named(&kind).unwrap();
+            assert_eq!(
+                rmp_serde::from_slice::<String>(&bytes).unwrap(),
+                kind.as_str()
+            );
+            assert_eq!(rmp_serde::from_slice::<FailureKind>(&bytes).unwrap(), kind);
+        }
+        assert_eq!(FailureKind::BadArgs, "bad_args");
+        let newer = rmp_serde::to_vec_named("cancelled").unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<FailureKind>(&newer).unwrap(),
+            FailureKind::Unknown
+        );
     }
 
     #[test]

@@ -1,0 +1,45 @@
+//! What may be shown of a secret: URLs and DSNs with their credentials masked, for logs and
+//! error messages.
+
+/// `url` with its credentials masked, for logs and errors: `mysql://***@host/db`. A value that
+/// is no URL keeps only what follows its last `@`, since what precedes it may be a secret.
+pub fn url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Both setters only fail for URLs that cannot hold credentials at all.
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("***");
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_in_urls_are_masked() {
+        for (url, redacted) in [
+            (
+                "mysql://user:secret@mysql:3306/psw5_core",
+                "mysql://***@mysql:3306/psw5_core",
+            ),
+            (
+                "https://key@sentry.example.com/1",
+                "https://***@sentry.example.com/1",
+            ),
+            ("mysql://user:p@ss@db/x", "mysql://***@db/x"),
+            (
+                "sqlite://data/psw-cron.db?mode=rwc",
+                "sqlite://data/psw-cron.db?mode=rwc",
+            ),
+            ("pw@nowhere", "***@nowhere"),
+        ] {
+            assert_eq!(super::url(url), redacted, "{url}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Dead letters as the seam carries them: one to store ([`DeadLetter`]), one read back
+//! ([`DeadJob`]), why it is there ([`DeadReason`]), and the queue's size ([`DeadLetterStats`]).
+
+use crate::envelope::JobId;
+use crate::record::{AttemptError, FailureKind};
+use crate::retry::Retry;
+use crate::wire::{wire_enum, wire_serde};
+
+wire_enum! {
+    /// Why a job is in the dead-letter queue.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum DeadReason {
+        /// It failed on every attempt its retries allowed.
+        RetriesExhausted => "retries_exhausted",
+        /// It failed with an error that is never retried ([`crate::TaskError::permanent`]).
+        PermanentError => "permanent_error",
+        /// Its last attempt ran past the task's time limit.
+        TimedOut => "timed_out",
+        /// Its arguments do not decode into the task's parameters.
+        BadArgs => "bad_args",
+        /// Its entry is not a job envelope this version can read.
+        DecodeError => "decode_error",
+        /// The envelope of its next attempt could not be encoded.
+        EncodeError => "encode_error",
+        /// No worker of its queue knows its task, after several looks.
+        UnknownTask => "unknown_task",
+        /// It was delivered too often without finishing: it ended its worker each time.
+        Poisoned => "poisoned",
+        /// Its entry is over the size limit.
+        Oversized => "oversized",
+        /// A reason this version does not know, written by a newer one.
+        Unknown => "unknown",
+    }
+}
+
+wire_serde!(DeadReason, Unknown);
+
+impl DeadReason {
+    /// The reason of a job that failed for good with an error of `kind`.
+    pub(crate) fn after_failure(kind: FailureKind, retry: Retry) -> DeadReason {
+        match (kind, retry) {
+            (FailureKind::BadArgs, _) => DeadReason::BadArgs,
+            (FailureKind::Timeout, _) => DeadReason::TimedOut,
+            (_, Retry::Never) => DeadReason::PermanentError,
+            _ => DeadReason::RetriesExhausted,
+        }
+    }
+}
+
+/// A delivery that could not be run or failed for good, to be stored with its raw bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter {
+    pub(crate) job_id: Option<JobId>,
+    pub(crate) task: Option<String>,
+    pub(crate) reason: DeadReason,
+    pub(crate) error: String,
+    /// Every attempt's error (empty when none ran).
+    pub(crate) errors: Vec<AttemptError>,
+    /// The entry's bytes, cut at the cap; `truncated` says whether they were.
+    pub(crate) payload: Vec<u8>,
+    pub(crate) truncated: bool,
+    /// When it was dead-lettered, in ms since the Unix epoch.
+    pub(crate) at_ms: i64,
+}
+
+impl DeadLetter {
+    /// The dead letter as it reads back once stored under `entry_id`, from `queue`.
+    pub(crate) fn stored(&self, queue: &str, entry_id: String) -> DeadJob {
+        DeadJob {
+            entry_id,
+            job_id: self.job_id.as_ref().map(|id| id.to_string()),
+            task: self.task.clone(),
+            queue: queue.to_owned(),
+            reason: self.reason,
+            error: self.error.clone(),
+            errors: self.errors.clone(),
+            at_ms: self.at_ms,
+            payload_size: self.payload.len(),
+            truncated: self.truncated,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DeadJob {
+    /// Its id in the dead-letter stream (what `dlq show` and `dlq replay` take).
+    pub entry_id: String,
+    /// The job id, when the entry could be decoded.
+    pub job_id: Option<String>,
+    /// The task name, when the entry could be decoded.
+    pub task: Option<String>,
+    /// The queue it came from.
+    pub queue: String,
+    /// Why it is here.
+    pub reason: DeadReason,
+    /// The last error, in words.
+    pub error: String,
+    /// Every attempt's error, oldest first (empty when the job never ran).
+    pub errors: Vec<AttemptError>,
+    /// When it was dead-lettered, in ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Size of the stored bytes.
+    pub payload_size: usize,
+    /// Whether the bytes were cut at the cap (such a job cannot be replayed).
+    pub truncated: bool,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Size of the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterStats {
+    /// Dead letters stored now.
+    pub len: u64,
+    /// Dead letters removed, since the namespace began, to keep under the cap
+    /// (`PSW_DLQ_MAX_LEN`).
+    pub trimmed: u64,
+    /// Dead letters ever added since the queue was created or last purged whole: a count that
+    /// replays and retention do not lower, for watching its growth (Redis 7.0's `entries-added`
+    /// of the stream; on older Redis, `len + trimmed`).
+    pub added: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(kind: FailureKind, retry: Retry, expected: DeadReason) {
+        assert_eq!(
+            DeadReason::after_failure(kind, retry),
+            expected,
+            "{kind} {retry:?}"
+        );
+    }
+
+    #[test]
+    fn a_failure_for_good_is_filed_under_its_cause() {
+        check(FailureKind::BadArgs, Retry::Never, DeadReason::BadArgs);
+        check(FailureKind::Timeout, Retry::Allowed, DeadReason::TimedOut);
+        check(
+            FailureKind::Permanent,
+            Retry::Never,
+            DeadReason::PermanentError,
+        );
+        check(
+            FailureKind::Error,
+            Retry::Allowed,
+            DeadReason::RetriesExhausted,
+        );
+        check(
+            FailureKind::Panic,
+            Retry::Allowed,
+            DeadReason::RetriesExhausted,
+        );
+    }
+
+    #[test]
+    fn reasons_travel_as_their_words() {
+        assert_eq!(DeadReason::EncodeError.as_str(), "encode_error");
+        assert_eq!(
+            DeadReason::from_wire("timed_out"),
+            Some(DeadReason::TimedOut)
+        );
+        assert_eq!(DeadReason::from_wire("from_the_future"), None);
+        assert_eq!(DeadReason::Poisoned, "poisoned");
+    }
+}

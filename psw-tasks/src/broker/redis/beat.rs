@@ -1,0 +1,160 @@
+//! The beat's state in Redis: one hash per schedule (`keys::ScheduleField`), the set of their
+//! names, the compare-and-set pass (`beat_advance.lua`) and the leader lease
+//! (`beat_lease.lua`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::connection::RedisBroker;
+use crate::broker::{BeatAdvance, BeatDefinition, BeatState, LastFired};
+use crate::keys::{JOB_FIELD, ScheduleField};
+use crate::rules;
+
+/// The stored state of `schedule`; empty if no beat registered it.
+pub(super) async fn state(broker: &RedisBroker, schedule: &str) -> redis::RedisResult<BeatState> {
+    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(broker.keys.schedule(schedule))
+        .query_async(&mut broker.conn())
+        .await?;
+    Ok(decode(&fields))
+}
+
+/// The typed state of a schedule's hash. Each part is read on its own, so that a part this
+/// version cannot read (or that is missing) leaves the others intact.
+fn decode(fields: &HashMap<String, String>) -> BeatState {
+    let field = |name: ScheduleField| fields.get(name.as_str()).map(String::as_str);
+    let number = |name: ScheduleField| field(name).and_then(|value| value.parse::<i64>().ok());
+    let definition = (|| {
+        Some(BeatDefinition {
+            task: field(ScheduleField::Task)?.to_owned(),
+            queue: field(ScheduleField::Queue)?.to_owned(),
+            schedule: field(ScheduleField::Schedule)?.to_owned(),
+            tz: field(ScheduleField::Tz)?.to_owned(),
+            misfire: rules::parse_misfire(field(ScheduleField::Misfire)?).ok()?,
+            overlap: field(ScheduleField::Overlap)? == "true",
+        })
+    })();
+    let fired = (|| {
+        Some(LastFired {
+            job: field(ScheduleField::Job)?.to_owned(),
+            slot_ms: number(ScheduleField::Slot)?,
+            fired_ms: number(ScheduleField::Fired).unwrap_or(0),
+            late: field(ScheduleField::Late) == Some("true"),
+        })
+    })();
+    BeatState {
+        last_ms: number(ScheduleField::Last),
+        definition,
+        fired,
+        entry: field(ScheduleField::Entry).map(str::to_owned),
+        overlap_skips: number(ScheduleField::OverlapSkips).map_or(0, |n| n.max(0) as u64),
+        skipped_slot_ms: number(ScheduleField::SkippedSlot),
+    }
+}
+
+/// `last_ms` unless it has one, the definition, and the name in the set of schedules, in one
+/// transaction.
+pub(super) async fn register(
+    broker: &RedisBroker,
+    schedule: &str,
+    last_ms: i64,
+    definition: &BeatDefinition,
+) -> redis::RedisResult<()> {
+    let key = broker.keys.schedule(schedule);
+    let fields = [
+        (ScheduleField::Task, definition.task.clone()),
+        (ScheduleField::Queue, definition.queue.clone()),
+        (ScheduleField::Schedule, definition.schedule.clone()),
+        (ScheduleField::Tz, definition.tz.clone()),
+        (ScheduleField::Misfire, definition.misfire.to_string()),
+        (ScheduleField::Overlap, definition.overlap.to_string()),
+    ];
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("HSETNX")
+        .arg(&key)
+        .arg(ScheduleField::Last.as_str())
+        .arg(last_ms)
+        .ignore();
+    let hset = pipe.cmd("HSET").arg(&key);
+    for (field, value) in &fields {
+        hset.arg(field.as_str()).arg(value);
+    }
+    hset.ignore();
+    pipe.cmd("SADD")
+        .arg(broker.keys.schedules())
+        .arg(schedule)
+        .ignore();
+    pipe.exec_async(&mut broker.conn()).await
+}
+
+/// One pass, if `last_ms` is still the expected slot (`beat_advance.lua`).
+pub(super) async fn advance(
+    broker: &RedisBroker,
+    advance: &BeatAdvance,
+) -> redis::RedisResult<bool> {
+    let mut fields: Vec<(ScheduleField, String)> = Vec::new();
+    if let Some(fired) = &advance.fired {
+        fields.extend([
+            (ScheduleField::Job, fired.job.clone()),
+            (ScheduleField::Slot, fired.slot_ms.to_string()),
+            (ScheduleField::Fired, fired.fired_ms.to_string()),
+            (ScheduleField::Late, fired.late.to_string()),
+        ]);
+    }
+    if let Some(slot) = advance.skipped_slot_ms {
+        fields.push((ScheduleField::SkippedSlot, slot.to_string()));
+    }
+    let counter = match advance.skipped_slot_ms {
+        Some(_) => ScheduleField::OverlapSkips.as_str(),
+        None => "",
+    };
+    let mut invocation = broker
+        .scripts
+        .beat_advance
+        .key(broker.keys.schedule(&advance.schedule));
+    invocation
+        .key(broker.keys.stream(&advance.queue))
+        .arg(ScheduleField::Last.as_str())
+        .arg(advance.expected_ms)
+        .arg(advance.through_ms)
+        .arg(ScheduleField::Entry.as_str())
+        .arg(JOB_FIELD)
+        .arg(counter)
+        .arg(fields.len());
+    for (field, value) in &fields {
+        invocation.arg(field.as_str()).arg(value);
+    }
+    for payload in &advance.payloads {
+        invocation.arg(payload);
+    }
+    let applied: i64 = invocation.invoke_async(&mut broker.conn()).await?;
+    Ok(applied == 1)
+}
+
+/// Every registered schedule's name, sorted.
+pub(super) async fn schedules(broker: &RedisBroker) -> redis::RedisResult<Vec<String>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(broker.keys.schedules())
+        .query_async(&mut broker.conn())
+        .await?;
+    names.sort();
+    Ok(names)
+}
+
+/// Take, renew or (a zero `ttl`) give up the leader lease for `holder`.
+pub(super) async fn lease(
+    broker: &RedisBroker,
+    holder: &str,
+    ttl: Duration,
+) -> redis::RedisResult<bool> {
+    let held: i64 = broker
+        .scripts
+        .beat_lease
+        .key(broker.keys.beat_leader())
+        .arg(holder)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(held == 1)
+}

@@ -1,0 +1,168 @@
+//! The dead-letter stream `{ns}:dead`: a dead letter as stream fields and back, reading it
+//! page by page, replaying and purging.
+
+use super::connection::RedisBroker;
+use super::reply::range_entries;
+use crate::broker::{DeadJob, DeadLetter, DeadLetterStats, DeadReason};
+use crate::keys::{DeadField, JOB_FIELD};
+
+/// The fields of a dead-letter entry, in stream order (documented in `docs/protocol.md`), for
+/// a letter from `entry_id` of `queue`.
+pub(super) fn fields(
+    dead: &DeadLetter,
+    queue: &str,
+    entry_id: &str,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let errors = rmp_serde::to_vec_named(&dead.errors).unwrap_or_else(|_| vec![0x90]);
+    let mut fields = vec![
+        (
+            DeadField::Reason.as_str(),
+            dead.reason.as_str().as_bytes().to_vec(),
+        ),
+        (DeadField::Error.as_str(), dead.error.as_bytes().to_vec()),
+        (DeadField::Queue.as_str(), queue.as_bytes().to_vec()),
+        (DeadField::Entry.as_str(), entry_id.as_bytes().to_vec()),
+        (DeadField::At.as_str(), dead.at_ms.to_string().into_bytes()),
+        (DeadField::Errors.as_str(), errors),
+        (
+            DeadField::Truncated.as_str(),
+            if dead.truncated { b"1" } else { b"0" }.to_vec(),
+        ),
+    ];
+    if let Some(id) = &dead.job_id {
+        fields.push((DeadField::Id.as_str(), id.as_str().as_bytes().to_vec()));
+    }
+    if let Some(task) = &dead.task {
+        fields.push((DeadField::Task.as_str(), task.as_bytes().to_vec()));
+    }
+    fields.push((JOB_FIELD, dead.payload.clone()));
+    fields
+}
+
+/// A stored entry read back; fields it does not know are skipped, missing ones are empty.
+fn decode(entry_id: String, fields: Vec<(String, Vec<u8>)>) -> DeadJob {
+    let mut job = DeadJob {
+        entry_id,
+        job_id: None,
+        task: None,
+        queue: String::new(),
+        reason: DeadReason::Unknown,
+        error: String::new(),
+        errors: Vec::new(),
+        at_ms: 0,
+        payload_size: 0,
+        truncated: false,
+        payload: Vec::new(),
+    };
+    for (name, value) in fields {
+        let text = || String::from_utf8_lossy(&value).into_owned();
+        if name == JOB_FIELD {
+            job.payload_size = value.len();
+            job.payload = value;
+            continue;
+        }
+        match DeadField::from_wire(&name) {
+            Some(DeadField::Id) => job.job_id = Some(text()),
+            Some(DeadField::Task) => job.task = Some(text()),
+            Some(DeadField::Queue) => job.queue = text(),
+            Some(DeadField::Reason) => {
+                job.reason = DeadReason::from_wire(&text()).unwrap_or(DeadReason::Unknown)
+            }
+            Some(DeadField::Error) => job.error = text(),
+            Some(DeadField::Errors) => {
+                job.errors = rmp_serde::from_slice(&value).unwrap_or_default()
+            }
+            Some(DeadField::At) => job.at_ms = text().parse().unwrap_or(0),
+            Some(DeadField::Truncated) => job.truncated = value == b"1",
+            Some(DeadField::Entry) | None => {}
+        }
+    }
+    job
+}
+
+/// Up to `count` dead letters after `after` (exclusive), or from the oldest.
+pub(super) async fn after(
+    broker: &RedisBroker,
+    after: Option<&str>,
+    count: usize,
+) -> redis::RedisResult<Vec<DeadJob>> {
+    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+    range(broker, &start, count).await
+}
+
+/// The dead letter with this entry id.
+pub(super) async fn get(
+    broker: &RedisBroker,
+    entry_id: &str,
+) -> redis::RedisResult<Option<DeadJob>> {
+    Ok(range(broker, entry_id, 1)
+        .await?
+        .into_iter()
+        .find(|job| job.entry_id == entry_id))
+}
+
+async fn range(
+    broker: &RedisBroker,
+    start: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<DeadJob>> {
+    let reply = redis::cmd("XRANGE")
+        .arg(broker.keys.dead())
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1))
+        .query_async(&mut broker.conn())
+        .await?;
+    Ok(range_entries(reply)
+        .into_iter()
+        .map(|(id, fields)| decode(id, fields))
+        .collect())
+}
+
+/// Length, trimmed and added counts, read together (`dead_stats.lua`).
+pub(super) async fn stats(broker: &RedisBroker) -> redis::RedisResult<DeadLetterStats> {
+    let (len, trimmed, added): (u64, u64, u64) = broker
+        .scripts
+        .dead_stats
+        .key(broker.keys.dead())
+        .key(broker.keys.dead_trimmed())
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(DeadLetterStats {
+        len,
+        trimmed,
+        added,
+    })
+}
+
+/// Put the dead letter back on `queue` as `payload`, once (`replay.lua`).
+pub(super) async fn replay(
+    broker: &RedisBroker,
+    entry_id: &str,
+    queue: &str,
+    job_id: &str,
+    payload: Vec<u8>,
+) -> redis::RedisResult<bool> {
+    let replayed: i64 = broker
+        .scripts
+        .replay
+        .key(broker.keys.dead())
+        .key(broker.keys.stream(queue))
+        .key(broker.keys.record(job_id))
+        .arg(entry_id)
+        .arg(JOB_FIELD)
+        .arg(payload)
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(replayed == 1)
+}
+
+/// Delete every dead letter, or those older than `before_ms` (`purge.lua`).
+pub(super) async fn purge(broker: &RedisBroker, before_ms: Option<i64>) -> redis::RedisResult<u64> {
+    let mut purge = broker.scripts.purge.key(broker.keys.dead());
+    if let Some(before_ms) = before_ms {
+        purge.arg(before_ms.max(0));
+    }
+    purge.invoke_async(&mut broker.conn()).await
+}

@@ -1,0 +1,217 @@
+//! The Redis Streams broker: one stream and consumer group per queue, a sorted set per queue for
+//! delayed jobs, records as plain strings with a TTL. Key and field names come from `keys.rs`.
+//!
+//! One file per concern, and this one ties them to the [`Broker`] trait: `connection` (URL,
+//! TLS, the shared connection and the readers' own, bundled in [`RedisBroker`]), `fetch`
+//! (reads, reclaims and lease renewals), `queues` (groups, pushes, promotion, consumers),
+//! `settle` (the batched, fenced writes), `listener` (finished-job announcements), `beat`,
+//! `dead`, `stats`, `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::broadcast;
+
+use super::{
+    Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
+    NewJob, OutcomeCounts, Promoted, QueueStats, WorkerEntry, WorkerReport, Write,
+};
+use crate::error::{Error, Result};
+
+mod beat;
+mod connection;
+mod dead;
+mod fetch;
+mod listener;
+mod queues;
+mod reply;
+mod scripts;
+mod settle;
+mod stats;
+
+pub(crate) use connection::RedisBroker;
+
+/// One broker call: its Redis errors become this crate's (a missing group typed as such).
+fn call<'a, T: Send + 'a>(
+    call: impl Future<Output = redis::RedisResult<T>> + Send + 'a,
+) -> BoxFuture<'a, Result<T>> {
+    Box::pin(async move { call.await.map_err(Error::redis) })
+}
+
+impl Broker for RedisBroker {
+    fn prepare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        call(queues::prepare(self, queues))
+    }
+
+    fn push(&self, jobs: Vec<NewJob>) -> BoxFuture<'_, Result<()>> {
+        call(queues::push(self, jobs))
+    }
+
+    fn promote_due<'a>(
+        &'a self,
+        queue: &'a str,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Promoted>> {
+        call(queues::promote_due(self, queue, now_ms, limit))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        consumer: &'a str,
+        queues: &'a [String],
+        max: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
+        call(fetch::fetch(self, consumer, queues, max, block))
+    }
+
+    fn reclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        queue: &'a str,
+        min_idle: Duration,
+        max: usize,
+        holds: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Delivery>>> {
+        call(fetch::reclaim(self, consumer, queue, min_idle, max, holds))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        consumer: &'a str,
+        queue: &'a str,
+        entry_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<usize>> {
+        call(fetch::renew(self, consumer, queue, entry_ids))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        consumer: &'a str,
+        writes: &'a [Write],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Applied>> {
+        call(settle::apply(self, consumer, writes, ttl))
+    }
+
+    fn load_record<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        call(async move {
+            redis::cmd("GET")
+                .arg(self.keys.record(id))
+                .query_async(&mut self.conn())
+                .await
+        })
+    }
+
+    fn finished_events(&self) -> BoxFuture<'_, Result<broadcast::Receiver<Arc<str>>>> {
+        Box::pin(async move {
+            Ok(self
+                .finished
+                .subscribe(&self.client, self.keys.finished_channel())
+                .await)
+        })
+    }
+
+    fn retire_consumer<'a>(
+        &'a self,
+        consumer: &'a str,
+        queues: &'a [String],
+    ) -> BoxFuture<'a, Result<()>> {
+        call(queues::retire_consumer(self, consumer, queues))
+    }
+
+    fn beat_state<'a>(&'a self, schedule: &'a str) -> BoxFuture<'a, Result<BeatState>> {
+        call(beat::state(self, schedule))
+    }
+
+    fn beat_register<'a>(
+        &'a self,
+        schedule: &'a str,
+        last_ms: i64,
+        definition: &'a BeatDefinition,
+    ) -> BoxFuture<'a, Result<()>> {
+        call(beat::register(self, schedule, last_ms, definition))
+    }
+
+    fn beat_advance<'a>(&'a self, advance: &'a BeatAdvance) -> BoxFuture<'a, Result<bool>> {
+        call(beat::advance(self, advance))
+    }
+
+    fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        call(beat::schedules(self))
+    }
+
+    fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        call(beat::lease(self, holder, ttl))
+    }
+
+    fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        call(queues::in_stream(self, queue, entry_id))
+    }
+
+    fn dead_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadJob>>> {
+        call(dead::after(self, after, count))
+    }
+
+    fn dead_get<'a>(&'a self, entry_id: &'a str) -> BoxFuture<'a, Result<Option<DeadJob>>> {
+        call(dead::get(self, entry_id))
+    }
+
+    fn dead_stats(&self) -> BoxFuture<'_, Result<DeadLetterStats>> {
+        call(dead::stats(self))
+    }
+
+    fn dead_replay<'a>(
+        &'a self,
+        entry_id: &'a str,
+        queue: &'a str,
+        job_id: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        call(dead::replay(self, entry_id, queue, job_id, payload))
+    }
+
+    fn dead_purge(&self, before_ms: Option<i64>) -> BoxFuture<'_, Result<u64>> {
+        call(dead::purge(self, before_ms))
+    }
+
+    fn prune_consumers<'a>(
+        &'a self,
+        queue: &'a str,
+        me: &'a str,
+        idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        call(queues::prune_consumers(self, queue, me, idle))
+    }
+
+    fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>> {
+        call(stats::report_worker(self, report))
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<Vec<WorkerEntry>>> {
+        call(stats::workers(self))
+    }
+
+    fn forget_workers<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        call(stats::forget_workers(self, names))
+    }
+
+    fn queue_names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        call(stats::queue_names(self))
+    }
+
+    fn queue_stats<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueStats>>> {
+        call(stats::queue_stats(self, queues))
+    }
+
+    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<OutcomeCounts>> {
+        call(stats::outcome_counts(self, from, to))
+    }
+}

@@ -1,0 +1,174 @@
+//! The queues themselves: their consumer groups, adding jobs (ready or delayed), moving due
+//! delayed jobs in, and the consumers of workers that are gone.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use super::connection::RedisBroker;
+use crate::broker::{NewJob, Promoted};
+use crate::envelope::now_ms;
+use crate::keys::{GROUP, JOB_FIELD};
+
+/// Create each queue's stream and group (from `0`: entries added before the first worker are
+/// delivered too), and name the queues in the set of queue names.
+pub(super) async fn prepare(broker: &RedisBroker, queues: &[String]) -> redis::RedisResult<()> {
+    let mut conn = broker.conn();
+    for queue in queues {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(broker.keys.stream(queue))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(err) if err.code() == Some("BUSYGROUP") => {}
+            Err(err) => return Err(err),
+        }
+    }
+    redis::cmd("SADD")
+        .arg(broker.keys.queues())
+        .arg(queues)
+        .exec_async(&mut conn)
+        .await
+}
+
+/// Add jobs in one pipeline: `XADD` if ready, `ZADD` to the delayed set if due later; a queue
+/// this process has not used yet is added to the set of queue names on the way.
+pub(super) async fn push(broker: &RedisBroker, jobs: Vec<NewJob>) -> redis::RedisResult<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut pipe = redis::pipe();
+    for job in &jobs {
+        match job.due_ms {
+            Some(due) if due > now => {
+                pipe.cmd("ZADD")
+                    .arg(broker.keys.delayed(&job.queue))
+                    .arg(due)
+                    .arg(&job.payload)
+                    .ignore();
+            }
+            _ => {
+                pipe.cmd("XADD")
+                    .arg(broker.keys.stream(&job.queue))
+                    .arg("*")
+                    .arg(JOB_FIELD)
+                    .arg(&job.payload)
+                    .ignore();
+            }
+        }
+    }
+    let new_queues: Vec<&str> = {
+        let announced = broker
+            .announced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut new: Vec<&str> = jobs
+            .iter()
+            .map(|job| job.queue.as_str())
+            .filter(|queue| !announced.contains(*queue))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        new
+    };
+    if !new_queues.is_empty() {
+        pipe.cmd("SADD")
+            .arg(broker.keys.queues())
+            .arg(&new_queues)
+            .ignore();
+    }
+    pipe.exec_async(&mut broker.conn()).await?;
+    if !new_queues.is_empty() {
+        let mut announced = broker
+            .announced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        announced.extend(new_queues.into_iter().map(str::to_owned));
+    }
+    Ok(())
+}
+
+/// Move up to `limit` due delayed jobs into the queue (`promote.lua`).
+pub(super) async fn promote_due(
+    broker: &RedisBroker,
+    queue: &str,
+    now_ms: i64,
+    limit: usize,
+) -> redis::RedisResult<Promoted> {
+    let (moved, next): (usize, i64) = broker
+        .scripts
+        .promote
+        .key(broker.keys.delayed(queue))
+        .key(broker.keys.stream(queue))
+        .arg(now_ms)
+        .arg(limit)
+        .arg(JOB_FIELD)
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(Promoted {
+        moved,
+        next_due_ms: (next >= 0).then_some(next),
+    })
+}
+
+/// Remove `consumer` from each queue's group if it owns nothing there (`retire.lua`).
+pub(super) async fn retire_consumer(
+    broker: &RedisBroker,
+    consumer: &str,
+    queues: &[String],
+) -> redis::RedisResult<()> {
+    let mut conn = broker.conn();
+    for queue in queues {
+        let _: i64 = broker
+            .scripts
+            .retire
+            .key(broker.keys.stream(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .invoke_async(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Remove the consumers other than `me` that own nothing and were idle for `idle`
+/// (`prune.lua`); their names.
+pub(super) async fn prune_consumers(
+    broker: &RedisBroker,
+    queue: &str,
+    me: &str,
+    idle: Duration,
+) -> redis::RedisResult<Vec<String>> {
+    broker
+        .scripts
+        .prune
+        .key(broker.keys.stream(queue))
+        .arg(GROUP)
+        .arg(me)
+        .arg(idle.as_millis() as u64)
+        .invoke_async(&mut broker.conn())
+        .await
+}
+
+/// Whether the entry is still in the queue's stream.
+pub(super) async fn in_stream(
+    broker: &RedisBroker,
+    queue: &str,
+    entry_id: &str,
+) -> redis::RedisResult<bool> {
+    let found: Value = redis::cmd("XRANGE")
+        .arg(broker.keys.stream(queue))
+        .arg(entry_id)
+        .arg(entry_id)
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut broker.conn())
+        .await?;
+    Ok(matches!(found, Value::Array(entries) if !entries.is_empty()))
+}

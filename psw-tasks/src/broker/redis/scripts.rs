@@ -1,0 +1,55 @@
+//! The Lua scripts of the Redis broker, one `.lua` file each beside this one (each opens with
+//! what it does and its KEYS and ARGV), loaded once into [`Scripts`].
+//!
+//! Architecture invariant: a script gets every key it touches in KEYS, never builds a key name
+//! from ARGV, so that each call stays on the slot of its keys.
+
+use redis::Script;
+
+/// Every script, compiled in with `include_str!` and sent by hash (`EVALSHA`, falling back to
+/// loading it once).
+pub(super) struct Scripts {
+    /// Moves due delayed jobs into the stream.
+    pub(super) promote: Script,
+    /// Owner-checked lease renewal.
+    pub(super) renew: Script,
+    /// Takes over expired leases.
+    pub(super) reclaim: Script,
+    /// Applies a batch of fenced writes and acknowledgements.
+    pub(super) settle: Script,
+    /// Puts a dead letter back on its queue, once.
+    pub(super) replay: Script,
+    /// Deletes dead letters, all or older ones.
+    pub(super) purge: Script,
+    /// Removes consumers of dead workers that own nothing.
+    pub(super) prune: Script,
+    /// Removes this worker's consumer if it owns nothing.
+    pub(super) retire: Script,
+    /// Ready, pending and delayed jobs and consumers of queues.
+    pub(super) queue_stats: Script,
+    /// Length, trimmed and added counts of the dead letters.
+    pub(super) dead_stats: Script,
+    /// One compare-and-set pass of a schedule.
+    pub(super) beat_advance: Script,
+    /// The beat leader's lease.
+    pub(super) beat_lease: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Scripts {
+            promote: Script::new(include_str!("promote.lua")),
+            renew: Script::new(include_str!("renew.lua")),
+            reclaim: Script::new(include_str!("reclaim.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+            replay: Script::new(include_str!("replay.lua")),
+            purge: Script::new(include_str!("purge.lua")),
+            prune: Script::new(include_str!("prune.lua")),
+            retire: Script::new(include_str!("retire.lua")),
+            queue_stats: Script::new(include_str!("queue_stats.lua")),
+            dead_stats: Script::new(include_str!("dead_stats.lua")),
+            beat_advance: Script::new(include_str!("beat_advance.lua")),
+            beat_lease: Script::new(include_str!("beat_lease.lua")),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+-- Applies a batch of writes, each only while the consumer still holds its delivery with the
+-- delivery count it saw: a worker that lost its lease (paused, partitioned) can neither
+-- acknowledge nor write the record of a job another worker took over. XACK alone checks
+-- nothing.
+--
+-- KEYS[1] is the dead-letter stream and KEYS[2] its trimmed counter; each op names its keys by
+-- position. ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
+-- MessagePack; the bare acknowledgements, most of a drain with results off, come after
+-- ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
+-- Writing ops are applied first, in order, then the bare acknowledgements: records stay before
+-- their delivery's settlement, and a batch settles a delivery once (see `Write`). ARGV[7] is
+-- how many streams follow as (stream, first id, last id) triples: the range of each stream's
+-- entries in the batch, so that XPENDING reads what the consumer holds there, not all it
+-- holds.
+-- Returns {indexes of fenced writing ops (from 0), dead letters trimmed, ids of the dead
+-- letters added, indexes of fenced bare acknowledgements (from 0)}.
+local ops = cmsgpack.unpack(ARGV[6])
+-- What this consumer holds in each stream's range: entry id -> delivery count. One XPENDING
+-- per stream and batch, not one per entry.
+local held = {}
+local streams = tonumber(ARGV[7])
+for s = 0, streams - 1 do
+  local at = 9 + 3 * s
+  local stream = tonumber(ARGV[at])
+  local map = {}
+  for _, e in ipairs(redis.call('XPENDING', KEYS[stream], ARGV[1], ARGV[at + 1], ARGV[at + 2], ARGV[8], ARGV[2])) do
+    map[e[1]] = e[4]
+  end
+  held[stream] = map
+end
+local fenced = {}
+local finished = {}
+local acks = {}
+local function ack(stream, id)
+  local ids = acks[stream]
+  if not ids then ids = {}; acks[stream] = ids end
+  ids[#ids + 1] = id
+  -- Settled: a second write about it in this batch is stale.
+  held[stream][id] = nil
+end
+local dead = 0
+local dead_ids = {}
+for i, op in ipairs(ops) do
+  if held[op[1]][op[2]] == op[3] then
+    if op[5] > 0 then redis.call('SET', KEYS[op[5]], op[6], 'PX', ARGV[3]) end
+    if op[7] > 0 then redis.call('ZADD', KEYS[op[7]], op[8], op[9]) end
+    if #op[10] > 0 then
+      dead = dead + 1
+      dead_ids[dead] = redis.call('XADD', KEYS[1], '*', unpack(op[10]))
+    end
+    if op[4] == 1 then ack(op[1], op[2]) end
+    if op[11] ~= '' then finished[#finished + 1] = op[11] end
+  else
+    fenced[#fenced + 1] = i - 1
+  end
+end
+local bare_fenced = {}
+local first = 9 + 3 * streams
+for at = first, #ARGV, 3 do
+  local stream = tonumber(ARGV[at])
+  local id = ARGV[at + 1]
+  if held[stream][id] == tonumber(ARGV[at + 2]) then
+    ack(stream, id)
+  else
+    bare_fenced[#bare_fenced + 1] = (at - first) / 3
+  end
+end
+for stream, ids in pairs(acks) do
+  redis.call('XACK', KEYS[stream], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[stream], unpack(ids))
+end
+local trimmed = 0
+if dead > 0 then
+  trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[4])
+  if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
+end
+if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end
+return {fenced, trimmed, dead_ids, bare_fenced}

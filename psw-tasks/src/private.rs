@@ -1,0 +1,126 @@
+//! What `#[task]` expands to (`psw_tasks::__private`). Not a public API: it changes without
+//! notice.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::envelope::NoArgs;
+pub use crate::registry::{HandlerFuture, TaskDescriptor};
+pub use crate::retry::{Backoff, BackoffKind};
+pub use crate::rules::Misfire;
+pub use crate::schedule::DeclaredSchedule;
+pub use crate::task::TaskOptions;
+pub use inventory;
+
+use crate::client::{Client, EnqueueOptions, TaskHandle};
+use crate::record::FailureKind;
+use crate::task::TaskError;
+
+/// What a task function may return.
+#[diagnostic::on_unimplemented(
+    message = "a task must return `Result<T, E>` where `E: Into<TaskError>`, not `{Self}`",
+    label = "return a `Result` here"
+)]
+pub trait IntoOutcome {
+    /// The success value, stored as the job's result.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Split into the result or the attempt's error.
+    fn into_outcome(self) -> Result<Self::Output, TaskError>;
+}
+
+impl<O, E> IntoOutcome for Result<O, E>
+where
+    O: Serialize + DeserializeOwned + Send + 'static,
+    E: Into<TaskError>,
+{
+    type Output = O;
+    fn into_outcome(self) -> Result<O, TaskError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// Compile-time check that an argument can travel in an envelope.
+pub fn assert_task_argument<T: Serialize + DeserializeOwned + Send + 'static>() {}
+
+/// The default wire name: `module::path::function` without the crate's own name.
+pub const fn default_name(path: &'static str) -> &'static str {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] == b':' && bytes[i + 1] == b':' {
+            let (_, rest) = bytes.split_at(i + 2);
+            return match std::str::from_utf8(rest) {
+                Ok(rest) => rest,
+                Err(_) => path,
+            };
+        }
+        i += 1;
+    }
+    path
+}
+
+/// Options as the macro spells them; `timeout_ms == 0` means no time limit.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one positional call site: the macro"
+)]
+pub const fn options(
+    queue: &'static str,
+    retries: u32,
+    kind: BackoffKind,
+    base_ms: u64,
+    max_ms: u64,
+    jitter: bool,
+    ignore_result: bool,
+    timeout_ms: u64,
+) -> TaskOptions {
+    TaskOptions {
+        queue,
+        retries,
+        backoff: Backoff {
+            kind,
+            base: Duration::from_millis(base_ms),
+            max: Duration::from_millis(max_ms),
+            jitter,
+        },
+        ignore_result,
+        timeout: if timeout_ms == 0 {
+            None
+        } else {
+            Some(Duration::from_millis(timeout_ms))
+        },
+    }
+}
+
+/// Decode the argument array; a mismatch is a permanent `bad_args` failure carrying the
+/// serde error (with its path), since retrying cannot fix it.
+pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, TaskError> {
+    rmp_serde::from_slice(bytes).map_err(|err| {
+        TaskError::permanent(format!(
+            "arguments do not match the task's parameters: {err}"
+        ))
+        .with_kind(FailureKind::BadArgs)
+    })
+}
+
+/// Encode what the task function returned.
+pub fn finish<R: IntoOutcome>(returned: R) -> Result<Vec<u8>, TaskError> {
+    let output = returned.into_outcome()?;
+    rmp_serde::to_vec_named(&output)
+        .map_err(|err| TaskError::permanent(format!("could not encode the task's result: {err}")))
+}
+
+/// Enqueue on behalf of a typed handle.
+pub async fn enqueue<A: Serialize, O>(
+    client: &Client,
+    name: &'static str,
+    options: &TaskOptions,
+    args: &A,
+    enqueue_options: EnqueueOptions,
+) -> crate::error::Result<TaskHandle<O>> {
+    client
+        .enqueue_typed(name, options.queue, args, enqueue_options)
+        .await
+}

@@ -1,0 +1,182 @@
+//! The rules `#[task]` checks at compile time and psw-tasks applies at run time: cron
+//! expressions, time zones, misfire policies, key-safe names, and the defaults of `#[task]`.
+//!
+//! One file compiled into both crates: `psw-tasks-macros` includes it by path, because a
+//! proc-macro crate cannot share code with its runtime any other way. So it uses nothing of
+//! either crate, only croner, chrono and chrono-tz, which both depend on.
+
+use std::fmt;
+
+use chrono::{TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::errors::CronError;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// The queue of a task that names none.
+pub(crate) const DEFAULT_QUEUE: &str = "default";
+/// Retries of a task that sets none.
+pub(crate) const DEFAULT_RETRIES: u32 = 3;
+/// First retry delay of a task that sets none, in ms.
+pub(crate) const DEFAULT_BACKOFF_BASE_MS: u64 = 1_000;
+/// Longest retry delay of a task that sets none, in ms.
+pub(crate) const DEFAULT_BACKOFF_MAX_MS: u64 = 3_600_000;
+/// Whether retry delays are jittered unless a task says otherwise.
+pub(crate) const DEFAULT_JITTER: bool = true;
+/// The zone a cron schedule is read in unless it names one.
+pub(crate) const DEFAULT_ZONE: &str = "UTC";
+
+/// Largest `backfill(N)`.
+pub(crate) const MAX_BACKFILL: u32 = 1000;
+
+/// What a schedule does with slots that are found more than the grace period late (the beat was
+/// down, or Redis was away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Misfire {
+    /// Drop them.
+    Skip,
+    /// Fire once for all of them, for the latest (the default).
+    #[default]
+    Coalesce,
+    /// Fire each of the latest N of them, oldest first; drop older ones.
+    Backfill(u32),
+}
+
+impl fmt::Display for Misfire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Misfire::Skip => f.write_str("skip"),
+            Misfire::Coalesce => f.write_str("coalesce"),
+            Misfire::Backfill(n) => write!(f, "backfill({n})"),
+        }
+    }
+}
+
+/// `skip`, `coalesce` or `backfill(N)` with N from 1 to [`MAX_BACKFILL`].
+pub(crate) fn parse_misfire(text: &str) -> Result<Misfire, &'static str> {
+    let backfill = text
+        .strip_prefix("backfill(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .map(|n| n.trim().parse::<u32>());
+    match (text, backfill) {
+        ("skip", _) => Ok(Misfire::Skip),
+        ("coalesce", _) => Ok(Misfire::Coalesce),
+        (_, Some(Ok(n))) if (1..=MAX_BACKFILL).contains(&n) => Ok(Misfire::Backfill(n)),
+        _ => Err("expected `skip`, `coalesce` or `backfill(N)` with N from 1 to 1000"),
+    }
+}
+
+/// An IANA time zone name.
+pub(crate) fn parse_zone(zone: &str) -> Result<Tz, &'static str> {
+    zone.parse::<Tz>()
+        .map_err(|_| "not a time zone; expected an IANA name like `Europe/Stockholm` or `UTC`")
+}
+
+/// The field names of 5- and 6-field expressions, with what each accepts.
+const FIELDS: [(&str, &str); 6] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31, L or W"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT, with # or L"),
+];
+
+/// Seconds may lead (6 fields); years are refused so that 7 fields are a mistake, not a
+/// surprise.
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// Parse a cron expression (5 fields, 6 with seconds first, or a nickname like `@daily`), or
+/// say which field is wrong and what it accepts.
+pub(crate) fn parse_cron(text: &str) -> Result<Cron, String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let nickname = fields.len() == 1 && fields[0].starts_with('@');
+    if !nickname && !(5..=6).contains(&fields.len()) {
+        return Err(format!(
+            "expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds \
+             first, found {}",
+            fields.len()
+        ));
+    }
+    let parser = parser();
+    let cron = parser.parse(text).map_err(|err| {
+        let names = &FIELDS[6 - fields.len().max(5)..];
+        // The field that fails on its own, with every other field a wildcard.
+        let culprit = (0..fields.len()).find(|&i| {
+            let probe: Vec<&str> = (0..fields.len())
+                .map(|j| if i == j { fields[j] } else { "*" })
+                .collect();
+            parser.parse(&probe.join(" ")).is_err()
+        });
+        match culprit.filter(|_| !nickname) {
+            Some(i) => format!(
+                "{} field `{}`: {}; expected {}",
+                names[i].0,
+                fields[i],
+                cron_reason(&err),
+                names[i].1
+            ),
+            None => cron_reason(&err),
+        }
+    })?;
+    // From a fixed instant, so that the answer never depends on when it is asked.
+    let reference = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
+    if reference.is_none_or(|at| cron.find_next_occurrence(&at, false).is_err()) {
+        return Err("it never fires: no date matches it".to_owned());
+    }
+    Ok(cron)
+}
+
+/// croner's message without its prefix, capital and period.
+fn cron_reason(err: &CronError) -> String {
+    let text = match err {
+        // croner names the character inside a rewritten field (`MON` becomes `1`): name only it.
+        CronError::IllegalCharacters(text) => {
+            return match text.split('\'').nth(1) {
+                Some(character) => format!("illegal character `{character}`"),
+                None => "illegal character".to_owned(),
+            };
+        }
+        CronError::ComponentError(text) | CronError::InvalidPattern(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "not a cron expression".to_owned(),
+    }
+}
+
+/// What makes a name unfit to be part of a Redis key (a namespace or a queue name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameProblem {
+    Empty,
+    TooLong,
+    /// Whitespace or a control character.
+    Whitespace,
+    /// `{` or `}` (they would change the Cluster hash tag) or `:` (it separates key parts).
+    Reserved(char),
+}
+
+/// Whether `name` can be part of a key: namespaces and queue names.
+pub(crate) fn check_name(name: &str) -> Result<(), NameProblem> {
+    if name.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if name.len() > 200 {
+        return Err(NameProblem::TooLong);
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(NameProblem::Whitespace);
+    }
+    match name.chars().find(|c| matches!(c, '{' | '}' | ':')) {
+        Some(reserved) => Err(NameProblem::Reserved(reserved)),
+        None => Ok(()),
+    }
+}

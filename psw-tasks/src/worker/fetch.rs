@@ -1,0 +1,177 @@
+//! The fetch loop: wait for free claims, take over expired leases now and then, read new jobs,
+//! and hand each delivery to the runners.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::runner::Fetched;
+use super::shared::Shared;
+use crate::broker::Delivery;
+use crate::error::Error;
+
+/// How long one fetch blocks when the queues are empty; also bounds how late a shutdown
+/// request is noticed.
+const FETCH_BLOCK: Duration = Duration::from_millis(500);
+/// First pause after a failed fetch; it doubles up to [`FETCH_RETRY_MAX`].
+const FETCH_RETRY: Duration = Duration::from_millis(100);
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+pub(crate) struct FetchLoop {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) consumer: String,
+    pub(crate) queues: Vec<String>,
+    pub(crate) lease: Duration,
+    /// A claim is a delivery this worker holds, running or waiting to run: claims beyond the
+    /// concurrency let the next batch be fetched while the current one runs.
+    pub(crate) claims: Arc<Semaphore>,
+    /// Where fetched deliveries wait for the first free runner.
+    pub(crate) dispatch: flume::Sender<Fetched>,
+    /// Claims to wait for before a fetch: half the prefetch, at least one.
+    pub(crate) fetch_at: u32,
+}
+
+impl FetchLoop {
+    /// Fetch and dispatch until `shutdown`. A read that Redis answered is always dispatched:
+    /// dropping it would leave its entries pending until their lease runs out.
+    pub(crate) async fn run(&self, shutdown: &CancellationToken) {
+        let mut next_reclaim = Instant::now();
+        let mut retry = FETCH_RETRY;
+        loop {
+            let Some(first) = self.wait_for_claims(shutdown).await else {
+                return;
+            };
+            let free = self.claims.available_permits() + first.num_permits();
+            let mut deliveries = Vec::new();
+            if Instant::now() >= next_reclaim {
+                next_reclaim = Instant::now() + self.lease / 2;
+                deliveries = self.reclaim_expired(free).await;
+            }
+            if deliveries.is_empty() {
+                match self.fetch_new(free).await {
+                    Some(fetched) => {
+                        deliveries = fetched;
+                        retry = FETCH_RETRY;
+                    }
+                    None => {
+                        drop(first);
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(retry) => {}
+                        }
+                        retry = (retry * 2).min(FETCH_RETRY_MAX);
+                        continue;
+                    }
+                }
+            }
+            self.dispatch(deliveries, first);
+        }
+    }
+
+    /// Wait until half the prefetch of claims is free, not for each freed claim: until then the
+    /// runners have at least that many deliveries waiting, and a fetch per freed claim would
+    /// cost a round trip per job under load. `None` once shutting down.
+    async fn wait_for_claims(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            permit = self.claims.clone().acquire_many_owned(self.fetch_at) => {
+                Some(permit.expect("the claims are never closed"))
+            }
+        }
+    }
+
+    /// Take over entries whose lease ran out, up to `free` (other consumers', and this one's
+    /// orphans), and remove the consumers of workers that are gone.
+    async fn reclaim_expired(&self, free: usize) -> Vec<Delivery> {
+        let broker = &self.shared.broker;
+        let mut deliveries = Vec::new();
+        for queue in &self.queues {
+            let holds = self.shared.in_flight.ids(queue);
+            match broker
+                .reclaim(
+                    &self.consumer,
+                    queue,
+                    self.lease,
+                    free - deliveries.len(),
+                    &holds,
+                )
+                .await
+            {
+                Ok(reclaimed) => {
+                    if !reclaimed.is_empty() {
+                        tracing::warn!(
+                            queue,
+                            count = reclaimed.len(),
+                            "took over jobs whose lease ran out (a worker that stopped renewing it, or a read whose reply was lost)"
+                        );
+                        self.shared.stats.reclaimed.add(reclaimed.len());
+                    }
+                    deliveries.extend(reclaimed);
+                }
+                Err(err) => {
+                    tracing::warn!(queue, error = %err, "reclaiming expired leases failed")
+                }
+            }
+            // Workers that died leave their consumer behind; once it owns nothing and has been
+            // silent for a few leases, it is only clutter.
+            match broker
+                .prune_consumers(queue, &self.consumer, self.lease * 4)
+                .await
+            {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(queue, consumers = ?removed, "removed consumers of workers that are gone");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(queue, error = %err, "pruning consumers failed"),
+            }
+            if deliveries.len() >= free {
+                break;
+            }
+        }
+        deliveries
+    }
+
+    /// Read up to `free` new jobs; `None` when the read failed (recreating the consumer groups
+    /// if Redis lost them), so that the loop pauses before the next try.
+    async fn fetch_new(&self, free: usize) -> Option<Vec<Delivery>> {
+        // Not raced against the shutdown signal: dropping a read that Redis already answered
+        // would leave its entries pending until their lease runs out.
+        let broker = &self.shared.broker;
+        match broker
+            .fetch(&self.consumer, &self.queues, free, FETCH_BLOCK)
+            .await
+        {
+            Ok(fetched) => Some(fetched),
+            Err(Error::GroupMissing) => {
+                tracing::error!(
+                    "the consumer groups are gone (Redis restarted empty?); creating them again from the start of each stream"
+                );
+                let _ = broker.prepare(&self.queues).await;
+                None
+            }
+            Err(err) => {
+                tracing::error!(error = %crate::error::chain(&err), "fetching jobs failed; retrying");
+                None
+            }
+        }
+    }
+
+    /// Hold the deliveries and queue them for the runners, each with a claim.
+    fn dispatch(&self, deliveries: Vec<Delivery>, mut first: OwnedSemaphorePermit) {
+        self.shared.in_flight.track(&deliveries);
+        for delivery in deliveries {
+            // A read of several queues can return more than the free claims (COUNT is per
+            // stream): the extra deliveries are held and queued all the same, never left
+            // waiting unrenewed, and the next fetch waits for claims to free up.
+            let claim = first
+                .split(1)
+                .or_else(|| self.claims.clone().try_acquire_owned().ok());
+            // The runners hold a receiver until they stop, after this loop.
+            let _ = self.dispatch.send(Fetched { delivery, claim });
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The worker's runners: `concurrency` long-lived tasks, each running fetched deliveries one
+//! after another (a job costs a channel hand-over, not a task spawned and joined), and giving
+//! back what they take once the worker stops.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::job;
+use super::shared::Shared;
+use crate::broker::{Delivery, NewJob, Settlement};
+
+/// A delivery on its way to a runner, with the claim it holds until settled.
+pub(crate) struct Fetched {
+    pub(crate) delivery: Delivery,
+    pub(crate) claim: Option<OwnedSemaphorePermit>,
+}
+
+/// Run fetched deliveries until the fetch loop stops and the queue is empty. Once `stopping`,
+/// what it takes is given back. `busy` counts the jobs running now.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    ready: flume::Receiver<Fetched>,
+    stopping: CancellationToken,
+    busy: Arc<AtomicUsize>,
+) {
+    while let Ok(Fetched { delivery, claim }) = ready.recv_async().await {
+        if stopping.is_cancelled() {
+            give_back(&shared, delivery).await;
+            drop(claim);
+            continue;
+        }
+        busy.fetch_add(1, Ordering::Relaxed);
+        // Task panics are caught around the handler; one here is a bug of ours. The runner
+        // lives on, and the delivery is released so the reclaim takes it back after its lease.
+        let ran = AssertUnwindSafe(job::run(&shared, &delivery))
+            .catch_unwind()
+            .await;
+        busy.fetch_sub(1, Ordering::Relaxed);
+        if ran.is_err() {
+            tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, "the worker panicked while handling this delivery (a bug in psw-tasks); it runs again once its lease expires");
+            shared.in_flight.release([(
+                &delivery.queue,
+                delivery.entry_id.as_str(),
+                delivery.deliveries,
+            )]);
+        }
+        drop(claim);
+    }
+}
+
+/// Return a delivery that was fetched but never started: it goes back through the queue's
+/// delayed set, due at once, and the entry is acknowledged in the same transaction.
+async fn give_back(shared: &Shared, delivery: Delivery) {
+    let mut settlement = Settlement::of(&delivery);
+    settlement.retry = Some(Box::new(NewJob {
+        queue: delivery.queue.to_string(),
+        payload: delivery.payload,
+        due_ms: None,
+    }));
+    shared.settle(settlement).await;
+}

@@ -1,0 +1,122 @@
+//! What every runner of a worker shares: the broker, the registry, the writer's queue, what
+//! the worker holds, its counters and limits, and the ways to hand a write to the writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::counters::Counters;
+use super::in_flight::InFlight;
+use super::writer::WriteRequest;
+use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
+use crate::envelope::{Envelope, JobId, now_ms};
+use crate::record::{AttemptError, JobRecord};
+use crate::registry::Registry;
+use crate::task::SharedState;
+
+/// Longest raw payload kept in a dead letter: enough to replay any job `enqueue` accepts at
+/// the default size limit, while a runaway 100 MB entry does not move into the dead letters.
+const DEAD_PAYLOAD_CAP: usize = 1024 * 1024;
+
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) registry: Registry,
+    pub(crate) writes: mpsc::Sender<WriteRequest>,
+    pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) stats: Arc<Counters>,
+    pub(crate) max_deliveries: u64,
+    pub(crate) max_message_size: usize,
+    pub(crate) unknown_task_delay: Duration,
+    pub(crate) states: Arc<SharedState>,
+}
+
+impl Shared {
+    async fn send(&self, write: Write) {
+        let request = WriteRequest { write, done: None };
+        if self.writes.send(request).await.is_err() {
+            tracing::error!("the writer is gone; the job stays pending and runs again");
+        }
+    }
+
+    /// Queue a record write (STARTED) of a delivery still running.
+    pub(crate) async fn write_record(&self, delivery: &Delivery, record: &JobRecord) {
+        match Write::record_of(delivery, record) {
+            Ok(write) => self.send(write).await,
+            Err(err) => {
+                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
+            }
+        }
+    }
+
+    /// Attach the record (and the finish announcement) to a settlement.
+    pub(crate) fn finish(
+        &self,
+        mut settlement: Settlement,
+        record: &JobRecord,
+        terminal: bool,
+    ) -> Settlement {
+        match record.encode() {
+            Ok(bytes) => {
+                let id: JobId = record.id.clone().into();
+                settlement.finished = terminal.then(|| id.clone());
+                settlement.record = Some((id, bytes));
+            }
+            Err(err) => {
+                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
+            }
+        }
+        settlement
+    }
+
+    /// Hand the end of a delivery to the writer. It stays held until the writer has stored it:
+    /// see `InFlight`.
+    pub(crate) async fn settle(&self, settlement: Settlement) {
+        self.send(Write::Settle(settlement)).await;
+    }
+
+    /// A settlement that moves the delivery to the dead letters, with `errors` (every
+    /// attempt's, or the envelope's history when the job never ran here).
+    pub(crate) fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        envelope: Option<&Envelope>,
+        errors: &[AttemptError],
+        reason: DeadReason,
+        error: String,
+    ) -> Settlement {
+        self.stats.dead_lettered.inc();
+        if let Some((index, _)) = envelope.and_then(|e| self.registry.lookup(&e.task)) {
+            self.stats.tasks[index].dead_lettered.inc();
+        }
+        let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
+        let mut settlement = Settlement::of(delivery);
+        settlement.dead = Some(Box::new(DeadLetter {
+            job_id: envelope.map(|e| e.id.clone()),
+            task: envelope.map(|e| e.task.clone()),
+            reason,
+            error,
+            errors: errors.to_vec(),
+            payload: delivery.payload[..delivery.payload.len().min(DEAD_PAYLOAD_CAP)].to_vec(),
+            truncated,
+            at_ms: now_ms(),
+        }));
+        settlement
+    }
+}
+
+impl Write {
+    /// A record write fenced on `delivery`.
+    pub(crate) fn record_of(
+        delivery: &Delivery,
+        record: &JobRecord,
+    ) -> crate::error::Result<Write> {
+        Ok(Write::Record {
+            queue: delivery.queue.clone(),
+            entry_id: delivery.entry_id.clone(),
+            deliveries: delivery.deliveries,
+            id: record.id.clone().into(),
+            record: record.encode()?,
+        })
+    }
+}
