@@ -483,8 +483,20 @@ async fn dlq(client: &Client, action: DlqAction) -> Result<()> {
         }
         DlqAction::Replay { entry, all, task } => {
             if all {
-                let replayed = dead.replay_all(task.as_deref()).await?;
-                println!("replayed {replayed} dead letter(s)");
+                let report = dead.replay_all(task.as_deref()).await?;
+                println!("replayed {} dead letter(s)", report.replayed);
+                if report.truncated > 0 {
+                    println!(
+                        "left {} whose bytes were cut at the cap (they cannot be replayed)",
+                        report.truncated
+                    );
+                }
+                if report.unreadable > 0 {
+                    println!(
+                        "left {} whose bytes are not a job envelope",
+                        report.unreadable
+                    );
+                }
             } else if let Some(entry) = entry {
                 let id = dead.replay(&entry).await?;
                 println!("{id}");

@@ -47,6 +47,20 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
+/// What [`DeadLetters::replay_all`] did with the dead letters it looked at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Put back on their queues.
+    pub replayed: u64,
+    /// Left: their bytes were cut at the dead-letter cap, so they cannot be replayed.
+    pub truncated: u64,
+    /// Left: their bytes are not a job envelope (garbage, or a newer version's).
+    pub unreadable: u64,
+    /// Replayed or purged by another caller meanwhile.
+    pub gone: u64,
+}
+
 /// Dead letters read per round trip by [`DeadLetters::replay_all`].
 const PAGE: usize = 500;
 
@@ -57,7 +71,7 @@ impl DeadLetters {
 
     /// Up to `limit` dead letters, oldest first.
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadJob>> {
-        self.broker.dead_after(None, limit).await
+        self.broker.dead_page(None, None, limit).await
     }
 
     /// One dead letter by its entry id.
@@ -116,14 +130,24 @@ impl DeadLetters {
         Ok(envelope.id)
     }
 
-    /// Replay every dead job (of one task, if given) that can be replayed; returns how many.
-    pub async fn replay_all(&self, task: Option<&str>) -> Result<usize> {
-        let mut replayed = 0;
+    /// Replay every dead job (of one task, if given) that was dead-lettered when the call began,
+    /// each at most once: jobs that die again while it runs are new dead letters, which it
+    /// leaves for the next call. Says how many it replayed and why it left the others.
+    pub async fn replay_all(&self, task: Option<&str>) -> Result<ReplayReport> {
+        let mut report = ReplayReport::default();
+        // The newest dead letter now bounds the walk: entry ids only grow, so every letter
+        // added from here on lies past it.
+        let Some(until) = self.broker.dead_newest().await? else {
+            return Ok(report);
+        };
         let mut after: Option<String> = None;
         loop {
-            let batch = self.broker.dead_after(after.as_deref(), PAGE).await?;
+            let batch = self
+                .broker
+                .dead_page(after.as_deref(), Some(&until), PAGE)
+                .await?;
             let Some(last) = batch.last() else {
-                return Ok(replayed);
+                return Ok(report);
             };
             after = Some(last.entry_id.clone());
             for job in batch {
@@ -131,10 +155,18 @@ impl DeadLetters {
                     continue;
                 }
                 match self.replay_job(&job).await {
-                    Ok(_) => replayed += 1,
-                    Err(err) => {
-                        tracing::warn!(entry = %job.entry_id, error = %err, "dead letter not replayed")
+                    Ok(_) => report.replayed += 1,
+                    Err(Error::Replay { why, .. }) => {
+                        if job.truncated {
+                            report.truncated += 1;
+                        } else {
+                            report.unreadable += 1;
+                        }
+                        tracing::warn!(entry = %job.entry_id, why, "dead letter not replayed");
                     }
+                    // Replayed or purged by someone else meanwhile.
+                    Err(Error::NotDeadLettered(_)) => report.gone += 1,
+                    Err(err) => return Err(err),
                 }
             }
         }

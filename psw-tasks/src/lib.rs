@@ -74,7 +74,7 @@ pub use crate::client::{Client, EnqueueOptions, TaskHandle};
 #[doc(inline)]
 pub use crate::config::Config;
 #[doc(inline)]
-pub use crate::dead::DeadLetters;
+pub use crate::dead::{DeadLetters, ReplayReport};
 #[doc(inline)]
 pub use crate::envelope::JobId;
 #[doc(inline)]

@@ -2,6 +2,7 @@
 
 mod beat;
 mod connections;
+mod faults;
 mod jobs;
 mod processes;
 mod reliability;

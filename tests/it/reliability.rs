@@ -14,7 +14,7 @@ use psw_tasks_tests::{
 use serde::Serialize;
 
 use crate::processes::{ledger, run_cli, signal, spawn_worker, wait_exit};
-use crate::support::{PrivateRedis, RunningWorker, eventually, queue_state, start_worker};
+use crate::support::{PrivateRedis, RunningWorker, eventually, queue_state, start_worker, xadd};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -181,17 +181,6 @@ fn raw_envelope(id: &str, task: &str, args: &impl Serialize) -> Vec<u8> {
         created_ms: 0,
     })
     .unwrap()
-}
-
-fn xadd(ns: &TestNamespace, fields: &[(&str, Vec<u8>)]) {
-    let client = redis::Client::open(ns.url()).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(format!("{{{}}}:queue:default", ns.name())).arg("*");
-    for (name, value) in fields {
-        cmd.arg(*name).arg(value.as_slice());
-    }
-    let _: String = cmd.query(&mut conn).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

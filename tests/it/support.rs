@@ -130,3 +130,16 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// Add a raw entry with these fields to the `default` queue's stream, as a producer in another
+/// language (or a broken one) would.
+pub(crate) fn xadd(ns: &psw_tasks::testing::TestNamespace, fields: &[(&str, Vec<u8>)]) {
+    let client = redis::Client::open(ns.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(format!("{{{}}}:queue:default", ns.name())).arg("*");
+    for (name, value) in fields {
+        cmd.arg(*name).arg(value.as_slice());
+    }
+    let _: String = cmd.query(&mut conn).unwrap();
+}

@@ -576,23 +576,29 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn dead_after<'a>(
+    fn dead_page<'a>(
         &'a self,
         after: Option<&'a str>,
+        until: Option<&'a str>,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadJob>>> {
         Box::pin(async move {
             let state = self.lock();
             // Entry ids are `<n>-0` with n increasing: compare by n.
             let after = after.map_or(0, entry_number);
+            let until = until.map_or(u64::MAX, entry_number);
             Ok(state
                 .dead
                 .iter()
-                .filter(|job| entry_number(&job.entry_id) > after)
+                .filter(|job| (after + 1..=until).contains(&entry_number(&job.entry_id)))
                 .take(count.max(1))
                 .cloned()
                 .collect())
         })
+    }
+
+    fn dead_newest(&self) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(async move { Ok(self.lock().dead.back().map(|job| job.entry_id.clone())) })
     }
 
     fn dead_get<'a>(&'a self, entry_id: &'a str) -> BoxFuture<'a, Result<Option<DeadJob>>> {

@@ -278,12 +278,16 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>>;
 
     /// Up to `count` dead letters, oldest first: from the oldest, or those after the entry id
-    /// `after`.
-    fn dead_after<'a>(
+    /// `after`; with `until`, none after that entry id.
+    fn dead_page<'a>(
         &'a self,
         after: Option<&'a str>,
+        until: Option<&'a str>,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadJob>>>;
+
+    /// The entry id of the newest dead letter, if there is one.
+    fn dead_newest(&self) -> BoxFuture<'_, Result<Option<String>>>;
 
     /// One dead letter by its entry id.
     fn dead_get<'a>(&'a self, entry_id: &'a str) -> BoxFuture<'a, Result<Option<DeadJob>>>;

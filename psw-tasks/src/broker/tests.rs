@@ -500,17 +500,24 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
     assert_eq!(applied.dead_trimmed, 1);
     let stats = broker.dead_stats().await.unwrap();
     assert_eq!((stats.len, stats.trimmed, stats.added), (3, 1, 4));
-    let listed = broker.dead_after(None, 10).await.unwrap();
+    let listed = broker.dead_page(None, None, 10).await.unwrap();
     let errors: Vec<&str> = listed.iter().map(|job| job.error.as_str()).collect();
     assert_eq!(errors, ["boom 1", "boom 2", "boom 3"]);
     assert_eq!(listed[0].reason, DeadReason::RetriesExhausted);
     assert_eq!(listed[0].job_id.as_deref(), Some("job-1"));
     assert_eq!((listed[0].queue.as_str(), listed[0].payload_size), (Q, 1));
     let after_first = broker
-        .dead_after(Some(&listed[0].entry_id), 10)
+        .dead_page(Some(&listed[0].entry_id), None, 10)
         .await
         .unwrap();
     assert_eq!(after_first.len(), 2);
+    let newest = broker.dead_newest().await.unwrap();
+    assert_eq!(newest.as_ref(), Some(&listed[2].entry_id));
+    let middle = broker
+        .dead_page(Some(&listed[0].entry_id), Some(&listed[1].entry_id), 10)
+        .await
+        .unwrap();
+    assert_eq!(middle, [listed[1].clone()], "`until` is the last one");
     assert_eq!(
         broker.dead_get(&listed[1].entry_id).await.unwrap().as_ref(),
         Some(&listed[1])

@@ -80,14 +80,29 @@ fn decode(entry_id: String, fields: Vec<(String, Vec<u8>)>) -> DeadJob {
     job
 }
 
-/// Up to `count` dead letters after `after` (exclusive), or from the oldest.
-pub(super) async fn after(
+/// Up to `count` dead letters after `after` (exclusive), or from the oldest, up to `until`
+/// (inclusive).
+pub(super) async fn page(
     broker: &RedisBroker,
     after: Option<&str>,
+    until: Option<&str>,
     count: usize,
 ) -> redis::RedisResult<Vec<DeadJob>> {
     let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-    range(broker, &start, count).await
+    range(broker, &start, until.unwrap_or("+"), count).await
+}
+
+/// The id of the newest dead letter.
+pub(super) async fn newest(broker: &RedisBroker) -> redis::RedisResult<Option<String>> {
+    let reply = redis::cmd("XREVRANGE")
+        .arg(broker.keys.dead())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut broker.conn())
+        .await?;
+    Ok(range_entries(reply).into_iter().next().map(|(id, _)| id))
 }
 
 /// The dead letter with this entry id.
@@ -95,21 +110,23 @@ pub(super) async fn get(
     broker: &RedisBroker,
     entry_id: &str,
 ) -> redis::RedisResult<Option<DeadJob>> {
-    Ok(range(broker, entry_id, 1)
+    Ok(range(broker, entry_id, entry_id, 1)
         .await?
         .into_iter()
         .find(|job| job.entry_id == entry_id))
 }
 
+/// `XRANGE` of the dead letters from `start` to `end`, decoded.
 async fn range(
     broker: &RedisBroker,
     start: &str,
+    end: &str,
     count: usize,
 ) -> redis::RedisResult<Vec<DeadJob>> {
     let reply = redis::cmd("XRANGE")
         .arg(broker.keys.dead())
         .arg(start)
-        .arg("+")
+        .arg(end)
         .arg("COUNT")
         .arg(count.max(1))
         .query_async(&mut broker.conn())

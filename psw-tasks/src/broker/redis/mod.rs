@@ -152,12 +152,17 @@ impl Broker for RedisBroker {
         call(queues::in_stream(self, queue, entry_id))
     }
 
-    fn dead_after<'a>(
+    fn dead_page<'a>(
         &'a self,
         after: Option<&'a str>,
+        until: Option<&'a str>,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadJob>>> {
-        call(dead::after(self, after, count))
+        call(dead::page(self, after, until, count))
+    }
+
+    fn dead_newest(&self) -> BoxFuture<'_, Result<Option<String>>> {
+        call(dead::newest(self))
     }
 
     fn dead_get<'a>(&'a self, entry_id: &'a str) -> BoxFuture<'a, Result<Option<DeadJob>>> {
