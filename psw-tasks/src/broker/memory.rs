@@ -547,6 +547,11 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn server_time_ms(&self) -> BoxFuture<'_, Result<i64>> {
+        // In process, the broker's clock is this host's.
+        Box::pin(async { Ok(crate::envelope::now_ms()) })
+    }
+
     fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let mut state = self.lock();

@@ -270,6 +270,9 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// The names of every registered schedule, sorted.
     fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
+    /// The time by the broker's clock, in ms since the Unix epoch: what every beat plans by.
+    fn server_time_ms(&self) -> BoxFuture<'_, Result<i64>>;
+
     /// Take or renew the beat leader's lease for `holder`, for `ttl`; a zero `ttl` gives it up.
     /// Returns whether `holder` holds it now.
     fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;

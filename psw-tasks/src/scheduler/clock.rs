@@ -33,7 +33,7 @@ impl Clock for SystemClock {
 }
 
 #[cfg(test)]
-pub(crate) use sim::SimClock;
+pub(crate) use sim::{SimClock, Skewed};
 
 #[cfg(test)]
 mod sim {
@@ -81,6 +81,22 @@ mod sim {
             self.now.fetch_max(self.end, Ordering::SeqCst);
             self.finished.send_replace(true);
             Box::pin(std::future::pending())
+        }
+    }
+
+    /// Another clock, off by `offset_ms`: a host whose clock runs ahead (positive) or behind.
+    pub(crate) struct Skewed {
+        pub(crate) base: std::sync::Arc<dyn Clock>,
+        pub(crate) offset_ms: i64,
+    }
+
+    impl Clock for Skewed {
+        fn now_ms(&self) -> i64 {
+            self.base.now_ms() + self.offset_ms
+        }
+
+        fn sleep_until(&self, at_ms: i64) -> BoxFuture<'_, ()> {
+            self.base.sleep_until(at_ms - self.offset_ms)
         }
     }
 }

@@ -67,6 +67,7 @@ pub struct SchedulerBuilder {
     lease: Duration,
     grace: Duration,
     clock: Arc<dyn Clock>,
+    server_clock: Option<Arc<dyn Clock>>,
 }
 
 impl fmt::Debug for SchedulerBuilder {
@@ -102,9 +103,17 @@ impl SchedulerBuilder {
         self
     }
 
+    /// This host's clock, for sleeping and for telling the skew (tests simulate one).
     #[cfg(test)]
     pub(crate) fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Stands in for the broker's clock, which decides what is due (tests simulate it).
+    #[cfg(test)]
+    pub(crate) fn server_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.server_clock = Some(clock);
         self
     }
 
@@ -118,6 +127,7 @@ impl SchedulerBuilder {
             lease: self.lease,
             grace: self.grace,
             clock: self.clock,
+            server_clock: self.server_clock,
             holder: holder_name(),
         };
         if self.task_schedules {
@@ -153,7 +163,10 @@ pub struct Scheduler {
     registry: Registry,
     lease: Duration,
     grace: Duration,
+    /// This host's clock: it times the sleeps, and is compared with the broker's.
     clock: Arc<dyn Clock>,
+    /// In tests, the broker's clock; else the broker is asked (Redis `TIME`).
+    server_clock: Option<Arc<dyn Clock>>,
     holder: String,
 }
 
@@ -186,6 +199,7 @@ impl Scheduler {
             lease: Duration::from_secs(5),
             grace: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
+            server_clock: None,
         }
     }
 
@@ -262,11 +276,14 @@ impl Scheduler {
         }
         tracing::info!(holder = %self.holder, schedules = self.entries.len(), "beat started");
 
-        // When each schedule is next looked at; at once, to catch up after a restart.
-        let start = self.clock.now_ms();
-        let mut due: Vec<Option<i64>> = self.entries.iter().map(|_| Some(start)).collect();
+        // When each schedule is next looked at, by the broker's clock; at once, to catch up
+        // after a restart.
+        let mut due: Vec<Option<i64>> = self.entries.iter().map(|_| Some(i64::MIN)).collect();
         let mut leader = false;
         let mut next_lease = tokio::time::Instant::now();
+        let mut skew = SkewWatch::default();
+        // This host's clock minus the broker's, as last read: turns due times into sleeps.
+        let mut offset = 0;
         loop {
             if tokio::time::Instant::now() >= next_lease {
                 match broker.beat_lease(&self.holder, self.lease).await {
@@ -281,8 +298,20 @@ impl Scheduler {
                 }
                 next_lease = tokio::time::Instant::now() + self.lease / 3;
             }
-            let now = self.clock.now_ms();
-            if leader {
+            // What is due follows the broker's clock, which every beat shares; a beat whose own
+            // clock runs ahead or behind fires nothing early and misses nothing.
+            let now = match self.server_now(broker.as_ref()).await {
+                Ok(now) => {
+                    offset = self.clock.now_ms() - now;
+                    skew.observe(offset);
+                    Some(now)
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the broker's clock; no slot fires until it answers");
+                    None
+                }
+            };
+            if leader && let Some(now) = now {
                 for (entry, due) in self.entries.iter().zip(&mut due) {
                     if due.is_some_and(|at| at <= now) {
                         *due = self.tick(broker.as_ref(), entry, now).await;
@@ -292,7 +321,7 @@ impl Scheduler {
             let wake = due.iter().flatten().min().copied().filter(|_| leader);
             let slot = async {
                 match wake {
-                    Some(at) => self.clock.sleep_until(at).await,
+                    Some(at) => self.clock.sleep_until(at.saturating_add(offset)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -310,8 +339,16 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The time by the broker's clock.
+    async fn server_now(&self, broker: &dyn Broker) -> Result<i64> {
+        match &self.server_clock {
+            Some(clock) => Ok(clock.now_ms()),
+            None => broker.server_time_ms().await,
+        }
+    }
+
     async fn register(&self, broker: &dyn Broker) -> Result<()> {
-        let now = self.clock.now_ms();
+        let now = self.server_now(broker).await?;
         for entry in &self.entries {
             broker
                 .beat_register(&entry.name, now, &entry.definition())
@@ -411,6 +448,45 @@ impl Scheduler {
             self.client
                 .prepare(&entry.task, &entry.queue, entry.args.clone(), &options)?;
         Ok(job.payload)
+    }
+}
+
+/// How far this host's clock is off the broker's, told once when it passes a second and again
+/// when it changes by a second more or comes back.
+#[derive(Debug, Default)]
+struct SkewWatch {
+    /// The skew last warned about.
+    warned: Option<i64>,
+}
+
+/// A skew the beat tolerates without a word: NTP keeps hosts far closer.
+const SKEW_WARNING_MS: i64 = 1000;
+
+impl SkewWatch {
+    fn observe(&mut self, offset_ms: i64) {
+        let off = offset_ms.abs() > SKEW_WARNING_MS;
+        match self.warned {
+            Some(warned) if off && (offset_ms - warned).abs() <= SKEW_WARNING_MS => {}
+            _ if off => {
+                let direction = if offset_ms > 0 { "ahead of" } else { "behind" };
+                tracing::warn!(
+                    skew_ms = offset_ms,
+                    "this host's clock is {} {direction} the broker's (Redis TIME); slots follow the broker's clock",
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        offset_ms.unsigned_abs()
+                    ))
+                );
+                self.warned = Some(offset_ms);
+            }
+            Some(_) => {
+                tracing::info!(
+                    skew_ms = offset_ms,
+                    "this host's clock is back in step with the broker's"
+                );
+                self.warned = None;
+            }
+            None => {}
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::TimeZone;
 
 use super::Scheduler;
-use super::clock::{Clock, SimClock, SystemClock};
+use super::clock::{Clock, SimClock, Skewed, SystemClock};
 use crate::client::Client;
 use crate::envelope::{Envelope, SystemHeader};
 use crate::rules::Misfire;
@@ -27,9 +27,20 @@ async fn clients(label: &str) -> Vec<(&'static str, Client, Option<TestNamespace
 /// A scheduler of `schedules` only, all firing the task `sim.task` (not linked: its jobs go
 /// to the `default` queue).
 fn scheduler(client: &Client, schedules: &[(&str, Schedule)], clock: Arc<dyn Clock>) -> Scheduler {
+    scheduler_on(client, schedules, clock.clone(), clock)
+}
+
+/// A scheduler of `schedules` on a host whose clock is `local`, with `server` as the broker's.
+fn scheduler_on(
+    client: &Client,
+    schedules: &[(&str, Schedule)],
+    local: Arc<dyn Clock>,
+    server: Arc<dyn Clock>,
+) -> Scheduler {
     let mut scheduler = Scheduler::builder(client)
         .task_schedules(false)
-        .clock(clock)
+        .clock(local)
+        .server_clock(server)
         .build()
         .unwrap();
     for (name, schedule) in schedules {
@@ -209,6 +220,94 @@ async fn a_ten_minute_outage_follows_each_misfire_policy() {
                 .iter()
                 .any(|f| f.id == "coalesce@2026-03-01T10:10:00Z"),
             "{broker}: {fired:?}"
+        );
+    }
+}
+
+/// Two beats of an `every 1m` schedule for an hour, one leading with a clock `offset_ms` off,
+/// the other right: the slots come from Redis's (here: the broker's) clock, whichever leads.
+async fn an_hour_with_a_skewed_leader(offset_ms: i64) {
+    let every_minute = Schedule::every(Duration::from_secs(60)).unwrap();
+    for (broker, client, _ns) in clients("skew").await {
+        let schedules = [("minutely", every_minute.clone())];
+        let (start, end) = (minute(0), minute(60));
+        let truth = Arc::new(SimClock::new(start, end));
+        let skewed: Arc<dyn Clock> = Arc::new(Skewed {
+            base: truth.clone(),
+            offset_ms,
+        });
+        let leader = scheduler_on(&client, &schedules, skewed, truth.clone());
+        let follower = scheduler(&client, &schedules, truth.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        // The skewed one starts first and takes the lease; the right one waits behind it.
+        let leading = tokio::spawn(leader.run_until(stop.clone().cancelled_owned()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let following = tokio::spawn(follower.run_until(stop.clone().cancelled_owned()));
+        tokio::time::timeout(Duration::from_secs(60), truth.finished())
+            .await
+            .expect("the simulated hour ends");
+        stop.cancel();
+        leading.await.unwrap().unwrap();
+        following.await.unwrap().unwrap();
+        let mut slots: Vec<i64> = take_fired(&client)
+            .await
+            .iter()
+            .map(|f| f.slot_ms)
+            .collect();
+        slots.sort();
+        let expected: Vec<i64> = (1..=60).map(minute).collect();
+        assert_eq!(
+            slots, expected,
+            "{broker}, leader {offset_ms} ms off: each minute of the hour once, none early"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_leader_an_hour_ahead_fires_no_slot_early() {
+    an_hour_with_a_skewed_leader(3_600_000).await;
+}
+
+#[tokio::test]
+async fn a_leader_an_hour_behind_fires_every_slot() {
+    an_hour_with_a_skewed_leader(-3_600_000).await;
+}
+
+#[tokio::test]
+async fn a_beat_ten_minutes_ahead_plans_by_the_brokers_own_clock() {
+    // Real time and, on Redis, Redis's `TIME`: no simulated stand-in for the broker's clock.
+    let every_second = Schedule::every(Duration::from_secs(1)).unwrap();
+    for (broker, client, _ns) in clients("real-skew").await {
+        let ahead: Arc<dyn Clock> = Arc::new(Skewed {
+            base: Arc::new(SystemClock),
+            offset_ms: 600_000,
+        });
+        let mut beat = Scheduler::builder(&client)
+            .task_schedules(false)
+            .clock(ahead)
+            .build()
+            .unwrap();
+        beat.add("seconds", "sim.task", every_second.clone(), ())
+            .unwrap();
+        let started = crate::envelope::now_ms();
+        beat.run_until(tokio::time::sleep(Duration::from_millis(2500)))
+            .await
+            .unwrap();
+        let ended = crate::envelope::now_ms();
+        let slots: Vec<i64> = take_fired(&client)
+            .await
+            .iter()
+            .map(|f| f.slot_ms)
+            .collect();
+        assert!(
+            (1..=3).contains(&slots.len()),
+            "{broker}: the seconds of 2.5 s, not of ten minutes ahead: {slots:?}"
+        );
+        assert!(
+            slots
+                .iter()
+                .all(|&slot| slot > started - 1000 && slot <= ended),
+            "{broker}: none early ({started}..{ended}): {slots:?}"
         );
     }
 }

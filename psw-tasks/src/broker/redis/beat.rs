@@ -142,6 +142,12 @@ pub(super) async fn schedules(broker: &RedisBroker) -> redis::RedisResult<Vec<St
     Ok(names)
 }
 
+/// Redis's clock (`TIME`: seconds and microseconds), in ms.
+pub(super) async fn server_time_ms(broker: &RedisBroker) -> redis::RedisResult<i64> {
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut broker.conn()).await?;
+    Ok(seconds * 1000 + micros / 1000)
+}
+
 /// Take, renew or (a zero `ttl`) give up the leader lease for `holder`.
 pub(super) async fn lease(
     broker: &RedisBroker,

@@ -144,6 +144,10 @@ impl Broker for RedisBroker {
         call(beat::schedules(self))
     }
 
+    fn server_time_ms(&self) -> BoxFuture<'_, Result<i64>> {
+        call(beat::server_time_ms(self))
+    }
+
     fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
         call(beat::lease(self, holder, ttl))
     }
