@@ -11,8 +11,11 @@ pub fn url(url: &str) -> String {
             let _ = parsed.set_username("***");
             parsed.to_string()
         }
-        Ok(_) => url.to_owned(),
-        Err(_) => match url.rfind('@') {
+        // No credentials as a URL reads them, and no `@` that could hide any.
+        Ok(_) if !url.contains('@') => url.to_owned(),
+        // Not a URL, or one whose secret did not parse as one (a mistyped scheme, a password
+        // with a `/` in it): mask everything before the last `@`.
+        _ => match url.rfind('@') {
             Some(at) => format!("***{}", &url[at..]),
             None => url.to_owned(),
         },
@@ -38,6 +41,8 @@ mod tests {
                 "sqlite://data/psw-cron.db?mode=rwc",
             ),
             ("pw@nowhere", "***@nowhere"),
+            ("mysql:user:pw@host/db", "***@host/db"),
+            ("mysql://u:1234/x@db/psw", "***@db/psw"),
         ] {
             assert_eq!(super::url(url), redacted, "{url}");
         }

@@ -403,14 +403,18 @@ fn queue(lit: &LitStr) -> syn::Result<String> {
 
 fn backoff(lit: &LitStr) -> syn::Result<Backoff> {
     match lit.value().as_str() {
-        "exp" => Ok(Backoff::Exponential),
-        "linear" => Ok(Backoff::Linear),
-        "fixed" => Ok(Backoff::Fixed),
-        "none" => Ok(Backoff::None),
+        rules::BACKOFF_EXPONENTIAL => Ok(Backoff::Exponential),
+        rules::BACKOFF_LINEAR => Ok(Backoff::Linear),
+        rules::BACKOFF_FIXED => Ok(Backoff::Fixed),
+        rules::BACKOFF_NONE => Ok(Backoff::None),
         other => Err(Error::new_spanned(
             lit,
             format!(
-                "unknown backoff `{other}`; expected one of \"exp\", \"linear\", \"fixed\", \"none\""
+                "unknown backoff `{other}`; expected one of {:?}, {:?}, {:?}, {:?}",
+                rules::BACKOFF_EXPONENTIAL,
+                rules::BACKOFF_LINEAR,
+                rules::BACKOFF_FIXED,
+                rules::BACKOFF_NONE
             ),
         )),
     }

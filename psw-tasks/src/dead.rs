@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::broker::{Broker, DeadJob, DeadLetterStats};
-use crate::envelope::{Envelope, JobId, SystemHeader, now_ms};
+use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, now_ms};
 use crate::error::{Error, Result};
 
 /// What runs when a job is dead-lettered, after the dead letter is stored.
@@ -109,9 +109,14 @@ impl DeadLetters {
         // The history stays with the job: its record will show the runs before the replay.
         envelope.errors = job.errors.clone();
         envelope.created_ms = now_ms();
-        envelope.headers.retain(|name, _| {
-            SystemHeader::from_wire(name).is_none_or(|header| !header.resets_on_replay())
-        });
+        // A producer's own headers stay, and the system's that say what the job stands for; its
+        // counters start again, and a `psw-` header this version does not know goes too.
+        envelope
+            .headers
+            .retain(|name, _| match SystemHeader::from_wire(name) {
+                Some(header) => !header.resets_on_replay(),
+                None => !name.starts_with(RESERVED_HEADER_PREFIX),
+            });
         // Back to the queue it was read from (the envelope's own field may name another).
         envelope.queue = job.queue.clone();
         let payload = envelope.encode()?;

@@ -31,7 +31,7 @@ pub enum Error {
     /// The consumer group of a queue is missing: Redis lost its data (it restarted without
     /// persistence, or the keys were deleted). Workers recreate the groups when they see it.
     #[error("the consumer group of a queue is missing (did Redis restart without its data?)")]
-    GroupMissing,
+    GroupMissing(#[source] RedisError),
 
     /// An environment variable or option holds a value of the wrong form.
     #[error("invalid configuration: {variable} = {value:?}: expected {expected}")]
@@ -188,7 +188,7 @@ impl Error {
     /// worker recovers by type, not by reading the message.
     pub(crate) fn redis(err: redis::RedisError) -> Self {
         if err.code() == Some("NOGROUP") {
-            return Error::GroupMissing;
+            return Error::GroupMissing(RedisError(err));
         }
         Error::Redis(RedisError(err))
     }

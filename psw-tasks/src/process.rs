@@ -24,7 +24,7 @@ pub(crate) async fn shutdown_signal() {
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the process");
+                tracing::warn!(error = %crate::error::chain(&err), "cannot listen for SIGTERM; only Ctrl-C stops the process");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::rules;
+
 /// How the delay between attempts grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackoffKind {
@@ -21,10 +23,10 @@ impl BackoffKind {
     /// The spelling used by `#[task(backoff = "..")]` and in listings.
     pub fn as_str(self) -> &'static str {
         match self {
-            BackoffKind::Exponential => "exp",
-            BackoffKind::Linear => "linear",
-            BackoffKind::Fixed => "fixed",
-            BackoffKind::None => "none",
+            BackoffKind::Exponential => rules::BACKOFF_EXPONENTIAL,
+            BackoffKind::Linear => rules::BACKOFF_LINEAR,
+            BackoffKind::Fixed => rules::BACKOFF_FIXED,
+            BackoffKind::None => rules::BACKOFF_NONE,
         }
     }
 }

@@ -26,6 +26,12 @@ pub(crate) const DEFAULT_JITTER: bool = true;
 /// The zone a cron schedule is read in unless it names one.
 pub(crate) const DEFAULT_ZONE: &str = "UTC";
 
+/// How the backoff curves are spelled in `#[task(backoff = "..")]` and in listings.
+pub(crate) const BACKOFF_EXPONENTIAL: &str = "exp";
+pub(crate) const BACKOFF_LINEAR: &str = "linear";
+pub(crate) const BACKOFF_FIXED: &str = "fixed";
+pub(crate) const BACKOFF_NONE: &str = "none";
+
 /// Largest `backfill(N)`.
 pub(crate) const MAX_BACKFILL: u32 = 1000;
 

@@ -230,7 +230,7 @@ pub(crate) async fn collect(
             Ok(beat) => workers.push(beat.into_info(name, now_ms)),
             // Left in place: it may be a newer version's, which that version can read.
             Err(err) => {
-                tracing::debug!(worker = %name, error = %err, "unreadable heartbeat skipped")
+                tracing::debug!(worker = %name, error = %crate::error::chain(&err), "unreadable heartbeat skipped")
             }
         }
     }

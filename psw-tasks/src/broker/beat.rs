@@ -38,6 +38,8 @@ pub(crate) struct BeatState {
     /// `None` also when a part of it is missing or unreadable (written by another version).
     pub(crate) definition: Option<BeatDefinition>,
     pub(crate) fired: Option<LastFired>,
+    /// The id of the last job fired, read on its own: the overlap check needs nothing else.
+    pub(crate) last_job: Option<String>,
     /// The stream entry id of the last job fired.
     pub(crate) entry: Option<String>,
     /// Slots skipped because the last run was still going (`overlap = false`).

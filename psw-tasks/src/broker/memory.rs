@@ -526,6 +526,7 @@ impl Broker for MemoryBroker {
                     stored.skipped_slot_ms = Some(slot);
                 }
                 if let Some(fired) = &advance.fired {
+                    stored.last_job = Some(fired.job.clone());
                     stored.fired = Some(fired.clone());
                 }
                 if let Some(entry) = entries.last() {

@@ -70,9 +70,9 @@ pub(crate) async fn listings(client: &Client, now_ms: i64, count: usize) -> Resu
             let late = if fired.late { " (late)" } else { "" };
             format!("{}{late}", schedule.local(fired.slot_ms))
         });
-        let outcome = match &state.fired {
+        let outcome = match &state.last_job {
             None => "-".to_owned(),
-            Some(fired) => match client.record(&fired.job).await? {
+            Some(job) => match client.record(job).await? {
                 Some(record) => record.state.as_str().to_owned(),
                 None => match (&state.definition, &state.entry) {
                     (Some(definition), Some(entry))

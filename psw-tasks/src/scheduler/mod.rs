@@ -294,7 +294,9 @@ impl Scheduler {
                         leader = held;
                     }
                     // Keep the last view: acting on a stale one costs work, never a duplicate.
-                    Err(err) => tracing::warn!(error = %err, "renewing the beat lease failed"),
+                    Err(err) => {
+                        tracing::warn!(error = %crate::error::chain(&err), "renewing the beat lease failed")
+                    }
                 }
                 next_lease = tokio::time::Instant::now() + self.lease / 3;
             }
@@ -307,7 +309,7 @@ impl Scheduler {
                     Some(now)
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the broker's clock; no slot fires until it answers");
+                    tracing::warn!(error = %crate::error::chain(&err), "cannot read the broker's clock; no slot fires until it answers");
                     None
                 }
             };
@@ -333,7 +335,7 @@ impl Scheduler {
             }
         }
         if leader && let Err(err) = broker.beat_lease(&self.holder, Duration::ZERO).await {
-            tracing::warn!(error = %err, "could not give up the beat lease; a standby takes over when it expires");
+            tracing::warn!(error = %crate::error::chain(&err), "could not give up the beat lease; a standby takes over when it expires");
         }
         tracing::info!(holder = %self.holder, "beat stopped");
         Ok(())
@@ -397,7 +399,10 @@ impl Scheduler {
             skipped_slot_ms: None,
         };
         let skipped = match plan.fires.last() {
-            Some(fire) if !entry.schedule.allows_overlap() && running(broker, &state).await? => {
+            Some(fire)
+                if !entry.schedule.allows_overlap()
+                    && running(broker, &entry.queue, &state).await? =>
+            {
                 advance.skipped_slot_ms = Some(fire.slot_ms);
                 Some(fire.slot_ms)
             }
@@ -490,19 +495,20 @@ impl SkewWatch {
     }
 }
 
-/// Whether the schedule's last job is still queued, running, or waiting to retry.
-async fn running(broker: &dyn Broker, state: &BeatState) -> Result<bool> {
-    if let (Some(definition), Some(entry_id)) = (&state.definition, &state.entry)
-        && broker.in_stream(&definition.queue, entry_id).await?
+/// Whether the schedule's last job (fired to `queue`) is still queued, running, or waiting to
+/// retry.
+async fn running(broker: &dyn Broker, queue: &str, state: &BeatState) -> Result<bool> {
+    if let Some(entry_id) = &state.entry
+        && broker.in_stream(queue, entry_id).await?
     {
         return Ok(true);
     }
     // Settled: the record says whether it finished or goes on (a retry waits in the delayed
     // set). Read after the stream, so a job settled in between is seen in its new state.
-    let Some(fired) = &state.fired else {
+    let Some(job) = &state.last_job else {
         return Ok(false);
     };
-    let Some(bytes) = broker.load_record(&fired.job).await? else {
+    let Some(bytes) = broker.load_record(job).await? else {
         return Ok(false);
     };
     let record = JobRecord::decode(&bytes)?;

@@ -6,8 +6,13 @@
 //! crate root (honouring `#[path]`), and takes as a use of a module every path that starts with
 //! `crate::`, `super::`, `self::` or the name of a child module, inside `use` trees and in code
 //! alike (a `crate::x::f()` call counts as much as a `use`). Paths through the root's
-//! re-exports (`crate::Client`) count as uses of the module the root takes them from. Test
-//! modules (`#[cfg(test)]`) are left out: tests may use anything.
+//! re-exports (`crate::Client`) count as uses of the module the root takes them from, and a glob
+//! (`use super::*`) as a use of its module. Test code (`#[cfg(test)]` items, fields and modules,
+//! `#![cfg(test)]` files) is left out: tests may use anything.
+//!
+//! What it cannot see: code that macros write, and `mod` declarations inside inline modules.
+//! Neither occurs in the crates it checks; a path it cannot place (`crate::name` of something
+//! defined in the root) is passed over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -115,6 +120,7 @@ impl Graph {
             };
             let mut children = BTreeSet::new();
             for (name, path_attr) in declared_modules(&tokens) {
+                let path_attr_given = path_attr.is_some();
                 let child_file = match path_attr {
                     Some(relative) => file
                         .parent()
@@ -129,7 +135,8 @@ impl Graph {
                         }
                     }
                 };
-                let owns = child_file.file_name().is_some_and(|f| f == "mod.rs");
+                // A file named by `#[path]` keeps its children beside it, as a `mod.rs` does.
+                let owns = path_attr_given || child_file.file_name().is_some_and(|f| f == "mod.rs");
                 let mut child_path = path.clone();
                 child_path.push(name.clone());
                 children.insert(name);
@@ -322,15 +329,24 @@ impl Graph {
 /// functions: what tests use is not part of the architecture.
 fn without_tests(tokens: TokenStream) -> Vec<TokenTree> {
     let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    // `#![cfg(test)]`: the whole module is a test.
+    if tokens.windows(3).any(|window| {
+        matches!(&window[0], TokenTree::Punct(p) if p.as_char() == '#')
+            && matches!(&window[1], TokenTree::Punct(p) if p.as_char() == '!')
+            && attribute_is_cfg_test(&window[2])
+    }) {
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(tokens.len());
     let mut i = 0;
     while i < tokens.len() {
         if is_attribute(&tokens, i) && attribute_is_cfg_test(&tokens[i + 1]) {
-            // Skip the attribute and the item it guards: up to its `;` or its body.
+            // Skip the attribute and the item it guards: up to its `;` or its body, or (for a
+            // field, a variant or an argument) up to the `,` that ends it.
             i += 2;
             while i < tokens.len() {
                 match &tokens[i] {
-                    TokenTree::Punct(p) if p.as_char() == ';' => {
+                    TokenTree::Punct(p) if p.as_char() == ';' || p.as_char() == ',' => {
                         i += 1;
                         break;
                     }
@@ -463,6 +479,7 @@ fn path_at(tokens: &[TokenTree], i: usize, prefix: Vec<String>) -> (usize, Vec<V
                         Some(TokenTree::Ident(first)) if first == "self" => {
                             paths.push(path.clone())
                         }
+                        Some(TokenTree::Punct(p)) if p.as_char() == '*' => paths.push(path.clone()),
                         Some(TokenTree::Ident(first)) => {
                             let mut nested = path.clone();
                             nested.push(first.to_string());
@@ -478,12 +495,23 @@ fn path_at(tokens: &[TokenTree], i: usize, prefix: Vec<String>) -> (usize, Vec<V
                 }
                 return (at + 3, paths);
             }
-            // `a::<T>` or `a::*`: the path so far.
+            // `a::*`: a use of the module `a` itself, whatever its one segment.
+            Some(TokenTree::Punct(p)) if p.as_char() == '*' => return (at + 3, vec![path]),
+            // `a::<T>`: the path so far.
             _ => break,
         }
     }
     if path.len() < 2 {
         return (at, Vec::new());
+    }
+    // `use a::B as C`: also the name it goes by, so that the root's renamed re-exports resolve.
+    if let (Some(TokenTree::Ident(word)), Some(TokenTree::Ident(alias))) =
+        (tokens.get(at), tokens.get(at + 1))
+        && word == "as"
+    {
+        let mut renamed = path.clone();
+        *renamed.last_mut().expect("two segments or more") = alias.to_string();
+        return (at + 2, vec![path, renamed]);
     }
     (at, vec![path])
 }
@@ -690,6 +718,31 @@ mod tests {
             ("high.rs", "pub struct Service;"),
         ];
         assert_eq!(violations(&files), Vec::<String>::new());
+    }
+
+    #[test]
+    fn globs_renames_and_test_fields_are_read_as_rustc_does() {
+        let files = [
+            (
+                "lib.rs",
+                "mod low; mod high; pub use crate::high::Service as Renamed;",
+            ),
+            (
+                "low.rs",
+                "use crate::high::*;\n\
+                 struct S { #[cfg(test)] t: crate::high::T, u: crate::Renamed }",
+            ),
+            ("high.rs", "pub struct Service;"),
+        ];
+        assert_eq!(
+            violations(&files),
+            [
+                "src/low.rs uses `crate::Renamed`: `high` is in layer 2 (services), above `low` \
+                 in layer 1 (model)",
+                "src/low.rs uses `crate::high`: `high` is in layer 2 (services), above `low` in \
+                 layer 1 (model)",
+            ]
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl FetchLoop {
                     deliveries.extend(reclaimed);
                 }
                 Err(err) => {
-                    tracing::warn!(queue, error = %err, "reclaiming expired leases failed")
+                    tracing::warn!(queue, error = %crate::error::chain(&err), "reclaiming expired leases failed")
                 }
             }
             // Workers that died leave their consumer behind; once it owns nothing and has been
@@ -126,7 +126,9 @@ impl FetchLoop {
                     tracing::info!(queue, consumers = ?removed, "removed consumers of workers that are gone");
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(queue, error = %err, "pruning consumers failed"),
+                Err(err) => {
+                    tracing::warn!(queue, error = %crate::error::chain(&err), "pruning consumers failed")
+                }
             }
             if deliveries.len() >= free {
                 break;
@@ -146,7 +148,7 @@ impl FetchLoop {
             .await
         {
             Ok(fetched) => Some(fetched),
-            Err(Error::GroupMissing) => {
+            Err(Error::GroupMissing(_)) => {
                 tracing::error!(
                     "the consumer groups are gone (Redis restarted empty?); creating them again from the start of each stream"
                 );

@@ -98,7 +98,7 @@ pub(crate) async fn run(mut beats: Heartbeats, stop: CancellationToken) -> Heart
             Err(err) => {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(error = %err, "storing the worker's heartbeat failed; retrying at the next one");
+                    tracing::warn!(error = %crate::error::chain(&err), "storing the worker's heartbeat failed; retrying at the next one");
                 }
             }
         }

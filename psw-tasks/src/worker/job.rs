@@ -59,7 +59,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
     match Envelope::decode(&delivery.payload) {
         Ok(envelope) => run_envelope(shared, delivery, envelope).await,
         Err(err) => {
-            tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), error = %err, "undecodable job; dead-lettered");
+            tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), error = %crate::error::chain(&err), "undecodable job; dead-lettered");
             shared.dead_letter(
                 delivery,
                 None,

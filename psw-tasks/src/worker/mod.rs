@@ -362,7 +362,7 @@ async fn prepare_queues(
         match broker.prepare(queues).await {
             Ok(()) => return true,
             Err(err) => {
-                tracing::error!(error = %err, "cannot prepare the queues; retrying");
+                tracing::error!(error = %crate::error::chain(&err), "cannot prepare the queues; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(delay) => {}
@@ -471,7 +471,7 @@ impl Running {
         {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "could not remove this worker from the consumer groups")
+                tracing::warn!(error = %crate::error::chain(&err), "could not remove this worker from the consumer groups")
             }
             Err(_) => tracing::warn!(
                 "Redis did not answer within {FAREWELL:?}; this worker stays in the consumer groups until pruned"
@@ -483,7 +483,7 @@ impl Running {
             match (&mut heartbeats).await {
                 Ok(mut beats) => beats.beat(true).await,
                 Err(err) => {
-                    tracing::error!(error = %err, "the heartbeat task failed");
+                    tracing::error!(error = %crate::error::chain(&err), "the heartbeat task failed");
                     Ok(())
                 }
             }
@@ -508,7 +508,7 @@ fn joined(outcome: std::result::Result<Result<()>, tokio::task::JoinError>) -> R
         Ok(outcome) => outcome,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
         Err(err) => {
-            tracing::error!(error = %err, "the worker's task was cancelled");
+            tracing::error!(error = %crate::error::chain(&err), "the worker's task was cancelled");
             Ok(())
         }
     }

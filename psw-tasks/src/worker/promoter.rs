@@ -30,7 +30,7 @@ pub(crate) async fn run(broker: Arc<dyn Broker>, queue: String, stop: Cancellati
             Err(err) => {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(queue, error = %err, "promoting delayed jobs failed; retrying");
+                    tracing::warn!(queue, error = %crate::error::chain(&err), "promoting delayed jobs failed; retrying");
                 }
                 Duration::from_millis(500)
             }

@@ -31,7 +31,9 @@ pub(crate) async fn run(
                     tracing::debug!(queue = %queue, asked = ids.len(), renewed, "some leases were not renewed");
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(queue = %queue, error = %err, "renewing leases failed"),
+                Err(err) => {
+                    tracing::warn!(queue = %queue, error = %crate::error::chain(&err), "renewing leases failed")
+                }
             }
         }
     }

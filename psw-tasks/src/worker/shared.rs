@@ -44,7 +44,7 @@ impl Shared {
         match Write::record_of(delivery, record) {
             Ok(write) => self.send(write).await,
             Err(err) => {
-                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
+                tracing::error!(id = %record.id, error = %crate::error::chain(&err), "could not encode a job record")
             }
         }
     }
@@ -63,7 +63,7 @@ impl Shared {
                 settlement.record = Some((id, bytes));
             }
             Err(err) => {
-                tracing::error!(id = %record.id, error = %err, "could not encode a job record")
+                tracing::error!(id = %record.id, error = %crate::error::chain(&err), "could not encode a job record")
             }
         }
         settlement

@@ -240,7 +240,7 @@ async fn apply_with_retry(
         {
             Ok(applied) => return Some(applied),
             Err(err) => {
-                tracing::error!(error = %err, writes = writes.len(), "could not store job outcomes; retrying");
+                tracing::error!(error = %crate::error::chain(&err), writes = writes.len(), "could not store job outcomes; retrying");
             }
         }
         tokio::select! {

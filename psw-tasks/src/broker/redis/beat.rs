@@ -29,7 +29,10 @@ fn decode(fields: &HashMap<String, String>) -> BeatState {
             task: field(ScheduleField::Task)?.to_owned(),
             queue: field(ScheduleField::Queue)?.to_owned(),
             schedule: field(ScheduleField::Schedule)?.to_owned(),
-            tz: field(ScheduleField::Tz)?.to_owned(),
+            // Written by every version; read as UTC when it is missing, as it always was.
+            tz: field(ScheduleField::Tz)
+                .unwrap_or(rules::DEFAULT_ZONE)
+                .to_owned(),
             misfire: rules::parse_misfire(field(ScheduleField::Misfire)?).ok()?,
             overlap: field(ScheduleField::Overlap)? == "true",
         })
@@ -46,6 +49,7 @@ fn decode(fields: &HashMap<String, String>) -> BeatState {
         last_ms: number(ScheduleField::Last),
         definition,
         fired,
+        last_job: field(ScheduleField::Job).map(str::to_owned),
         entry: field(ScheduleField::Entry).map(str::to_owned),
         overlap_skips: number(ScheduleField::OverlapSkips).map_or(0, |n| n.max(0) as u64),
         skipped_slot_ms: number(ScheduleField::SkippedSlot),

@@ -1,6 +1,7 @@
 -- The dead-letter queue's length, trimmed count and entries ever added (Redis 7.0 reports
 -- `entries-added`; before it, length + trimmed stands in); none added while the stream does
 -- not exist (never used, or purged whole).
+-- KEYS: the dead-letter stream, its trimmed counter. Returns {len, trimmed, added}.
 local len = redis.call('XLEN', KEYS[1])
 local trimmed = tonumber(redis.call('GET', KEYS[2]) or '0')
 local added = 0

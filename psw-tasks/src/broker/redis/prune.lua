@@ -2,6 +2,8 @@
 -- workers. Pending count and deletion are read and done in one step, so an entry can never
 -- be dropped with its consumer. A live worker that is removed by mistake is recreated by its
 -- next read.
+-- KEYS: the queue's stream. ARGV: the group, the consumer to keep (the caller), the idle time
+-- (ms). Returns the names removed.
 local removed = {}
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local info = {}

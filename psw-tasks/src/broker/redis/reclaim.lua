@@ -3,6 +3,8 @@
 -- consumer still runs (after a pause longer than the lease), making two copies in one
 -- process. XCLAIM re-checks the idle time, so two reclaimers cannot both take an entry.
 -- Returns {cursor (always 0-0), {{id, fields, deliveries}...}, ids deleted from the stream}.
+-- KEYS: the queue's stream. ARGV: the group, the consumer, the lease (min idle, ms), most to
+-- take, then the entry ids the consumer holds (never taken).
 local limit = tonumber(ARGV[4])
 local holds = {}
 for i = 5, #ARGV do holds[ARGV[i]] = true end

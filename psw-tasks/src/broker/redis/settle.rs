@@ -235,7 +235,7 @@ fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// One write as the settle script reads it: a positional MessagePack array (see `SETTLE`).
+/// One write as the settle script reads it: a positional MessagePack array (see `settle.lua`).
 /// Key positions are 1-based; 0 means no such key.
 struct SettleOp<'w> {
     stream: usize,
