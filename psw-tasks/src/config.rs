@@ -39,6 +39,9 @@ pub struct Config {
     pub unknown_task_delay: Duration,
     /// Largest encoded job accepted by `enqueue`, in bytes.
     pub max_message_size: usize,
+    /// Largest encoded result a job may store, in bytes; `None` means `max_message_size`. A job
+    /// whose result is larger fails (kind `oversized_result`).
+    pub max_result_size: Option<usize>,
     /// How long a job stays claimed without a heartbeat before another worker takes it over.
     pub lease: Duration,
     /// How long a stopping worker lets running jobs finish.
@@ -57,6 +60,7 @@ impl Default for Config {
             queues: None,
             result_ttl: Duration::from_secs(24 * 3600),
             max_message_size: 512 * 1024,
+            max_result_size: None,
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
             max_deliveries: 5,
             unknown_task_delay: Duration::from_secs(15),
@@ -204,6 +208,10 @@ impl Config {
             Some((name, value)) => parse_size(name, &value)?,
             None => defaults.max_message_size,
         };
+        let max_result_size = match get("PSW_MAX_RESULT_SIZE") {
+            Some((name, value)) => Some(parse_size(name, &value)?),
+            None => None,
+        };
 
         Ok(Config {
             redis_url,
@@ -214,6 +222,7 @@ impl Config {
             queues,
             result_ttl,
             max_message_size,
+            max_result_size,
             dead_letter_cap,
             max_deliveries,
             unknown_task_delay,
@@ -227,6 +236,11 @@ impl Config {
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
+    }
+
+    /// The largest result a job may store: `max_result_size`, else `max_message_size`.
+    pub fn result_size_limit(&self) -> usize {
+        self.max_result_size.unwrap_or(self.max_message_size)
     }
 
     /// The variable the Redis URL came from, for error messages.

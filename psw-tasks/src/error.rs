@@ -121,6 +121,16 @@ pub enum Error {
         why: String,
     },
 
+    /// The broker refused to store something (a key of the wrong type, say); the rest of its
+    /// batch was stored.
+    #[error("could not store {what}: {reason}")]
+    Store {
+        /// What it was (`the record of job x`).
+        what: String,
+        /// The broker's reason.
+        reason: String,
+    },
+
     /// This worker no longer holds the job: its lease ran out and another worker took it over,
     /// so what this run writes is refused.
     #[error("this worker lost job {0} to another (its lease ran out)")]

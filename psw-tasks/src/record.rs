@@ -81,6 +81,10 @@ wire_enum! {
         Timeout => "timeout",
         /// The arguments did not decode into the task's parameters.
         BadArgs => "bad_args",
+        /// The result is over the size limit (`PSW_MAX_RESULT_SIZE`): it is not stored.
+        OversizedResult => "oversized_result",
+        /// The outcome could not be stored (the broker refused it): the job failed for good.
+        StoreFailed => "store_failed",
         /// A kind this version does not know, written by a newer one.
         Unknown => "unknown",
     }

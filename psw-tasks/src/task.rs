@@ -294,6 +294,10 @@ impl TaskContext {
 
     /// Publish progress: the job's state becomes PROGRESS with these numbers, readable by any
     /// client through [`crate::TaskHandle::record`]. A no-op for tasks that ignore results.
+    ///
+    /// It never holds the task up for long: when the worker's writer is behind (Redis slow or
+    /// away) the report is dropped, and a queued one is waited for at most 2 s. It fails with
+    /// [`crate::Error::LeaseLost`] when this worker no longer holds the job.
     pub async fn set_progress(
         &self,
         current: u64,

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use psw_tasks::EnqueueOptions;
 use psw_tasks::testing::TestNamespace;
+use psw_tasks::{DeadReason, Error, FailureKind, State};
+use psw_tasks::{EnqueueOptions, Worker};
+use psw_tasks_tests::{add, bytes, flaky, reports_progress};
 
-use crate::support::{eventually, start_worker, xadd};
+use crate::support::{eventually, start_built, start_worker, xadd};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -70,5 +72,100 @@ async fn replaying_all_dead_letters_ends_while_the_replayed_jobs_die_again() {
             record.errors
         );
     }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_fences_its_own_writes_and_wedges_nothing() {
+    let ns = TestNamespace::new("deleted-queue");
+    let client = ns.client().await;
+    // The README's advice for long jobs: one at a time, nothing fetched ahead.
+    let worker = start_built(
+        Worker::builder(&client)
+            .concurrency(1)
+            .prefetch(0)
+            .build()
+            .unwrap(),
+    );
+    let long = reports_progress::enqueue(&client, 30).await.unwrap();
+    eventually(WAIT, "the long job reports progress", || async {
+        long.record()
+            .await
+            .unwrap()
+            .is_some_and(|r| r.progress.is_some())
+    })
+    .await;
+    // An operator deletes the queue under it (or Redis restarts empty).
+    let redis = redis::Client::open(ns.url()).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{{}}}:queue:default", ns.name()))
+        .query(&mut conn)
+        .unwrap();
+    let next = add::enqueue(&client, 40, 2).await.unwrap();
+    assert_eq!(
+        next.wait(Duration::from_secs(10)).await.unwrap(),
+        42,
+        "the next job runs within seconds: the worker is not wedged"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_redis_refuses_fails_its_job_and_blocks_nothing() {
+    let ns = TestNamespace::new("refused-write");
+    let client = ns.client().await;
+    // The queue's delayed set is a string (a key collision, an operator's mistake): Redis
+    // refuses the ZADD of every retry there with WRONGTYPE.
+    let redis = redis::Client::open(ns.url()).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{}}}:delayed:default", ns.name()))
+        .arg("not a sorted set")
+        .query(&mut conn)
+        .unwrap();
+    let worker = start_worker(&client, 2);
+    let failing = flaky::enqueue(&client).await.unwrap();
+    let err = failing.wait(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::JobFailed { message, .. } if message.contains("WRONGTYPE")),
+        "failed for good, saying why: {err}"
+    );
+    let record = failing.record().await.unwrap().unwrap();
+    assert_eq!(record.state, State::Failure);
+    assert_eq!(
+        record.errors.last().map(|error| error.kind),
+        Some(FailureKind::StoreFailed)
+    );
+    let dead = client.dead_letters().list(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, DeadReason::StoreFailed);
+    assert_eq!(dead[0].job_id.as_deref(), Some(failing.id().as_str()));
+    // The writer goes on: the next job's outcome is stored.
+    let next = add::enqueue(&client, 1, 2).await.unwrap();
+    assert_eq!(next.wait(WAIT).await.unwrap(), 3);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_limit_fails_its_job_as_oversized_result() {
+    let ns = TestNamespace::new("big-result");
+    let mut config = ns.config();
+    config.max_result_size = Some(16 * 1024);
+    let client = psw_tasks::Client::connect(&config).await.unwrap();
+    let worker = start_worker(&client, 2);
+    let small = bytes::enqueue(&client, 1024).await.unwrap();
+    assert_eq!(small.wait(WAIT).await.unwrap().len(), 1024);
+    let big = bytes::enqueue(&client, 64 * 1024).await.unwrap();
+    let err = big.wait(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::JobFailed { message, .. } if message.contains("PSW_MAX_RESULT_SIZE")),
+        "{err}"
+    );
+    let record = big.record().await.unwrap().unwrap();
+    assert_eq!(record.errors[0].kind, FailureKind::OversizedResult);
+    assert!(record.result.is_none());
+    let dead = client.dead_letters().list(10).await.unwrap();
+    assert_eq!(dead[0].reason, DeadReason::OversizedResult);
     worker.stop().await;
 }

@@ -287,3 +287,21 @@ pub const TASK_NAMES: &[&str] = &[
     "it.nightly",
     "it.timed",
 ];
+
+/// Reports progress every 100 ms for `seconds`, as a long job does; a report that cannot be
+/// stored ends it with that error.
+#[task(name = "it.reports_progress", retries = 0)]
+pub async fn reports_progress(ctx: TaskContext, seconds: u64) -> Result<(), TaskError> {
+    let steps = seconds * 10;
+    for step in 0..steps {
+        ctx.set_progress(step, steps, ()).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Returns `size` bytes.
+#[task(name = "it.bytes", retries = 0)]
+pub async fn bytes(size: usize) -> Result<Vec<u8>, TaskError> {
+    Ok(vec![7; size])
+}

@@ -29,6 +29,10 @@ wire_enum! {
         Poisoned => "poisoned",
         /// Its entry is over the size limit.
         Oversized => "oversized",
+        /// Its result is over the size limit (`PSW_MAX_RESULT_SIZE`).
+        OversizedResult => "oversized_result",
+        /// Its outcome could not be stored: the broker refused the write.
+        StoreFailed => "store_failed",
         /// A reason this version does not know, written by a newer one.
         Unknown => "unknown",
     }
@@ -42,6 +46,8 @@ impl DeadReason {
         match (kind, retry) {
             (FailureKind::BadArgs, _) => DeadReason::BadArgs,
             (FailureKind::Timeout, _) => DeadReason::TimedOut,
+            (FailureKind::OversizedResult, _) => DeadReason::OversizedResult,
+            (FailureKind::StoreFailed, _) => DeadReason::StoreFailed,
             (_, Retry::Never) => DeadReason::PermanentError,
             _ => DeadReason::RetriesExhausted,
         }

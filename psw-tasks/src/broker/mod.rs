@@ -131,6 +131,19 @@ pub(crate) struct Applied {
     pub(crate) dead_trimmed: u64,
     /// Entry ids of the dead letters added, in the order of the writes that added them.
     pub(crate) dead_entries: Vec<String>,
+    /// Queues whose stream or consumer group is gone (deleted, or Redis restarted empty): the
+    /// writes about their deliveries are among `fenced`.
+    pub(crate) missing_queues: Vec<Arc<str>>,
+    /// Writes the broker refused, with its reason (a key of the wrong type, say): nothing of
+    /// them was acknowledged, and the rest of the batch was applied all the same.
+    pub(crate) failed: Vec<(usize, String)>,
+}
+
+impl Applied {
+    /// Whether the write at `index` was stored: neither fenced nor refused.
+    pub(crate) fn stored(&self, index: usize) -> bool {
+        !self.fenced.contains(&index) && !self.failed.iter().any(|(failed, _)| *failed == index)
+    }
 }
 
 /// What a promotion pass did.

@@ -189,7 +189,7 @@ async fn run_envelope(
                 outcome = &mut attempt => outcome,
                 () = tokio::time::sleep(STARTED_AFTER) => {
                     if progress.last().is_none() {
-                        shared.write_record(delivery, progress.started()).await;
+                        shared.write_record(delivery, progress.started());
                     }
                     attempt.await
                 }
@@ -203,6 +203,18 @@ async fn run_envelope(
             TaskError::retry(format!("panicked: {}", panic_message(&*panic)))
                 .with_kind(FailureKind::Panic),
         )
+    });
+    // A result too large to store fails the job, rather than a write that Redis may refuse.
+    let outcome = outcome.and_then(|result| {
+        if progress.is_some() && result.len() > shared.max_result_size {
+            return Err(TaskError::permanent(format!(
+                "the result is {} bytes, over the limit of {} bytes (PSW_MAX_RESULT_SIZE)",
+                result.len(),
+                shared.max_result_size
+            ))
+            .with_kind(FailureKind::OversizedResult));
+        }
+        Ok(result)
     });
     if outcome.is_err() {
         envelope.id = context.job_id().into();

@@ -275,6 +275,7 @@ impl Worker {
             stats: self.stats.0.clone(),
             max_deliveries: self.client.config().max_deliveries,
             max_message_size: self.client.config().max_message_size,
+            max_result_size: self.client.config().result_size_limit(),
             unknown_task_delay: self.client.config().unknown_task_delay,
             states: self.states.clone(),
         });

@@ -2,6 +2,7 @@
 //! same writer as everything else so that it can never land after the job's final state.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -11,6 +12,9 @@ use crate::broker::{Delivery, Write};
 use crate::error::{Error, Result};
 use crate::record::{JobRecord, Progress, State};
 use crate::task::ProgressSink;
+
+/// Longest a progress report waits to be stored before the task goes on.
+const PROGRESS_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) struct RecordProgress {
     writes: mpsc::Sender<WriteRequest>,
@@ -72,8 +76,22 @@ impl ProgressSink for RecordProgress {
                 write: Write::record_of(&self.delivery, &record)?,
                 done: Some(done),
             };
-            self.writes.send(request).await.map_err(|_| Error::Closed)?;
-            stored.await.map_err(|_| Error::Closed)?
+            // A task never waits long on its progress: when the writer is behind (Redis slow or
+            // away), the report is dropped, never the outcome, which goes through the same
+            // queue and waits for room.
+            match self.writes.try_send(request) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!(id = %record.id, "the writer is behind; a progress report is dropped");
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Closed),
+            }
+            match tokio::time::timeout(PROGRESS_WAIT, stored).await {
+                Ok(stored) => stored.map_err(|_| Error::Closed)?,
+                // Still queued: it lands later, or is superseded by the outcome.
+                Err(_) => Ok(()),
+            }
         })
     }
 }

@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Counters>,
     pub(crate) max_deliveries: u64,
     pub(crate) max_message_size: usize,
+    pub(crate) max_result_size: usize,
     pub(crate) unknown_task_delay: Duration,
     pub(crate) states: Arc<SharedState>,
 }
@@ -39,10 +40,19 @@ impl Shared {
         }
     }
 
-    /// Queue a record write (STARTED) of a delivery still running.
-    pub(crate) async fn write_record(&self, delivery: &Delivery, record: &JobRecord) {
+    /// Queue a record write (STARTED) of a delivery still running, unless the writer is behind:
+    /// the state is news, and the outcome must not wait behind it.
+    pub(crate) fn write_record(&self, delivery: &Delivery, record: &JobRecord) {
         match Write::record_of(delivery, record) {
-            Ok(write) => self.send(write).await,
+            Ok(write) => {
+                if self
+                    .writes
+                    .try_send(WriteRequest { write, done: None })
+                    .is_err()
+                {
+                    tracing::debug!(id = %record.id, "the writer is behind; the STARTED state is skipped");
+                }
+            }
             Err(err) => {
                 tracing::error!(id = %record.id, error = %crate::error::chain(&err), "could not encode a job record")
             }

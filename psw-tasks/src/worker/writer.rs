@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::counters::Counters;
 use super::in_flight::InFlight;
-use crate::broker::{Applied, Broker, Write};
+use crate::broker::{Applied, Broker, DeadLetter, DeadReason, Settlement, Write};
 use crate::dead::DeadHook;
-use crate::envelope::JobId;
+use crate::envelope::{Envelope, JobId, now_ms};
 use crate::error::{Error, Result};
+use crate::record::{AttemptError, FailureKind, JobRecord, State};
 
 pub(crate) struct WriteRequest {
     pub(crate) write: Write,
@@ -63,6 +64,8 @@ pub(crate) async fn run(
         let applied = apply_in_chunks(&writer, &writes, &abandon).await;
         if let Some(applied) = &applied {
             report(&writer, &writes, applied);
+            recreate_groups(&writer, &applied.missing_queues).await;
+            store_failures_instead(&writer, &writes, applied, &abandon).await;
             writer
                 .in_flight
                 .release(writes.iter().filter_map(|write| match write {
@@ -81,7 +84,13 @@ pub(crate) async fn run(
                 Some(applied) if applied.fenced.contains(&index) => {
                     Err(Error::LeaseLost(job_of(&writes[index])))
                 }
-                Some(_) => Ok(()),
+                Some(applied) => match applied.failed.iter().find(|(failed, _)| *failed == index) {
+                    Some((_, reason)) => Err(Error::Store {
+                        what: format!("the record of job {}", job_of(&writes[index])),
+                        reason: reason.clone(),
+                    }),
+                    None => Ok(()),
+                },
             };
             let _ = waiter.send(outcome);
         }
@@ -99,9 +108,16 @@ fn job_of(write: &Write) -> String {
 /// Log and count what was fenced and trimmed, and run the dead-letter hook.
 fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
     for &index in &applied.fenced {
-        writer.stats.fenced.inc();
         let (queue, entry) = writes[index].delivery();
+        if applied.missing_queues.contains(queue) {
+            // Said once per queue below: the entry went with its stream or group.
+            continue;
+        }
+        writer.stats.fenced.inc();
         tracing::warn!(queue = %queue, entry = %entry, "write refused: another worker took this job over after its lease ran out; its outcome stands");
+    }
+    for queue in &applied.missing_queues {
+        tracing::error!(queue = %queue, "the queue's stream or consumer group is gone (deleted, or Redis restarted empty): the deliveries of it this worker held are lost with it, and their writes are refused");
     }
     if applied.dead_trimmed > 0 {
         tracing::warn!(
@@ -114,7 +130,7 @@ fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
         .iter()
         .enumerate()
         .filter_map(|(index, write)| match write {
-            Write::Settle(settlement) if !applied.fenced.contains(&index) => settlement
+            Write::Settle(settlement) if applied.stored(index) => settlement
                 .dead
                 .as_ref()
                 .map(|letter| (letter, &settlement.queue)),
@@ -125,6 +141,135 @@ fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
         // Off the writer's path: a slow alert must not hold up settling other jobs.
         tokio::spawn(hook.call(job));
     }
+}
+
+/// Make the consumer groups of `queues` exist again, from the start of each stream, so that
+/// jobs enqueued after the loss are delivered.
+async fn recreate_groups(writer: &Writer, queues: &[Arc<str>]) {
+    if queues.is_empty() {
+        return;
+    }
+    let queues: Vec<String> = queues.iter().map(|queue| queue.to_string()).collect();
+    if let Err(err) = writer.broker.prepare(&queues).await {
+        tracing::warn!(error = %crate::error::chain(&err), "could not create the consumer groups again; the fetch loop tries next");
+    }
+}
+
+/// For each settlement the broker refused, store in its place one it can: the job failed for
+/// good, saying why its outcome could not be stored, and dead-lettered (without bytes when it
+/// has none to give). If even that is refused, the delivery stays pending and runs again once
+/// its lease is over: lost never, wedged never.
+async fn store_failures_instead(
+    writer: &Writer,
+    writes: &[Write],
+    applied: &Applied,
+    abandon: &CancellationToken,
+) {
+    let mut instead = Vec::new();
+    for (index, reason) in &applied.failed {
+        match &writes[*index] {
+            Write::Record { id, .. } => {
+                tracing::error!(id = %id, reason, "a progress record could not be stored; the job goes on");
+            }
+            Write::Settle(settlement) => {
+                tracing::error!(queue = %settlement.queue, entry = %settlement.entry_id, reason, "a job's outcome could not be stored; failing it for good instead");
+                instead.push(Write::Settle(unstorable(settlement, reason)));
+            }
+        }
+    }
+    if instead.is_empty() {
+        return;
+    }
+    let Some(applied) = apply_with_retry(writer, &instead, abandon).await else {
+        return;
+    };
+    report(writer, &instead, &applied);
+    for (index, reason) in &applied.failed {
+        let (queue, entry) = instead[*index].delivery();
+        tracing::error!(queue = %queue, entry = %entry, reason, "not even the failure could be stored; the job stays pending and runs again after its lease");
+    }
+}
+
+/// A settlement of the same delivery that records the job as failed because `reason` kept its
+/// outcome from being stored, and dead-letters it with what bytes it has.
+fn unstorable(settlement: &Settlement, reason: &str) -> Settlement {
+    let error = format!("the outcome could not be stored: {reason}");
+    let now = now_ms();
+    let record = settlement
+        .record
+        .as_ref()
+        .and_then(|(_, bytes)| JobRecord::decode(bytes).ok());
+    let retry_envelope = settlement
+        .retry
+        .as_ref()
+        .and_then(|retry| Envelope::decode(&retry.payload).ok());
+    let job_id = settlement
+        .record
+        .as_ref()
+        .map(|(id, _)| id.clone())
+        .or_else(|| {
+            settlement
+                .dead
+                .as_ref()
+                .and_then(|dead| dead.job_id.clone())
+        })
+        .or_else(|| retry_envelope.as_ref().map(|envelope| envelope.id.clone()));
+    let task = record
+        .as_ref()
+        .map(|record| record.task.clone())
+        .or_else(|| settlement.dead.as_ref().and_then(|dead| dead.task.clone()))
+        .or_else(|| {
+            retry_envelope
+                .as_ref()
+                .map(|envelope| envelope.task.clone())
+        });
+    let mut errors = record
+        .as_ref()
+        .map(|record| record.errors.clone())
+        .unwrap_or_default();
+    errors.push(AttemptError {
+        attempt: record.as_ref().map_or(0, |record| record.attempt),
+        kind: FailureKind::StoreFailed,
+        message: error.clone(),
+        at_ms: now,
+    });
+    // The next attempt's envelope, or the entry's own bytes: whichever can be replayed.
+    let payload = settlement
+        .retry
+        .as_ref()
+        .map(|retry| retry.payload.clone())
+        .or_else(|| settlement.dead.as_ref().map(|dead| dead.payload.clone()))
+        .unwrap_or_default();
+    let mut instead = Settlement {
+        queue: settlement.queue.clone(),
+        entry_id: settlement.entry_id.clone(),
+        deliveries: settlement.deliveries,
+        record: None,
+        finished: None,
+        retry: None,
+        dead: Some(Box::new(DeadLetter {
+            job_id: job_id.clone(),
+            task,
+            reason: DeadReason::StoreFailed,
+            error,
+            errors: errors.clone(),
+            truncated: payload.is_empty(),
+            payload,
+            at_ms: now,
+        })),
+    };
+    if let Some(mut record) = record {
+        record.state = State::Failure;
+        record.result = None;
+        record.retry_at_ms = None;
+        record.finished_ms = Some(now);
+        record.errors = errors;
+        if let (Ok(bytes), Some(id)) = (record.encode(), job_id) {
+            instead.finished = Some(id.clone());
+            instead.record = Some((id, bytes));
+        }
+    }
+    instead
 }
 
 /// Whether no delivery (entry and delivery count) is settled twice in `writes`: the brokers
@@ -221,6 +366,17 @@ async fn apply_in_chunks(
             .extend(applied.fenced.iter().map(|index| index + start));
         total.dead_trimmed += applied.dead_trimmed;
         total.dead_entries.extend(applied.dead_entries);
+        for queue in applied.missing_queues {
+            if !total.missing_queues.contains(&queue) {
+                total.missing_queues.push(queue);
+            }
+        }
+        total.failed.extend(
+            applied
+                .failed
+                .into_iter()
+                .map(|(index, reason)| (index + start, reason)),
+        );
         start = end;
     }
     Some(total)

@@ -12,21 +12,37 @@
 -- how many streams follow as (stream, first id, last id) triples: the range of each stream's
 -- entries in the batch, so that XPENDING reads what the consumer holds there, not all it
 -- holds.
+-- A stream or group that is gone (deleted, or Redis restarted empty) fences only the writes about
+-- its entries, and a write Redis refuses (a key of the wrong type, say) fails only its own op,
+-- which is then not acknowledged: one bad part never fails the batch.
 -- Returns {indexes of fenced writing ops (from 0), dead letters trimmed, ids of the dead
--- letters added, indexes of fenced bare acknowledgements (from 0)}.
+-- letters added, indexes of fenced bare acknowledgements (from 0), key positions of the
+-- streams whose group is gone, {index of a failed writing op, Redis's error} pairs}.
 local ops = cmsgpack.unpack(ARGV[6])
 -- What this consumer holds in each stream's range: entry id -> delivery count. One XPENDING
 -- per stream and batch, not one per entry.
 local held = {}
+local missing = {}
 local streams = tonumber(ARGV[7])
 for s = 0, streams - 1 do
   local at = 9 + 3 * s
   local stream = tonumber(ARGV[at])
   local map = {}
-  for _, e in ipairs(redis.call('XPENDING', KEYS[stream], ARGV[1], ARGV[at + 1], ARGV[at + 2], ARGV[8], ARGV[2])) do
-    map[e[1]] = e[4]
+  local pending = redis.pcall('XPENDING', KEYS[stream], ARGV[1], ARGV[at + 1], ARGV[at + 2], ARGV[8], ARGV[2])
+  if pending.err then
+    missing[#missing + 1] = stream
+  else
+    for _, e in ipairs(pending) do
+      map[e[1]] = e[4]
+    end
   end
   held[stream] = map
+end
+-- A write that Redis may refuse: its reply, or nil and Redis's error.
+local function write(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then return nil, reply.err end
+  return reply
 end
 local fenced = {}
 local finished = {}
@@ -40,16 +56,23 @@ local function ack(stream, id)
 end
 local dead = 0
 local dead_ids = {}
+local failed = {}
 for i, op in ipairs(ops) do
   if held[op[1]][op[2]] == op[3] then
-    if op[5] > 0 then redis.call('SET', KEYS[op[5]], op[6], 'PX', ARGV[3]) end
-    if op[7] > 0 then redis.call('ZADD', KEYS[op[7]], op[8], op[9]) end
-    if #op[10] > 0 then
-      dead = dead + 1
-      dead_ids[dead] = redis.call('XADD', KEYS[1], '*', unpack(op[10]))
+    local id, failure, _
+    if op[5] > 0 then _, failure = write('SET', KEYS[op[5]], op[6], 'PX', ARGV[3]) end
+    if not failure and op[7] > 0 then _, failure = write('ZADD', KEYS[op[7]], op[8], op[9]) end
+    if not failure and #op[10] > 0 then id, failure = write('XADD', KEYS[1], '*', unpack(op[10])) end
+    if failure then
+      failed[#failed + 1] = {i - 1, failure}
+    else
+      if id then
+        dead = dead + 1
+        dead_ids[dead] = id
+      end
+      if op[4] == 1 then ack(op[1], op[2]) end
+      if op[11] ~= '' then finished[#finished + 1] = op[11] end
     end
-    if op[4] == 1 then ack(op[1], op[2]) end
-    if op[11] ~= '' then finished[#finished + 1] = op[11] end
   else
     fenced[#fenced + 1] = i - 1
   end
@@ -75,4 +98,4 @@ if dead > 0 then
   if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
 end
 if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end
-return {fenced, trimmed, dead_ids, bare_fenced}
+return {fenced, trimmed, dead_ids, bare_fenced, missing, failed}

@@ -121,12 +121,8 @@ pub(super) async fn apply(
     for (_, stream, entry_id, deliveries) in &bare {
         invocation.arg(*stream).arg(*entry_id).arg(*deliveries);
     }
-    let (fenced, dead_trimmed, dead_entries, bare_fenced): (
-        Vec<usize>,
-        u64,
-        Vec<String>,
-        Vec<usize>,
-    ) = invocation.invoke_async(&mut broker.conn()).await?;
+    let (fenced, dead_trimmed, dead_entries, bare_fenced, missing, failed): SettleReply =
+        invocation.invoke_async(&mut broker.conn()).await?;
     let mut fenced: Vec<usize> = fenced
         .into_iter()
         .filter_map(|op| writing.get(op).copied())
@@ -137,12 +133,36 @@ pub(super) async fn apply(
         )
         .collect();
     fenced.sort_unstable();
+    let missing_queues = streams
+        .ranges
+        .iter()
+        .filter(|range| missing.contains(&range.key))
+        .map(|range| range.queue.clone())
+        .collect();
+    let failed = failed
+        .into_iter()
+        .filter_map(|(op, error)| writing.get(op).map(|&index| (index, error)))
+        .collect();
     Ok(Applied {
         fenced,
         dead_trimmed,
         dead_entries,
+        missing_queues,
+        failed,
     })
 }
+
+/// What `settle.lua` returns: fenced writing ops, dead letters trimmed, ids of the dead letters
+/// added, fenced bare acknowledgements, key positions of streams whose group is gone, refused
+/// ops with Redis's reason.
+type SettleReply = (
+    Vec<usize>,
+    u64,
+    Vec<String>,
+    Vec<usize>,
+    Vec<usize>,
+    Vec<(usize, String)>,
+);
 
 /// The keys of one script call, numbered from 1 as Lua's KEYS are.
 #[derive(Default)]
