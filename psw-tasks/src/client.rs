@@ -240,6 +240,7 @@ impl Client {
             eta_ms,
             headers,
             errors: Vec::new(),
+            errors_dropped: 0,
         };
         let payload = envelope.encode()?;
         let limit = self.inner.config.max_message_size;

@@ -82,11 +82,52 @@ pub(crate) struct Envelope {
     /// Errors of earlier attempts, carried along so that any worker can write the full record.
     #[serde(default)]
     pub(crate) errors: Vec<AttemptError>,
+    /// Errors of middle attempts dropped from `errors` to keep the envelope under the limit.
+    #[serde(default)]
+    pub(crate) errors_dropped: u32,
 }
 
 impl Envelope {
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
         rmp_serde::to_vec_named(self).map_err(|err| Error::encode("job envelope", err))
+    }
+
+    /// Encode, shrinking the error history until the envelope is at most `limit` bytes: the
+    /// middle attempts' errors go first (counted in `errors_dropped`), then the first's, then
+    /// the latest message is cut. The arguments are never touched: an envelope whose arguments
+    /// alone are over the limit is returned as it is.
+    pub(crate) fn encode_within(&mut self, limit: usize) -> Result<Vec<u8>> {
+        loop {
+            let bytes = self.encode()?;
+            let Some(excess) = bytes.len().checked_sub(limit).filter(|&excess| excess > 0) else {
+                return Ok(bytes);
+            };
+            match self.errors.len() {
+                0 => return Ok(bytes),
+                1 => {
+                    let last = &mut self.errors[0];
+                    if last.message.is_empty() {
+                        self.errors.clear();
+                        self.errors_dropped += 1;
+                    } else {
+                        // The mark adds some bytes back: cut a little more than the excess.
+                        let keep = last.message.len().saturating_sub(excess + 64);
+                        last.message = crate::record::cap_message(&last.message, keep);
+                        if keep == 0 {
+                            last.message.clear();
+                        }
+                    }
+                }
+                2 => {
+                    self.errors.remove(0);
+                    self.errors_dropped += 1;
+                }
+                _ => {
+                    self.errors.remove(1);
+                    self.errors_dropped += 1;
+                }
+            }
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
@@ -228,6 +269,7 @@ mod tests {
             eta_ms: Some(1_700_000_010_000),
             headers: BTreeMap::from([("trace".into(), "abc".into())]),
             errors: vec![],
+            errors_dropped: 0,
         }
     }
 
@@ -279,6 +321,36 @@ mod tests {
         assert!(err.to_string().contains("decode job envelope"), "{err}");
         assert!(Envelope::decode(b"\xc1garbage").is_err());
         assert!(Envelope::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn a_history_shrinks_to_fit_from_the_middle_and_never_touches_the_arguments() {
+        let mut envelope = sample();
+        envelope.args = vec![0x91; 1000];
+        envelope.errors = (0..10)
+            .map(|attempt| AttemptError {
+                attempt,
+                kind: crate::record::FailureKind::Error,
+                message: format!("attempt {attempt}: {}", "x".repeat(500)),
+                at_ms: 1,
+            })
+            .collect();
+        let full = envelope.encode().unwrap().len();
+        let bytes = envelope.clone().encode_within(full).unwrap();
+        assert_eq!(bytes.len(), full, "what fits is left whole");
+        let bytes = envelope.encode_within(2_800).unwrap();
+        assert!(bytes.len() <= 2_800, "{}", bytes.len());
+        let attempts: Vec<u32> = envelope.errors.iter().map(|e| e.attempt).collect();
+        assert_eq!(attempts, [0, 9], "the first and the latest stay");
+        assert_eq!(envelope.errors_dropped, 8);
+        assert_eq!(envelope.args, vec![0x91; 1000]);
+        // Tighter still: the first goes, then the latest's message is cut.
+        envelope.encode_within(1_400).unwrap();
+        assert_eq!(envelope.errors.len(), 1);
+        assert_eq!(envelope.errors[0].attempt, 9);
+        assert!(envelope.errors[0].message.ends_with("more bytes]"));
+        assert_eq!(envelope.errors_dropped, 9);
+        assert!(envelope.encode().unwrap().len() <= 1_400);
     }
 
     #[test]

@@ -92,6 +92,24 @@ wire_enum! {
 
 wire_serde!(FailureKind, Unknown);
 
+/// Longest error message kept for one attempt: a whole cause chain or a stack dump is cut here,
+/// marked, so that the history a retry carries stays small.
+pub(crate) const MAX_ERROR_MESSAGE: usize = 8 * 1024;
+
+/// `message` cut to at most `max` bytes (at a character boundary), with the cut marked.
+pub(crate) fn cap_message(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_owned();
+    }
+    let mark = |cut: usize| format!(" [cut: {cut} more bytes]");
+    let keep = max.saturating_sub(mark(message.len()).len());
+    let mut end = keep.min(message.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{}", &message[..end], mark(message.len() - end))
+}
+
 /// The error of one failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptError {
@@ -120,9 +138,13 @@ pub struct JobRecord {
     /// The MessagePack-encoded result, once the state is SUCCESS.
     #[serde(default, with = "serde_bytes")]
     pub result: Option<Vec<u8>>,
-    /// Every failed attempt's error, oldest first.
+    /// The failed attempts' errors, oldest first: every one, or (for a job whose history had to
+    /// shrink to fit the size limit) the first and the latest, `errors_dropped` fewer.
     #[serde(default)]
     pub errors: Vec<AttemptError>,
+    /// Errors of middle attempts dropped from `errors` to keep the job under the size limit.
+    #[serde(default)]
+    pub errors_dropped: u32,
     /// The last progress report.
     #[serde(default)]
     pub progress: Option<Progress>,
@@ -188,6 +210,7 @@ mod tests {
                 message: "boom".into(),
                 at_ms: 3,
             }],
+            errors_dropped: 0,
             progress: Some(Progress {
                 current: 1,
                 total: 2,
@@ -230,6 +253,16 @@ mod tests {
             rmp_serde::from_slice::<FailureKind>(&newer).unwrap(),
             FailureKind::Unknown
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_where_it_is_marked() {
+        assert_eq!(cap_message("short", 100), "short");
+        let long = "é".repeat(10_000);
+        let cut = cap_message(&long, 100);
+        assert!(cut.len() <= 100, "{}", cut.len());
+        assert!(cut.ends_with("more bytes]"), "{cut}");
+        assert!(cut.starts_with("éé"), "cut at a character boundary");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{DeadReason, Error, FailureKind, State};
 use psw_tasks::{EnqueueOptions, Worker};
-use psw_tasks_tests::{add, bytes, flaky, reports_progress};
+use psw_tasks_tests::{add, bytes, fails_big, flaky, reports_progress};
 
 use crate::support::{eventually, start_built, start_worker, xadd};
 
@@ -167,5 +167,28 @@ async fn a_result_over_the_limit_fails_its_job_as_oversized_result() {
     assert!(record.result.is_none());
     let dead = client.dead_letters().list(10).await.unwrap();
     assert_eq!(dead[0].reason, DeadReason::OversizedResult);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_near_the_size_limit_keeps_all_its_retries() {
+    let ns = TestNamespace::new("big-retry");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    // 510 KiB of arguments under the 512 KiB limit, and a 4 KiB error on every attempt.
+    let job = fails_big::enqueue(&client, vec![7; 510 * 1024])
+        .await
+        .unwrap();
+    assert!(job.wait(WAIT).await.is_err());
+    let dead = client.dead_letters().list(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].reason,
+        DeadReason::RetriesExhausted,
+        "{}",
+        dead[0].error
+    );
+    let record = job.record().await.unwrap().unwrap();
+    assert_eq!(record.attempt, 3, "all four attempts ran");
     worker.stop().await;
 }

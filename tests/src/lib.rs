@@ -305,3 +305,13 @@ pub async fn reports_progress(ctx: TaskContext, seconds: u64) -> Result<(), Task
 pub async fn bytes(size: usize) -> Result<Vec<u8>, TaskError> {
     Ok(vec![7; size])
 }
+
+/// Fails every attempt with a 4 KiB message, whatever its (large) payload.
+#[task(name = "it.fails_big", retries = 3, backoff = "none")]
+pub async fn fails_big(payload: Vec<u8>) -> Result<(), TaskError> {
+    Err(TaskError::retry(format!(
+        "{} bytes in, and this went wrong: {}",
+        payload.len(),
+        "x".repeat(4096)
+    )))
+}

@@ -182,6 +182,7 @@ pub mod hot_path {
             eta_ms: None,
             headers: Default::default(),
             errors: Vec::new(),
+            errors_dropped: 0,
         })
     }
 

@@ -12,7 +12,7 @@ use super::progress::RecordProgress;
 use super::shared::Shared;
 use crate::broker::{DeadReason, Delivery, NewJob, Settlement};
 use crate::envelope::{Envelope, SystemHeader, now_ms};
-use crate::record::{AttemptError, FailureKind, JobRecord, State};
+use crate::record::{AttemptError, FailureKind, JobRecord, MAX_ERROR_MESSAGE, State, cap_message};
 use crate::registry::HandlerFuture;
 use crate::retry::{Decision, decide};
 use crate::task::{ProgressSink, TaskContext, TaskError};
@@ -141,6 +141,7 @@ async fn run_envelope(
                 attempt: envelope.attempt,
                 result: None,
                 errors: envelope.errors.clone(),
+                errors_dropped: envelope.errors_dropped,
                 progress: None,
                 created_ms: envelope.created_ms,
                 started_ms: Some(now_ms()),
@@ -249,7 +250,7 @@ async fn run_envelope(
     errors.push(AttemptError {
         attempt: envelope.attempt,
         kind: err.kind(),
-        message: err.message().to_owned(),
+        message: cap_message(err.message(), MAX_ERROR_MESSAGE),
         at_ms: now,
     });
     let decision = decide(
@@ -266,13 +267,15 @@ async fn run_envelope(
     match decision {
         Decision::RetryAfter(delay) => {
             let due = now + delay.as_millis() as i64;
-            let next = Envelope {
+            let mut next = Envelope {
                 attempt: envelope.attempt + 1,
                 eta_ms: Some(due),
                 errors,
                 ..envelope
             };
-            let payload = match next.encode() {
+            // Checked as an enqueue is: a history that would not fit is shrunk, the arguments
+            // never, so that a job near the limit keeps its retries.
+            let payload = match next.encode_within(shared.max_message_size) {
                 Ok(payload) => payload,
                 Err(err) => {
                     return shared.dead_letter(
@@ -297,6 +300,8 @@ async fn run_envelope(
                 Some(mut record) => {
                     record.state = State::Retry;
                     record.retry_at_ms = Some(due);
+                    record.errors = next.errors.clone();
+                    record.errors_dropped = next.errors_dropped;
                     shared.finish(settlement, &record, false)
                 }
                 None => settlement,
