@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, NewJob};
+use crate::broker::{Broker, DeadLetterLimits, NewJob};
 use crate::config::Config;
 use crate::dead::DeadLetters;
 use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
@@ -50,6 +50,10 @@ impl Client {
     /// `#[task]`s with one wire name in this binary are an error here already.
     pub async fn connect(config: &Config) -> Result<Client> {
         let registry = Registry::linked().map_err(|duplicate| duplicate.error())?;
+        let limits = DeadLetterLimits {
+            max_len: config.dead_letter_cap,
+            max_bytes: config.dead_letter_max_bytes,
+        };
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(
                 RedisBroker::connect(
@@ -59,11 +63,11 @@ impl Client {
                     &config.namespace,
                 )
                 .await?
-                .with_dead_letter_cap(config.dead_letter_cap),
+                .with_dead_letter_limits(limits),
             ),
             None => {
                 Keys::new(&config.namespace)?;
-                Arc::new(MemoryBroker::new().with_dead_letter_cap(config.dead_letter_cap))
+                Arc::new(MemoryBroker::new().with_dead_letter_limits(limits))
             }
         };
         Ok(Client {

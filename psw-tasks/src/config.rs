@@ -8,6 +8,8 @@ use crate::keys::validate_name;
 
 /// Dead letters kept unless `PSW_DLQ_MAX_LEN` says otherwise.
 pub(crate) const DEFAULT_DEAD_LETTER_CAP: u64 = 100_000;
+/// Bytes the dead letters may take unless `PSW_DLQ_MAX_BYTES` says otherwise.
+pub(crate) const DEFAULT_DEAD_LETTER_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Settings shared by clients and workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,11 @@ pub struct Config {
     pub result_ttl: Duration,
     /// Most dead letters kept; past it the oldest are trimmed, counted and logged.
     pub dead_letter_cap: u64,
+    /// Most bytes the dead letters take in Redis; past it the oldest are trimmed and counted.
+    pub dead_letter_max_bytes: u64,
+    /// Most bytes of a delivery kept in its dead letter; longer ones are cut (and marked, as
+    /// they cannot be replayed).
+    pub dead_letter_max_payload: usize,
     /// Deliveries of one job before it is dead-lettered as poisoned (it crashed its worker
     /// each time).
     pub max_deliveries: u64,
@@ -62,6 +69,8 @@ impl Default for Config {
             max_message_size: 512 * 1024,
             max_result_size: None,
             dead_letter_cap: DEFAULT_DEAD_LETTER_CAP,
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_BYTES,
+            dead_letter_max_payload: 1024 * 1024,
             max_deliveries: 5,
             unknown_task_delay: Duration::from_secs(15),
             lease: Duration::from_secs(30),
@@ -208,6 +217,14 @@ impl Config {
             Some((name, value)) => parse_size(name, &value)?,
             None => defaults.max_message_size,
         };
+        let dead_letter_max_bytes = match get("PSW_DLQ_MAX_BYTES") {
+            Some((name, value)) => parse_size(name, &value)? as u64,
+            None => defaults.dead_letter_max_bytes,
+        };
+        let dead_letter_max_payload = match get("PSW_DLQ_MAX_PAYLOAD") {
+            Some((name, value)) => parse_size(name, &value)?,
+            None => defaults.dead_letter_max_payload,
+        };
         let max_result_size = match get("PSW_MAX_RESULT_SIZE") {
             Some((name, value)) => Some(parse_size(name, &value)?),
             None => None,
@@ -224,6 +241,8 @@ impl Config {
             max_message_size,
             max_result_size,
             dead_letter_cap,
+            dead_letter_max_bytes,
+            dead_letter_max_payload,
             max_deliveries,
             unknown_task_delay,
             lease,
@@ -314,6 +333,8 @@ fn parse_size(variable: &str, value: &str) -> Result<usize> {
         (d, 1024)
     } else if let Some(d) = lower.strip_suffix("mib").or(lower.strip_suffix("mb")) {
         (d, 1024 * 1024)
+    } else if let Some(d) = lower.strip_suffix("gib").or(lower.strip_suffix("gb")) {
+        (d, 1024 * 1024 * 1024)
     } else {
         (lower.as_str(), 1)
     };
@@ -325,7 +346,7 @@ fn parse_size(variable: &str, value: &str) -> Result<usize> {
         Error::config(
             variable,
             value,
-            "a positive size in bytes, optionally with KiB or MiB, like `524288` or `512KiB`",
+            "a positive size in bytes, optionally with KiB, MiB or GiB, like `524288` or `512KiB`",
         )
     })
 }
@@ -416,7 +437,7 @@ mod tests {
         );
         check_error(
             &[("PSW_MAX_MESSAGE_SIZE", "big")],
-            "invalid configuration: PSW_MAX_MESSAGE_SIZE = \"big\": expected a positive size in bytes, optionally with KiB or MiB, like `524288` or `512KiB`",
+            "invalid configuration: PSW_MAX_MESSAGE_SIZE = \"big\": expected a positive size in bytes, optionally with KiB, MiB or GiB, like `524288` or `512KiB`",
         );
         check_error(
             &[("PSW_QUEUES", "a,b c")],

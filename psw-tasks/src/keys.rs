@@ -55,6 +55,8 @@ wire_enum! {
         Truncated => "truncated",
         Id => "id",
         Task => "task",
+        /// What the letter takes against the queue's byte budget.
+        Bytes => "bytes",
     }
 }
 
@@ -131,6 +133,11 @@ impl Keys {
     /// Counter of dead letters trimmed to keep the dead-letter stream under its cap.
     pub(crate) fn dead_trimmed(&self) -> String {
         format!("{}:dead:trimmed", self.prefix)
+    }
+
+    /// What the dead letters take against their byte budget, in bytes.
+    pub(crate) fn dead_bytes(&self) -> String {
+        format!("{}:dead:bytes", self.prefix)
     }
 
     /// Pub/sub channel announcing ids of finished jobs.

@@ -128,10 +128,11 @@ fn dead_json<S: Serializer>(
     dead: &DeadLetterStats,
     serializer: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    let mut out = serializer.serialize_struct("DeadLetterStats", 3)?;
+    let mut out = serializer.serialize_struct("DeadLetterStats", 4)?;
     out.serialize_field("len", &dead.len)?;
     out.serialize_field("trimmed", &dead.trimmed)?;
     out.serialize_field("added", &dead.added)?;
+    out.serialize_field("bytes", &dead.bytes)?;
     out.end()
 }
 
@@ -337,6 +338,7 @@ mod tests {
                 len: 2,
                 trimmed: 0,
                 added: 2,
+                bytes: 2_000,
             },
             window: Duration::from_secs(900),
             at_ms: 5,

@@ -192,3 +192,56 @@ async fn a_job_near_the_size_limit_keeps_all_its_retries() {
     assert_eq!(record.attempt, 3, "all four attempts ran");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_queue_keeps_to_its_byte_budget() {
+    let ns = TestNamespace::new("dlq-bytes");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 8);
+    // 2,000 entries of 600 KiB, each over the size limit: 1.2 GB of dead letters offered.
+    let redis = redis::Client::open(ns.url()).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let stream = format!("{{{}}}:queue:default", ns.name());
+    let entry = vec![b'x'; 600 * 1024];
+    for _ in 0..20 {
+        let mut pipe = redis::pipe();
+        for _ in 0..100 {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("job")
+                .arg(entry.as_slice())
+                .ignore();
+        }
+        let _: () = pipe.query(&mut conn).unwrap();
+    }
+    let dead = client.dead_letters();
+    eventually(
+        Duration::from_secs(120),
+        "2,000 dead letters added",
+        || async { dead.stats().await.unwrap().added == 2_000 },
+    )
+    .await;
+    let stats = dead.stats().await.unwrap();
+    let memory: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(format!("{{{}}}:dead", ns.name()))
+        .arg("SAMPLES")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        memory <= 256 * 1024 * 1024,
+        "the stream takes {memory} bytes, over the 256 MiB budget ({stats:?})"
+    );
+    assert!(
+        stats.len > 100,
+        "the budget holds hundreds of them: {stats:?}"
+    );
+    assert_eq!(
+        stats.trimmed,
+        2_000 - stats.len,
+        "every one trimmed is counted"
+    );
+    worker.stop().await;
+}

@@ -71,8 +71,20 @@ pub(crate) struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Bytes of its ids and names, as the fields besides the payload and error carry them.
+    pub(crate) fn queue_and_ids_len(&self) -> usize {
+        self.job_id.as_ref().map_or(0, |id| id.as_str().len())
+            + self.task.as_ref().map_or(0, String::len)
+            + self
+                .errors
+                .iter()
+                .map(|error| error.message.len() + 32)
+                .sum::<usize>()
+            + 128
+    }
+
     /// The dead letter as it reads back once stored under `entry_id`, from `queue`.
-    pub(crate) fn stored(&self, queue: &str, entry_id: String) -> DeadJob {
+    pub(crate) fn stored(&self, queue: &str, entry_id: String, bytes: u64) -> DeadJob {
         DeadJob {
             entry_id,
             job_id: self.job_id.as_ref().map(|id| id.to_string()),
@@ -84,9 +96,42 @@ impl DeadLetter {
             at_ms: self.at_ms,
             payload_size: self.payload.len(),
             truncated: self.truncated,
+            bytes,
             payload: self.payload.clone(),
         }
     }
+}
+
+/// How much the dead-letter queue may hold before its oldest letters are trimmed (and
+/// counted): a number of letters (`PSW_DLQ_MAX_LEN`) and a number of bytes
+/// (`PSW_DLQ_MAX_BYTES`), whichever is reached first. The newest letter always stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadLetterLimits {
+    pub(crate) max_len: u64,
+    pub(crate) max_bytes: u64,
+}
+
+impl Default for DeadLetterLimits {
+    fn default() -> Self {
+        DeadLetterLimits {
+            max_len: crate::config::DEFAULT_DEAD_LETTER_CAP,
+            max_bytes: crate::config::DEFAULT_DEAD_LETTER_BYTES,
+        }
+    }
+}
+
+/// What a dead letter of `field_bytes` bytes of fields takes in Redis's memory: the entry and
+/// its node, rounded up as the allocator (jemalloc) rounds a block of that size, four size
+/// classes per doubling. Counted so, the stream's `MEMORY USAGE` stays under the budget.
+pub(crate) fn footprint(field_bytes: usize) -> u64 {
+    const NODE: u64 = 96;
+    let bytes = field_bytes as u64 + NODE;
+    if bytes <= 4096 {
+        return bytes.next_multiple_of(16);
+    }
+    let class = (bytes - 1).ilog2();
+    let step = (1u64 << class) / 4;
+    bytes.next_multiple_of(step)
 }
 
 /// One dead letter.
@@ -113,6 +158,8 @@ pub struct DeadJob {
     pub payload_size: usize,
     /// Whether the bytes were cut at the cap (such a job cannot be replayed).
     pub truncated: bool,
+    /// What it takes against the queue's byte budget (`PSW_DLQ_MAX_BYTES`).
+    pub bytes: u64,
     pub(crate) payload: Vec<u8>,
 }
 
@@ -128,6 +175,8 @@ pub struct DeadLetterStats {
     /// replays and retention do not lower, for watching its growth (Redis 7.0's `entries-added`
     /// of the stream; on older Redis, `len + trimmed`).
     pub added: u64,
+    /// What the dead letters stored now take against the byte budget (`PSW_DLQ_MAX_BYTES`).
+    pub bytes: u64,
 }
 
 #[cfg(test)]
@@ -161,6 +210,16 @@ mod tests {
             Retry::Allowed,
             DeadReason::RetriesExhausted,
         );
+    }
+
+    #[test]
+    fn footprints_round_up_as_the_allocator_does() {
+        assert_eq!(footprint(0), 96);
+        assert_eq!(footprint(1000), 1104);
+        // 600 KiB lands in jemalloc's 640 KiB class.
+        assert_eq!(footprint(600 * 1024), 640 * 1024);
+        assert_eq!(footprint(640 * 1024 - 96), 640 * 1024);
+        assert_eq!(footprint(640 * 1024), 768 * 1024);
     }
 
     #[test]

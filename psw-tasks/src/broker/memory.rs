@@ -9,8 +9,9 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
-    NewJob, OutcomeCounts, Promoted, QueueStats, WorkerEntry, WorkerReport, Write,
+    Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterLimits,
+    DeadLetterStats, Delivery, NewJob, OutcomeCounts, Promoted, QueueStats, WorkerEntry,
+    WorkerReport, Write, footprint,
 };
 use crate::error::Result;
 use crate::keys::{BUCKET_TTL, minute_of};
@@ -22,7 +23,7 @@ pub(crate) struct MemoryBroker {
     state: Mutex<State>,
     arrivals: Notify,
     finished: FinishedChannel,
-    dead_letter_cap: u64,
+    dead_letter_limits: DeadLetterLimits,
 }
 
 impl Default for MemoryBroker {
@@ -31,7 +32,7 @@ impl Default for MemoryBroker {
             state: Mutex::default(),
             arrivals: Notify::new(),
             finished: FinishedChannel::default(),
-            dead_letter_cap: crate::config::DEFAULT_DEAD_LETTER_CAP,
+            dead_letter_limits: DeadLetterLimits::default(),
         }
     }
 }
@@ -94,9 +95,9 @@ impl MemoryBroker {
         Self::default()
     }
 
-    /// Keep at most `cap` dead letters; older ones are trimmed and counted.
-    pub(crate) fn with_dead_letter_cap(mut self, cap: u64) -> Self {
-        self.dead_letter_cap = cap.max(1);
+    /// Keep the dead letters within `limits`; older ones are trimmed and counted.
+    pub(crate) fn with_dead_letter_limits(mut self, limits: DeadLetterLimits) -> Self {
+        self.dead_letter_limits = limits;
         self
     }
 
@@ -409,10 +410,16 @@ impl Broker for MemoryBroker {
                             if let Some(dead) = &settlement.dead {
                                 state.next_entry += 1;
                                 let entry = format!("{}-0", state.next_entry);
-                                let job = dead.stored(&settlement.queue, entry.clone());
+                                // In process, a letter takes what its bytes and text take.
+                                let bytes = footprint(
+                                    dead.payload.len()
+                                        + dead.error.len()
+                                        + dead.queue_and_ids_len(),
+                                );
+                                let job = dead.stored(&settlement.queue, entry.clone(), bytes);
                                 state.dead.push_back(job);
                                 state.dead_added += 1;
-                                applied.dead_entries.push(entry);
+                                applied.dead_entries.push((entry, bytes));
                                 dead_added = true;
                             }
                             if let Some(q) = state.queues.get_mut(&*settlement.queue) {
@@ -423,7 +430,12 @@ impl Broker for MemoryBroker {
                     }
                 }
                 if dead_added {
-                    while state.dead.len() as u64 > self.dead_letter_cap {
+                    let limits = self.dead_letter_limits;
+                    while state.dead.len() > 1
+                        && (state.dead.len() as u64 > limits.max_len
+                            || state.dead.iter().map(|job| job.bytes).sum::<u64>()
+                                > limits.max_bytes)
+                    {
                         state.dead.pop_front();
                         applied.dead_trimmed += 1;
                     }
@@ -625,6 +637,7 @@ impl Broker for MemoryBroker {
                 len: state.dead.len() as u64,
                 trimmed: state.dead_trimmed,
                 added: state.dead_added,
+                bytes: state.dead.iter().map(|job| job.bytes).sum(),
             })
         })
     }

@@ -25,8 +25,8 @@ pub(crate) mod redis;
 mod tests;
 
 pub(crate) use beat::{BeatAdvance, BeatDefinition, BeatState, LastFired};
-pub(crate) use dead_letter::DeadLetter;
 pub use dead_letter::{DeadJob, DeadLetterStats, DeadReason};
+pub(crate) use dead_letter::{DeadLetter, DeadLetterLimits, footprint};
 
 /// One job handed to a consumer, pending until it is settled.
 #[derive(Debug, Clone)]
@@ -129,8 +129,9 @@ pub(crate) struct Applied {
     pub(crate) fenced: Vec<usize>,
     /// Oldest dead letters removed to keep the dead-letter stream under its cap.
     pub(crate) dead_trimmed: u64,
-    /// Entry ids of the dead letters added, in the order of the writes that added them.
-    pub(crate) dead_entries: Vec<String>,
+    /// Entry ids of the dead letters added, with the bytes each takes against the budget, in
+    /// the order of the writes that added them.
+    pub(crate) dead_entries: Vec<(String, u64)>,
     /// Queues whose stream or consumer group is gone (deleted, or Redis restarted empty): the
     /// writes about their deliveries are among `fenced`.
     pub(crate) missing_queues: Vec<Arc<str>>,

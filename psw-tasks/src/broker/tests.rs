@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::memory::MemoryBroker;
 use super::redis::RedisBroker;
 use super::{
-    BeatAdvance, BeatDefinition, Broker, DeadReason, LastFired, NewJob, Settlement, WorkerReport,
-    Write,
+    BeatAdvance, BeatDefinition, Broker, DeadLetterLimits, DeadReason, LastFired, NewJob,
+    Settlement, WorkerReport, Write,
 };
 use crate::envelope::{JobId, now_ms};
 use crate::keys::Outcome;
@@ -18,6 +18,12 @@ use crate::testing::TestNamespace;
 
 const Q: &str = "jobs";
 const TTL: Duration = Duration::from_secs(60);
+
+/// Three dead letters at most, or 64 KiB.
+const LIMITS: DeadLetterLimits = DeadLetterLimits {
+    max_len: 3,
+    max_bytes: 64 * 1024,
+};
 
 fn queues() -> Vec<String> {
     vec![Q.to_owned()]
@@ -61,7 +67,7 @@ macro_rules! both_brokers {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(std::sync::Arc::new(super::MemoryBroker::new().with_dead_letter_cap(3))).await;
+                    super::$name(std::sync::Arc::new(super::MemoryBroker::new().with_dead_letter_limits(super::LIMITS))).await;
                 }
             )*
         }
@@ -73,7 +79,7 @@ macro_rules! both_brokers {
                     let broker = super::RedisBroker::connect(ns.url(), "REDIS_URL", None, ns.name())
                         .await
                         .expect("connect to the test Redis")
-                        .with_dead_letter_cap(3);
+                        .with_dead_letter_limits(super::LIMITS);
                     super::$name(std::sync::Arc::new(broker)).await;
                 }
             )*
@@ -95,6 +101,7 @@ both_brokers!(
     a_mixed_batch_is_fenced_write_by_write,
     a_consumer_takes_back_only_its_own_entries_it_does_not_hold,
     dead_letters_are_kept_capped_replayed_and_purged,
+    dead_letters_keep_to_their_byte_budget,
     beat_registration_keeps_the_last_slot,
     beat_advance_is_a_compare_and_set,
     beat_lease_has_one_holder,
@@ -575,6 +582,52 @@ fn definition(schedule: &str) -> BeatDefinition {
         misfire: Misfire::Backfill(3),
         overlap: false,
     }
+}
+
+async fn dead_letters_keep_to_their_byte_budget(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    // 30 KiB letters take 32 KiB each: two fit the 64 KiB budget, before the count cap of 3.
+    let jobs: Vec<NewJob> = (0..5u8).map(|i| job(&[i], None)).collect();
+    broker.push(jobs).await.unwrap();
+    let got = broker
+        .fetch("a", &queues(), 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let writes: Vec<Write> = got
+        .iter()
+        .zip(0u8..)
+        .map(|(delivery, n)| {
+            let mut settlement = Settlement::of(delivery);
+            let mut letter = letter(n);
+            letter.payload = vec![n; 30 * 1024];
+            settlement.dead = Some(Box::new(letter));
+            Write::Settle(settlement)
+        })
+        .collect();
+    let applied = broker.apply("a", &writes, TTL).await.unwrap();
+    assert_eq!(applied.dead_trimmed, 3);
+    let stats = broker.dead_stats().await.unwrap();
+    assert_eq!((stats.len, stats.trimmed), (2, 3));
+    assert!((60 * 1024..=64 * 1024).contains(&stats.bytes), "{stats:?}");
+    let listed = broker.dead_page(None, None, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|job| job.bytes).sum::<u64>(), stats.bytes);
+    assert_eq!(listed[0].payload[0], 3, "the oldest went first");
+    assert!(
+        broker
+            .dead_replay(&listed[0].entry_id, Q, "job-3", b"again".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        broker.dead_stats().await.unwrap().bytes,
+        listed[1].bytes,
+        "a replayed letter's bytes are given back"
+    );
+    broker
+        .dead_purge(Some(crate::envelope::now_ms() + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(broker.dead_stats().await.unwrap().bytes, 0);
 }
 
 async fn beat_registration_keeps_the_last_slot(broker: Arc<dyn Broker>) {

@@ -276,6 +276,7 @@ impl Worker {
             max_deliveries: self.client.config().max_deliveries,
             max_message_size: self.client.config().max_message_size,
             max_result_size: self.client.config().result_size_limit(),
+            dead_payload_cap: self.client.config().dead_letter_max_payload,
             unknown_task_delay: self.client.config().unknown_task_delay,
             states: self.states.clone(),
         });

@@ -15,10 +15,6 @@ use crate::record::{AttemptError, JobRecord};
 use crate::registry::Registry;
 use crate::task::SharedState;
 
-/// Longest raw payload kept in a dead letter: enough to replay any job `enqueue` accepts at
-/// the default size limit, while a runaway 100 MB entry does not move into the dead letters.
-const DEAD_PAYLOAD_CAP: usize = 1024 * 1024;
-
 pub(crate) struct Shared {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) registry: Registry,
@@ -28,6 +24,10 @@ pub(crate) struct Shared {
     pub(crate) max_deliveries: u64,
     pub(crate) max_message_size: usize,
     pub(crate) max_result_size: usize,
+    /// Longest raw payload kept in a dead letter (`PSW_DLQ_MAX_PAYLOAD`, 1 MiB): enough to
+    /// replay any job `enqueue` accepts at the default size limit, while a runaway 100 MB entry
+    /// does not move into the dead letters.
+    pub(crate) dead_payload_cap: usize,
     pub(crate) unknown_task_delay: Duration,
     pub(crate) states: Arc<SharedState>,
 }
@@ -99,7 +99,7 @@ impl Shared {
         if let Some((index, _)) = envelope.and_then(|e| self.registry.lookup(&e.task)) {
             self.stats.tasks[index].dead_lettered.inc();
         }
-        let truncated = delivery.payload.len() > DEAD_PAYLOAD_CAP;
+        let truncated = delivery.payload.len() > self.dead_payload_cap;
         let mut settlement = Settlement::of(delivery);
         settlement.dead = Some(Box::new(DeadLetter {
             job_id: envelope.map(|e| e.id.clone()),
@@ -107,7 +107,7 @@ impl Shared {
             reason,
             error,
             errors: errors.to_vec(),
-            payload: delivery.payload[..delivery.payload.len().min(DEAD_PAYLOAD_CAP)].to_vec(),
+            payload: delivery.payload[..delivery.payload.len().min(self.dead_payload_cap)].to_vec(),
             truncated,
             at_ms: now_ms(),
         }));

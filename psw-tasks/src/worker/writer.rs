@@ -136,8 +136,8 @@ fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
                 .map(|letter| (letter, &settlement.queue)),
             _ => None,
         });
-    for ((letter, queue), entry_id) in dead.zip(&applied.dead_entries) {
-        let job = letter.stored(queue, entry_id.clone());
+    for ((letter, queue), (entry_id, bytes)) in dead.zip(&applied.dead_entries) {
+        let job = letter.stored(queue, entry_id.clone(), *bytes);
         // Off the writer's path: a slow alert must not hold up settling other jobs.
         tokio::spawn(hook.call(job));
     }

@@ -12,6 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::listener::Finished;
 use super::scripts::Scripts;
+use crate::broker::DeadLetterLimits;
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
@@ -34,8 +35,8 @@ pub(crate) struct RedisBroker {
     pub(super) readers: Readers,
     pub(super) finished: Finished,
     pub(super) scripts: Scripts,
-    /// Most entries kept in the dead-letter stream.
-    pub(super) dead_letter_cap: u64,
+    /// How much the dead-letter stream may hold.
+    pub(super) dead_letter_limits: DeadLetterLimits,
     /// Queues this process has added to the set of queue names: a producer announces a queue
     /// once, so that `stats` sees jobs waiting where no worker listens, without a command more
     /// on every enqueue.
@@ -62,14 +63,14 @@ impl RedisBroker {
             commands,
             finished: Finished::default(),
             scripts: Scripts::new(),
-            dead_letter_cap: crate::config::DEFAULT_DEAD_LETTER_CAP,
+            dead_letter_limits: DeadLetterLimits::default(),
             announced: Mutex::default(),
         })
     }
 
-    /// Keep at most `cap` dead letters; older ones are trimmed, counted and logged.
-    pub(crate) fn with_dead_letter_cap(mut self, cap: u64) -> Self {
-        self.dead_letter_cap = cap.max(1);
+    /// Keep the dead letters within `limits`; older ones are trimmed, counted and logged.
+    pub(crate) fn with_dead_letter_limits(mut self, limits: DeadLetterLimits) -> Self {
+        self.dead_letter_limits = limits;
         self
     }
 

@@ -3,16 +3,17 @@
 
 use super::connection::RedisBroker;
 use super::reply::range_entries;
-use crate::broker::{DeadJob, DeadLetter, DeadLetterStats, DeadReason};
+use crate::broker::{DeadJob, DeadLetter, DeadLetterStats, DeadReason, footprint};
 use crate::keys::{DeadField, JOB_FIELD};
 
 /// The fields of a dead-letter entry, in stream order (documented in `docs/protocol.md`), for
-/// a letter from `entry_id` of `queue`.
+/// a letter from `entry_id` of `queue`, and what it takes against the byte budget (also the
+/// last field, `bytes`).
 pub(super) fn fields(
     dead: &DeadLetter,
     queue: &str,
     entry_id: &str,
-) -> Vec<(&'static str, Vec<u8>)> {
+) -> (Vec<(&'static str, Vec<u8>)>, u64) {
     let errors = rmp_serde::to_vec_named(&dead.errors).unwrap_or_else(|_| vec![0x90]);
     let mut fields = vec![
         (
@@ -36,7 +37,16 @@ pub(super) fn fields(
         fields.push((DeadField::Task.as_str(), task.as_bytes().to_vec()));
     }
     fields.push((JOB_FIELD, dead.payload.clone()));
-    fields
+    // The count itself is a field too: 20 digits at most.
+    let length: usize = fields
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum::<usize>()
+        + DeadField::Bytes.as_str().len()
+        + 20;
+    let bytes = footprint(length);
+    fields.push((DeadField::Bytes.as_str(), bytes.to_string().into_bytes()));
+    (fields, bytes)
 }
 
 /// A stored entry read back; fields it does not know are skipped, missing ones are empty.
@@ -52,6 +62,7 @@ fn decode(entry_id: String, fields: Vec<(String, Vec<u8>)>) -> DeadJob {
         at_ms: 0,
         payload_size: 0,
         truncated: false,
+        bytes: 0,
         payload: Vec::new(),
     };
     for (name, value) in fields {
@@ -74,6 +85,7 @@ fn decode(entry_id: String, fields: Vec<(String, Vec<u8>)>) -> DeadJob {
             }
             Some(DeadField::At) => job.at_ms = text().parse().unwrap_or(0),
             Some(DeadField::Truncated) => job.truncated = value == b"1",
+            Some(DeadField::Bytes) => job.bytes = text().parse().unwrap_or(0),
             Some(DeadField::Entry) | None => {}
         }
     }
@@ -139,17 +151,19 @@ async fn range(
 
 /// Length, trimmed and added counts, read together (`dead_stats.lua`).
 pub(super) async fn stats(broker: &RedisBroker) -> redis::RedisResult<DeadLetterStats> {
-    let (len, trimmed, added): (u64, u64, u64) = broker
+    let (len, trimmed, added, bytes): (u64, u64, u64, u64) = broker
         .scripts
         .dead_stats
         .key(broker.keys.dead())
         .key(broker.keys.dead_trimmed())
+        .key(broker.keys.dead_bytes())
         .invoke_async(&mut broker.conn())
         .await?;
     Ok(DeadLetterStats {
         len,
         trimmed,
         added,
+        bytes,
     })
 }
 
@@ -167,6 +181,7 @@ pub(super) async fn replay(
         .key(broker.keys.dead())
         .key(broker.keys.stream(queue))
         .key(broker.keys.record(job_id))
+        .key(broker.keys.dead_bytes())
         .arg(entry_id)
         .arg(JOB_FIELD)
         .arg(payload)
@@ -178,6 +193,7 @@ pub(super) async fn replay(
 /// Delete every dead letter, or those older than `before_ms` (`purge.lua`).
 pub(super) async fn purge(broker: &RedisBroker, before_ms: Option<i64>) -> redis::RedisResult<u64> {
     let mut purge = broker.scripts.purge.key(broker.keys.dead());
+    purge.key(broker.keys.dead_bytes());
     if let Some(before_ms) = before_ms {
         purge.arg(before_ms.max(0));
     }

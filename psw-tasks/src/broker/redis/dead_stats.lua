@@ -1,7 +1,8 @@
 -- The dead-letter queue's length, trimmed count and entries ever added (Redis 7.0 reports
 -- `entries-added`; before it, length + trimmed stands in); none added while the stream does
 -- not exist (never used, or purged whole).
--- KEYS: the dead-letter stream, its trimmed counter. Returns {len, trimmed, added}.
+-- KEYS: the dead-letter stream, its trimmed counter, its byte count. Returns {len, trimmed,
+-- added, bytes}.
 local len = redis.call('XLEN', KEYS[1])
 local trimmed = tonumber(redis.call('GET', KEYS[2]) or '0')
 local added = 0
@@ -12,4 +13,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if info[i] == 'entries-added' then added = info[i + 1] end
   end
 end
-return {len, trimmed, added}
+local bytes = 0
+if len > 0 then bytes = tonumber(redis.call('GET', KEYS[3]) or '0') end
+return {len, trimmed, added, bytes}

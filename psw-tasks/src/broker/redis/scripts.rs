@@ -1,5 +1,6 @@
 //! The Lua scripts of the Redis broker, one `.lua` file each beside this one (each opens with
-//! what it does and its KEYS and ARGV), loaded once into [`Scripts`].
+//! what it does and its KEYS and ARGV), loaded once into [`Scripts`]. A function several
+//! scripts need has a file of its own, put in front of each (`letter_bytes.lua`).
 //!
 //! Architecture invariant: a script gets every key it touches in KEYS, never builds a key name
 //! from ARGV, so that each call stays on the slot of its keys.
@@ -41,9 +42,18 @@ impl Scripts {
             promote: Script::new(include_str!("promote.lua")),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
-            settle: Script::new(include_str!("settle.lua")),
-            replay: Script::new(include_str!("replay.lua")),
-            purge: Script::new(include_str!("purge.lua")),
+            settle: Script::new(concat!(
+                include_str!("letter_bytes.lua"),
+                include_str!("settle.lua")
+            )),
+            replay: Script::new(concat!(
+                include_str!("letter_bytes.lua"),
+                include_str!("replay.lua")
+            )),
+            purge: Script::new(concat!(
+                include_str!("letter_bytes.lua"),
+                include_str!("purge.lua")
+            )),
             prune: Script::new(include_str!("prune.lua")),
             retire: Script::new(include_str!("retire.lua")),
             queue_stats: Script::new(include_str!("queue_stats.lua")),

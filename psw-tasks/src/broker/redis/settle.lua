@@ -3,8 +3,9 @@
 -- acknowledge nor write the record of a job another worker took over. XACK alone checks
 -- nothing.
 --
--- KEYS[1] is the dead-letter stream and KEYS[2] its trimmed counter; each op names its keys by
--- position. ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
+-- KEYS[1] is the dead-letter stream, KEYS[2] its trimmed counter and KEYS[3] its byte count;
+-- each op names its keys by position. ARGV[4] is the most dead letters kept, ARGV[9] the most
+-- bytes they may take (each letter's is op[12], and its `bytes` field once stored). ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
 -- MessagePack; the bare acknowledgements, most of a drain with results off, come after
 -- ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
 -- Writing ops are applied first, in order, then the bare acknowledgements: records stay before
@@ -15,7 +16,7 @@
 -- A stream or group that is gone (deleted, or Redis restarted empty) fences only the writes about
 -- its entries, and a write Redis refuses (a key of the wrong type, say) fails only its own op,
 -- which is then not acknowledged: one bad part never fails the batch.
--- Returns {indexes of fenced writing ops (from 0), dead letters trimmed, ids of the dead
+-- Returns {indexes of fenced writing ops (from 0), dead letters trimmed, {id, bytes} of the dead
 -- letters added, indexes of fenced bare acknowledgements (from 0), key positions of the
 -- streams whose group is gone, {index of a failed writing op, Redis's error} pairs}.
 local ops = cmsgpack.unpack(ARGV[6])
@@ -25,7 +26,7 @@ local held = {}
 local missing = {}
 local streams = tonumber(ARGV[7])
 for s = 0, streams - 1 do
-  local at = 9 + 3 * s
+  local at = 10 + 3 * s
   local stream = tonumber(ARGV[at])
   local map = {}
   local pending = redis.pcall('XPENDING', KEYS[stream], ARGV[1], ARGV[at + 1], ARGV[at + 2], ARGV[8], ARGV[2])
@@ -56,6 +57,7 @@ local function ack(stream, id)
 end
 local dead = 0
 local dead_ids = {}
+local added_bytes = 0
 local failed = {}
 for i, op in ipairs(ops) do
   if held[op[1]][op[2]] == op[3] then
@@ -68,7 +70,8 @@ for i, op in ipairs(ops) do
     else
       if id then
         dead = dead + 1
-        dead_ids[dead] = id
+        dead_ids[dead] = {id, op[12]}
+        added_bytes = added_bytes + op[12]
       end
       if op[4] == 1 then ack(op[1], op[2]) end
       if op[11] ~= '' then finished[#finished + 1] = op[11] end
@@ -78,7 +81,7 @@ for i, op in ipairs(ops) do
   end
 end
 local bare_fenced = {}
-local first = 9 + 3 * streams
+local first = 10 + 3 * streams
 for at = first, #ARGV, 3 do
   local stream = tonumber(ARGV[at])
   local id = ARGV[at + 1]
@@ -94,7 +97,24 @@ for stream, ids in pairs(acks) do
 end
 local trimmed = 0
 if dead > 0 then
-  trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[4])
+  local len = redis.call('XLEN', KEYS[1])
+  local bytes
+  if len == dead then
+    -- The stream held nothing before (new, purged, or deleted by hand): count afresh.
+    bytes = added_bytes
+  else
+    bytes = tonumber(redis.call('GET', KEYS[3]) or '0') + added_bytes
+  end
+  local max_len, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[9])
+  -- The oldest go first, one at a time, until both limits hold; the newest always stays.
+  while len > 1 and (len > max_len or bytes > max_bytes) do
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[1], oldest[1])
+    bytes = bytes - letter_bytes(oldest[2])
+    len = len - 1
+    trimmed = trimmed + 1
+  end
+  redis.call('SET', KEYS[3], math.max(bytes, 0))
   if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
 end
 if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end

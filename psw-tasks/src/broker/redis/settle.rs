@@ -26,6 +26,7 @@ pub(super) async fn apply(
     let mut keys = KeyList::default();
     keys.add(broker.keys.dead());
     keys.add(broker.keys.dead_trimmed());
+    keys.add(broker.keys.dead_bytes());
     let mut streams = StreamRanges::default();
     // Write index of each op, for mapping the fenced positions back.
     let mut writing = Vec::new();
@@ -53,6 +54,7 @@ pub(super) async fn apply(
                     due_ms: 0,
                     retry: &[],
                     dead: Vec::new(),
+                    dead_bytes: 0,
                     finished: "",
                 });
             }
@@ -78,6 +80,11 @@ pub(super) async fn apply(
                     ),
                     None => (0, 0, &[][..]),
                 };
+                let (dead, dead_bytes) = settlement
+                    .dead
+                    .as_ref()
+                    .map(|dead| dead_fields(dead, &settlement.queue, &settlement.entry_id))
+                    .unwrap_or_default();
                 writing.push(index);
                 ops.push(SettleOp {
                     stream,
@@ -89,11 +96,8 @@ pub(super) async fn apply(
                     delayed_key,
                     due_ms,
                     retry,
-                    dead: settlement
-                        .dead
-                        .as_ref()
-                        .map(|dead| dead_fields(dead, &settlement.queue, &settlement.entry_id))
-                        .unwrap_or_default(),
+                    dead,
+                    dead_bytes,
                     finished: settlement.finished.as_ref().map_or("", JobId::as_str),
                 });
             }
@@ -107,11 +111,12 @@ pub(super) async fn apply(
         .arg(GROUP)
         .arg(consumer)
         .arg(ttl.as_millis().max(1) as u64)
-        .arg(broker.dead_letter_cap)
+        .arg(broker.dead_letter_limits.max_len.max(1))
         .arg(broker.keys.finished_channel())
         .arg(encode_ops(&ops))
         .arg(streams.ranges.len())
-        .arg(PENDING_SCAN_LIMIT);
+        .arg(PENDING_SCAN_LIMIT)
+        .arg(broker.dead_letter_limits.max_bytes);
     for range in &streams.ranges {
         invocation
             .arg(range.key)
@@ -158,7 +163,7 @@ pub(super) async fn apply(
 type SettleReply = (
     Vec<usize>,
     u64,
-    Vec<String>,
+    Vec<(String, u64)>,
     Vec<usize>,
     Vec<usize>,
     Vec<(usize, String)>,
@@ -268,6 +273,8 @@ struct SettleOp<'w> {
     due_ms: i64,
     retry: &'w [u8],
     dead: Vec<(&'static str, Vec<u8>)>,
+    /// What the dead letter takes against the byte budget.
+    dead_bytes: u64,
     finished: &'w str,
 }
 
@@ -283,7 +290,7 @@ fn encode_ops(ops: &[SettleOp<'_>]) -> Vec<u8> {
     let ok = "writing to a Vec cannot fail";
     write_array_len(&mut out, ops.len() as u32).expect(ok);
     for op in ops {
-        write_array_len(&mut out, 11).expect(ok);
+        write_array_len(&mut out, 12).expect(ok);
         write_uint(&mut out, op.stream as u64).expect(ok);
         bytes(&mut out, op.entry_id.as_bytes());
         write_uint(&mut out, op.deliveries).expect(ok);
@@ -299,6 +306,7 @@ fn encode_ops(ops: &[SettleOp<'_>]) -> Vec<u8> {
             bytes(&mut out, value);
         }
         bytes(&mut out, op.finished.as_bytes());
+        write_uint(&mut out, op.dead_bytes).expect(ok);
     }
     out
 }
