@@ -140,6 +140,11 @@ impl Keys {
         format!("{}:dead:bytes", self.prefix)
     }
 
+    /// A consumer's receipt of its last settled batch: the batch's number and its reply.
+    pub(crate) fn receipt(&self, consumer: &str) -> String {
+        format!("{}:receipt:{consumer}", self.prefix)
+    }
+
     /// Pub/sub channel announcing ids of finished jobs.
     pub(crate) fn finished_channel(&self) -> String {
         format!("{}:finished", self.prefix)

@@ -6,9 +6,9 @@ use std::time::Duration;
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{DeadReason, Error, FailureKind, State};
 use psw_tasks::{EnqueueOptions, Worker};
-use psw_tasks_tests::{add, bytes, fails_big, flaky, reports_progress};
+use psw_tasks_tests::{add, bytes, fails_big, flaky, refuses, reports_progress};
 
-use crate::support::{eventually, start_built, start_worker, xadd};
+use crate::support::{LosingProxy, eventually, start_built, start_worker, xadd};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -243,5 +243,44 @@ async fn the_dead_letter_queue_keeps_to_its_byte_budget() {
         2_000 - stats.len,
         "every one trimmed is counted"
     );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_settle_reply_is_not_taken_for_fencing_and_the_alert_goes_out_once() {
+    let ns = TestNamespace::new("lost-reply");
+    let upstream = ns.url().trim_start_matches("redis://").to_owned();
+    // The reply to the settle script that stores the job's dead letter is lost.
+    let proxy = LosingProxy::start(upstream, b"permanent_error").await;
+    let mut config = ns.config();
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", proxy.port));
+    let client = psw_tasks::Client::connect(&config).await.unwrap();
+    let (hooked_tx, mut hooked) = tokio::sync::mpsc::unbounded_channel();
+    let worker = start_built(
+        Worker::builder(&client)
+            .on_dead(move |job| {
+                let hooked_tx = hooked_tx.clone();
+                async move {
+                    let _ = hooked_tx.send(job);
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let stats = worker.stats.clone();
+    let job = refuses::enqueue(&client, "no such account".to_owned())
+        .await
+        .unwrap();
+    assert!(job.wait(WAIT).await.is_err());
+    let letter = tokio::time::timeout(WAIT, hooked.recv())
+        .await
+        .expect("the dead-letter hook runs, though the first reply was lost")
+        .unwrap();
+    assert!(proxy.has_lost(), "the proxy lost the settle's reply");
+    assert_eq!(letter.job_id.as_deref(), Some(job.id().as_str()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hooked.try_recv().is_err(), "once");
+    assert_eq!(stats.fenced(), 0, "its own settle is not another worker's");
+    assert_eq!(client.dead_letters().stats().await.unwrap().len, 1);
     worker.stop().await;
 }

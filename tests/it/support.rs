@@ -143,3 +143,85 @@ pub(crate) fn xadd(ns: &psw_tasks::testing::TestNamespace, fields: &[(&str, Vec<
     }
     let _: String = cmd.query(&mut conn).unwrap();
 }
+
+/// A TCP proxy in front of a Redis that, once armed, loses the reply to the first command whose
+/// request holds a given text: it passes the request on, lets Redis run it, and then drops the
+/// connection instead of the reply, as a timeout or a cut network does.
+pub(crate) struct LosingProxy {
+    pub(crate) port: u16,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LosingProxy {
+    /// A proxy to `upstream` (`host:port`) that loses the reply to the first request holding
+    /// `marker`.
+    pub(crate) async fn start(upstream: String, marker: &'static [u8]) -> LosingProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let lost = Arc::new(AtomicBool::new(false));
+        let armed = lost.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let armed = armed.clone();
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let dropping = Arc::new(AtomicBool::new(false));
+                    let seen = dropping.clone();
+                    let up = tokio::spawn(async move {
+                        let mut buffer = vec![0; 64 * 1024];
+                        while let Ok(n) = client_read.read(&mut buffer).await {
+                            if n == 0 {
+                                break;
+                            }
+                            let request = &buffer[..n];
+                            if !armed.load(Ordering::SeqCst)
+                                && request.windows(marker.len()).any(|w| w == marker)
+                            {
+                                armed.store(true, Ordering::SeqCst);
+                                seen.store(true, Ordering::SeqCst);
+                            }
+                            if server_write.write_all(request).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if dropping.load(Ordering::SeqCst) {
+                            // Redis has the request and answers: let it finish, then cut.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            break;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        LosingProxy { port, lost, task }
+    }
+
+    /// Whether it has lost its reply.
+    pub(crate) fn has_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for LosingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

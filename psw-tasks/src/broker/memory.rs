@@ -335,6 +335,8 @@ impl Broker for MemoryBroker {
     fn apply<'a>(
         &'a self,
         consumer: &'a str,
+        // In process, no reply is ever lost.
+        _batch: u64,
         writes: &'a [Write],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Applied>> {

@@ -243,9 +243,14 @@ pub(crate) trait Broker: Send + Sync + 'static {
 
     /// Apply writes atomically (in the order `Write` describes), each only while `consumer`
     /// still holds its delivery with the same delivery count; records expire after `ttl`.
+    ///
+    /// `batch` names the batch among `consumer`'s: applied again with the same number (its
+    /// reply was lost, so the caller cannot know it was applied), the batch changes nothing and
+    /// its first outcome comes back, so that its own settlements are not taken for another's.
     fn apply<'a>(
         &'a self,
         consumer: &'a str,
+        batch: u64,
         writes: &'a [Write],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Applied>>;

@@ -37,6 +37,16 @@ fn job(payload: &[u8], due_ms: Option<i64>) -> NewJob {
     }
 }
 
+/// Apply a batch of writes once (each call a batch of its own).
+async fn apply(
+    broker: &dyn Broker,
+    consumer: &str,
+    writes: &[Write],
+    ttl: Duration,
+) -> crate::error::Result<super::Applied> {
+    broker.apply(consumer, fastrand::u64(..), writes, ttl).await
+}
+
 /// Push one job and fetch it as `consumer`, which then holds it.
 async fn hold_one(broker: &dyn Broker, consumer: &str) -> super::Delivery {
     broker.push(vec![job(b"x", None)]).await.unwrap();
@@ -226,8 +236,7 @@ async fn settling_stores_the_record_acks_and_announces(broker: Arc<dyn Broker>) 
     let mut settlement = settle(&held.queue, &held.entry_id);
     settlement.record = Some((id.clone(), b"record".to_vec()));
     settlement.finished = Some(id.clone());
-    broker
-        .apply("a", &[Write::Settle(settlement)], TTL)
+    apply(&*broker, "a", &[Write::Settle(settlement)], TTL)
         .await
         .unwrap();
     assert_eq!(
@@ -287,8 +296,7 @@ async fn retries_go_through_the_delayed_set(broker: Arc<dyn Broker>) {
     let due = now_ms() + 60_000;
     let mut settlement = settle(&got[0].queue, &got[0].entry_id);
     settlement.retry = Some(Box::new(job(b"second", Some(due))));
-    broker
-        .apply("a", &[Write::Settle(settlement)], TTL)
+    apply(&*broker, "a", &[Write::Settle(settlement)], TTL)
         .await
         .unwrap();
     assert!(
@@ -317,8 +325,7 @@ async fn records_expire(broker: Arc<dyn Broker>) {
         id: id.clone(),
         record: b"r".to_vec(),
     };
-    let applied = broker
-        .apply("a", &[write], Duration::from_millis(50))
+    let applied = apply(&*broker, "a", &[write], Duration::from_millis(50))
         .await
         .unwrap();
     assert!(applied.fenced.is_empty());
@@ -344,8 +351,7 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
     let stale_id = JobId::from("stale");
     let mut stale = Settlement::of(&first);
     stale.record = Some((stale_id.clone(), b"stale".to_vec()));
-    let applied = broker
-        .apply("a", &[Write::Settle(stale)], TTL)
+    let applied = apply(&*broker, "a", &[Write::Settle(stale)], TTL)
         .await
         .unwrap();
     assert_eq!(applied.fenced, vec![0]);
@@ -353,14 +359,15 @@ async fn writes_of_a_lost_delivery_are_fenced(broker: Arc<dyn Broker>) {
     // A write naming the right owner but an older delivery is refused too.
     let mut old = Settlement::of(&first);
     old.record = Some((stale_id, b"stale".to_vec()));
-    let applied = broker.apply("b", &[Write::Settle(old)], TTL).await.unwrap();
+    let applied = apply(&*broker, "b", &[Write::Settle(old)], TTL)
+        .await
+        .unwrap();
     assert_eq!(applied.fenced, vec![0]);
 
     // The new owner settles; its write stands and the entry is gone.
     let mut fresh = Settlement::of(&second);
     fresh.record = Some((JobId::from("fresh"), b"fresh".to_vec()));
-    let applied = broker
-        .apply("b", &[Write::Settle(fresh)], TTL)
+    let applied = apply(&*broker, "b", &[Write::Settle(fresh)], TTL)
         .await
         .unwrap();
     assert!(applied.fenced.is_empty());
@@ -424,7 +431,7 @@ async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
         Write::Settle(lost_retry),
         Write::Settle(dead),
     ];
-    let applied = broker.apply("a", &writes, TTL).await.unwrap();
+    let applied = apply(&*broker, "a", &writes, TTL).await.unwrap();
     assert_eq!(applied.fenced, vec![1, 2, 5, 6]);
     assert_eq!(applied.dead_entries.len(), 1);
     assert!(broker.load_record("lost").await.unwrap().is_none());
@@ -501,7 +508,7 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
             Write::Settle(settlement)
         })
         .collect();
-    let applied = broker.apply("a", &writes, TTL).await.unwrap();
+    let applied = apply(&*broker, "a", &writes, TTL).await.unwrap();
     assert_eq!(applied.dead_entries.len(), 4);
     // The cap (3 in these tests) removed the oldest, and says so.
     assert_eq!(applied.dead_trimmed, 1);
@@ -604,7 +611,7 @@ async fn dead_letters_keep_to_their_byte_budget(broker: Arc<dyn Broker>) {
             Write::Settle(settlement)
         })
         .collect();
-    let applied = broker.apply("a", &writes, TTL).await.unwrap();
+    let applied = apply(&*broker, "a", &writes, TTL).await.unwrap();
     assert_eq!(applied.dead_trimmed, 3);
     let stats = broker.dead_stats().await.unwrap();
     assert_eq!((stats.len, stats.trimmed), (2, 3));
@@ -715,14 +722,14 @@ async fn beat_advance_is_a_compare_and_set(broker: Arc<dyn Broker>) {
     let entry = state.entry.clone().expect("the last job's entry");
     assert_eq!(got[1].entry_id, entry, "the last job's entry is kept");
     assert!(broker.in_stream(Q, &entry).await.unwrap());
-    broker
-        .apply(
-            "a",
-            &[Write::Settle(settle(&got[1].queue, &got[1].entry_id))],
-            TTL,
-        )
-        .await
-        .unwrap();
+    apply(
+        &*broker,
+        "a",
+        &[Write::Settle(settle(&got[1].queue, &got[1].entry_id))],
+        TTL,
+    )
+    .await
+    .unwrap();
     assert!(!broker.in_stream(Q, &entry).await.unwrap());
     assert!(!broker.beat_advance(&advance(b"late")).await.unwrap());
 }
@@ -742,6 +749,43 @@ async fn beat_lease_has_one_holder(broker: Arc<dyn Broker>) {
     // A holder that stops renewing loses it.
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
     assert!(broker.beat_lease("c", lease).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_batch_applied_again_returns_its_first_outcome_and_changes_nothing() {
+    let ns = TestNamespace::new("receipt");
+    let broker = RedisBroker::connect(ns.url(), "REDIS_URL", None, ns.name())
+        .await
+        .unwrap()
+        .with_dead_letter_limits(LIMITS);
+    broker.prepare(&queues()).await.unwrap();
+    let first = hold_one(&broker, "a").await;
+    let second = hold_one(&broker, "a").await;
+    let mut dead = Settlement::of(&first);
+    dead.dead = Some(Box::new(letter(1)));
+    let writes = [Write::Settle(dead), Write::Settle(Settlement::of(&second))];
+    let applied = broker.apply("a", 7, &writes, TTL).await.unwrap();
+    assert_eq!(applied.fenced, Vec::<usize>::new());
+    assert_eq!(applied.dead_entries.len(), 1);
+    // Its reply lost, the writer applies the same batch again: the first outcome, not fencing.
+    let again = broker.apply("a", 7, &writes, TTL).await.unwrap();
+    assert_eq!(again, applied);
+    assert_eq!(broker.dead_stats().await.unwrap().len, 1, "nothing twice");
+    // A new batch about the same deliveries is fenced: they are settled.
+    let later = broker.apply("a", 8, &writes, TTL).await.unwrap();
+    assert_eq!(later.fenced, [0, 1]);
+    // An empty reply round-trips too.
+    let empty = broker
+        .apply("a", 9, &[Write::Settle(Settlement::of(&first))], TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        broker
+            .apply("a", 9, &[Write::Settle(Settlement::of(&first))], TTL)
+            .await
+            .unwrap(),
+        empty
+    );
 }
 
 #[tokio::test]
@@ -1008,10 +1052,14 @@ async fn queue_stats_count_ready_pending_and_delayed_jobs(broker: Arc<dyn Broker
 
     // Settling the last delivered entry deletes it: Redis can no longer tell the group's lag,
     // and the count comes from the stream length instead.
-    broker
-        .apply("b", &[Write::Settle(Settlement::of(&second[0]))], TTL)
-        .await
-        .unwrap();
+    apply(
+        &*broker,
+        "b",
+        &[Write::Settle(Settlement::of(&second[0]))],
+        TTL,
+    )
+    .await
+    .unwrap();
     let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
     assert_eq!(counts(&stats), (Q.to_owned(), 2, 1, 2, 2));
 

@@ -263,6 +263,7 @@ impl Worker {
                 stats: self.stats.0.clone(),
                 on_dead: self.on_dead.clone(),
                 in_flight: in_flight.clone(),
+                batches: Default::default(),
             },
             requests,
             abandon.clone(),

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +36,9 @@ pub(crate) struct Writer {
     pub(crate) on_dead: Option<DeadHook>,
     /// Settled deliveries are released from it once stored.
     pub(crate) in_flight: Arc<InFlight>,
+    /// The number of the next batch applied: a retried batch keeps its number, so that the
+    /// broker knows it from a new one.
+    pub(crate) batches: AtomicU64,
 }
 
 /// Runs until every sender is gone and the channel is drained. While Redis refuses the writes
@@ -387,11 +391,12 @@ async fn apply_with_retry(
     writes: &[Write],
     abandon: &CancellationToken,
 ) -> Option<Applied> {
+    let batch = writer.batches.fetch_add(1, Ordering::Relaxed);
     let mut delay = Duration::from_millis(50);
     loop {
         match writer
             .broker
-            .apply(&writer.consumer, writes, writer.ttl)
+            .apply(&writer.consumer, batch, writes, writer.ttl)
             .await
         {
             Ok(applied) => return Some(applied),

@@ -91,10 +91,11 @@ impl Broker for RedisBroker {
     fn apply<'a>(
         &'a self,
         consumer: &'a str,
+        batch: u64,
         writes: &'a [Write],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Applied>> {
-        call(settle::apply(self, consumer, writes, ttl))
+        call(settle::apply(self, consumer, batch, writes, ttl))
     }
 
     fn load_record<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {

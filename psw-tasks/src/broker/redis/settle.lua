@@ -3,8 +3,11 @@
 -- acknowledge nor write the record of a job another worker took over. XACK alone checks
 -- nothing.
 --
--- KEYS[1] is the dead-letter stream, KEYS[2] its trimmed counter and KEYS[3] its byte count;
--- each op names its keys by position. ARGV[4] is the most dead letters kept, ARGV[9] the most
+-- KEYS[1] is the dead-letter stream, KEYS[2] its trimmed counter, KEYS[3] its byte count and
+-- KEYS[4] the consumer's receipt; each op names its keys by position. ARGV[10] names this batch
+-- among the consumer's, and ARGV[11] is how long its receipt is kept (ms): a batch applied
+-- again (its reply was lost, and the writer retried it) changes nothing and returns the reply
+-- it first gave, so that its own settlements are not taken for another worker's. ARGV[4] is the most dead letters kept, ARGV[9] the most
 -- bytes they may take (each letter's is op[12], and its `bytes` field once stored). ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
 -- MessagePack; the bare acknowledgements, most of a drain with results off, come after
 -- ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
@@ -19,6 +22,11 @@
 -- Returns {indexes of fenced writing ops (from 0), dead letters trimmed, {id, bytes} of the dead
 -- letters added, indexes of fenced bare acknowledgements (from 0), key positions of the
 -- streams whose group is gone, {index of a failed writing op, Redis's error} pairs}.
+local receipt = redis.call('GET', KEYS[4])
+if receipt then
+  local stored = cmsgpack.unpack(receipt)
+  if stored[1] == ARGV[10] then return stored[2] end
+end
 local ops = cmsgpack.unpack(ARGV[6])
 -- What this consumer holds in each stream's range: entry id -> delivery count. One XPENDING
 -- per stream and batch, not one per entry.
@@ -26,7 +34,7 @@ local held = {}
 local missing = {}
 local streams = tonumber(ARGV[7])
 for s = 0, streams - 1 do
-  local at = 10 + 3 * s
+  local at = 12 + 3 * s
   local stream = tonumber(ARGV[at])
   local map = {}
   local pending = redis.pcall('XPENDING', KEYS[stream], ARGV[1], ARGV[at + 1], ARGV[at + 2], ARGV[8], ARGV[2])
@@ -81,7 +89,7 @@ for i, op in ipairs(ops) do
   end
 end
 local bare_fenced = {}
-local first = 10 + 3 * streams
+local first = 12 + 3 * streams
 for at = first, #ARGV, 3 do
   local stream = tonumber(ARGV[at])
   local id = ARGV[at + 1]
@@ -118,4 +126,6 @@ if dead > 0 then
   if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
 end
 if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end
-return {fenced, trimmed, dead_ids, bare_fenced, missing, failed}
+local reply = {fenced, trimmed, dead_ids, bare_fenced, missing, failed}
+redis.call('SET', KEYS[4], cmsgpack.pack({ARGV[10], reply}), 'PX', ARGV[11])
+return reply

@@ -14,9 +14,14 @@ use crate::keys::GROUP;
 /// than any worker holds (concurrency + prefetch).
 const PENDING_SCAN_LIMIT: u64 = 1_000_000;
 
+/// How long a consumer's receipt of its last batch is kept: longer than any writer retries a
+/// batch whose reply was lost, and it goes by itself with a consumer that is gone.
+const RECEIPT_TTL: Duration = Duration::from_secs(24 * 3600);
+
 pub(super) async fn apply(
     broker: &RedisBroker,
     consumer: &str,
+    batch: u64,
     writes: &[Write],
     ttl: Duration,
 ) -> redis::RedisResult<Applied> {
@@ -27,6 +32,7 @@ pub(super) async fn apply(
     keys.add(broker.keys.dead());
     keys.add(broker.keys.dead_trimmed());
     keys.add(broker.keys.dead_bytes());
+    keys.add(broker.keys.receipt(consumer));
     let mut streams = StreamRanges::default();
     // Write index of each op, for mapping the fenced positions back.
     let mut writing = Vec::new();
@@ -116,7 +122,9 @@ pub(super) async fn apply(
         .arg(encode_ops(&ops))
         .arg(streams.ranges.len())
         .arg(PENDING_SCAN_LIMIT)
-        .arg(broker.dead_letter_limits.max_bytes);
+        .arg(broker.dead_letter_limits.max_bytes)
+        .arg(batch)
+        .arg(RECEIPT_TTL.as_millis() as u64);
     for range in &streams.ranges {
         invocation
             .arg(range.key)
