@@ -58,8 +58,8 @@ fn parse_duration(variable: &str, value: &str) -> Result<Duration> {
     }
 }
 
-/// Everything the jobs need to know besides the broker.
-#[derive(Debug, Clone)]
+/// Everything the jobs need to know besides the broker. Its `Debug` masks every secret.
+#[derive(Clone)]
 pub struct AppConfig {
     /// `DATABASE_URL`: `sqlite://...` or `mysql://...` (`mariadb://` is read as `mysql://`);
     /// default a SQLite file in the data folder.
@@ -101,6 +101,58 @@ pub struct AppConfig {
     /// `ALERT_RATE_LIMIT` (default `10/1h`): at most this many dead-letter alerts per window
     /// per process; the rest are counted and summed up in the next alert.
     pub alert_limit: (u32, Duration),
+}
+
+// By hand, so that no password, key or DSN reaches a log; the destructuring makes a new field
+// a compile error here rather than a silent omission.
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AppConfig {
+            database_url,
+            database_is_default,
+            data_dir,
+            providers,
+            price_refresh,
+            price_max_age,
+            report_zone,
+            price_retention,
+            value_retention,
+            report_retention,
+            dead_letter_retention,
+            email,
+            telegram,
+            sentry_dsn,
+            sentry_environment,
+            dashboard_auth,
+            health,
+            alert_limit,
+        } = self;
+        f.debug_struct("AppConfig")
+            .field("database_url", &redact::url(database_url))
+            .field("database_is_default", database_is_default)
+            .field("data_dir", data_dir)
+            .field("providers", providers)
+            .field("price_refresh", price_refresh)
+            .field("price_max_age", price_max_age)
+            .field("report_zone", report_zone)
+            .field("price_retention", price_retention)
+            .field("value_retention", value_retention)
+            .field("report_retention", report_retention)
+            .field("dead_letter_retention", dead_letter_retention)
+            .field("email", email)
+            .field("telegram", telegram)
+            .field("sentry_dsn", &sentry_dsn.as_deref().map(redact::url))
+            .field("sentry_environment", sentry_environment)
+            .field(
+                "dashboard_auth",
+                &dashboard_auth
+                    .as_ref()
+                    .map(|(user, _)| (user, redact::MASK)),
+            )
+            .field("health", health)
+            .field("alert_limit", alert_limit)
+            .finish()
+    }
 }
 
 /// When `monitor_task_health` raises an alert.
@@ -483,6 +535,40 @@ mod tests {
         assert_eq!(c.telegram.unwrap().api_url, "https://api.telegram.org");
         assert_eq!(c.dashboard_auth.unwrap().0, "admin");
         assert_eq!(c.report_zone, chrono_tz::Europe::Stockholm);
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let c = config(&[
+            (
+                "DATABASE_URL",
+                "mysql://user:SECRET-db@mysql:3306/psw5_core",
+            ),
+            ("EODHD_API_KEY", "SECRET-eodhd"),
+            ("BORSDATA_API_KEY", "SECRET-borsdata"),
+            ("TELEGRAM_BOT_TOKEN", "123:SECRET-telegram"),
+            ("TELEGRAM_CHAT_ID", "-100"),
+            ("EMAIL_SMTP_HOST", "smtp.example.com"),
+            ("EMAIL_SMTP_USER", "cron@example.com"),
+            ("EMAIL_SMTP_PASSWORD", "SECRET-smtp"),
+            ("EMAIL_FROM", "cron@example.com"),
+            ("EMAIL_TO", "a@example.com"),
+            ("FLOWER_BASIC_AUTH", "admin:SECRET-dashboard"),
+            ("SENTRY_DSN", "https://SECRET-sentry@sentry.example.com/1"),
+        ])
+        .unwrap();
+        let debug = format!("{c:?} {c:#?}");
+        assert!(!debug.contains("SECRET"), "a secret leaked: {debug}");
+        // The rest is still there to debug with.
+        for shown in [
+            "smtp.example.com",
+            "cron@example.com",
+            "admin",
+            "-100",
+            "***",
+        ] {
+            assert!(debug.contains(shown), "{shown} in {debug}");
+        }
     }
 
     #[test]

@@ -268,7 +268,14 @@ fn generate(args: &Args, task: &Task) -> TokenStream {
         )
         .await
     };
-    let decode = quote_spanned!(params=> ::psw_tasks::__private::decode_args::<#decoded>(#bytes));
+    // The parameter names, so that an argument that fails to decode is named in the error.
+    let parameters = names.iter().map(|name| {
+        let name = name.to_string();
+        name.strip_prefix("r#").unwrap_or(&name).to_owned()
+    });
+    let decode = quote_spanned! {params=>
+        ::psw_tasks::__private::decode_args::<#decoded>(#bytes, &[#(#parameters),*])
+    };
 
     // The arguments are passed by position, so no argument name can shadow the function.
     let context = task.has_context.then(|| quote!(#ctx,));
@@ -542,7 +549,7 @@ mod tests {
             "pub async fn enqueue (__client : & :: psw_tasks :: Client , symbols : Vec < String >)",
             "update_stock_prices (__ctx , __decoded . 0) . await",
             "& (symbols ,)",
-            "decode_args :: < (Vec < String > ,) >",
+            "decode_args :: < (Vec < String > ,) > (__args , & [\"symbols\"])",
             "BackoffKind :: Linear",
             "30000u64",
             "default_name",

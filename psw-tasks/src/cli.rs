@@ -19,6 +19,7 @@ use crate::client::{Client, EnqueueOptions};
 use crate::config::Config;
 use crate::config::parse_duration;
 use crate::error::{Error, Result};
+use crate::redact;
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
 use crate::worker::{Worker, WorkerBuilder};
@@ -400,7 +401,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
 async fn service_client(config: &Config) -> Result<Client> {
     match &config.redis_url {
         Some(url) => {
-            tracing::info!(redis = %crate::config::redact_url(url), namespace = %config.namespace, "connecting");
+            tracing::info!(redis = %redact::url(url), namespace = %config.namespace, "connecting");
         }
         None => tracing::warn!(
             "REDIS_URL is not set: running on the in-process broker, which only sees jobs enqueued by this process"
@@ -445,15 +446,17 @@ async fn dlq(client: &Client, action: DlqAction) -> Result<()> {
                     String::new()
                 }
             );
+            // Every field but the entry id came from a producer or a task: escaped, so that
+            // none can forge a line or send escape sequences to the terminal.
             for job in dead.list(limit).await? {
                 println!(
                     "{}  {}  {}  {}  {}  {}",
                     job.entry_id,
                     job.reason,
-                    job.queue,
-                    job.task.as_deref().unwrap_or("-"),
-                    job.job_id.as_deref().unwrap_or("-"),
-                    job.error.lines().next().unwrap_or("")
+                    redact::printable(&job.queue),
+                    redact::printable(job.task.as_deref().unwrap_or("-")),
+                    redact::printable(job.job_id.as_deref().unwrap_or("-")),
+                    redact::printable(job.error.lines().next().unwrap_or(""))
                 );
             }
             Ok(())

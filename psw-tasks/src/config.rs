@@ -5,14 +5,30 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
+use crate::redact;
 
 /// Dead letters kept unless `PSW_DLQ_MAX_LEN` says otherwise.
 pub(crate) const DEFAULT_DEAD_LETTER_CAP: u64 = 100_000;
 /// Bytes the dead letters may take unless `PSW_DLQ_MAX_BYTES` says otherwise.
 pub(crate) const DEFAULT_DEAD_LETTER_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Settings shared by clients and workers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The URL schemes the redis client accepts: TCP, TLS and Unix sockets, by both names.
+const REDIS_SCHEMES: [&str; 7] = [
+    "redis://",
+    "rediss://",
+    "valkey://",
+    "valkeys://",
+    "redis+unix://",
+    "valkey+unix://",
+    "unix://",
+];
+
+/// The form of a Redis URL, in words, for configuration errors.
+pub(crate) const REDIS_URL_FORM: &str = "a redis://[user:password@]host[:port][/db], rediss:// (TLS) \
+     or redis+unix:///path/to/socket[?db=N&pass=password] URL";
+
+/// Settings shared by clients and workers. Its `Debug` masks the credentials of the Redis URL.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// Where Redis is; `None` runs on the in-process broker.
@@ -54,6 +70,51 @@ pub struct Config {
     /// How long a stopping worker lets running jobs finish.
     pub shutdown_grace: Duration,
     variable_of_url: &'static str,
+}
+
+// By hand, so that the password in the Redis URL never reaches a log; the destructuring
+// makes a new field a compile error here rather than a silent omission.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            redis_url,
+            redis_ca_cert,
+            namespace,
+            concurrency,
+            prefetch,
+            queues,
+            result_ttl,
+            dead_letter_cap,
+            dead_letter_max_bytes,
+            dead_letter_max_payload,
+            max_deliveries,
+            unknown_task_delay,
+            max_message_size,
+            max_result_size,
+            lease,
+            shutdown_grace,
+            variable_of_url,
+        } = self;
+        f.debug_struct("Config")
+            .field("redis_url", &redis_url.as_deref().map(redact::url))
+            .field("redis_ca_cert", redis_ca_cert)
+            .field("namespace", namespace)
+            .field("concurrency", concurrency)
+            .field("prefetch", prefetch)
+            .field("queues", queues)
+            .field("result_ttl", result_ttl)
+            .field("dead_letter_cap", dead_letter_cap)
+            .field("dead_letter_max_bytes", dead_letter_max_bytes)
+            .field("dead_letter_max_payload", dead_letter_max_payload)
+            .field("max_deliveries", max_deliveries)
+            .field("unknown_task_delay", unknown_task_delay)
+            .field("max_message_size", max_message_size)
+            .field("max_result_size", max_result_size)
+            .field("lease", lease)
+            .field("shutdown_grace", shutdown_grace)
+            .field("variable_of_url", variable_of_url)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -107,12 +168,8 @@ impl Config {
 
         let (variable_of_url, redis_url) = match first(&["REDIS_URL", "CELERY_BROKER_URL"]) {
             Some((name, url)) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(Error::config(
-                        name,
-                        redact_url(&url),
-                        "a redis://[:password@]host[:port][/db] or rediss:// URL",
-                    ));
+                if !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+                    return Err(Error::config(name, redact::url(&url), REDIS_URL_FORM));
                 }
                 (name, Some(url))
             }
@@ -129,7 +186,7 @@ impl Config {
         {
             return Err(Error::config(
                 name,
-                redact_url(&backend),
+                redact::url(&backend),
                 format!(
                     "the broker's own URL ({variable_of_url}), or no value: psw-tasks stores results on the broker's Redis"
                 ),
@@ -268,19 +325,6 @@ impl Config {
     }
 }
 
-/// `url` with its credentials replaced by `***`, for error messages and logs. The last `@`
-/// ends them, since a password may hold one.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        // No scheme (a mistyped value): whatever comes before the `@` may still be a secret.
-        (None, Some(at)) => format!("***{}", &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
 /// Whether two Redis URLs name the same server, database and login: `redis://h:6379` and
 /// `redis://h:6379/0` do.
 fn same_redis(a: &str, b: &str) -> bool {
@@ -415,10 +459,27 @@ mod tests {
     }
 
     #[test]
+    fn accepts_every_url_form_of_the_client_and_masks_it_in_debug() {
+        for url in [
+            "redis://:pw-secret@h:6379/1",
+            "rediss://user:pw-secret@h",
+            "valkey://h",
+            "redis+unix:///run/redis.sock?db=2&pass=pw-secret",
+            "unix:///run/redis.sock?pass=pw-secret",
+        ] {
+            let c = config(&[("REDIS_URL", url)]).unwrap();
+            assert_eq!(c.redis_url.as_deref(), Some(url));
+            let debug = format!("{c:?}");
+            assert!(!debug.contains("pw-secret"), "{debug}");
+            assert_eq!(debug.contains("***"), url.contains("pw-secret"), "{debug}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_variable_and_the_form() {
         check_error(
             &[("CELERY_BROKER_URL", "amqp://guest:secret@rabbit//")],
-            "invalid configuration: CELERY_BROKER_URL = \"amqp://***@rabbit//\": expected a redis://[:password@]host[:port][/db] or rediss:// URL",
+            "invalid configuration: CELERY_BROKER_URL = \"amqp://***@rabbit//\": expected a redis://[user:password@]host[:port][/db], rediss:// (TLS) or redis+unix:///path/to/socket[?db=N&pass=password] URL",
         );
         check_error(
             &[

@@ -132,12 +132,12 @@ impl Envelope {
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         let envelope: Envelope =
-            rmp_serde::from_slice(bytes).map_err(|err| Error::decode("job envelope", err))?;
+            rmp_serde::from_slice(bytes).map_err(|err| Error::decode("job envelope", &err))?;
         if envelope.v > VERSION {
-            return Err(Error::decode(
-                "job envelope",
-                UnsupportedVersion(envelope.v),
-            ));
+            return Err(Error::Decode {
+                what: "job envelope".to_owned(),
+                source: Box::new(UnsupportedVersion(envelope.v)),
+            });
         }
         Ok(envelope)
     }

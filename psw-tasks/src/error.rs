@@ -237,16 +237,20 @@ impl Error {
         }
     }
 
-    pub(crate) fn decode(
-        what: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    /// A MessagePack decoding error, in words that quote none of the bytes: they may be a
+    /// job's arguments or result.
+    pub(crate) fn decode(what: impl Into<String>, source: &rmp_serde::decode::Error) -> Self {
         Error::Decode {
             what: what.into(),
-            source: Box::new(source),
+            source: Box::new(DecodeCause(crate::redact::decode_error(source))),
         }
     }
 }
+
+/// Why bytes did not decode, with any value they held cut (see [`crate::redact`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct DecodeCause(String);
 
 /// An error and its causes on one line, `outer: cause: root`, for logs and stderr (`Display`
 /// shows only the outer error, by the convention that sources are not repeated).

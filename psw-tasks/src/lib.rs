@@ -36,6 +36,7 @@ mod envelope;
 mod error;
 mod keys;
 mod record;
+mod redact;
 mod registry;
 mod retry;
 mod rules;
@@ -81,6 +82,8 @@ pub use crate::envelope::JobId;
 pub use crate::error::{Error, RedisError, Result};
 #[doc(inline)]
 pub use crate::record::{AttemptError, FailureKind, JobRecord, Progress, State};
+/// A URL with its credentials masked, to log a Redis URL (of any form) or a DSN safely.
+pub use crate::redact::url as redact_url;
 #[doc(inline)]
 pub use crate::registry::{Registry, TaskDescriptor};
 #[doc(inline)]

@@ -16,6 +16,7 @@ pub use inventory;
 
 use crate::client::{Client, EnqueueOptions, TaskHandle};
 use crate::record::FailureKind;
+use crate::redact;
 use crate::task::TaskError;
 
 /// What a task function may return.
@@ -94,12 +95,41 @@ pub const fn options(
     }
 }
 
-/// Decode the argument array; a mismatch is a permanent `bad_args` failure carrying the
-/// serde error (with its path), since retrying cannot fix it.
-pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, TaskError> {
-    rmp_serde::from_slice(bytes).map_err(|err| {
+/// Decode the argument array; a mismatch is a permanent `bad_args` failure, since retrying
+/// cannot fix it. `parameters` are the task's parameter names, in order. The message names the
+/// argument and what its type expected, never the value found: arguments may be secrets, and
+/// this message reaches the job's record, the dead letter, the log and every alert.
+pub fn decode_args<A: DeserializeOwned>(bytes: &[u8], parameters: &[&str]) -> Result<A, TaskError> {
+    // The plain decoder on the hot path; the tracking one only to explain a failure.
+    rmp_serde::from_slice(bytes).map_err(|_| {
+        let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+        let explained = match serde_path_to_error::deserialize::<_, A>(&mut decoder) {
+            Err(err) => {
+                let argument = match err.path().iter().next() {
+                    Some(serde_path_to_error::Segment::Seq { index }) => {
+                        match parameters.get(*index) {
+                            Some(name) => format!("argument {} (`{name}`): ", index + 1),
+                            None => format!("argument {}: ", index + 1),
+                        }
+                    }
+                    _ => String::new(),
+                };
+                format!("{argument}{}", redact::decode_error(err.inner()))
+            }
+            // Cannot happen (the same bytes, the same type), but is no reason to panic.
+            Ok(_) => "they decode only with their path traced".to_owned(),
+        };
+        let expected = if parameters.is_empty() {
+            "none".to_owned()
+        } else {
+            parameters
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         TaskError::permanent(format!(
-            "arguments do not match the task's parameters: {err}"
+            "arguments do not match the task's parameters ({expected}): {explained}"
         ))
         .with_kind(FailureKind::BadArgs)
     })

@@ -167,7 +167,7 @@ impl JobRecord {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        rmp_serde::from_slice(bytes).map_err(|err| Error::decode("job record", err))
+        rmp_serde::from_slice(bytes).map_err(|err| Error::decode("job record", &err))
     }
 
     /// Decode the stored result into the task's output type.
@@ -176,7 +176,7 @@ impl JobRecord {
             .as_deref()
             .map(|bytes| {
                 rmp_serde::from_slice(bytes)
-                    .map_err(|err| Error::decode(format!("result of job {}", self.id), err))
+                    .map_err(|err| Error::decode(format!("result of job {}", self.id), &err))
             })
             .transpose()
     }

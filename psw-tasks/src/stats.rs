@@ -166,7 +166,7 @@ impl Heartbeat {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        rmp_serde::from_slice(bytes).map_err(|err| Error::decode("worker heartbeat", err))
+        rmp_serde::from_slice(bytes).map_err(|err| Error::decode("worker heartbeat", &err))
     }
 
     fn into_info(self, name: String, now_ms: i64) -> WorkerInfo {

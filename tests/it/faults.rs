@@ -284,3 +284,56 @@ async fn a_lost_settle_reply_is_not_taken_for_fencing_and_the_alert_goes_out_onc
     assert_eq!(client.dead_letters().stats().await.unwrap().len, 1);
     worker.stop().await;
 }
+
+/// 12.7: a malformed envelope's reason names what did not fit, never the value found there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_envelope_is_dead_lettered_without_the_value_it_held() {
+    let ns = TestNamespace::new("malformed-secret");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    // A producer's envelope with a token where the headers' map goes.
+    let envelope = rmp_serde::to_vec_named(&serde_json::json!({
+        "v": 1, "id": "0193a0c2-7f3a-7000-8000-000000000001", "task": "it.add",
+        "queue": "default", "args": [], "created_ms": 1, "headers": "sk_live_SECRET_e1",
+    }))
+    .unwrap();
+    xadd(&ns, &[("job", envelope)]);
+    let dead = client.dead_letters();
+    eventually(WAIT, "a dead letter", || async {
+        dead.stats().await.unwrap().len == 1
+    })
+    .await;
+    let letter = dead.list(1).await.unwrap().remove(0);
+    assert_eq!(letter.reason, DeadReason::DecodeError);
+    assert!(letter.error.contains("expected a map"), "{}", letter.error);
+    assert!(!letter.error.contains("SECRET"), "{}", letter.error);
+    worker.stop().await;
+}
+
+/// 12.7: `dlq list` prints what producers and tasks wrote with its control characters escaped,
+/// so that a dead letter cannot forge a line or drive the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_escapes_control_characters() {
+    let ns = TestNamespace::new("dlq-escape");
+    let client = ns.client().await;
+    let worker = start_worker(&client, 2);
+    refuses::enqueue(&client, "boom\u{1b}[2J\rFORGED 0-0 ok\u{7}".to_owned())
+        .await
+        .unwrap();
+    let dead = client.dead_letters();
+    eventually(WAIT, "a dead letter", || async {
+        dead.stats().await.unwrap().len == 1
+    })
+    .await;
+    worker.stop().await;
+    let (ok, out, err) = crate::processes::run_cli(&ns, &["dlq", "list"], &[]);
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains(['\u{1b}', '\r', '\u{7}']),
+        "raw control characters printed: {out:?}"
+    );
+    assert!(
+        out.contains("boom\\u{1b}[2J\\rFORGED 0-0 ok\\u{7}"),
+        "the message, escaped: {out}"
+    );
+}

@@ -12,8 +12,9 @@ pub enum SmtpSecurity {
     None,
 }
 
-/// `EMAIL_SMTP_*`, `EMAIL_FROM`, `EMAIL_TO`: set when `EMAIL_SMTP_HOST` is.
-#[derive(Debug, Clone)]
+/// `EMAIL_SMTP_*`, `EMAIL_FROM`, `EMAIL_TO`: set when `EMAIL_SMTP_HOST` is. Its `Debug` masks
+/// the password.
+#[derive(Clone)]
 pub struct EmailSettings {
     /// `EMAIL_SMTP_HOST`.
     pub host: String,
@@ -33,8 +34,8 @@ pub struct EmailSettings {
     pub ca_cert: Option<std::path::PathBuf>,
 }
 
-/// `TELEGRAM_BOT_TOKEN` and `TELEGRAM_CHAT_ID`.
-#[derive(Debug, Clone)]
+/// `TELEGRAM_BOT_TOKEN` and `TELEGRAM_CHAT_ID`. Its `Debug` masks the token.
+#[derive(Clone)]
 pub struct TelegramSettings {
     /// The bot's token.
     pub token: String,
@@ -44,6 +45,53 @@ pub struct TelegramSettings {
     pub api_url: String,
     /// One request's limit.
     pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let EmailSettings {
+            host,
+            port,
+            security,
+            credentials,
+            from,
+            to,
+            timeout,
+            ca_cert,
+        } = self;
+        f.debug_struct("EmailSettings")
+            .field("host", host)
+            .field("port", port)
+            .field("security", security)
+            .field(
+                "credentials",
+                &credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, crate::redact::MASK)),
+            )
+            .field("from", from)
+            .field("to", to)
+            .field("timeout", timeout)
+            .field("ca_cert", ca_cert)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TelegramSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TelegramSettings {
+            token: _,
+            chat_id,
+            api_url,
+            timeout,
+        } = self;
+        f.debug_struct("TelegramSettings")
+            .field("token", &crate::redact::MASK)
+            .field("chat_id", chat_id)
+            .field("api_url", &crate::redact::url(api_url))
+            .field("timeout", timeout)
+            .finish()
+    }
 }
 
 /// A PNG image to send along.

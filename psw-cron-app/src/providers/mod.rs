@@ -17,8 +17,8 @@ pub mod simulated;
 pub use http::RateLimitRetry;
 pub use quote::{Fetched, ProviderError, Quote, StockRef, SymbolFailure};
 
-/// Where and how to reach the providers; see [`crate::config`].
-#[derive(Debug, Clone)]
+/// Where and how to reach the providers; see [`crate::config`]. Its `Debug` masks the keys.
+#[derive(Clone)]
 pub struct ProviderSettings {
     /// `EODHD_API_KEY`.
     pub eodhd_api_key: Option<String>,
@@ -30,6 +30,26 @@ pub struct ProviderSettings {
     pub borsdata_base_url: String,
     /// `QUOTE_TIMEOUT`: one HTTP request's limit (default 10 s).
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ProviderSettings {
+            eodhd_api_key,
+            eodhd_base_url,
+            borsdata_api_key,
+            borsdata_base_url,
+            timeout,
+        } = self;
+        let mask = |key: &Option<String>| key.as_ref().map(|_| crate::redact::MASK);
+        f.debug_struct("ProviderSettings")
+            .field("eodhd_api_key", &mask(eodhd_api_key))
+            .field("eodhd_base_url", &crate::redact::url(eodhd_base_url))
+            .field("borsdata_api_key", &mask(borsdata_api_key))
+            .field("borsdata_base_url", &crate::redact::url(borsdata_base_url))
+            .field("timeout", timeout)
+            .finish()
+    }
 }
 
 /// The provider in use.

@@ -2,6 +2,7 @@
 
 mod db;
 mod jobs;
+mod leaks;
 mod notify;
 mod providers;
 mod report;

@@ -190,3 +190,45 @@ impl RunningWorker {
 }
 
 pub(crate) use psw_tasks::testing::eventually;
+
+/// What this test binary's code logs, from the first call on: every event of `psw_tasks` and
+/// `psw_cron_app`, at every level, formatted as the binary's plain log lines.
+#[derive(Clone)]
+pub(crate) struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Capture the logs of this process (a process has one global subscriber, installed here once).
+pub(crate) fn captured_logs() -> CapturedLogs {
+    static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CapturedLogs(Arc::default());
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "psw_tasks=trace,psw_cron_app=trace",
+            ))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init()
+            .expect("no other subscriber is installed in the app's tests");
+        logs
+    })
+    .clone()
+}

@@ -13,9 +13,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::listener::Finished;
 use super::scripts::Scripts;
 use crate::broker::DeadLetterLimits;
-use crate::config::redact_url;
+use crate::config::REDIS_URL_FORM;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::redact;
 
 /// How long making a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,15 +125,16 @@ fn client(url: &str, variable: &'static str, ca_cert: Option<&Path>) -> Result<r
     let bad_url = |err: redis::RedisError| {
         Error::config(
             variable,
-            redact_url(url),
-            format!("a redis://[:password@]host[:port][/db] or rediss:// URL ({err})"),
+            redact::url(url),
+            format!("{REDIS_URL_FORM} ({err})"),
         )
     };
-    if url.starts_with("rediss://") {
+    let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
+    if tls {
         install_tls_provider();
     }
     match ca_cert {
-        Some(path) if url.starts_with("rediss://") => {
+        Some(path) if tls => {
             let root_cert = std::fs::read(path).map_err(|err| {
                 Error::config(
                     "PSW_REDIS_CA_CERT",
@@ -171,5 +173,5 @@ async fn commands(
     client
         .get_connection_manager_with_config(settings(RESPONSE_TIMEOUT))
         .await
-        .map_err(|err| Error::connect(variable, redact_url(url), err))
+        .map_err(|err| Error::connect(variable, redact::url(url), err))
 }
