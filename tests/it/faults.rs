@@ -6,7 +6,7 @@ use std::time::Duration;
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{DeadReason, Error, FailureKind, State};
 use psw_tasks::{EnqueueOptions, Worker};
-use psw_tasks_tests::{add, bytes, fails_big, flaky, refuses, reports_progress};
+use psw_tasks_tests::{add, bytes, fails_big, flaky, refuses, reports_progress, whoami};
 
 use crate::support::{LosingProxy, eventually, start_built, start_worker, xadd};
 
@@ -336,4 +336,152 @@ async fn dlq_list_escapes_control_characters() {
         out.contains("boom\\u{1b}[2J\\rFORGED 0-0 ok\\u{7}"),
         "the message, escaped: {out}"
     );
+}
+
+/// 12.8: a worker on four queues holds at most concurrency + prefetch deliveries in all, as
+/// Redis sees it (XPENDING of the four streams, read in one MULTI so that the sum is of one
+/// moment); COUNT alone applies per stream and let it hold four times that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_four_queues_never_holds_more_than_its_bound() {
+    let ns = TestNamespace::new("bound");
+    let client = ns.client().await;
+    let queues: Vec<String> = (1..=4).map(|n| format!("q{n}")).collect();
+    let ledger = format!("{{{}}}:ledger", ns.name());
+    for queue in &queues {
+        let jobs = (0..100).map(|_| (ledger.clone(), 150u64));
+        client
+            .enqueue_many_by_name::<(), _>(
+                "it.count_redis",
+                jobs,
+                EnqueueOptions::new().queue(queue.as_str()),
+            )
+            .await
+            .unwrap();
+    }
+    let worker = start_built(
+        Worker::builder(&client)
+            .queues(queues.clone())
+            .concurrency(2)
+            .prefetch(2)
+            .build()
+            .unwrap(),
+    );
+    let redis = redis::Client::open(ns.url()).unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for queue in &queues {
+        pipe.cmd("XPENDING")
+            .arg(format!("{{{}}}:queue:{queue}", ns.name()))
+            .arg("workers");
+    }
+    // Entries pending in the four groups, or `None` until the worker has made them.
+    let held_now = |mut conn: redis::aio::MultiplexedConnection| {
+        let pipe = pipe.clone();
+        async move {
+            let summaries: Vec<redis::Value> = pipe.query_async(&mut conn).await.ok()?;
+            Some(
+                summaries
+                    .iter()
+                    .map(|summary| match summary {
+                        redis::Value::Array(parts) => match parts.first() {
+                            Some(redis::Value::Int(n)) => *n as u64,
+                            _ => 0,
+                        },
+                        _ => 0,
+                    })
+                    .sum::<u64>(),
+            )
+        }
+    };
+    eventually(WAIT, "the worker started", || async {
+        held_now(conn.clone()).await.is_some()
+    })
+    .await;
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        let held = held_now(conn.clone()).await.expect("the groups exist");
+        assert!(
+            held <= 4,
+            "the worker holds {held} deliveries; its bound is 2 + 2"
+        );
+        most = most.max(held);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most >= 3, "the worker was busy: at most {most} held");
+    worker.stop().await;
+}
+
+/// 12.8: a delivery fetched before the worker stood still past its lease is checked before it
+/// starts; another worker took it over and ran it, so it is not run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_job_lost_during_a_pause_is_not_started() {
+    use std::process::Stdio;
+
+    use crate::processes::{ledger, signal, wait_exit};
+
+    let ns = TestNamespace::new("prefetch-lost");
+    let client = ns.client().await;
+    let long = format!("{{{}}}:long", ns.name());
+    let short = format!("{{{}}}:short", ns.name());
+    let running = whoami::enqueue(&client, long.clone(), 2_000).await.unwrap();
+    let waiting = whoami::enqueue(&client, short.clone(), 0).await.unwrap();
+    // One runner and one delivery prefetched: the short job waits behind the long one.
+    let mut paused = std::process::Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .arg("worker")
+        .env("REDIS_URL", ns.url())
+        .env("PSW_NAMESPACE", ns.name())
+        .env("PSW_LEASE", "1s")
+        .env("PSW_WORKER_CONCURRENCY", "1")
+        .env("PSW_WORKER_PREFETCH", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(
+        WAIT,
+        "the long job started, the short one fetched",
+        || async {
+            running.state().await.unwrap() == State::Started
+                && crate::support::queue_state(&ns, "default").1 == 2
+        },
+    )
+    .await;
+    signal(&paused, "STOP");
+
+    // Another worker takes both over once their lease has run out, and runs them.
+    let reclaimer = start_built(
+        Worker::builder(&client)
+            .concurrency(2)
+            .lease(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(waiting.wait(WAIT).await.unwrap(), std::process::id());
+    assert_eq!(running.wait(WAIT).await.unwrap(), std::process::id());
+
+    // The paused worker wakes: its long run ends (and is refused); the short job it fetched
+    // long ago must not run again.
+    signal(&paused, "CONT");
+    eventually(WAIT, "the paused run of the long job to end", || async {
+        ledger(&ns, &long).values().sum::<u32>() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        ledger(&ns, &short).values().sum::<u32>(),
+        1,
+        "the short job ran once"
+    );
+    signal(&paused, "TERM");
+    wait_exit(&mut paused, Duration::from_secs(20));
+    let mut output = String::new();
+    std::io::Read::read_to_string(&mut paused.stderr.take().unwrap(), &mut output).unwrap();
+    assert!(
+        output.contains("lost its lease while it waited"),
+        "the skip was logged:\n{output}"
+    );
+    reclaimer.stop().await;
 }

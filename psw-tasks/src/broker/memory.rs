@@ -24,6 +24,8 @@ pub(crate) struct MemoryBroker {
     arrivals: Notify,
     finished: FinishedChannel,
     dead_letter_limits: DeadLetterLimits,
+    /// Counts fetches, to start each at the next queue, as the Redis broker does.
+    fetch_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for MemoryBroker {
@@ -33,6 +35,7 @@ impl Default for MemoryBroker {
             arrivals: Notify::new(),
             finished: FinishedChannel::default(),
             dead_letter_limits: DeadLetterLimits::default(),
+            fetch_turn: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -113,7 +116,11 @@ impl MemoryBroker {
         let mut state = self.lock();
         let now = Instant::now();
         let mut out = Vec::new();
-        for name in queues {
+        let turn = self
+            .fetch_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % queues.len().max(1);
+        for name in queues[turn..].iter().chain(&queues[..turn]) {
             let Some(queue) = state.queues.get_mut(name) else {
                 continue;
             };
@@ -283,8 +290,9 @@ impl Broker for MemoryBroker {
                     .pending
                     .iter()
                     .filter(|(id, p)| {
-                        (p.consumer != consumer || !holds.contains(id))
-                            && now.duration_since(p.last_delivery) >= min_idle
+                        // Never an entry it holds, whoever owns it now: taking it back
+                        // would make a second copy in this worker.
+                        !holds.contains(id) && now.duration_since(p.last_delivery) >= min_idle
                     })
                     .map(|(id, _)| id)
                     .collect();

@@ -211,7 +211,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<Promoted>>;
 
-    /// Take up to `max` new jobs for `consumer`, waiting up to `block` when there are none.
+    /// Take up to `max` new jobs for `consumer`, in all over `queues` (never `max` from each),
+    /// waiting up to `block` when there are none.
     /// [`crate::Error::GroupMissing`] when a queue's group is gone (Redis lost its data).
     fn fetch<'a>(
         &'a self,
@@ -222,8 +223,9 @@ pub(crate) trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Delivery>>>;
 
     /// Take over jobs whose lease ran out: pending and idle for at least `min_idle`, under
-    /// another consumer, or under `consumer` itself but not among the entries it `holds` (an
-    /// orphan: a read whose reply never reached it).
+    /// another consumer, or under `consumer` itself (an orphan: a read whose reply never
+    /// reached it). Never one of the entries `consumer` `holds`, whoever owns it now: it still
+    /// runs that one, and a second copy must not start beside it.
     fn reclaim<'a>(
         &'a self,
         consumer: &'a str,

@@ -110,6 +110,9 @@ both_brokers!(
     writes_of_a_lost_delivery_are_fenced,
     a_mixed_batch_is_fenced_write_by_write,
     a_consumer_takes_back_only_its_own_entries_it_does_not_hold,
+    a_consumer_never_takes_back_an_entry_it_holds_from_another,
+    a_fetch_of_several_queues_takes_at_most_max_in_all,
+    a_fetch_of_several_queues_waits_for_any_of_them,
     dead_letters_are_kept_capped_replayed_and_purged,
     dead_letters_keep_to_their_byte_budget,
     beat_registration_keeps_the_last_slot,
@@ -478,6 +481,113 @@ async fn a_consumer_takes_back_only_its_own_entries_it_does_not_hold(broker: Arc
     assert_eq!(other[0].deliveries, 3);
 }
 
+async fn a_consumer_never_takes_back_an_entry_it_holds_from_another(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    // `a` holds the entry and is paused past its lease; `b` takes it over, then dies.
+    let held = hold_one(broker.as_ref(), "a").await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let taken = broker
+        .reclaim("b", Q, Duration::from_millis(50), 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // `a` wakes up, still running its copy: its reclaim must leave the entry to others.
+    let holds = vec![held.entry_id.clone()];
+    let again = broker
+        .reclaim("a", Q, Duration::from_millis(50), 10, &holds)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "a second copy in `a`: {again:?}");
+    let other = broker
+        .reclaim("c", Q, Duration::from_millis(50), 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1, "anyone else takes it");
+}
+
+fn four_queues() -> Vec<String> {
+    (1..=4).map(|n| format!("q{n}")).collect()
+}
+
+async fn a_fetch_of_several_queues_takes_at_most_max_in_all(broker: Arc<dyn Broker>) {
+    let queues = four_queues();
+    broker.prepare(&queues).await.unwrap();
+    let jobs = queues.iter().flat_map(|queue| {
+        (0..5u8).map(|i| NewJob {
+            queue: queue.clone(),
+            payload: vec![i],
+            due_ms: None,
+        })
+    });
+    broker.push(jobs.collect()).await.unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let got = broker
+            .fetch("a", &queues, 3, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert!(got.len() <= 3, "{} deliveries for a budget of 3", got.len());
+        if got.is_empty() {
+            break;
+        }
+        seen.extend(got.into_iter().map(|d| (d.queue, d.payload)));
+    }
+    assert_eq!(seen.len(), 20, "every job of every queue, once");
+    // No queue waits for the others to run dry: a budget of 1 serves each queue in turn.
+    broker
+        .push(
+            queues
+                .iter()
+                .flat_map(|queue| {
+                    (0..2u8).map(|i| NewJob {
+                        queue: queue.clone(),
+                        payload: vec![i],
+                        due_ms: None,
+                    })
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut served = HashSet::new();
+    for _ in 0..4 {
+        let got = broker
+            .fetch("a", &queues, 1, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        served.insert(got[0].queue.clone());
+    }
+    assert_eq!(served.len(), 4, "four fetches of one served four queues");
+}
+
+async fn a_fetch_of_several_queues_waits_for_any_of_them(broker: Arc<dyn Broker>) {
+    let queues = four_queues();
+    broker.prepare(&queues).await.unwrap();
+    let producer = broker.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let jobs = (0..3u8).map(|i| NewJob {
+            queue: "q3".to_owned(),
+            payload: vec![i],
+            due_ms: None,
+        });
+        producer.push(jobs.collect()).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let got = broker
+        .fetch("a", &queues, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "woken by the arrival, not the timeout"
+    );
+    assert!(!got.is_empty() && got.len() <= 2, "{got:?}");
+    assert!(got.iter().all(|d| &*d.queue == "q3"));
+}
+
 fn letter(n: u8) -> super::DeadLetter {
     super::DeadLetter {
         job_id: Some(JobId::from(format!("job-{n}"))),
@@ -812,6 +922,15 @@ async fn a_lost_group_is_a_typed_error() {
         .await
         .unwrap();
     assert!(fetched.is_empty(), "the group is back");
+    // The same through the read of several queues.
+    let several = vec![Q.to_owned(), "other".to_owned()];
+    broker.prepare(&several).await.unwrap();
+    let _: () = ::redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    let err = broker
+        .fetch("a", &several, 1, Duration::from_millis(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, crate::error::Error::GroupMissing(_)), "{err}");
 }
 
 #[tokio::test]

@@ -99,8 +99,9 @@ impl WorkerStats {
     pub fn reclaimed(&self) -> u64 {
         self.0.reclaimed.get()
     }
-    /// Writes refused because this worker had lost the job to another (its lease ran out
-    /// while it was paused): the other worker's outcome stands.
+    /// Deliveries this worker lost to another because their lease ran out while it stood
+    /// still (paused, frozen): their writes were refused, or, lost while waiting to run, they
+    /// were not started. The other worker's outcome stands.
     pub fn fenced(&self) -> u64 {
         self.0.fenced.get()
     }

@@ -25,8 +25,8 @@ pub(crate) struct FetchLoop {
     pub(crate) consumer: String,
     pub(crate) queues: Vec<String>,
     pub(crate) lease: Duration,
-    /// A claim is a delivery this worker holds, running or waiting to run: claims beyond the
-    /// concurrency let the next batch be fetched while the current one runs.
+    /// A claim is a delivery this worker holds, from its fetch until its outcome is stored:
+    /// claims beyond the concurrency let the next batch be fetched while the current one runs.
     pub(crate) claims: Arc<Semaphore>,
     /// Where fetched deliveries wait for the first free runner.
     pub(crate) dispatch: flume::Sender<Fetched>,
@@ -162,18 +162,24 @@ impl FetchLoop {
         }
     }
 
-    /// Hold the deliveries and queue them for the runners, each with a claim.
+    /// Hold the deliveries, each with a claim, and queue them for the runners.
     fn dispatch(&self, deliveries: Vec<Delivery>, mut first: OwnedSemaphorePermit) {
-        self.shared.in_flight.track(&deliveries);
-        for delivery in deliveries {
-            // A read of several queues can return more than the free claims (COUNT is per
-            // stream): the extra deliveries are held and queued all the same, never left
-            // waiting unrenewed, and the next fetch waits for claims to free up.
-            let claim = first
+        // The broker returns at most the free claims (the fetch counts over all queues, the
+        // reclaim within what is left): each delivery gets one. Were there more, they would be
+        // held and run all the same, never left waiting unrenewed.
+        let claims = deliveries.iter().map(|_| {
+            first
                 .split(1)
-                .or_else(|| self.claims.clone().try_acquire_owned().ok());
+                .or_else(|| self.claims.clone().try_acquire_owned().ok())
+        });
+        self.shared.in_flight.track(&deliveries, claims);
+        let fetched_at = Instant::now();
+        for delivery in deliveries {
             // The runners hold a receiver until they stop, after this loop.
-            let _ = self.dispatch.send(Fetched { delivery, claim });
+            let _ = self.dispatch.send(Fetched {
+                delivery,
+                fetched_at,
+            });
         }
     }
 }

@@ -3,37 +3,60 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::broker::Delivery;
 
-/// The deliveries this worker holds, per queue: entry id -> delivery count, from the fetch
-/// until the writer has stored their settlement. Their leases are renewed; every other entry
-/// pending under this consumer is an orphan (a read whose reply was lost) that the reclaim
-/// takes back. The count tells a stale copy of an entry (one this worker lost and took back)
-/// from the live one.
+/// One delivery held.
+struct Held {
+    /// Its delivery count, which tells a stale copy of the entry from the live one.
+    deliveries: u64,
+    /// Its claim on the worker's bound (concurrency + prefetch), given back only when the
+    /// delivery stops being held. Given back when the task returned instead, the next fetch
+    /// would run ahead of the writer, and Redis would see the worker pending on more entries
+    /// than its bound.
+    _claim: Option<OwnedSemaphorePermit>,
+}
+
+/// The deliveries this worker holds, per queue: entry id -> its delivery count and claim, from
+/// the fetch until the writer has stored their settlement. Their leases are renewed; every
+/// other entry pending under this consumer is an orphan (a read whose reply was lost) that the
+/// reclaim takes back, and none of them is ever reclaimed by this worker.
 #[derive(Default)]
-pub(crate) struct InFlight(Mutex<HashMap<Arc<str>, HashMap<String, u64>>>);
+pub(crate) struct InFlight(Mutex<HashMap<Arc<str>, HashMap<String, Held>>>);
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<String, u64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<String, Held>>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Hold a fetched batch (one lock for the batch: the writer releases on another thread).
-    pub(crate) fn track(&self, deliveries: &[Delivery]) {
+    /// Hold a fetched batch, each delivery with its claim (one lock for the batch: the writer
+    /// releases on another thread).
+    pub(crate) fn track(
+        &self,
+        deliveries: &[Delivery],
+        claims: impl IntoIterator<Item = Option<OwnedSemaphorePermit>>,
+    ) {
         let mut held = self.lock();
-        for delivery in deliveries {
+        for (delivery, claim) in deliveries.iter().zip(claims) {
             let entries = match held.get_mut(&delivery.queue) {
                 Some(entries) => entries,
                 None => held.entry(delivery.queue.clone()).or_default(),
             };
-            entries.insert(delivery.entry_id.clone(), delivery.deliveries);
+            entries.insert(
+                delivery.entry_id.clone(),
+                Held {
+                    deliveries: delivery.deliveries,
+                    _claim: claim,
+                },
+            );
         }
     }
 
-    /// Forget deliveries once their settlement is stored (or refused): (queue, entry id,
-    /// delivery count) each.
+    /// Forget deliveries once their settlement is stored (or refused), giving back their
+    /// claims: (queue, entry id, delivery count) each.
     pub(crate) fn release<'d>(
         &self,
         settled: impl IntoIterator<Item = (&'d Arc<str>, &'d str, u64)>,
@@ -41,7 +64,9 @@ impl InFlight {
         let mut held = self.lock();
         for (queue, entry_id, deliveries) in settled {
             if let Some(entries) = held.get_mut(queue)
-                && entries.get(entry_id) == Some(&deliveries)
+                && entries
+                    .get(entry_id)
+                    .is_some_and(|held| held.deliveries == deliveries)
             {
                 entries.remove(entry_id);
             }

@@ -270,6 +270,8 @@ impl Worker {
         ));
         let shared = Arc::new(Shared {
             broker: broker.clone(),
+            consumer: self.consumer.clone(),
+            lease: self.lease,
             registry: self.registry.clone(),
             writes,
             in_flight,

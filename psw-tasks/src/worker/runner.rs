@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::job;
 use super::shared::Shared;
 use crate::broker::{Delivery, NewJob, Settlement};
 
-/// A delivery on its way to a runner, with the claim it holds until settled.
+/// A delivery on its way to a runner (its claim is held with it in `InFlight`).
 pub(crate) struct Fetched {
     pub(crate) delivery: Delivery,
-    pub(crate) claim: Option<OwnedSemaphorePermit>,
+    /// When it was fetched: one that waited long may have lost its lease meanwhile.
+    pub(crate) fetched_at: Instant,
 }
 
 /// Run fetched deliveries until the fetch loop stops and the queue is empty. Once `stopping`,
@@ -28,10 +29,18 @@ pub(crate) async fn run(
     stopping: CancellationToken,
     busy: Arc<AtomicUsize>,
 ) {
-    while let Ok(Fetched { delivery, claim }) = ready.recv_async().await {
+    while let Ok(Fetched {
+        delivery,
+        fetched_at,
+    }) = ready.recv_async().await
+    {
         if stopping.is_cancelled() {
             give_back(&shared, delivery).await;
-            drop(claim);
+            continue;
+        }
+        // The renewer keeps a waiting delivery's lease, unless the whole process stood still
+        // (a pause, a frozen VM) past the lease; then another worker may run it already.
+        if fetched_at.elapsed() > shared.lease / 3 && !still_held(&shared, &delivery).await {
             continue;
         }
         busy.fetch_add(1, Ordering::Relaxed);
@@ -49,7 +58,31 @@ pub(crate) async fn run(
                 delivery.deliveries,
             )]);
         }
-        drop(claim);
+    }
+}
+
+/// Whether this worker still owns `delivery`: asked of the broker, renewing its lease. One it
+/// lost is let go of, not started: another worker took it over.
+async fn still_held(shared: &Shared, delivery: &Delivery) -> bool {
+    let ids = [delivery.entry_id.clone()];
+    match shared
+        .broker
+        .renew(&shared.consumer, &delivery.queue, &ids)
+        .await
+    {
+        Ok(0) => {
+            tracing::warn!(queue = %delivery.queue, entry = %delivery.entry_id, waited_past = ?shared.lease / 3, "a fetched job lost its lease while it waited (the worker stood still past the lease); another worker runs it, so it is not started here");
+            shared.stats.fenced.inc();
+            shared.in_flight.release([(
+                &delivery.queue,
+                delivery.entry_id.as_str(),
+                delivery.deliveries,
+            )]);
+            false
+        }
+        Ok(_) => true,
+        // Unknown: run it. Its writes are fenced if it was lost after all.
+        Err(_) => true,
     }
 }
 

@@ -17,6 +17,10 @@ use crate::task::SharedState;
 
 pub(crate) struct Shared {
     pub(crate) broker: Arc<dyn Broker>,
+    /// This worker's consumer name.
+    pub(crate) consumer: String,
+    /// How long a delivery stays claimed without renewal.
+    pub(crate) lease: Duration,
     pub(crate) registry: Registry,
     pub(crate) writes: mpsc::Sender<WriteRequest>,
     pub(crate) in_flight: Arc<InFlight>,

@@ -2,6 +2,7 @@
 //! taking over expired leases, and renewing the leases a worker holds.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
@@ -11,13 +12,66 @@ use super::reply::{id_list, parse_entries, stream_pairs, unexpected};
 use crate::broker::Delivery;
 use crate::keys::GROUP;
 
-/// `XREADGROUP ... COUNT max BLOCK block STREAMS <queues> > ...` for `consumer`.
+/// Up to `max` new jobs of `queues` in all for `consumer`, waiting up to `block` for one.
+///
+/// One queue is one `XREADGROUP ... COUNT max BLOCK block`. On several, a plain XREADGROUP
+/// would take up to `max` from each (COUNT is per stream), so the `fetch.lua` script reads them
+/// in turn within the budget, starting one queue further on each call; when none has anything
+/// it waits with a blocking `XREAD` from the last delivered ids, which takes nothing, and reads
+/// again once it wakes.
 pub(super) async fn fetch(
     broker: &RedisBroker,
     consumer: &str,
     queues: &[String],
     max: usize,
     block: Duration,
+) -> redis::RedisResult<Vec<Delivery>> {
+    let block_ms = block.min(MAX_BLOCK).as_millis().max(1) as u64;
+    match queues {
+        [] => return Ok(Vec::new()),
+        [queue] => return read_one(broker, consumer, queue, max, block_ms).await,
+        _ => {}
+    }
+    let turn = broker.fetch_turn.fetch_add(1, Ordering::Relaxed) % queues.len();
+    let streams: Vec<String> = queues[turn..]
+        .iter()
+        .chain(&queues[..turn])
+        .map(|queue| broker.keys.stream(queue))
+        .collect();
+    let last_ids = match read_within(broker, consumer, &streams, max).await? {
+        Within::Read(deliveries) => return Ok(deliveries),
+        Within::Nothing { last_ids } => last_ids,
+    };
+    let mut wait = redis::cmd("XREAD");
+    wait.arg("BLOCK")
+        .arg(block_ms)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&streams)
+        .arg(&last_ids);
+    let mut conn = broker.readers.take().await?;
+    let woken = wait.query_async::<Value>(&mut conn).await;
+    if woken.is_ok() {
+        broker.readers.give_back(conn).await;
+    }
+    if woken? == Value::Nil {
+        return Ok(Vec::new());
+    }
+    match read_within(broker, consumer, &streams, max).await? {
+        Within::Read(deliveries) => Ok(deliveries),
+        // Another worker was quicker.
+        Within::Nothing { .. } => Ok(Vec::new()),
+    }
+}
+
+/// `XREADGROUP ... COUNT max BLOCK block STREAMS <queue> >` for `consumer`.
+async fn read_one(
+    broker: &RedisBroker,
+    consumer: &str,
+    queue: &str,
+    max: usize,
+    block_ms: u64,
 ) -> redis::RedisResult<Vec<Delivery>> {
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
@@ -26,28 +80,64 @@ pub(super) async fn fetch(
         .arg("COUNT")
         .arg(max.max(1))
         .arg("BLOCK")
-        .arg(block.min(MAX_BLOCK).as_millis().max(1) as u64)
-        .arg("STREAMS");
-    for queue in queues {
-        cmd.arg(broker.keys.stream(queue));
-    }
-    for _ in queues {
-        cmd.arg(">");
-    }
+        .arg(block_ms)
+        .arg("STREAMS")
+        .arg(broker.keys.stream(queue))
+        .arg(">");
     let mut conn = broker.readers.take().await?;
     let reply = cmd.query_async::<Value>(&mut conn).await;
     if reply.is_ok() {
         broker.readers.give_back(conn).await;
     }
+    Ok(deliveries_of(broker, reply?))
+}
+
+/// What one pass of `fetch.lua` found.
+enum Within {
+    Read(Vec<Delivery>),
+    /// Nothing new anywhere; the streams' last delivered ids, to wait from.
+    Nothing {
+        last_ids: Vec<String>,
+    },
+}
+
+async fn read_within(
+    broker: &RedisBroker,
+    consumer: &str,
+    streams: &[String],
+    max: usize,
+) -> redis::RedisResult<Within> {
+    let mut invocation = broker.scripts.fetch.prepare_invoke();
+    for stream in streams {
+        invocation.key(stream);
+    }
+    invocation.arg(GROUP).arg(consumer).arg(max.max(1));
+    let reply: Value = invocation.invoke_async(&mut broker.conn()).await?;
+    match reply {
+        Value::Array(mut parts)
+            if parts.len() == 2 && matches!(&parts[0], Value::Array(read) if read.is_empty()) =>
+        {
+            let last_ids = id_list(parts.pop().expect("len checked"));
+            if last_ids.len() != streams.len() {
+                return Err(unexpected("fetch.lua"));
+            }
+            Ok(Within::Nothing { last_ids })
+        }
+        reply => Ok(Within::Read(deliveries_of(broker, reply))),
+    }
+}
+
+/// The deliveries of an XREADGROUP-shaped reply, `[[stream, entries]...]`.
+fn deliveries_of(broker: &RedisBroker, reply: Value) -> Vec<Delivery> {
     let mut out = Vec::new();
-    for (stream, entries) in stream_pairs(reply?) {
+    for (stream, entries) in stream_pairs(reply) {
         let Some(queue) = stream.as_deref().and_then(|s| queue_of(broker, s)) else {
             continue;
         };
         let queue: Arc<str> = Arc::from(queue);
         parse_entries(entries, &queue, &mut out);
     }
-    Ok(out)
+    out
 }
 
 /// The queue whose stream key is `stream`.

@@ -1,7 +1,8 @@
--- Takes over entries idle for at least the lease from other consumers, returning each with
--- its new delivery count (for fencing). Not XAUTOCLAIM: it would also take back entries this
--- consumer still runs (after a pause longer than the lease), making two copies in one
--- process. XCLAIM re-checks the idle time, so two reclaimers cannot both take an entry.
+-- Takes over entries idle for at least the lease, returning each with its new delivery count
+-- (for fencing). Never an entry the consumer holds, whoever owns it now: after a pause longer
+-- than the lease, another worker may have taken it over and died, and taking it back would
+-- make a second copy in this process (which still runs the first). That is also why this is
+-- not XAUTOCLAIM. XCLAIM re-checks the idle time, so two reclaimers cannot both take an entry.
 -- Returns {cursor (always 0-0), {{id, fields, deliveries}...}, ids deleted from the stream}.
 -- KEYS: the queue's stream. ARGV: the group, the consumer, the lease (min idle, ms), most to
 -- take, then the entry ids the consumer holds (never taken).
@@ -10,7 +11,7 @@ local holds = {}
 for i = 5, #ARGV do holds[ARGV[i]] = true end
 local ids = {}
 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', limit * 10)) do
-  if #ids < limit and (p[2] ~= ARGV[2] or not holds[p[1]]) then ids[#ids + 1] = p[1] end
+  if #ids < limit and not holds[p[1]] then ids[#ids + 1] = p[1] end
 end
 if #ids == 0 then return {'0-0', {}, {}} end
 local got = {}

@@ -16,6 +16,8 @@ pub(super) struct Scripts {
     pub(super) renew: Script,
     /// Takes over expired leases.
     pub(super) reclaim: Script,
+    /// Reads new jobs of several queues within one budget.
+    pub(super) fetch: Script,
     /// Applies a batch of fenced writes and acknowledgements.
     pub(super) settle: Script,
     /// Puts a dead letter back on its queue, once.
@@ -42,6 +44,7 @@ impl Scripts {
             promote: Script::new(include_str!("promote.lua")),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
+            fetch: Script::new(include_str!("fetch.lua")),
             settle: Script::new(concat!(
                 include_str!("letter_bytes.lua"),
                 include_str!("settle.lua")
