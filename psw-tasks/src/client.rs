@@ -194,7 +194,17 @@ impl Client {
         let args = rmp_serde::to_vec_named(args)
             .map_err(|err| Error::encode(format!("arguments of task `{task}`"), err))?;
         let (id, job) = self.prepare(task, default_queue, args, &options)?;
-        self.inner.broker.push(vec![job]).await?;
+        if options.id.is_some() {
+            // Idempotent: the id is held through the job's delay and the result TTL, and its
+            // record counts too, so a retry after a lost reply adds nothing.
+            let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
+            let hold = Duration::from_millis(delay) + self.inner.config.result_ttl;
+            if !self.inner.broker.push_once(job, id.as_str(), hold).await? {
+                tracing::debug!(id = %id, task, "a job with this id is known already; nothing added");
+            }
+        } else {
+            self.inner.broker.push(vec![job]).await?;
+        }
         Ok(self.handle(id))
     }
 
@@ -339,7 +349,10 @@ impl EnqueueOptions {
         self
     }
 
-    /// Use this job id instead of a fresh one.
+    /// Use this job id instead of a fresh one, and make the enqueue idempotent: while a job of
+    /// this id is known (queued, delayed or running, for the result TTL past its due time at
+    /// least, and while its record is kept), another enqueue with it adds nothing and returns
+    /// a handle on that job. A retry after a lost reply thus makes no second job.
     pub fn job_id(mut self, id: impl Into<JobId>) -> Self {
         self.id = Some(id.into());
         self

@@ -27,6 +27,12 @@ const REDIS_SCHEMES: [&str; 7] = [
 pub(crate) const REDIS_URL_FORM: &str = "a redis://[user:password@]host[:port][/db], rediss:// (TLS) \
      or redis+unix:///path/to/socket[?db=N&pass=password] URL";
 
+/// The leases a worker accepts. Renewed every third, a lease shorter than 300 ms leaves no time
+/// for a round trip under load (and a zero one would stop the renewer); past an hour, the jobs
+/// of a dead worker would wait that long for another.
+pub(crate) const LEASES: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(300)..=Duration::from_secs(3600);
+
 /// Settings shared by clients and workers. Its `Debug` masks the credentials of the Redis URL.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -254,6 +260,14 @@ impl Config {
         };
         let result_ttl = duration(&["PSW_RESULT_TTL"], defaults.result_ttl)?;
         let lease = duration(&["PSW_LEASE"], defaults.lease)?;
+        if !LEASES.contains(&lease) {
+            return Err(Error::config(
+                "PSW_LEASE",
+                humantime::format_duration(lease).to_string(),
+                "a duration from 300ms to 1h, like `30s`: shorter and the renewals cannot keep \
+                 up, longer and a dead worker's jobs wait that long",
+            ));
+        }
         let shutdown_grace = duration(&["PSW_SHUTDOWN_GRACE"], defaults.shutdown_grace)?;
         let unknown_task_delay =
             duration(&["PSW_UNKNOWN_TASK_DELAY"], defaults.unknown_task_delay)?;
@@ -488,6 +502,14 @@ mod tests {
             ],
             "invalid configuration: CELERY_RESULT_BACKEND = \"redis://***@other:6379/1\": expected the broker's own URL (CELERY_BROKER_URL), or no value: psw-tasks stores results on the broker's Redis",
         );
+        for lease in ["2ns", "100ms", "2h"] {
+            let err = config(&[("PSW_LEASE", lease)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: PSW_LEASE = ")
+                    && err.contains("expected a duration from 300ms to 1h"),
+                "{err}"
+            );
+        }
         check_error(
             &[("PSW_WORKER_CONCURRENCY", "four")],
             "invalid configuration: PSW_WORKER_CONCURRENCY = \"four\": expected a whole number from 1 to 100000",

@@ -120,6 +120,12 @@ impl Keys {
         format!("{}:result:{job_id}", self.prefix)
     }
 
+    /// The hold of a fixed job id, set by an idempotent enqueue: while it lasts, another enqueue
+    /// of that id adds nothing.
+    pub(crate) fn id_hold(&self, job_id: &str) -> String {
+        format!("{}:id:{job_id}", self.prefix)
+    }
+
     /// Set of queue names that workers or producers have used.
     pub(crate) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)

@@ -485,3 +485,72 @@ async fn a_prefetched_job_lost_during_a_pause_is_not_started() {
     );
     reclaimer.stop().await;
 }
+
+/// 12.9: an enqueue with a fixed job id is idempotent. The reply of the first is lost, the
+/// caller retries, and so does another producer later: one job runs, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_with_a_fixed_id_retried_after_a_lost_reply_adds_one_job() {
+    use psw_tasks_tests::count_redis;
+
+    let ns = TestNamespace::new("idempotent");
+    let upstream = ns.url().trim_start_matches("redis://").to_owned();
+    let proxy = LosingProxy::start(upstream, b"invoice-2026-12-01").await;
+    let mut config = ns.config();
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", proxy.port));
+    let client = psw_tasks::Client::connect(&config).await.unwrap();
+    let ledger = format!("{{{}}}:ledger", ns.name());
+    let enqueue = || {
+        count_redis::enqueue_with(
+            &client,
+            EnqueueOptions::new().job_id("invoice-2026-12-01"),
+            ledger.clone(),
+            0,
+        )
+    };
+    let first = enqueue().await;
+    assert!(first.is_err(), "the proxy lost the reply: {first:?}");
+    assert!(proxy.has_lost());
+    let handle = enqueue().await.expect("the retry goes through");
+    assert_eq!(handle.id().as_str(), "invoice-2026-12-01");
+    let mut conn = redis::Client::open(ns.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let queued: u64 = redis::cmd("XLEN")
+        .arg(format!("{{{}}}:queue:default", ns.name()))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 1, "one job queued");
+
+    let worker = start_worker(&client, 2);
+    handle.wait(WAIT).await.unwrap();
+    // Its record is kept: a later enqueue of the id adds nothing either.
+    let again = enqueue().await.unwrap();
+    assert_eq!(again.id(), handle.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    let runs = crate::processes::ledger(&ns, &ledger);
+    assert_eq!(runs.values().sum::<u32>(), 1, "one run: {runs:?}");
+}
+
+/// 12.9: a lease out of range is a configuration error naming `PSW_LEASE`, and one set by hand
+/// in `Config` is kept in range; `2ns` panicked the worker (a zero renewal interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_out_of_range_is_refused_by_name_and_never_panics() {
+    let ns = TestNamespace::new("lease-range");
+    let (ok, _, err) = crate::processes::run_cli(&ns, &["worker"], &[("PSW_LEASE", "2ns")]);
+    assert!(!ok, "a worker with a 2 ns lease does not start");
+    assert!(
+        err.contains("PSW_LEASE") && err.contains("from 300ms to 1h"),
+        "the error names the variable and the range:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let mut config = ns.config();
+    config.lease = Duration::from_nanos(2);
+    let client = psw_tasks::Client::connect(&config).await.unwrap();
+    let worker = start_worker(&client, 1);
+    let sum = add::enqueue(&client, 2, 3).await.unwrap();
+    assert_eq!(sum.wait(WAIT).await.unwrap(), 5);
+    worker.stop().await;
+}

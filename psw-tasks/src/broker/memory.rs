@@ -68,6 +68,8 @@ struct State {
     workers: HashMap<String, Vec<u8>>,
     /// Outcome counts by minute, then by task and outcome.
     outcomes: BTreeMap<i64, OutcomeCounts>,
+    /// Fixed job ids held by an idempotent enqueue, until when.
+    id_holds: HashMap<String, Instant>,
 }
 
 #[derive(Default)]
@@ -152,6 +154,27 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// Adds a job: to its queue, or to the delayed ones when it is due later.
+    fn add(&mut self, job: NewJob) {
+        if !self.prepared.contains(&job.queue) {
+            self.prepared.insert(job.queue.clone());
+        }
+        match job.due_ms {
+            Some(due) if due > crate::envelope::now_ms() => {
+                self.next_delayed += 1;
+                let seq = self.next_delayed;
+                self.queues
+                    .entry(job.queue)
+                    .or_default()
+                    .delayed
+                    .insert((due, seq), job.payload);
+            }
+            _ => {
+                self.append(&job.queue, job.payload);
+            }
+        }
+    }
+
     /// Adds a ready job; returns its entry id.
     fn append(&mut self, queue: &str, payload: Vec<u8>) -> String {
         self.next_entry += 1;
@@ -182,28 +205,38 @@ impl Broker for MemoryBroker {
             {
                 let mut state = self.lock();
                 for job in jobs {
-                    if !state.prepared.contains(&job.queue) {
-                        state.prepared.insert(job.queue.clone());
-                    }
-                    match job.due_ms {
-                        Some(due) if due > crate::envelope::now_ms() => {
-                            state.next_delayed += 1;
-                            let seq = state.next_delayed;
-                            state
-                                .queues
-                                .entry(job.queue)
-                                .or_default()
-                                .delayed
-                                .insert((due, seq), job.payload);
-                        }
-                        _ => {
-                            state.append(&job.queue, job.payload);
-                        }
-                    }
+                    state.add(job);
                 }
             }
             self.arrivals.notify_waiters();
             Ok(())
+        })
+    }
+
+    fn push_once<'a>(
+        &'a self,
+        job: NewJob,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            {
+                let mut state = self.lock();
+                let recorded = state
+                    .records
+                    .get(id)
+                    .is_some_and(|(_, expires)| *expires > now);
+                let held = state.id_holds.get(id).is_some_and(|until| *until > now);
+                if recorded || held {
+                    return Ok(false);
+                }
+                state.id_holds.retain(|_, until| *until > now);
+                state.id_holds.insert(id.to_owned(), now + hold);
+                state.add(job);
+            }
+            self.arrivals.notify_waiters();
+            Ok(true)
         })
     }
 

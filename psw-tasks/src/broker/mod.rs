@@ -203,6 +203,16 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Add jobs, in one round trip.
     fn push(&self, jobs: Vec<NewJob>) -> BoxFuture<'_, Result<()>>;
 
+    /// Add `job`, whose fixed id is `id`, unless a job of that id is still known: its id held
+    /// by an earlier `push_once` (for `hold` from then), or its record kept. Check and add are
+    /// one atomic step. Whether it was added.
+    fn push_once<'a>(
+        &'a self,
+        job: NewJob,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
     /// Move the queue's due delayed jobs into it, atomically, at most `limit` of them.
     fn promote_due<'a>(
         &'a self,

@@ -113,6 +113,7 @@ both_brokers!(
     a_consumer_never_takes_back_an_entry_it_holds_from_another,
     a_fetch_of_several_queues_takes_at_most_max_in_all,
     a_fetch_of_several_queues_waits_for_any_of_them,
+    a_fixed_id_is_added_once_while_it_is_known,
     dead_letters_are_kept_capped_replayed_and_purged,
     dead_letters_keep_to_their_byte_budget,
     beat_registration_keeps_the_last_slot,
@@ -586,6 +587,74 @@ async fn a_fetch_of_several_queues_waits_for_any_of_them(broker: Arc<dyn Broker>
     );
     assert!(!got.is_empty() && got.len() <= 2, "{got:?}");
     assert!(got.iter().all(|d| &*d.queue == "q3"));
+}
+
+async fn a_fixed_id_is_added_once_while_it_is_known(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    let hold = Duration::from_secs(60);
+    assert!(
+        broker
+            .push_once(job(b"1", None), "once", hold)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !broker
+            .push_once(job(b"2", None), "once", hold)
+            .await
+            .unwrap()
+    );
+    // Delayed, the same.
+    let later = Some(now_ms() + 60_000);
+    assert!(
+        broker
+            .push_once(job(b"3", later), "later", hold)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !broker
+            .push_once(job(b"4", later), "later", hold)
+            .await
+            .unwrap()
+    );
+    let got = broker
+        .fetch("a", &queues(), 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].payload, b"1");
+    // A job whose record is kept is known, whether or not its id is still held.
+    let done = JobId::from("done");
+    let record = Write::Record {
+        queue: got[0].queue.clone(),
+        entry_id: got[0].entry_id.clone(),
+        deliveries: 1,
+        id: done.clone(),
+        record: b"r".to_vec(),
+    };
+    apply(broker.as_ref(), "a", &[record], TTL).await.unwrap();
+    assert!(
+        !broker
+            .push_once(job(b"5", None), "done", hold)
+            .await
+            .unwrap()
+    );
+    // Once neither the hold nor a record is left, the id is free again.
+    let short = Duration::from_millis(50);
+    assert!(
+        broker
+            .push_once(job(b"6", None), "brief", short)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(
+        broker
+            .push_once(job(b"7", None), "brief", short)
+            .await
+            .unwrap()
+    );
 }
 
 fn letter(n: u8) -> super::DeadLetter {

@@ -21,6 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::broker::Broker;
 use crate::broker::DeadJob;
 use crate::client::Client;
+use crate::config::LEASES;
 use crate::dead::DeadHook;
 use crate::envelope::now_ms;
 use crate::error::Result;
@@ -71,6 +72,11 @@ pub struct WorkerBuilder {
     states: SharedState,
 }
 
+/// `lease` moved into the range a worker accepts ([`LEASES`]).
+fn within_leases(lease: Duration) -> Duration {
+    lease.clamp(*LEASES.start(), *LEASES.end())
+}
+
 impl WorkerBuilder {
     /// Jobs run at once (default from `PSW_WORKER_CONCURRENCY`, else 10).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
@@ -115,9 +121,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long a job stays claimed without a heartbeat (default 30 s).
+    /// How long a job stays claimed without a heartbeat (default 30 s), kept within 300 ms
+    /// and 1 h (`PSW_LEASE` outside that range is a configuration error).
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(300));
+        self.lease = within_leases(lease);
         self
     }
 
@@ -194,7 +201,8 @@ impl Worker {
             on_dead: None,
             states: SharedState::default(),
             queues: config.queues.clone(),
-            lease: config.lease,
+            // `Config`'s fields are public: one set by hand is kept in range here.
+            lease: within_leases(config.lease),
             shutdown_grace: config.shutdown_grace,
         }
     }

@@ -49,6 +49,15 @@ impl Broker for RedisBroker {
         call(queues::push(self, jobs))
     }
 
+    fn push_once<'a>(
+        &'a self,
+        job: NewJob,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        call(queues::push_once(self, job, id, hold))
+    }
+
     fn promote_due<'a>(
         &'a self,
         queue: &'a str,

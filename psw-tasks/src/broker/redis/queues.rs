@@ -94,6 +94,35 @@ pub(super) async fn push(broker: &RedisBroker, jobs: Vec<NewJob>) -> redis::Redi
     Ok(())
 }
 
+/// Add `job`, whose id is `id`, unless that id is held or has a record (`push_once.lua`);
+/// hold the id for `hold`. Whether it was added.
+pub(super) async fn push_once(
+    broker: &RedisBroker,
+    job: NewJob,
+    id: &str,
+    hold: Duration,
+) -> redis::RedisResult<bool> {
+    let (target, due) = match job.due_ms {
+        Some(due) if due > now_ms() => (broker.keys.delayed(&job.queue), due.to_string()),
+        _ => (broker.keys.stream(&job.queue), String::new()),
+    };
+    let added: i64 = broker
+        .scripts
+        .push_once
+        .key(broker.keys.id_hold(id))
+        .key(broker.keys.record(id))
+        .key(target)
+        .key(broker.keys.queues())
+        .arg(&job.payload)
+        .arg(due)
+        .arg(hold.as_millis().max(1) as u64)
+        .arg(&job.queue)
+        .arg(JOB_FIELD)
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(added == 1)
+}
+
 /// Move up to `limit` due delayed jobs into the queue (`promote.lua`).
 pub(super) async fn promote_due(
     broker: &RedisBroker,

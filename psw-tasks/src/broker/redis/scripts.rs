@@ -12,6 +12,8 @@ use redis::Script;
 pub(super) struct Scripts {
     /// Moves due delayed jobs into the stream.
     pub(super) promote: Script,
+    /// Adds a job with a fixed id once.
+    pub(super) push_once: Script,
     /// Owner-checked lease renewal.
     pub(super) renew: Script,
     /// Takes over expired leases.
@@ -42,6 +44,7 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Scripts {
             promote: Script::new(include_str!("promote.lua")),
+            push_once: Script::new(include_str!("push_once.lua")),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             fetch: Script::new(include_str!("fetch.lua")),
