@@ -46,8 +46,9 @@ pub struct Config {
     pub namespace: String,
     /// Jobs one worker runs at once.
     pub concurrency: usize,
-    /// Deliveries a worker fetches beyond its concurrency; `None` means as many as the
-    /// concurrency.
+    /// Deliveries a worker holds beyond its concurrency (waiting to run, or run and waiting for
+    /// their outcome to be stored); `None` means three times
+    /// the concurrency.
     pub prefetch: Option<usize>,
     /// Queues a worker consumes; `None` means the queues of the registered tasks.
     pub queues: Option<Vec<String>>,

@@ -84,9 +84,13 @@ impl WorkerBuilder {
         self
     }
 
-    /// Deliveries fetched beyond the concurrency, to run next (default: as many as the
-    /// concurrency; `PSW_WORKER_PREFETCH`). More hides the fetch round trip behind running jobs;
-    /// 0 fetches only for free slots, best for long jobs shared among many workers.
+    /// Deliveries held beyond the concurrency: fetched and waiting to run, or run and waiting
+    /// for their outcome to be stored (default: three times the concurrency, so a worker holds
+    /// four times its concurrency, as under Celery's default prefetch multiplier;
+    /// `PSW_WORKER_PREFETCH`). A worker holds at most concurrency + prefetch, which also bounds
+    /// the jobs that run again if it dies. More hides the fetch and settle round trips behind
+    /// running jobs; 0 fetches only for free slots, best for long jobs shared among many
+    /// workers.
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = Some(prefetch);
         self
@@ -160,7 +164,9 @@ impl WorkerBuilder {
             client: self.client,
             queues,
             concurrency: self.concurrency,
-            prefetch: self.prefetch.unwrap_or(self.concurrency),
+            // Three times the concurrency: a delivery stays held until its outcome is stored,
+            // so the fetch and settle round trips need room of their own (docs/performance.md).
+            prefetch: self.prefetch.unwrap_or(3 * self.concurrency),
             on_dead: self.on_dead,
             states: Arc::new(self.states),
             lease: self.lease,
