@@ -118,6 +118,7 @@ pub async fn run(config: AppConfig, command: Option<AppCommand>) -> Result<ExitC
                 Standard::All {
                     queues: None,
                     concurrency: None,
+                    strict_priority: false,
                 },
             )
             .await?;

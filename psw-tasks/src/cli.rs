@@ -19,6 +19,7 @@ use crate::client::{Client, EnqueueOptions};
 use crate::config::Config;
 use crate::config::parse_duration;
 use crate::error::{Error, Result};
+use crate::priority::parse_queue_list;
 use crate::redact;
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
@@ -39,12 +40,17 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker until SIGINT or SIGTERM.
     Worker {
-        /// Queues to consume, comma-separated (default: every queue of the linked tasks).
+        /// Queues to consume, comma-separated, each with an optional weight, like
+        /// `high:5,default:2,low:1` (default: PSW_QUEUES, else every queue of the linked tasks).
         #[arg(long, value_delimiter = ',')]
         queues: Option<Vec<String>>,
         /// Jobs run at once (default: PSW_WORKER_CONCURRENCY, else 10).
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Read the queues strictly in their order: the first always first (it can starve the
+        /// others; default: PSW_STRICT_PRIORITY).
+        #[arg(long)]
+        strict_priority: bool,
     },
     /// Enqueue a task by name with JSON arguments.
     Enqueue {
@@ -56,6 +62,10 @@ pub enum Command {
         /// Run no earlier than this long from now, like `10s`.
         #[arg(long)]
         countdown: Option<String>,
+        /// Never run it if it has not started this long from now, like `1h`: it is recorded
+        /// REVOKED (expired) instead.
+        #[arg(long)]
+        expires: Option<String>,
         /// Send to this queue instead of the task's own.
         #[arg(long)]
         queue: Option<String>,
@@ -68,12 +78,17 @@ pub enum Command {
     Beat,
     /// Run a worker and the beat in one process until SIGINT or SIGTERM.
     All {
-        /// Queues to consume, comma-separated (default: every queue of the linked tasks).
+        /// Queues to consume, comma-separated, each with an optional weight, like
+        /// `high:5,default:2,low:1` (default: PSW_QUEUES, else every queue of the linked tasks).
         #[arg(long, value_delimiter = ',')]
         queues: Option<Vec<String>>,
         /// Jobs run at once (default: PSW_WORKER_CONCURRENCY, else 10).
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Read the queues strictly in their order: the first always first (it can starve the
+        /// others; default: PSW_STRICT_PRIORITY).
+        #[arg(long)]
+        strict_priority: bool,
     },
     /// Print a job's record as JSON.
     Result {
@@ -274,9 +289,12 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
         Command::Worker {
             queues,
             concurrency,
+            strict_priority,
         } => {
             let client = setup.service_client(&config).await?;
-            worker(&client, queues, concurrency, setup)?.run().await
+            worker(&client, queues, concurrency, strict_priority, setup)?
+                .run()
+                .await
         }
         Command::Beat => {
             let client = setup.service_client(&config).await?;
@@ -285,9 +303,10 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
         Command::All {
             queues,
             concurrency,
+            strict_priority,
         } => {
             let client = setup.service_client(&config).await?;
-            let worker = worker(&client, queues, concurrency, setup)?;
+            let worker = worker(&client, queues, concurrency, strict_priority, setup)?;
             let scheduler = setup.scheduler(&client)?;
             // One signal stops both; either one ending stops the other.
             let stop = tokio_util::sync::CancellationToken::new();
@@ -333,6 +352,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             task,
             args,
             countdown,
+            expires,
             queue,
             wait,
         } => {
@@ -353,6 +373,9 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             let mut options = EnqueueOptions::new();
             if let Some(countdown) = countdown {
                 options = options.countdown(parse_duration("--countdown", &countdown)?);
+            }
+            if let Some(expires) = expires {
+                options = options.expires(parse_duration("--expires", &expires)?);
             }
             if let Some(queue) = queue {
                 options = options.queue(queue);
@@ -414,6 +437,7 @@ fn worker(
     client: &Client,
     queues: Option<Vec<String>>,
     concurrency: Option<usize>,
+    strict_priority: bool,
     setup: &Setup,
 ) -> Result<Worker> {
     let mut builder = Worker::builder(client);
@@ -421,7 +445,23 @@ fn worker(
         builder = configure(builder);
     }
     if let Some(queues) = queues {
-        builder = builder.queues(queues);
+        let (queues, weights) = parse_queue_list("--queues", &queues.join(","))?;
+        builder = if weights.is_empty() {
+            builder.queues(queues)
+        } else {
+            builder.weighted_queues(
+                queues
+                    .into_iter()
+                    .map(|queue| {
+                        let weight = weights.get(&queue).copied().unwrap_or(1);
+                        (queue, weight)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+    }
+    if strict_priority {
+        builder = builder.strict_priority(true);
     }
     if let Some(concurrency) = concurrency {
         builder = builder.concurrency(concurrency);
@@ -439,7 +479,7 @@ async fn dlq(client: &Client, action: DlqAction) -> Result<()> {
                 stats.len,
                 if stats.trimmed > 0 {
                     format!(
-                        ", {} older ones removed by the cap (PSW_DLQ_MAX_LEN)",
+                        ", {} older ones removed by the caps (PSW_DLQ_MAX_LEN, PSW_DLQ_MAX_BYTES)",
                         stats.trimmed
                     )
                 } else {

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::keys::{Keys, validate_name};
 use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
+use crate::revoke::RevokeReason;
 use crate::stats::ClusterStats;
 
 /// A connection to the broker, cheap to clone: enqueue jobs, read their records, run workers.
@@ -181,7 +182,10 @@ impl Client {
 
     /// The namespace's dead-letter queue.
     pub fn dead_letters(&self) -> DeadLetters {
-        DeadLetters::new(self.inner.broker.clone())
+        DeadLetters::new(
+            self.inner.broker.clone(),
+            self.inner.config.max_message_size,
+        )
     }
 
     pub(crate) async fn enqueue_typed<O>(
@@ -234,13 +238,14 @@ impl Client {
         }
         let created_ms = now_ms();
         let eta_ms = match (options.eta, options.countdown) {
-            (Some(eta), _) => Some(
-                eta.duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-            ),
+            (Some(eta), _) => Some(epoch_ms(eta)),
             (None, Some(countdown)) => Some(created_ms + countdown.as_millis() as i64),
             (None, None) => None,
         };
+        let expires_ms = options.expires.map(|expiry| match expiry {
+            Expiry::At(at) => epoch_ms(at),
+            Expiry::After(after) => created_ms + after.as_millis() as i64,
+        });
         let id = options.id.clone().unwrap_or_else(JobId::generate);
         let envelope = Envelope {
             v: VERSION,
@@ -255,6 +260,7 @@ impl Client {
             headers,
             errors: Vec::new(),
             errors_dropped: 0,
+            expires_ms,
         };
         let payload = envelope.encode()?;
         let limit = self.inner.config.max_message_size;
@@ -301,6 +307,7 @@ pub struct EnqueueOptions {
     queue: Option<String>,
     retries: Option<u32>,
     headers: BTreeMap<String, String>,
+    expires: Option<Expiry>,
     /// Headers of psw-tasks itself (a scheduled job's slot), which producers cannot set.
     system_headers: Vec<(SystemHeader, String)>,
     id: Option<JobId>,
@@ -321,6 +328,16 @@ impl EnqueueOptions {
     /// Run no earlier than this time (wins over `countdown`).
     pub fn eta(mut self, at: SystemTime) -> Self {
         self.eta = Some(at);
+        self
+    }
+
+    /// Never run the job if no worker has started it by then: it is recorded REVOKED, with
+    /// the reason `expired`, instead (as Celery's `expires`). Takes a time
+    /// (`SystemTime`) or a duration from now (`Duration`). The worker that takes the job
+    /// judges by its own clock; a job that expires after it started runs to its end, and
+    /// a retry due after the expiry is revoked.
+    pub fn expires(mut self, expiry: impl Into<Expiry>) -> Self {
+        self.expires = Some(expiry.into());
         self
     }
 
@@ -357,6 +374,33 @@ impl EnqueueOptions {
         self.id = Some(id.into());
         self
     }
+}
+
+/// When a job expires (`EnqueueOptions::expires`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// At this time.
+    At(SystemTime),
+    /// This long after it is enqueued.
+    After(Duration),
+}
+
+impl From<SystemTime> for Expiry {
+    fn from(at: SystemTime) -> Self {
+        Expiry::At(at)
+    }
+}
+
+impl From<Duration> for Expiry {
+    fn from(after: Duration) -> Self {
+        Expiry::After(after)
+    }
+}
+
+/// Milliseconds since the Unix epoch of `at` (0 for a time before it).
+fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A job that was enqueued: its id, state and eventual result of type `O`.
@@ -431,6 +475,12 @@ impl<O: DeserializeOwned> TaskHandle<O> {
                         return Err(Error::JobFailed {
                             id: self.id.to_string(),
                             message: record.last_error().unwrap_or("unknown error").to_owned(),
+                        });
+                    }
+                    State::Revoked => {
+                        return Err(Error::JobRevoked {
+                            id: self.id.to_string(),
+                            reason: record.revoked.unwrap_or(RevokeReason::Unknown),
                         });
                     }
                     _ => {}

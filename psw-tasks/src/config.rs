@@ -1,10 +1,12 @@
 //! Configuration from the environment; every error names the variable and the expected form.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
+use crate::priority::parse_queue_list;
 use crate::redact;
 
 /// Dead letters kept unless `PSW_DLQ_MAX_LEN` says otherwise.
@@ -52,6 +54,13 @@ pub struct Config {
     pub prefetch: Option<usize>,
     /// Queues a worker consumes; `None` means the queues of the registered tasks.
     pub queues: Option<Vec<String>>,
+    /// Weights of a worker's queues (`PSW_QUEUES=high:5,default:2,low:1`): each read starts
+    /// with a queue drawn with a chance proportional to its weight (unlisted queues weigh 1).
+    /// Empty means round-robin.
+    pub queue_weights: BTreeMap<String, u32>,
+    /// Read a worker's queues in their order, always the first first (`PSW_STRICT_PRIORITY`):
+    /// a busy first queue starves the others.
+    pub strict_priority: bool,
     /// How long job records are kept.
     pub result_ttl: Duration,
     /// Most dead letters kept; past it the oldest are trimmed, counted and logged.
@@ -90,6 +99,8 @@ impl std::fmt::Debug for Config {
             concurrency,
             prefetch,
             queues,
+            queue_weights,
+            strict_priority,
             result_ttl,
             dead_letter_cap,
             dead_letter_max_bytes,
@@ -109,6 +120,8 @@ impl std::fmt::Debug for Config {
             .field("concurrency", concurrency)
             .field("prefetch", prefetch)
             .field("queues", queues)
+            .field("queue_weights", queue_weights)
+            .field("strict_priority", strict_priority)
             .field("result_ttl", result_ttl)
             .field("dead_letter_cap", dead_letter_cap)
             .field("dead_letter_max_bytes", dead_letter_max_bytes)
@@ -133,6 +146,8 @@ impl Default for Config {
             concurrency: 10,
             prefetch: None,
             queues: None,
+            queue_weights: BTreeMap::new(),
+            strict_priority: false,
             result_ttl: Duration::from_secs(24 * 3600),
             max_message_size: 512 * 1024,
             max_result_size: None,
@@ -238,20 +253,24 @@ impl Config {
             None => None,
         };
 
-        let queues = match get("PSW_QUEUES") {
+        let (queues, queue_weights) = match get("PSW_QUEUES") {
             Some((name, value)) => {
-                let queues: Vec<String> = value
-                    .split(',')
-                    .map(|q| q.trim().to_owned())
-                    .filter(|q| !q.is_empty())
-                    .collect();
-                for queue in &queues {
-                    validate_name(name, queue)?;
-                }
-                Some(queues)
+                let (queues, weights) = parse_queue_list(name, &value)?;
+                (Some(queues), weights)
             }
-            None => None,
+            None => (None, BTreeMap::new()),
         };
+        let strict_priority = match get("PSW_STRICT_PRIORITY") {
+            Some((name, value)) => parse_bool(name, &value)?,
+            None => false,
+        };
+        if strict_priority && !queue_weights.is_empty() {
+            return Err(Error::config(
+                "PSW_STRICT_PRIORITY",
+                "true",
+                "either strict order or queue weights in PSW_QUEUES, not both",
+            ));
+        }
 
         let duration = |names: &[&'static str], default: Duration| -> Result<Duration> {
             match first(names) {
@@ -309,6 +328,8 @@ impl Config {
             concurrency,
             prefetch,
             queues,
+            queue_weights,
+            strict_priority,
             result_ttl,
             max_message_size,
             max_result_size,
@@ -342,6 +363,15 @@ impl Config {
 
 /// Whether two Redis URLs name the same server, database and login: `redis://h:6379` and
 /// `redis://h:6379/0` do.
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), as `variable` gives it.
+fn parse_bool(variable: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(Error::config(variable, value, "true or false")),
+    }
+}
+
 fn same_redis(a: &str, b: &str) -> bool {
     let normal = |url: &str| {
         let url = url.trim_end_matches('/');

@@ -39,6 +39,8 @@ impl std::fmt::Debug for DeadHook {
 #[derive(Clone)]
 pub struct DeadLetters {
     broker: Arc<dyn Broker>,
+    /// Largest envelope a replay may put back (`PSW_MAX_MESSAGE_SIZE`), as for an enqueue.
+    max_message_size: usize,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -65,8 +67,11 @@ pub struct ReplayReport {
 const PAGE: usize = 500;
 
 impl DeadLetters {
-    pub(crate) fn new(broker: Arc<dyn Broker>) -> Self {
-        DeadLetters { broker }
+    pub(crate) fn new(broker: Arc<dyn Broker>, max_message_size: usize) -> Self {
+        DeadLetters {
+            broker,
+            max_message_size,
+        }
     }
 
     /// Up to `limit` dead letters, oldest first.
@@ -119,7 +124,9 @@ impl DeadLetters {
             });
         // Back to the queue it was read from (the envelope's own field may name another).
         envelope.queue = job.queue.clone();
-        let payload = envelope.encode()?;
+        // The history it carries back may not fit beside its arguments: it shrinks, as a
+        // retry's does, so the replay is not dead-lettered again as oversized.
+        let payload = envelope.encode_within(self.max_message_size)?;
         let replayed = self
             .broker
             .dead_replay(

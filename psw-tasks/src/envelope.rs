@@ -85,6 +85,11 @@ pub(crate) struct Envelope {
     /// Errors of middle attempts dropped from `errors` to keep the envelope under the limit.
     #[serde(default)]
     pub(crate) errors_dropped: u32,
+    /// When the job expires, in ms since the Unix epoch: a delivery that reaches a worker
+    /// later is not run but recorded REVOKED (`expired`). Left out when there is none, so an
+    /// envelope without it is what it was before expiry existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_ms: Option<i64>,
 }
 
 impl Envelope {
@@ -270,6 +275,7 @@ mod tests {
             headers: BTreeMap::from([("trace".into(), "abc".into())]),
             errors: vec![],
             errors_dropped: 0,
+            expires_ms: None,
         }
     }
 

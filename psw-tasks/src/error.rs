@@ -95,6 +95,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A job was revoked (never run, recorded REVOKED) while its result was awaited.
+    #[error("job {id} was revoked ({reason}): it did not run")]
+    JobRevoked {
+        /// The job id.
+        id: String,
+        /// Why.
+        reason: crate::revoke::RevokeReason,
+    },
+
     /// A wait ran out of time before the job finished.
     #[error("job {id} did not finish within {timeout:?}")]
     Timeout {

@@ -35,10 +35,12 @@ extern crate self as psw_tasks;
 mod envelope;
 mod error;
 mod keys;
+mod priority;
 mod record;
 mod redact;
 mod registry;
 mod retry;
+mod revoke;
 mod rules;
 mod schedule;
 mod task;
@@ -71,7 +73,7 @@ pub mod testing;
 #[doc(inline)]
 pub use crate::broker::{DeadJob, DeadLetterStats, DeadReason, QueueStats};
 #[doc(inline)]
-pub use crate::client::{Client, EnqueueOptions, TaskHandle};
+pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};
 #[doc(inline)]
 pub use crate::config::Config;
 #[doc(inline)]
@@ -88,6 +90,8 @@ pub use crate::redact::url as redact_url;
 pub use crate::registry::{Registry, TaskDescriptor};
 #[doc(inline)]
 pub use crate::retry::{Backoff, BackoffKind, Retry};
+#[doc(inline)]
+pub use crate::revoke::RevokeReason;
 #[doc(inline)]
 pub use crate::rules::Misfire;
 #[doc(inline)]

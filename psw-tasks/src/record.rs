@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::revoke::RevokeReason;
 use crate::wire::{wire_enum, wire_serde};
 
 /// A job's state, as in Celery.
@@ -27,12 +28,15 @@ pub enum State {
     Success,
     /// Failed for good.
     Failure,
+    /// Never run, and never will be: `JobRecord::revoked` says why (an expiry that passed
+    /// before a worker started it).
+    Revoked,
 }
 
 impl State {
     /// Whether the job will not change state again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, State::Success | State::Failure)
+        matches!(self, State::Success | State::Failure | State::Revoked)
     }
 
     /// The upper-case name used on the wire and by Celery.
@@ -44,6 +48,7 @@ impl State {
             State::Retry => "RETRY",
             State::Success => "SUCCESS",
             State::Failure => "FAILURE",
+            State::Revoked => "REVOKED",
         }
     }
 }
@@ -153,12 +158,15 @@ pub struct JobRecord {
     /// When the current attempt started.
     #[serde(default)]
     pub started_ms: Option<i64>,
-    /// When the job reached SUCCESS or FAILURE.
+    /// When the job reached SUCCESS, FAILURE or REVOKED.
     #[serde(default)]
     pub finished_ms: Option<i64>,
     /// When the next attempt is due, in the RETRY state.
     #[serde(default)]
     pub retry_at_ms: Option<i64>,
+    /// Why the job was revoked, in the REVOKED state. Left out of the record otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<RevokeReason>,
 }
 
 impl JobRecord {
@@ -220,6 +228,7 @@ mod tests {
             started_ms: Some(2),
             finished_ms: Some(4),
             retry_at_ms: None,
+            revoked: None,
         };
         let decoded = JobRecord::decode(&record.encode().unwrap()).unwrap();
         assert_eq!(decoded, record);

@@ -7,33 +7,34 @@
 
 use std::borrow::Cow;
 
-/// `url` with its credentials replaced by `***` (`redis://***@host:6379`): the login before the last `@` (a password
-/// may hold one), and the `pass=` or `password=` query parameters that `redis+unix://` and
-/// `unix://` URLs carry. Every form the redis crate accepts is covered; a value that is no URL
-/// loses whatever precedes an `@`, since that may still be a secret.
+/// `url` with its credentials replaced by `***` (`redis://***@host:6379`): everything between
+/// the scheme and the last `@` of the whole value (a password may hold a raw `@`, `?`, `#` or
+/// `/`, so no earlier delimiter ends the login), and the `pass=` or `password=` query
+/// parameters that `redis+unix://` and `unix://` URLs carry. Every form the redis crate
+/// accepts is covered; a value that is no URL loses whatever precedes an `@`, since that may
+/// still be a secret.
 pub fn url(url: &str) -> String {
-    let (body, query) = match url.split_once('?') {
-        Some((body, query)) => (body, Some(query)),
-        None => (url, None),
-    };
-    let mut redacted = match (body.find("://"), body.rfind('@')) {
+    let (head, rest) = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &body[..scheme_end], &body[at..])
+            (format!("{}://***", &url[..scheme_end]), &url[at..])
         }
         // No scheme (a mistyped value): whatever comes before the `@` may still be a secret.
-        (None, Some(at)) => format!("***{}", &body[at..]),
-        _ => body.to_owned(),
+        (None, Some(at)) => ("***".to_owned(), &url[at..]),
+        _ => (String::new(), url),
     };
+    let (body, query) = match rest.split_once('?') {
+        Some((body, query)) => (body, Some(query)),
+        None => (rest, None),
+    };
+    let mut redacted = head + body;
     if let Some(query) = query {
         redacted.push('?');
-        let parameters = query.split('&').map(|parameter| {
-            match parameter.split_once('=') {
+        let parameters = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
                 Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
-                // An `@` in a query parameter may be the tail of a login the URL misplaced.
-                _ if parameter.contains('@') => "***".to_owned(),
                 _ => parameter.to_owned(),
-            }
-        });
+            });
         redacted.push_str(&parameters.collect::<Vec<_>>().join("&"));
     }
     redacted
@@ -211,7 +212,14 @@ mod tests {
                 "redis://host:6379/0?protocol=resp3",
                 "redis://host:6379/0?protocol=resp3",
             ),
-            ("redis://host?x=secret@y", "redis://host?***"),
+            ("redis://host?x=secret@y", "redis://***@y"),
+            // Raw delimiters in a password: the login still ends at the last `@`.
+            ("redis://:pa?ss@host", "redis://***@host"),
+            ("redis://:pa#ss@host:6379", "redis://***@host:6379"),
+            (
+                "redis://:pa/ss@host/0?password=x",
+                "redis://***@host/0?password=***",
+            ),
             ("secret@host:6379", "***@host:6379"),
             (
                 "mysql://user:secret@db:3306/psw5",

@@ -190,6 +190,24 @@ async fn a_job_near_the_size_limit_keeps_all_its_retries() {
     );
     let record = job.record().await.unwrap().unwrap();
     assert_eq!(record.attempt, 3, "all four attempts ran");
+
+    // A replay carries the history back beside the arguments, shrunk to fit as a retry's
+    // is; before, the replayed entry was over the limit and dead-lettered as oversized.
+    let first = dead[0].entry_id.clone();
+    client.dead_letters().replay(&first).await.unwrap();
+    let letters = client.dead_letters();
+    eventually(WAIT, "the replayed job ran and died again", || async {
+        let dead = letters.list(10).await.unwrap();
+        dead.len() == 1 && dead[0].entry_id != first
+    })
+    .await;
+    let again = letters.list(10).await.unwrap();
+    assert_eq!(
+        again[0].reason,
+        DeadReason::RetriesExhausted,
+        "{}",
+        again[0].error
+    );
     worker.stop().await;
 }
 
@@ -552,5 +570,132 @@ async fn a_lease_out_of_range_is_refused_by_name_and_never_panics() {
     let worker = start_worker(&client, 1);
     let sum = add::enqueue(&client, 2, 3).await.unwrap();
     assert_eq!(sum.wait(WAIT).await.unwrap(), 5);
+    worker.stop().await;
+}
+
+/// Redis at `maxmemory` (noeviction) when jobs finish: the outcomes wait until memory is
+/// freed and are then stored as they were, not turned into failures. Before, a batch with a
+/// bare acknowledgement in it (whose XACK let the script go on writing) reported the record
+/// writes as refused, and each such job was recorded FAILURE (`store_failed`) and
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_refused_while_redis_is_out_of_memory_are_stored_once_it_can() {
+    use psw_tasks::{Client, Config};
+    use psw_tasks_tests::{gate, gated, gated_quiet};
+
+    let redis = crate::support::PrivateRedis::start(
+        &["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"],
+        false,
+    );
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let client = Client::connect(&Config::redis(url.clone())).await.unwrap();
+    let worker = start_worker(&client, 60);
+    let gate_name = "out-of-memory".to_owned();
+    // Each kept job ends at the same moment as three that keep nothing, so that the writer's
+    // batches mix record writes with bare acknowledgements.
+    let mut kept = Vec::new();
+    for i in 0..15 {
+        let sleep_ms = 100 + 20 * i;
+        kept.push(
+            gated::enqueue(&client, gate_name.clone(), sleep_ms)
+                .await
+                .unwrap(),
+        );
+        for _ in 0..3 {
+            gated_quiet::enqueue(&client, gate_name.clone(), sleep_ms)
+                .await
+                .unwrap();
+        }
+    }
+    for handle in &kept {
+        eventually(WAIT, "every kept job started", || async {
+            handle.state().await.unwrap() == State::Started
+        })
+        .await;
+    }
+    // The quiet ones were fetched with them; a moment for each to reach its gate.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Fill Redis to its limit while all sixty wait.
+    let admin = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = admin.get_connection().unwrap();
+    // Ever smaller values, so that Redis is full to within a few bytes: a refused write's own
+    // bytes leave with it, and would otherwise leave room for the records.
+    let mut fillers = 0;
+    for size in [256 * 1024, 16 * 1024, 1024, 64] {
+        let filler = vec![b'f'; size];
+        loop {
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("filler:{fillers}"))
+                .arg(filler.as_slice())
+                .query(&mut admin);
+            match set {
+                Ok(()) => fillers += 1,
+                Err(err) => {
+                    assert!(err.to_string().contains("OOM"), "{err}");
+                    break;
+                }
+            }
+            assert!(fillers < 10_000, "Redis never refused a write");
+        }
+    }
+    gate(&gate_name).notify_waiters();
+    // The outcomes are refused for a while; then memory is freed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for filler in 0..fillers {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("filler:{filler}"))
+            .query(&mut admin)
+            .unwrap();
+    }
+    for handle in &kept {
+        assert_eq!(handle.wait(WAIT).await.unwrap(), 7);
+    }
+    let dead = client.dead_letters().stats().await.unwrap();
+    assert_eq!(dead.len, 0, "nothing was dead-lettered");
+    assert_eq!(worker.stats.failed(), 0);
+    worker.stop().await;
+}
+
+/// `XGROUP DESTROY` while a job runs: the worker creates the group again from the start of
+/// the stream and is handed the running job's entry once more. The second copy is not run,
+/// and the first settles the entry. Before, the second copy replaced the first in the
+/// worker's holdings and ran beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_group_does_not_start_a_second_copy_of_a_running_job() {
+    use psw_tasks_tests::{count_local, local_runs};
+
+    let ns = TestNamespace::new("destroyed-group");
+    let client = ns.client().await;
+    let worker = start_built(
+        Worker::builder(&client)
+            .concurrency(2)
+            .prefetch(2)
+            .build()
+            .unwrap(),
+    );
+    let ledger = "destroyed-group".to_owned();
+    let long = count_local::enqueue(&client, ledger.clone(), 2000)
+        .await
+        .unwrap();
+    eventually(WAIT, "the job started", || async {
+        long.state().await.unwrap() == State::Started
+    })
+    .await;
+    let redis = redis::Client::open(ns.url()).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(format!("{{{}}}:queue:default", ns.name()))
+        .arg("workers")
+        .query(&mut conn)
+        .unwrap();
+    long.wait(WAIT).await.unwrap();
+    // Time for a second copy, had one started, to finish too.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        local_runs(&ledger).get(long.id().as_str()).copied(),
+        Some(1),
+        "the job ran once"
+    );
     worker.stop().await;
 }

@@ -3,6 +3,7 @@
 mod beat;
 mod connections;
 mod faults;
+mod flow;
 mod jobs;
 mod processes;
 mod reliability;

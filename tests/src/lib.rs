@@ -65,6 +65,23 @@ pub fn gate(name: &str) -> &'static Notify {
         .or_insert_with(|| Box::leak(Box::new(Notify::new())))
 }
 
+/// Waits for the gate and then `sleep_ms`, and returns 7 (its record is kept).
+#[task(name = "it.gated")]
+pub async fn gated(gate_name: String, sleep_ms: u64) -> Result<u64, TaskError> {
+    gate(&gate_name).notified().await;
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    Ok(7)
+}
+
+/// Waits for the gate and then `sleep_ms`; keeps no record, so its settlement is a bare
+/// acknowledgement.
+#[task(name = "it.gated_quiet", ignore_result = true)]
+pub async fn gated_quiet(gate_name: String, sleep_ms: u64) -> Result<(), TaskError> {
+    gate(&gate_name).notified().await;
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    Ok(())
+}
+
 /// Reports progress 1 of `total`, waits for the gate, then finishes.
 #[task(name = "it.progress")]
 pub async fn stepwise(ctx: TaskContext, gate_name: String, total: u64) -> Result<u64, TaskError> {

@@ -24,8 +24,6 @@ pub(crate) struct MemoryBroker {
     arrivals: Notify,
     finished: FinishedChannel,
     dead_letter_limits: DeadLetterLimits,
-    /// Counts fetches, to start each at the next queue, as the Redis broker does.
-    fetch_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for MemoryBroker {
@@ -35,7 +33,6 @@ impl Default for MemoryBroker {
             arrivals: Notify::new(),
             finished: FinishedChannel::default(),
             dead_letter_limits: DeadLetterLimits::default(),
-            fetch_turn: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -118,11 +115,7 @@ impl MemoryBroker {
         let mut state = self.lock();
         let now = Instant::now();
         let mut out = Vec::new();
-        let turn = self
-            .fetch_turn
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % queues.len().max(1);
-        for name in queues[turn..].iter().chain(&queues[..turn]) {
+        for name in queues {
             let Some(queue) = state.queues.get_mut(name) else {
                 continue;
             };

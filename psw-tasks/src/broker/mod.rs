@@ -60,7 +60,7 @@ pub(crate) struct NewJob {
 
 /// The end of one delivery. Everything in it is written before the entry is acknowledged,
 /// in the same round trip, and only while this consumer still holds the delivery (fencing).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settlement {
     pub(crate) queue: Arc<str>,
     pub(crate) entry_id: String,
@@ -96,7 +96,7 @@ impl Settlement {
 /// that delivery; brokers keep a delivery's records before its settlement and may apply the
 /// settlements of different deliveries in any order (fencing by delivery count makes them
 /// independent).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Write {
     /// Store a record (STARTED, PROGRESS) of a delivery still running, without settling it.
     Record {
@@ -222,7 +222,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Promoted>>;
 
     /// Take up to `max` new jobs for `consumer`, in all over `queues` (never `max` from each),
-    /// waiting up to `block` when there are none.
+    /// from the first queue first, then the next (the caller orders them), waiting up to
+    /// `block` when there are none.
     /// [`crate::Error::GroupMissing`] when a queue's group is gone (Redis lost its data).
     fn fetch<'a>(
         &'a self,

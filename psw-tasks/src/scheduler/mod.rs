@@ -320,7 +320,12 @@ impl Scheduler {
                     }
                 }
             }
-            let wake = due.iter().flatten().min().copied().filter(|_| leader);
+            let wake = match now {
+                Some(_) => due.iter().flatten().min().copied().filter(|_| leader),
+                // Unanswered: look again after a pause (in the broker's time, by the last
+                // offset), not at once, or the loop would spin through the outage.
+                None => Some(self.clock.now_ms() - offset + RETRY_AFTER_MS),
+            };
             let slot = async {
                 match wake {
                     Some(at) => self.clock.sleep_until(at.saturating_add(offset)).await,

@@ -183,6 +183,7 @@ pub mod hot_path {
             headers: Default::default(),
             errors: Vec::new(),
             errors_dropped: 0,
+            expires_ms: None,
         })
     }
 

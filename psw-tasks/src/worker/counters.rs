@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: Counter,
     pub(crate) reclaimed: Counter,
     pub(crate) fenced: Counter,
+    pub(crate) expired: Counter,
 }
 
 impl Counters {
@@ -104,5 +105,9 @@ impl WorkerStats {
     /// were not started. The other worker's outcome stands.
     pub fn fenced(&self) -> u64 {
         self.0.fenced.get()
+    }
+    /// Jobs whose expiry had passed when they reached this worker: revoked, not run.
+    pub fn expired(&self) -> u64 {
+        self.0.expired.get()
     }
 }

@@ -12,6 +12,7 @@ use super::runner::Fetched;
 use super::shared::Shared;
 use crate::broker::Delivery;
 use crate::error::Error;
+use crate::priority::QueueOrder;
 
 /// How long one fetch blocks when the queues are empty; also bounds how late a shutdown
 /// request is noticed.
@@ -24,6 +25,8 @@ pub(crate) struct FetchLoop {
     pub(crate) shared: Arc<Shared>,
     pub(crate) consumer: String,
     pub(crate) queues: Vec<String>,
+    /// The order of the queues on each read: round-robin, by weight, or strict.
+    pub(crate) order: QueueOrder,
     pub(crate) lease: Duration,
     /// A claim is a delivery this worker holds, from its fetch until its outcome is stored:
     /// claims beyond the concurrency let the next batch be fetched while the current one runs.
@@ -40,6 +43,7 @@ impl FetchLoop {
     pub(crate) async fn run(&self, shutdown: &CancellationToken) {
         let mut next_reclaim = Instant::now();
         let mut retry = FETCH_RETRY;
+        let mut turn = 0usize;
         loop {
             let Some(first) = self.wait_for_claims(shutdown).await else {
                 return;
@@ -51,7 +55,8 @@ impl FetchLoop {
                 deliveries = self.reclaim_expired(free).await;
             }
             if deliveries.is_empty() {
-                match self.fetch_new(free).await {
+                turn = turn.wrapping_add(1);
+                match self.fetch_new(free, turn).await {
                     Some(fetched) => {
                         deliveries = fetched;
                         retry = FETCH_RETRY;
@@ -137,14 +142,28 @@ impl FetchLoop {
         deliveries
     }
 
-    /// Read up to `free` new jobs; `None` when the read failed (recreating the consumer groups
-    /// if Redis lost them), so that the loop pauses before the next try.
-    async fn fetch_new(&self, free: usize) -> Option<Vec<Delivery>> {
+    /// Read up to `free` new jobs, the queues in the order of read number `turn`; `None` when
+    /// the read failed (recreating the consumer groups if Redis lost them), so that the loop
+    /// pauses before the next try.
+    async fn fetch_new(&self, free: usize, turn: usize) -> Option<Vec<Delivery>> {
         // Not raced against the shutdown signal: dropping a read that Redis already answered
         // would leave its entries pending until their lease runs out.
         let broker = &self.shared.broker;
+        let ordered: Vec<String>;
+        let queues = match self.queues.as_slice() {
+            [_] => &self.queues,
+            _ => {
+                ordered = self
+                    .order
+                    .order(self.queues.len(), turn, fastrand::f64)
+                    .into_iter()
+                    .map(|index| self.queues[index].clone())
+                    .collect();
+                &ordered
+            }
+        };
         match broker
-            .fetch(&self.consumer, &self.queues, free, FETCH_BLOCK)
+            .fetch(&self.consumer, queues, free, FETCH_BLOCK)
             .await
         {
             Ok(fetched) => Some(fetched),
@@ -167,12 +186,12 @@ impl FetchLoop {
         // The broker returns at most the free claims (the fetch counts over all queues, the
         // reclaim within what is left): each delivery gets one. Were there more, they would be
         // held and run all the same, never left waiting unrenewed.
-        let claims = deliveries.iter().map(|_| {
+        let claims = (0..deliveries.len()).map(|_| {
             first
                 .split(1)
                 .or_else(|| self.claims.clone().try_acquire_owned().ok())
         });
-        self.shared.in_flight.track(&deliveries, claims);
+        let deliveries = self.shared.in_flight.track(deliveries, claims);
         let fetched_at = Instant::now();
         for delivery in deliveries {
             // The runners hold a receiver until they stop, after this loop.

@@ -15,6 +15,7 @@ use crate::envelope::{Envelope, SystemHeader, now_ms};
 use crate::record::{AttemptError, FailureKind, JobRecord, MAX_ERROR_MESSAGE, State, cap_message};
 use crate::registry::HandlerFuture;
 use crate::retry::{Decision, decide};
+use crate::revoke::RevokeReason;
 use crate::task::{ProgressSink, TaskContext, TaskError};
 
 /// How long a job runs before its STARTED state is recorded.
@@ -117,12 +118,52 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
     }
 }
 
+/// Revoke a job whose expiry has passed: acknowledged, not run, recorded REVOKED (`expired`)
+/// if its task keeps records.
+fn expire(
+    shared: &Shared,
+    delivery: &Delivery,
+    envelope: Envelope,
+    expired_at: i64,
+    keeps_record: bool,
+) -> Settlement {
+    shared.stats.expired.inc();
+    let now = now_ms();
+    tracing::info!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, late_ms = now - expired_at, "job expired before it started; revoked, not run");
+    let settlement = Settlement::of(delivery);
+    if !keeps_record {
+        return settlement;
+    }
+    let record = JobRecord {
+        id: envelope.id.to_string(),
+        task: envelope.task,
+        state: State::Revoked,
+        attempt: envelope.attempt,
+        result: None,
+        errors: envelope.errors,
+        errors_dropped: envelope.errors_dropped,
+        progress: None,
+        created_ms: envelope.created_ms,
+        started_ms: None,
+        finished_ms: Some(now),
+        retry_at_ms: None,
+        revoked: Some(RevokeReason::Expired),
+    };
+    shared.finish(settlement, &record, true)
+}
+
 async fn run_envelope(
     shared: &Arc<Shared>,
     delivery: &Delivery,
     mut envelope: Envelope,
 ) -> Settlement {
-    let Some((index, descriptor)) = shared.registry.lookup(&envelope.task) else {
+    let found = shared.registry.lookup(&envelope.task);
+    if let Some(expired_at) = envelope.expires_ms.filter(|&at| now_ms() >= at) {
+        // An unknown task's job expires too: no worker will run it any more.
+        let keeps_record = found.is_none_or(|(_, descriptor)| !descriptor.options().ignore_result);
+        return expire(shared, delivery, envelope, expired_at, keeps_record);
+    }
+    let Some((index, descriptor)) = found else {
         return unknown_task(shared, delivery, envelope);
     };
     // The counters were made from this same registry, one per task.
@@ -147,6 +188,7 @@ async fn run_envelope(
                 started_ms: Some(now_ms()),
                 finished_ms: None,
                 retry_at_ms: None,
+                revoked: None,
             },
         ))
     });
@@ -245,12 +287,13 @@ async fn run_envelope(
         Err(err) => err,
     };
     tally.failed.inc();
-    tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = %err.kind(), error = %err, "attempt failed");
+    let message = cap_message(err.message(), MAX_ERROR_MESSAGE);
+    tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = %err.kind(), error = %message, "attempt failed");
     let mut errors = envelope.errors.clone();
     errors.push(AttemptError {
         attempt: envelope.attempt,
         kind: err.kind(),
-        message: cap_message(err.message(), MAX_ERROR_MESSAGE),
+        message,
         at_ms: now,
     });
     let decision = decide(

@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: the worker sees the `Broker` trait only, never Redis types.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +25,9 @@ use crate::client::Client;
 use crate::config::LEASES;
 use crate::dead::DeadHook;
 use crate::envelope::now_ms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::validate_name;
+use crate::priority::QueueOrder;
 use crate::process::{self, process_name};
 use crate::registry::Registry;
 use crate::rules::DEFAULT_QUEUE;
@@ -67,6 +69,8 @@ pub struct WorkerBuilder {
     prefetch: Option<usize>,
     on_dead: Option<DeadHook>,
     queues: Option<Vec<String>>,
+    queue_weights: BTreeMap<String, u32>,
+    strict_priority: bool,
     lease: Duration,
     shutdown_grace: Duration,
     states: SharedState,
@@ -115,13 +119,41 @@ impl WorkerBuilder {
         self
     }
 
-    /// Queues to consume (default: every queue of the registered tasks).
+    /// Queues to consume, read round-robin unless [`Self::strict_priority`] (default:
+    /// `PSW_QUEUES`, else every queue of the registered tasks). Drops weights set before.
     pub fn queues<I, Q>(mut self, queues: I) -> Self
     where
         I: IntoIterator<Item = Q>,
         Q: Into<String>,
     {
         self.queues = Some(queues.into_iter().map(Into::into).collect());
+        self.queue_weights.clear();
+        self
+    }
+
+    /// Queues to consume, each with a weight (default: `PSW_QUEUES`' weights, else
+    /// round-robin): each read starts with a queue drawn with a chance proportional to its
+    /// weight, so with `[("high", 5), ("low", 1)]` and both full, five reads in six go to
+    /// `high` first, and `low` is never starved. A weight of 0 counts as 1.
+    pub fn weighted_queues<I, Q>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = (Q, u32)>,
+        Q: Into<String>,
+    {
+        let (names, weights): (Vec<String>, Vec<u32>) = queues
+            .into_iter()
+            .map(|(queue, weight)| (queue.into(), weight.max(1)))
+            .unzip();
+        self.queue_weights = names.iter().cloned().zip(weights).collect();
+        self.queues = Some(names);
+        self
+    }
+
+    /// Read the queues strictly in their order: every read takes from the first queue first,
+    /// and the next only when it is empty (default: `PSW_STRICT_PRIORITY`, else off). A busy
+    /// first queue starves the others. Not with weights.
+    pub fn strict_priority(mut self, strict: bool) -> Self {
+        self.strict_priority = strict;
         self
     }
 
@@ -155,6 +187,7 @@ impl WorkerBuilder {
         for queue in &queues {
             validate_name("queue", queue)?;
         }
+        let order = queue_order(&queues, &self.queue_weights, self.strict_priority)?;
         if registry.iter().next().is_none() {
             tracing::warn!(
                 "no #[task] is linked into this binary: every job will be dead-lettered as unknown"
@@ -163,6 +196,7 @@ impl WorkerBuilder {
         Ok(Worker {
             client: self.client,
             queues,
+            order,
             concurrency: self.concurrency,
             // Three times the concurrency: a delivery stays held until its outcome is stored,
             // so the fetch and settle round trips need room of their own (docs/performance.md).
@@ -180,12 +214,43 @@ impl WorkerBuilder {
     }
 }
 
+/// How a worker reads `queues`: by their weights, strictly in order, or round-robin.
+fn queue_order(
+    queues: &[String],
+    weights: &BTreeMap<String, u32>,
+    strict: bool,
+) -> Result<QueueOrder> {
+    if let Some(stray) = weights.keys().find(|name| !queues.contains(name)) {
+        return Err(Error::config(
+            "PSW_QUEUES",
+            stray.as_str(),
+            "weights only for queues the worker consumes",
+        ));
+    }
+    match (strict, weights.is_empty()) {
+        (true, false) => Err(Error::config(
+            "PSW_STRICT_PRIORITY",
+            "true",
+            "either strict order or queue weights, not both",
+        )),
+        (true, true) => Ok(QueueOrder::Strict),
+        (false, true) => Ok(QueueOrder::RoundRobin),
+        (false, false) => Ok(QueueOrder::Weighted(
+            queues
+                .iter()
+                .map(|queue| weights.get(queue).copied().unwrap_or(1))
+                .collect(),
+        )),
+    }
+}
+
 /// Runs jobs from the queues until shut down.
 #[derive(Debug)]
 pub struct Worker {
     client: Client,
     registry: Registry,
     queues: Vec<String>,
+    order: QueueOrder,
     concurrency: usize,
     prefetch: usize,
     on_dead: Option<DeadHook>,
@@ -207,6 +272,8 @@ impl Worker {
             on_dead: None,
             states: SharedState::default(),
             queues: config.queues.clone(),
+            queue_weights: config.queue_weights.clone(),
+            strict_priority: config.strict_priority,
             // `Config`'s fields are public: one set by hand is kept in range here.
             lease: within_leases(config.lease),
             shutdown_grace: config.shutdown_grace,
@@ -346,6 +413,7 @@ impl Worker {
             shared: shared.clone(),
             consumer: self.consumer.clone(),
             queues: self.queues.clone(),
+            order: self.order.clone(),
             lease: self.lease,
             claims: Arc::new(Semaphore::new(self.concurrency + self.prefetch)),
             dispatch,

@@ -11,7 +11,7 @@ use super::in_flight::InFlight;
 use super::writer::WriteRequest;
 use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
 use crate::envelope::{Envelope, JobId, now_ms};
-use crate::record::{AttemptError, JobRecord};
+use crate::record::{AttemptError, JobRecord, MAX_ERROR_MESSAGE, cap_message};
 use crate::registry::Registry;
 use crate::task::SharedState;
 
@@ -109,7 +109,9 @@ impl Shared {
             job_id: envelope.map(|e| e.id.clone()),
             task: envelope.map(|e| e.task.clone()),
             reason,
-            error,
+            // Cut as each attempt's is: a stack dump must not fill the dead letter and the
+            // alert made from it.
+            error: cap_message(&error, MAX_ERROR_MESSAGE),
             errors: errors.to_vec(),
             payload: delivery.payload[..delivery.payload.len().min(self.dead_payload_cap)].to_vec(),
             truncated,

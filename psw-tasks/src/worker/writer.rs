@@ -65,10 +65,11 @@ pub(crate) async fn run(
             "a batch settles each delivery once (see broker::Write)"
         );
         drop_superseded(&mut writes, &mut waiters);
-        let applied = apply_in_chunks(&writer, &writes, &abandon).await;
-        if let Some(applied) = &applied {
+        let mut applied = apply_in_chunks(&writer, &writes, &abandon).await;
+        if let Some(applied) = &mut applied {
             report(&writer, &writes, applied);
             recreate_groups(&writer, &applied.missing_queues).await;
+            store_when_redis_can(&writer, &writes, applied, &abandon).await;
             store_failures_instead(&writer, &writes, applied, &abandon).await;
             writer
                 .in_flight
@@ -126,7 +127,7 @@ fn report(writer: &Writer, writes: &[Write], applied: &Applied) {
     if applied.dead_trimmed > 0 {
         tracing::warn!(
             trimmed = applied.dead_trimmed,
-            "dead-letter queue over its cap (PSW_DLQ_MAX_LEN): its oldest entries were removed"
+            "dead-letter queue over its caps (PSW_DLQ_MAX_LEN, PSW_DLQ_MAX_BYTES): its oldest entries were removed"
         );
     }
     let Some(hook) = &writer.on_dead else { return };
@@ -159,6 +160,61 @@ async fn recreate_groups(writer: &Writer, queues: &[Arc<str>]) {
     }
 }
 
+/// Whether Redis refused a write for now, not for good: out of memory (`OOM`, at `maxmemory`
+/// under `noeviction`) clears once memory is freed, so the outcome must wait, not be failed.
+fn refused_for_now(reason: &str) -> bool {
+    reason.starts_with("OOM")
+}
+
+/// Apply again, with backoff, the writes Redis refused for now (out of memory), until each is
+/// stored, fenced or refused for good, merging their results into `applied`. The writer waits
+/// meanwhile: the claims stay held, so the worker fetches no more work it could not settle.
+/// Writes still refused when `abandon` fires stay refused, and their deliveries pending.
+async fn store_when_redis_can(
+    writer: &Writer,
+    writes: &[Write],
+    applied: &mut Applied,
+    abandon: &CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let again: Vec<usize> = applied
+            .failed
+            .iter()
+            .filter(|(_, reason)| refused_for_now(reason))
+            .map(|(index, _)| *index)
+            .collect();
+        if again.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            writes = again.len(),
+            "Redis is out of memory (maxmemory): job outcomes wait until it can store them"
+        );
+        tokio::select! {
+            () = abandon.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+        let retried: Vec<Write> = again.iter().map(|&index| writes[index].clone()).collect();
+        let Some(result) = apply_in_chunks(writer, &retried, abandon).await else {
+            return;
+        };
+        report(writer, &retried, &result);
+        applied.failed.retain(|(index, _)| !again.contains(index));
+        applied
+            .fenced
+            .extend(result.fenced.iter().map(|&at| again[at]));
+        applied.failed.extend(
+            result
+                .failed
+                .into_iter()
+                .map(|(at, reason)| (again[at], reason)),
+        );
+        applied.dead_trimmed += result.dead_trimmed;
+    }
+}
+
 /// For each settlement the broker refused, store in its place one it can: the job failed for
 /// good, saying why its outcome could not be stored, and dead-lettered (without bytes when it
 /// has none to give). If even that is refused, the delivery stays pending and runs again once
@@ -171,6 +227,12 @@ async fn store_failures_instead(
 ) {
     let mut instead = Vec::new();
     for (index, reason) in &applied.failed {
+        if refused_for_now(reason) {
+            // Only at shutdown: `store_when_redis_can` gave up waiting.
+            let (queue, entry) = writes[*index].delivery();
+            tracing::warn!(queue = %queue, entry = %entry, "Redis is still out of memory at shutdown: this outcome is not stored, and the job runs again after its lease");
+            continue;
+        }
         match &writes[*index] {
             Write::Record { id, .. } => {
                 tracing::error!(id = %id, reason, "a progress record could not be stored; the job goes on");

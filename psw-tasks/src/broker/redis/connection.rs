@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -43,8 +42,6 @@ pub(crate) struct RedisBroker {
     /// once, so that `stats` sees jobs waiting where no worker listens, without a command more
     /// on every enqueue.
     pub(super) announced: Mutex<HashSet<String>>,
-    /// Counts fetches of several queues, to start each at the next queue.
-    pub(super) fetch_turn: AtomicUsize,
 }
 
 impl RedisBroker {
@@ -69,7 +66,6 @@ impl RedisBroker {
             scripts: Scripts::new(),
             dead_letter_limits: DeadLetterLimits::default(),
             announced: Mutex::default(),
-            fetch_turn: AtomicUsize::new(0),
         })
     }
 

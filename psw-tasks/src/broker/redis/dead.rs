@@ -190,12 +190,27 @@ pub(super) async fn replay(
     Ok(replayed == 1)
 }
 
-/// Delete every dead letter, or those older than `before_ms` (`purge.lua`).
+/// Dead letters removed per call of `purge.lua` with a time: each call copies at most this
+/// many letters (of at most `PSW_DLQ_MAX_PAYLOAD` each) into Lua.
+const PURGE_PAGE: usize = 100;
+
+/// Delete every dead letter, or those older than `before_ms` (`purge.lua`, a page per call).
 pub(super) async fn purge(broker: &RedisBroker, before_ms: Option<i64>) -> redis::RedisResult<u64> {
-    let mut purge = broker.scripts.purge.key(broker.keys.dead());
-    purge.key(broker.keys.dead_bytes());
-    if let Some(before_ms) = before_ms {
-        purge.arg(before_ms.max(0));
+    let Some(before_ms) = before_ms else {
+        let mut purge = broker.scripts.purge.key(broker.keys.dead());
+        purge.key(broker.keys.dead_bytes());
+        return purge.invoke_async(&mut broker.conn()).await;
+    };
+    let mut removed = 0;
+    loop {
+        let mut purge = broker.scripts.purge.key(broker.keys.dead());
+        purge.key(broker.keys.dead_bytes());
+        // `(0-0` is no valid end; nothing is older than 1 ms after the epoch anyway.
+        purge.arg(before_ms.max(1)).arg(PURGE_PAGE);
+        let page: u64 = purge.invoke_async(&mut broker.conn()).await?;
+        removed += page;
+        if page == 0 {
+            return Ok(removed);
+        }
     }
-    purge.invoke_async(&mut broker.conn()).await
 }

@@ -1,7 +1,7 @@
 -- Reads new entries of several queues for one consumer, at most a given number in all: a
 -- plain XREADGROUP over several streams applies its COUNT to each, so a worker on four queues
--- could hold four times its bound. The streams are read in KEYS order (the caller rotates it,
--- so that no queue waits behind a busy one) until the budget is spent.
+-- could hold four times its bound. The streams are read in KEYS order (the caller orders them
+-- by its queue priorities: round-robin, weights or strict) until the budget is spent.
 -- Returns {{stream, entries}...}, or, when no stream had a new entry, {{}, ids}: each stream's
 -- last delivered id, from which the caller waits with a blocking XREAD (scripts cannot block).
 -- A stream or group that is gone raises NOGROUP, as XREADGROUP does.

@@ -2,7 +2,6 @@
 //! taking over expired leases, and renewing the leases a worker holds.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
@@ -16,7 +15,7 @@ use crate::keys::GROUP;
 ///
 /// One queue is one `XREADGROUP ... COUNT max BLOCK block`. On several, a plain XREADGROUP
 /// would take up to `max` from each (COUNT is per stream), so the `fetch.lua` script reads them
-/// in turn within the budget, starting one queue further on each call; when none has anything
+/// in the order given (the worker's priorities) within the budget; when none has anything
 /// it waits with a blocking `XREAD` from the last delivered ids, which takes nothing, and reads
 /// again once it wakes.
 pub(super) async fn fetch(
@@ -32,10 +31,8 @@ pub(super) async fn fetch(
         [queue] => return read_one(broker, consumer, queue, max, block_ms).await,
         _ => {}
     }
-    let turn = broker.fetch_turn.fetch_add(1, Ordering::Relaxed) % queues.len();
-    let streams: Vec<String> = queues[turn..]
+    let streams: Vec<String> = queues
         .iter()
-        .chain(&queues[..turn])
         .map(|queue| broker.keys.stream(queue))
         .collect();
     let last_ids = match read_within(broker, consumer, &streams, max).await? {
