@@ -20,6 +20,7 @@ const OPTIONS: &[&str] = &[
     "jitter",
     "ignore_result",
     "timeout",
+    "unique",
     "schedule",
     "every",
     "tz",
@@ -41,6 +42,8 @@ pub(crate) struct Args {
     pub(crate) ignore_result: bool,
     /// The per-attempt time limit; `None` means none.
     pub(crate) timeout: Option<Duration>,
+    /// How long a job is unique; `None` means it is not.
+    pub(crate) unique: Option<UniqueArg>,
     /// When the beat fires the task; `None` means never.
     pub(crate) schedule: Option<Schedule>,
 }
@@ -53,6 +56,14 @@ pub(crate) struct Schedule {
     pub(crate) tz: String,
     pub(crate) misfire: Misfire,
     pub(crate) overlap: bool,
+}
+
+/// `unique = ".."`: as `psw_tasks::Unique`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UniqueArg {
+    UntilStarted,
+    UntilFinished,
+    For(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +84,7 @@ impl Default for Args {
             jitter: rules::DEFAULT_JITTER,
             ignore_result: false,
             timeout: None,
+            unique: None,
             schedule: None,
         }
     }
@@ -174,6 +186,10 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
                     ));
                 }
                 args.timeout = Some(timeout);
+                Ok(())
+            }),
+            "unique" => string(value, "unique", "until_finished").and_then(|lit| {
+                args.unique = Some(unique(lit)?);
                 Ok(())
             }),
             "schedule" | "every" if timing.is_some() => Err(Error::new_spanned(
@@ -421,6 +437,36 @@ fn backoff(lit: &LitStr) -> syn::Result<Backoff> {
 }
 
 /// A humantime duration that the runtime can hold: whole milliseconds that fit in a `u64`.
+/// `"until_started"`, `"until_finished"` or `"for = 1h"` (also `"for 1h"`).
+fn unique(lit: &LitStr) -> syn::Result<UniqueArg> {
+    let text = lit.value();
+    let expected = "`unique` is \"until_started\", \"until_finished\" or \"for = <duration>\", like \"for = 1h\"";
+    match text.trim() {
+        "until_started" => Ok(UniqueArg::UntilStarted),
+        "until_finished" => Ok(UniqueArg::UntilFinished),
+        other => {
+            let Some(rest) = other.strip_prefix("for") else {
+                return Err(Error::new_spanned(lit, format!("{expected}, not {text:?}")));
+            };
+            let rest = rest.trim_start();
+            let rest = rest.strip_prefix('=').unwrap_or(rest).trim();
+            let hold = humantime::parse_duration(rest).map_err(|err| {
+                Error::new_spanned(lit, format!("{expected}; {rest:?} is no duration: {err}"))
+            })?;
+            if hold.is_zero()
+                || hold.subsec_nanos() % 1_000_000 != 0
+                || u64::try_from(hold.as_millis()).is_err()
+            {
+                return Err(Error::new_spanned(
+                    lit,
+                    "`unique = \"for = ..\"` is a whole number of milliseconds, more than zero",
+                ));
+            }
+            Ok(UniqueArg::For(hold))
+        }
+    }
+}
+
 fn duration(lit: &LitStr, key: &str) -> syn::Result<Duration> {
     let text = lit.value();
     let duration = humantime::parse_duration(&text).map_err(|err| {
@@ -516,6 +562,18 @@ mod tests {
                 with(|a| a.timeout = Some(Duration::from_secs(30))),
             ),
             (
+                r#"unique = "until_started""#,
+                with(|a| a.unique = Some(UniqueArg::UntilStarted)),
+            ),
+            (
+                r#"unique = "for = 1h""#,
+                with(|a| a.unique = Some(UniqueArg::For(Duration::from_secs(3600)))),
+            ),
+            (
+                r#"unique = "for 90s""#,
+                with(|a| a.unique = Some(UniqueArg::For(Duration::from_secs(90)))),
+            ),
+            (
                 r#"name = "n", queue = "q", retries = 5, backoff = "linear", backoff_base = "2s",
                    backoff_max = "10m", jitter = false, ignore_result = true, timeout = "1m""#,
                 Args {
@@ -528,6 +586,7 @@ mod tests {
                     jitter: false,
                     ignore_result: true,
                     timeout: Some(Duration::from_secs(60)),
+                    unique: None,
                     schedule: None,
                 },
             ),
@@ -576,14 +635,14 @@ mod tests {
             (
                 "foo = 1",
                 "unknown option `foo`; expected one of `name`, `queue`, `retries`, `backoff`, \
-                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `schedule`, \
-                 `every`, `tz`, `misfire`, `overlap`",
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
+                 `schedule`, `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "a::b = 1",
                 "unknown option `a::b`; expected one of `name`, `queue`, `retries`, `backoff`, \
-                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `schedule`, \
-                 `every`, `tz`, `misfire`, `overlap`",
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
+                 `schedule`, `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "retries = 1, retries = 2",
@@ -681,6 +740,14 @@ mod tests {
                 "`timeout` must be longer than zero; leave it out for no time limit",
             ),
             (
+                r#"unique = "for = 0s""#,
+                "`unique = \"for = ..\"` is a whole number of milliseconds, more than zero",
+            ),
+            (
+                r#"unique = "for = soon""#,
+                "`unique` is \"until_started\", \"until_finished\" or \"for = <duration>\", like \"for = 1h\"; \"soon\" is no duration: expected number at 0",
+            ),
+            (
                 r#"timeout = "18446744073709552s""#,
                 "`timeout` is too long; it must fit in a u64 of milliseconds",
             ),
@@ -741,8 +808,8 @@ mod tests {
                 r#"retries = "x", bogus = 1, jitter = 2, retries = 3"#,
                 "`retries` expects an integer, like `retries = 3`\n\
                  unknown option `bogus`; expected one of `name`, `queue`, `retries`, `backoff`, \
-                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `schedule`, \
-                 `every`, `tz`, `misfire`, `overlap`\n\
+                 `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
+                 `schedule`, `every`, `tz`, `misfire`, `overlap`\n\
                  `jitter` expects `true` or `false`, like `jitter = false`\n\
                  `retries` specified more than once",
             ),

@@ -368,6 +368,23 @@ fn options(args: &Args) -> TokenStream {
     let ignore_result = args.ignore_result;
     // The runtime reads 0 as "no time limit"; `args` rejects an explicit zero.
     let timeout_ms = millis(args.timeout.unwrap_or_default());
+    let unique = match args.unique {
+        None => quote!(::core::option::Option::None),
+        Some(args::UniqueArg::UntilStarted) => {
+            quote!(::core::option::Option::Some(
+                ::psw_tasks::__private::Unique::UntilStarted
+            ))
+        }
+        Some(args::UniqueArg::UntilFinished) => {
+            quote!(::core::option::Option::Some(
+                ::psw_tasks::__private::Unique::UntilFinished
+            ))
+        }
+        Some(args::UniqueArg::For(hold)) => {
+            let hold_ms = millis(hold);
+            quote!(::core::option::Option::Some(::psw_tasks::__private::unique_for(#hold_ms)))
+        }
+    };
     quote! {
         ::psw_tasks::__private::options(
             #queue,
@@ -378,6 +395,7 @@ fn options(args: &Args) -> TokenStream {
             #jitter,
             #ignore_result,
             #timeout_ms,
+            #unique,
         )
     }
 }

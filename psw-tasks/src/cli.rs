@@ -95,6 +95,15 @@ pub enum Command {
         /// The job id.
         id: String,
     },
+    /// List the unique jobs' locks: key, the job that holds it, and how long it still lasts.
+    Unique {
+        /// Only keys that start with this (a task's name, say).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Most locks listed.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// List the tasks linked into this binary, with their options.
     Tasks,
     /// Read, replay or purge the dead-letter queue.
@@ -392,6 +401,29 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             }
             Ok(())
         }
+        Command::Unique { prefix, limit } => {
+            let client = shared_client(&config).await?;
+            let locks = client.unique_locks(&prefix, limit).await?;
+            println!("{} unique lock(s)", locks.len());
+            for lock in locks {
+                let expires = lock.expires_in.map_or_else(
+                    || "no expiry".to_owned(),
+                    |left| {
+                        format!(
+                            "expires in {}",
+                            humantime::format_duration(round_to_seconds(left))
+                        )
+                    },
+                );
+                // Keys come from producers: escaped, so a terminal shows them as they are.
+                println!(
+                    "{}  job {}  {expires}",
+                    redact::printable(&lock.key),
+                    redact::printable(&lock.job_id)
+                );
+            }
+            Ok(())
+        }
         Command::Result { id } => {
             let client = shared_client(&config).await?;
             let Some(record) = client.record(&id).await? else {
@@ -663,4 +695,9 @@ fn schedule_table(listings: &[crate::scheduler::listing::Listing]) -> String {
         }
     }
     out
+}
+
+/// `duration` to whole seconds, for people to read.
+fn round_to_seconds(duration: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(duration.as_secs())
 }

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, DeadLetterLimits, NewJob};
+use crate::broker::{Broker, DeadLetterLimits, NewJob, UniqueLock};
 use crate::config::Config;
 use crate::dead::DeadLetters;
 use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
@@ -22,6 +22,8 @@ use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
 use crate::revoke::RevokeReason;
 use crate::stats::ClusterStats;
+use crate::task::TaskOptions;
+use crate::unique::{Unique, default_key};
 
 /// A connection to the broker, cheap to clone: enqueue jobs, read their records, run workers.
 #[derive(Clone)]
@@ -115,7 +117,7 @@ impl Client {
         args: &impl Serialize,
         options: EnqueueOptions,
     ) -> Result<TaskHandle<O>> {
-        self.enqueue_typed(task, self.queue_of(task)?, args, options)
+        self.enqueue_typed(task, self.options_of(task)?, args, options)
             .await
     }
 
@@ -128,6 +130,15 @@ impl Client {
         args: impl IntoIterator<Item = A>,
         options: EnqueueOptions,
     ) -> Result<Vec<TaskHandle<O>>> {
+        let task_options = self.options_of(task)?;
+        if options.unique.is_some() || task_options.unique.is_some() {
+            return Err(Error::config(
+                "EnqueueOptions::unique",
+                task,
+                "no unique jobs when enqueueing many: each needs its own lock (enqueue them one \
+                 by one)",
+            ));
+        }
         if let Some(id) = &options.id {
             return Err(Error::config(
                 "EnqueueOptions::job_id",
@@ -135,7 +146,7 @@ impl Client {
                 "no fixed id when enqueueing many jobs: each job needs its own",
             ));
         }
-        let queue = self.queue_of(task)?;
+        let queue = task_options.queue;
         let mut handles = Vec::new();
         let mut chunk = Vec::with_capacity(BULK_CHUNK);
         // One chunk travels while the next is encoded; a chunk leaves only once the one before
@@ -164,13 +175,12 @@ impl Client {
     }
 
     /// The queue of a task linked into this binary, else `default`.
-    fn queue_of(&self, task: &str) -> Result<&'static str> {
+    /// The options of `task` if it is linked into this binary, else the defaults.
+    fn options_of(&self, task: &str) -> Result<&'static TaskOptions> {
         let registry = self.inner.registry.as_ref().map_err(Duplicate::error)?;
         Ok(registry
             .get(task)
-            .map_or(crate::rules::DEFAULT_QUEUE, |descriptor| {
-                descriptor.options().queue
-            }))
+            .map_or(&TaskOptions::DEFAULT, |descriptor| descriptor.options()))
     }
 
     /// A snapshot of the namespace: live and recently seen workers, what each queue holds,
@@ -178,6 +188,18 @@ impl Client {
     /// Like Celery's `inspect().stats()` or BullMQ's `getJobCounts`; a handful of round trips.
     pub async fn stats(&self, window: Duration) -> Result<ClusterStats> {
         crate::stats::collect(self.broker().as_ref(), window, now_ms()).await
+    }
+
+    /// The unique lock `key` (as `EnqueueOptions::unique_key` names it, or the task and its
+    /// arguments' digest), if a job holds it: which job, and for how long at most.
+    pub async fn unique_lock(&self, key: &str) -> Result<Option<UniqueLock>> {
+        let locks = self.inner.broker.unique_locks(key, usize::MAX).await?;
+        Ok(locks.into_iter().find(|lock| lock.key == key))
+    }
+
+    /// Up to `limit` unique locks whose key starts with `prefix` (`""` for all), by key.
+    pub async fn unique_locks(&self, prefix: &str, limit: usize) -> Result<Vec<UniqueLock>> {
+        self.inner.broker.unique_locks(prefix, limit).await
     }
 
     /// The namespace's dead-letter queue.
@@ -191,13 +213,49 @@ impl Client {
     pub(crate) async fn enqueue_typed<O>(
         &self,
         task: &str,
-        default_queue: &str,
+        task_options: &TaskOptions,
         args: &impl Serialize,
-        options: EnqueueOptions,
+        mut options: EnqueueOptions,
     ) -> Result<TaskHandle<O>> {
         let args = rmp_serde::to_vec_named(args)
             .map_err(|err| Error::encode(format!("arguments of task `{task}`"), err))?;
-        let (id, job) = self.prepare(task, default_queue, args, &options)?;
+        if options.unique.is_none() {
+            options.unique = task_options.unique;
+        }
+        let lock = match options.unique {
+            Some(unique) => {
+                let key = match &options.unique_key {
+                    Some(key) => {
+                        validate_name("EnqueueOptions::unique_key", key)?;
+                        key.clone()
+                    }
+                    None => default_key(task, &args),
+                };
+                // The envelope carries it, for the worker that releases the lock.
+                options.unique_key = Some(key.clone());
+                Some((unique, key))
+            }
+            None => None,
+        };
+        let (id, job) = self.prepare(task, task_options.queue, args, &options)?;
+        if let Some((unique, key)) = lock {
+            let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
+            let hold = unique.hold(Duration::from_millis(delay));
+            return match self
+                .inner
+                .broker
+                .push_unique(job, &key, id.as_str(), hold)
+                .await?
+            {
+                None => Ok(self.handle(id)),
+                Some(holder) => {
+                    tracing::info!(task, unique_key = %key, job = %holder, "a job with this unique key is known already; nothing added");
+                    let mut handle = self.handle(holder);
+                    handle.duplicate = true;
+                    Ok(handle)
+                }
+            };
+        }
         if options.id.is_some() {
             // Idempotent: the id is held through the job's delay and the result TTL, and its
             // record counts too, so a retry after a lost reply adds nothing.
@@ -247,6 +305,11 @@ impl Client {
             Expiry::After(after) => created_ms + after.as_millis() as i64,
         });
         let id = options.id.clone().unwrap_or_else(JobId::generate);
+        // `enqueue_typed` settled the key; `enqueue_many_by_name` refuses unique jobs.
+        let (unique_key, unique_release) = match options.unique.and_then(Unique::release) {
+            Some(release) => (options.unique_key.clone(), Some(release)),
+            None => (None, None),
+        };
         let envelope = Envelope {
             v: VERSION,
             id: id.clone(),
@@ -261,6 +324,8 @@ impl Client {
             errors: Vec::new(),
             errors_dropped: 0,
             expires_ms,
+            unique_key,
+            unique_release,
         };
         let payload = envelope.encode()?;
         let limit = self.inner.config.max_message_size;
@@ -286,6 +351,7 @@ impl Client {
         TaskHandle {
             id: id.into(),
             client: self.clone(),
+            duplicate: false,
             output: PhantomData,
         }
     }
@@ -308,6 +374,8 @@ pub struct EnqueueOptions {
     retries: Option<u32>,
     headers: BTreeMap<String, String>,
     expires: Option<Expiry>,
+    unique: Option<Unique>,
+    unique_key: Option<String>,
     /// Headers of psw-tasks itself (a scheduled job's slot), which producers cannot set.
     system_headers: Vec<(SystemHeader, String)>,
     id: Option<JobId>,
@@ -338,6 +406,21 @@ impl EnqueueOptions {
     /// a retry due after the expiry is revoked.
     pub fn expires(mut self, expiry: impl Into<Expiry>) -> Self {
         self.expires = Some(expiry.into());
+        self
+    }
+
+    /// Make this job unique (or unique for another time than its task's `unique`): while
+    /// its lock is held, another enqueue with the same key adds nothing and returns a handle
+    /// on this job, whose [`TaskHandle::is_duplicate`] says so.
+    pub fn unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
+        self
+    }
+
+    /// The key of the job's uniqueness, instead of its task and the SHA-256 of its arguments.
+    /// A name as queues have: no whitespace, `{`, `}` or `:`, at most 200 characters.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
         self
     }
 
@@ -407,6 +490,8 @@ fn epoch_ms(at: SystemTime) -> i64 {
 pub struct TaskHandle<O> {
     id: JobId,
     client: Client,
+    /// The enqueue added nothing: a job with the same unique key held the lock.
+    duplicate: bool,
     output: PhantomData<fn() -> O>,
 }
 
@@ -415,6 +500,7 @@ impl<O> Clone for TaskHandle<O> {
         TaskHandle {
             id: self.id.clone(),
             client: self.client.clone(),
+            duplicate: self.duplicate,
             output: PhantomData,
         }
     }
@@ -446,6 +532,12 @@ impl<O: DeserializeOwned> TaskHandle<O> {
     /// The job id.
     pub fn id(&self) -> &JobId {
         &self.id
+    }
+
+    /// Whether the enqueue that made this handle added nothing, because a job with the same
+    /// unique key held the lock: the handle is that job's.
+    pub fn is_duplicate(&self) -> bool {
+        self.duplicate
     }
 
     /// The stored record, if any (none while PENDING, or when the task ignores results).

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::record::AttemptError;
+use crate::unique::Release;
 use crate::wire::wire_enum;
 
 /// The envelope version this build writes; it reads every version up to this one.
@@ -90,6 +91,12 @@ pub(crate) struct Envelope {
     /// envelope without it is what it was before expiry existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) expires_ms: Option<i64>,
+    /// The unique lock the job holds (`{ns}:unique:<key>`), for the worker to release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_key: Option<String>,
+    /// When the worker releases it: at the start or at the end of the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_release: Option<Release>,
 }
 
 impl Envelope {
@@ -193,6 +200,33 @@ impl SystemHeader {
 }
 
 impl Envelope {
+    /// The unique lock a worker releases when this job ends: (key, job id).
+    pub(crate) fn lock_released_at_end(&self) -> Option<(String, JobId)> {
+        match (&self.unique_key, self.unique_release) {
+            (Some(key), Some(Release::Finished)) => Some((key.clone(), self.id.clone())),
+            _ => None,
+        }
+    }
+
+    /// The unique lock this job holds until a worker releases it, at its start or its end
+    /// (a `for` lock only expires): (key, job id).
+    pub(crate) fn releasable_lock(&self) -> Option<(String, JobId)> {
+        match (&self.unique_key, self.unique_release) {
+            (Some(key), Some(Release::Started | Release::Finished)) => {
+                Some((key.clone(), self.id.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The unique lock a worker releases when it starts this job: (key, job id).
+    pub(crate) fn lock_released_at_start(&self) -> Option<(&str, &JobId)> {
+        match (&self.unique_key, self.unique_release) {
+            (Some(key), Some(Release::Started)) => Some((key.as_str(), &self.id)),
+            _ => None,
+        }
+    }
+
     /// The value of a system header.
     pub(crate) fn header(&self, header: SystemHeader) -> Option<&str> {
         self.headers.get(header.as_str()).map(String::as_str)
@@ -276,6 +310,8 @@ mod tests {
             errors: vec![],
             errors_dropped: 0,
             expires_ms: None,
+            unique_key: None,
+            unique_release: None,
         }
     }
 

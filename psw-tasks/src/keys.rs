@@ -126,6 +126,16 @@ impl Keys {
         format!("{}:id:{job_id}", self.prefix)
     }
 
+    /// A unique job's lock: the id of the job that holds it.
+    pub(crate) fn unique(&self, key: &str) -> String {
+        format!("{}:unique:{key}", self.prefix)
+    }
+
+    /// What every unique lock's key starts with, to list them.
+    pub(crate) fn unique_prefix(&self) -> String {
+        format!("{}:unique:", self.prefix)
+    }
+
     /// Set of queue names that workers or producers have used.
     pub(crate) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)

@@ -44,6 +44,7 @@ mod revoke;
 mod rules;
 mod schedule;
 mod task;
+mod unique;
 mod wire;
 
 // 2. process: the environment and the operating system.
@@ -71,7 +72,7 @@ pub mod cli;
 pub mod testing;
 
 #[doc(inline)]
-pub use crate::broker::{DeadJob, DeadLetterStats, DeadReason, QueueStats};
+pub use crate::broker::{DeadJob, DeadLetterStats, DeadReason, QueueStats, UniqueLock};
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};
 #[doc(inline)]
@@ -102,6 +103,8 @@ pub use crate::scheduler::{Scheduler, SchedulerBuilder};
 pub use crate::stats::{ClusterStats, TaskCounts, WorkerInfo};
 #[doc(inline)]
 pub use crate::task::{TaskContext, TaskError, TaskOptions};
+#[doc(inline)]
+pub use crate::unique::{UNIQUE_HOLD, Unique};
 #[doc(inline)]
 pub use crate::worker::{Worker, WorkerBuilder, WorkerStats};
 

@@ -12,6 +12,7 @@ pub use crate::retry::{Backoff, BackoffKind};
 pub use crate::rules::Misfire;
 pub use crate::schedule::DeclaredSchedule;
 pub use crate::task::TaskOptions;
+pub use crate::unique::Unique;
 pub use inventory;
 
 use crate::client::{Client, EnqueueOptions, TaskHandle};
@@ -76,6 +77,7 @@ pub const fn options(
     jitter: bool,
     ignore_result: bool,
     timeout_ms: u64,
+    unique: Option<Unique>,
 ) -> TaskOptions {
     TaskOptions {
         queue,
@@ -92,7 +94,13 @@ pub const fn options(
         } else {
             Some(Duration::from_millis(timeout_ms))
         },
+        unique,
     }
+}
+
+/// A task's `unique = "for = .."`, from whole milliseconds.
+pub const fn unique_for(ms: u64) -> Unique {
+    Unique::For(Duration::from_millis(ms))
 }
 
 /// Decode the argument array; a mismatch is a permanent `bad_args` failure, since retrying
@@ -151,6 +159,6 @@ pub async fn enqueue<A: Serialize, O>(
     enqueue_options: EnqueueOptions,
 ) -> crate::error::Result<TaskHandle<O>> {
     client
-        .enqueue_typed(name, options.queue, args, enqueue_options)
+        .enqueue_typed(name, options, args, enqueue_options)
         .await
 }

@@ -14,6 +14,7 @@ use crate::envelope::SystemHeader;
 use crate::record::{FailureKind, Progress};
 use crate::retry::{Backoff, BackoffKind, Retry};
 use crate::rules;
+use crate::unique::Unique;
 
 /// Where a running task's progress reports go: the worker stores them through its writer.
 pub(crate) trait ProgressSink: Send + Sync {
@@ -33,6 +34,9 @@ pub struct TaskOptions {
     pub ignore_result: bool,
     /// The time one attempt may take before it is abandoned as failed.
     pub timeout: Option<Duration>,
+    /// Whether a job of this task is unique, and for how long (`EnqueueOptions::unique` may
+    /// set or override it per job).
+    pub unique: Option<Unique>,
 }
 
 impl TaskOptions {
@@ -48,6 +52,7 @@ impl TaskOptions {
         },
         ignore_result: false,
         timeout: None,
+        unique: None,
     };
 }
 

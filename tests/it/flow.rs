@@ -1,11 +1,14 @@
-//! Flow control (issue 14): expiry and queue priorities so far. Each behaviour runs on the
+//! Flow control (issue 14): expiry, queue priorities and unique jobs so far. Each behaviour runs on the
 //! in-process broker and on Redis, through a real worker.
 
 use std::time::{Duration, SystemTime};
 
 use psw_tasks::testing::TestNamespace;
-use psw_tasks::{Client, EnqueueOptions, Error, RevokeReason, State, Worker};
-use psw_tasks_tests::{add, count_local, fire_and_forget, flaky, local_runs};
+use psw_tasks::{Client, EnqueueOptions, Error, RevokeReason, State, Unique, Worker};
+use psw_tasks_tests::{
+    add, count_local, fire_and_forget, flaky, gate, gated, local_runs, refuses, unique_add,
+    unique_for_an_hour,
+};
 
 use crate::support::{eventually, start_built, start_worker};
 
@@ -226,4 +229,242 @@ async fn strict_priority_drains_the_first_queue_first(client: Client, label: &st
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("PSW_STRICT_PRIORITY"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_jobs_hold_their_lock_until_each_end_on_redis() {
+    let ns = TestNamespace::new("unique");
+    unique_jobs_hold_their_lock_until_each_end(ns.client().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_jobs_hold_their_lock_until_each_end_in_memory() {
+    unique_jobs_hold_their_lock_until_each_end(Client::memory()).await;
+}
+
+/// Every way a unique job ends releases its lock; a retry and a `for` lock keep it.
+async fn unique_jobs_hold_their_lock_until_each_end(client: Client) {
+    // Before any worker runs: the duplicate is told apart and adds nothing.
+    let first = unique_add::enqueue(&client, 1, 2).await.unwrap();
+    let again = unique_add::enqueue(&client, 1, 2).await.unwrap();
+    let other = unique_add::enqueue(&client, 1, 3).await.unwrap();
+    assert!(!first.is_duplicate());
+    assert!(again.is_duplicate(), "the same arguments: a duplicate");
+    assert_eq!(again.id(), first.id(), "the handle is the first job's");
+    assert!(!other.is_duplicate(), "other arguments: another key");
+    let locks = client.unique_locks("it.unique_add/", 10).await.unwrap();
+    assert_eq!(locks.len(), 2, "{locks:?}");
+    assert!(locks.iter().any(|lock| lock.job_id == first.id().as_str()));
+    assert!(locks.iter().all(|lock| lock.expires_in.is_some()));
+
+    let keyed = |key: &str| {
+        EnqueueOptions::new()
+            .unique(Unique::UntilFinished)
+            .unique_key(key)
+    };
+    // Fails for good (and is dead-lettered): `refuses` fails permanently at once.
+    let refused = refuses::enqueue_with(&client, keyed("refused"), "no".to_owned())
+        .await
+        .unwrap();
+    // Arguments that do not fit: FAILURE, dead-lettered as bad_args.
+    let bad = client
+        .enqueue_by_name::<i64>("it.add", &("x", 1), keyed("bad-args"))
+        .await
+        .unwrap();
+    // Expires before it runs: REVOKED.
+    let expired = add::enqueue_with(
+        &client,
+        keyed("expired").expires(SystemTime::now() - Duration::from_secs(1)),
+        1,
+        1,
+    )
+    .await
+    .unwrap();
+    // Retried: the lock stays through the retries, and goes when the last attempt fails.
+    let retried = flaky::enqueue_with(&client, keyed("retried"))
+        .await
+        .unwrap();
+    // Unique for an hour: the lock outlives the job.
+    let hourly = unique_for_an_hour::enqueue(&client, 7).await.unwrap();
+    for key in ["refused", "bad-args", "expired", "retried"] {
+        assert!(
+            client.unique_lock(key).await.unwrap().is_some(),
+            "{key}: held while queued"
+        );
+    }
+
+    let worker = start_worker(&client, 4);
+    assert_eq!(first.wait(WAIT).await.unwrap(), 3);
+    assert_eq!(other.wait(WAIT).await.unwrap(), 4);
+    assert!(refused.wait(WAIT).await.is_err());
+    assert!(bad.wait(WAIT).await.is_err());
+    assert!(matches!(
+        expired.wait(WAIT).await.unwrap_err(),
+        Error::JobRevoked { .. }
+    ));
+    assert_eq!(hourly.wait(WAIT).await.unwrap(), 7);
+    eventually(WAIT, "the retried job is retried", || async {
+        retried
+            .record()
+            .await
+            .unwrap()
+            .is_some_and(|r| r.attempt >= 1)
+    })
+    .await;
+    assert!(
+        client.unique_lock("retried").await.unwrap().is_some(),
+        "a retry keeps the lock"
+    );
+    assert!(retried.wait(WAIT).await.is_err(), "fails after its retries");
+
+    // Success, failure for good, dead-lettered, expired, retries used up: all released.
+    assert!(
+        client
+            .unique_locks("it.unique_add/", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for key in ["refused", "bad-args", "expired", "retried"] {
+        assert_eq!(
+            client.unique_lock(key).await.unwrap(),
+            None,
+            "{key}: released"
+        );
+    }
+    let after = unique_add::enqueue(&client, 1, 2).await.unwrap();
+    assert!(!after.is_duplicate(), "the key is free once the job ended");
+    assert_ne!(after.id(), first.id());
+    assert_eq!(after.wait(WAIT).await.unwrap(), 3);
+    // The hour's lock stays after its job succeeded.
+    let hourly_again = unique_for_an_hour::enqueue(&client, 7).await.unwrap();
+    assert!(hourly_again.is_duplicate());
+    assert_eq!(hourly_again.id(), hourly.id());
+    let hold = client
+        .unique_lock(&hourly_lock_key(&client).await)
+        .await
+        .unwrap()
+        .expect("held");
+    assert!(
+        hold.expires_in.unwrap() > Duration::from_secs(3500),
+        "{hold:?}"
+    );
+    worker.stop().await;
+}
+
+/// The one lock of `it.unique_for_an_hour`.
+async fn hourly_lock_key(client: &Client) -> String {
+    let locks = client
+        .unique_locks("it.unique_for_an_hour/", 10)
+        .await
+        .unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    locks[0].key.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_until_started_goes_when_the_job_starts_on_redis() {
+    let ns = TestNamespace::new("unique-started");
+    a_lock_until_started_goes_when_the_job_starts(ns.client().await, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_until_started_goes_when_the_job_starts_in_memory() {
+    a_lock_until_started_goes_when_the_job_starts(Client::memory(), "memory").await;
+}
+
+async fn a_lock_until_started_goes_when_the_job_starts(client: Client, label: &str) {
+    let gate_name = format!("unique-started-{label}");
+    let options = || {
+        EnqueueOptions::new()
+            .unique(Unique::UntilStarted)
+            .unique_key("started")
+    };
+    let running = gated::enqueue_with(&client, options(), gate_name.clone(), 0)
+        .await
+        .unwrap();
+    assert!(
+        gated::enqueue_with(&client, options(), gate_name.clone(), 0)
+            .await
+            .unwrap()
+            .is_duplicate(),
+        "not started yet"
+    );
+    let worker = start_worker(&client, 2);
+    eventually(WAIT, "the job started", || async {
+        running.state().await.unwrap() == State::Started
+    })
+    .await;
+    assert_eq!(client.unique_lock("started").await.unwrap(), None);
+    let next = gated::enqueue_with(&client, options(), gate_name.clone(), 0)
+        .await
+        .unwrap();
+    assert!(
+        !next.is_duplicate(),
+        "the first one runs: a new job may wait"
+    );
+    eventually(WAIT, "both wait at the gate", || async {
+        next.state().await.unwrap() == State::Started
+    })
+    .await;
+    gate(&gate_name).notify_waiters();
+    assert_eq!(running.wait(WAIT).await.unwrap(), 7);
+    assert_eq!(next.wait(WAIT).await.unwrap(), 7);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_producers_make_one_unique_job_on_redis() {
+    let ns = TestNamespace::new("unique-race");
+    // Two producers, each with its own connection.
+    racing_producers_make_one_unique_job(ns.client().await, ns.client().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_producers_make_one_unique_job_in_memory() {
+    let client = Client::memory();
+    racing_producers_make_one_unique_job(client.clone(), client).await;
+}
+
+async fn racing_producers_make_one_unique_job(a: Client, b: Client) {
+    let race = |client: Client| {
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..500 {
+                let handle = unique_add::enqueue(&client, 20, 22).await.unwrap();
+                ids.push((handle.id().clone(), handle.is_duplicate()));
+            }
+            ids
+        })
+    };
+    let (from_a, from_b) = (race(a.clone()), race(b));
+    let mut all = from_a.await.unwrap();
+    all.extend(from_b.await.unwrap());
+    assert_eq!(all.len(), 1000);
+    let added: Vec<_> = all.iter().filter(|(_, duplicate)| !duplicate).collect();
+    assert_eq!(added.len(), 1, "one enqueue of a thousand added the job");
+    assert!(
+        all.iter().all(|(id, _)| id == &added[0].0),
+        "every handle is that job's"
+    );
+    let stats = a.stats(Duration::from_secs(60)).await.unwrap();
+    let ready: u64 = stats.queues.iter().map(|queue| queue.ready).sum();
+    assert_eq!(ready, 1, "one job in the queue");
+}
+
+/// `unique` lists the locks: key, holder and time left, with producers' keys escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_unique_locks() {
+    let ns = TestNamespace::new("unique-cli");
+    let client = ns.client().await;
+    let held = unique_for_an_hour::enqueue(&client, 1).await.unwrap();
+    let (ok, out, err) = crate::processes::run_cli(&ns, &["unique"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("1 unique lock(s)"), "{out}");
+    assert!(out.contains("it.unique_for_an_hour/"), "{out}");
+    assert!(out.contains(held.id().as_str()), "{out}");
+    assert!(out.contains("expires in 59m"), "{out}");
+    let (ok, out, err) = crate::processes::run_cli(&ns, &["unique", "--prefix", "other"], &[]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("0 unique lock(s)"), "{out}");
 }

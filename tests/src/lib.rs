@@ -82,6 +82,18 @@ pub async fn gated_quiet(gate_name: String, sleep_ms: u64) -> Result<(), TaskErr
     Ok(())
 }
 
+/// Adds, unique until it ends: a second enqueue of the same arguments meanwhile adds nothing.
+#[task(name = "it.unique_add", unique = "until_finished")]
+pub async fn unique_add(a: i64, b: i64) -> Result<i64, TaskError> {
+    Ok(a + b)
+}
+
+/// Returns its argument, unique for an hour whatever it does.
+#[task(name = "it.unique_for_an_hour", unique = "for = 1h")]
+pub async fn unique_for_an_hour(n: u64) -> Result<u64, TaskError> {
+    Ok(n)
+}
+
 /// Reports progress 1 of `total`, waits for the gate, then finishes.
 #[task(name = "it.progress")]
 pub async fn stepwise(ctx: TaskContext, gate_name: String, total: u64) -> Result<u64, TaskError> {

@@ -10,8 +10,8 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterLimits,
-    DeadLetterStats, Delivery, NewJob, OutcomeCounts, Promoted, QueueStats, WorkerEntry,
-    WorkerReport, Write, footprint,
+    DeadLetterStats, Delivery, NewJob, OutcomeCounts, Promoted, QueueStats, UniqueLock,
+    WorkerEntry, WorkerReport, Write, footprint,
 };
 use crate::error::Result;
 use crate::keys::{BUCKET_TTL, minute_of};
@@ -67,6 +67,17 @@ struct State {
     outcomes: BTreeMap<i64, OutcomeCounts>,
     /// Fixed job ids held by an idempotent enqueue, until when.
     id_holds: HashMap<String, Instant>,
+    /// Unique locks: the holder's job id, until when.
+    unique: HashMap<String, (String, Instant)>,
+}
+
+impl State {
+    /// Release the lock `key` if job `id` holds it.
+    fn release_unique(&mut self, key: &str, id: &str) {
+        if self.unique.get(key).is_some_and(|(holder, _)| holder == id) {
+            self.unique.remove(key);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -230,6 +241,62 @@ impl Broker for MemoryBroker {
             }
             self.arrivals.notify_waiters();
             Ok(true)
+        })
+    }
+
+    fn push_unique<'a>(
+        &'a self,
+        job: NewJob,
+        key: &'a str,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            {
+                let mut state = self.lock();
+                state.unique.retain(|_, (_, until)| *until > now);
+                if let Some((holder, _)) = state.unique.get(key) {
+                    return Ok(Some(holder.clone()));
+                }
+                state
+                    .unique
+                    .insert(key.to_owned(), (id.to_owned(), now + hold));
+                state.add(job);
+            }
+            self.arrivals.notify_waiters();
+            Ok(None)
+        })
+    }
+
+    fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.lock().release_unique(key, id);
+            Ok(())
+        })
+    }
+
+    fn unique_locks<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<UniqueLock>>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let state = self.lock();
+            let mut locks: Vec<UniqueLock> = state
+                .unique
+                .iter()
+                .filter(|(key, (_, until))| key.starts_with(prefix) && *until > now)
+                .map(|(key, (job_id, until))| UniqueLock {
+                    key: key.clone(),
+                    job_id: job_id.clone(),
+                    expires_in: Some(until.duration_since(now)),
+                })
+                .collect();
+            locks.sort_by(|a, b| a.key.cmp(&b.key));
+            locks.truncate(limit);
+            Ok(locks)
         })
     }
 
@@ -460,6 +527,9 @@ impl Broker for MemoryBroker {
                             }
                             if let Some(q) = state.queues.get_mut(&*settlement.queue) {
                                 q.pending.remove(&settlement.entry_id);
+                            }
+                            if let Some((key, id)) = settlement.unlock.as_deref() {
+                                state.release_unique(key, id.as_str());
                             }
                             finished.extend(settlement.finished.clone());
                         }

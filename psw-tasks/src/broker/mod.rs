@@ -74,6 +74,8 @@ pub(crate) struct Settlement {
     /// through two channels per job.
     pub(crate) retry: Option<Box<NewJob>>,
     pub(crate) dead: Option<Box<DeadLetter>>,
+    /// The unique lock (key, holder's job id) to release with it: the job ends here.
+    pub(crate) unlock: Option<Box<(String, JobId)>>,
 }
 
 impl Settlement {
@@ -87,6 +89,7 @@ impl Settlement {
             finished: None,
             retry: None,
             dead: None,
+            unlock: None,
         }
     }
 }
@@ -145,6 +148,18 @@ impl Applied {
     pub(crate) fn stored(&self, index: usize) -> bool {
         !self.fenced.contains(&index) && !self.failed.iter().any(|(failed, _)| *failed == index)
     }
+}
+
+/// A unique job's lock, as `Client::unique_locks` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UniqueLock {
+    /// The key (`EnqueueOptions::unique_key`, or the task and its arguments' digest).
+    pub key: String,
+    /// The job that holds it.
+    pub job_id: String,
+    /// How long it lasts unless released first.
+    pub expires_in: Option<Duration>,
 }
 
 /// What a promotion pass did.
@@ -212,6 +227,29 @@ pub(crate) trait Broker: Send + Sync + 'static {
         id: &'a str,
         hold: Duration,
     ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Add `job` (whose id is `id`) unless the unique lock `key` is held: take it for `hold`
+    /// and add the job in one atomic step. `None` when added, else the id of the job that
+    /// holds the lock.
+    fn push_unique<'a>(
+        &'a self,
+        job: NewJob,
+        key: &'a str,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>>>;
+
+    /// Release the unique lock `key` if job `id` holds it (a lock taken again by another job
+    /// since is left alone).
+    fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Up to `limit` unique locks whose key starts with `prefix` (all with `""`), each with
+    /// the id of the job that holds it and how long it still lasts.
+    fn unique_locks<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<UniqueLock>>>;
 
     /// Move the queue's due delayed jobs into it, atomically, at most `limit` of them.
     fn promote_due<'a>(

@@ -67,6 +67,7 @@ fn settle(queue: &Arc<str>, entry_id: &str) -> Settlement {
         finished: None,
         retry: None,
         dead: None,
+        unlock: None,
     }
 }
 

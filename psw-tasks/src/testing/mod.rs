@@ -184,6 +184,8 @@ pub mod hot_path {
             errors: Vec::new(),
             errors_dropped: 0,
             expires_ms: None,
+            unique_key: None,
+            unique_release: None,
         })
     }
 

@@ -40,13 +40,18 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
             "delivered {} times without finishing (limit {}): each attempt ended its worker",
             delivery.deliveries, shared.max_deliveries
         );
-        return shared.dead_letter(
+        let mut settlement = shared.dead_letter(
             delivery,
             envelope.as_ref(),
             envelope.as_ref().map_or(&[][..], |e| e.errors.as_slice()),
             DeadReason::Poisoned,
             error,
         );
+        settlement.unlock = envelope
+            .as_ref()
+            .and_then(Envelope::releasable_lock)
+            .map(Box::new);
+        return settlement;
     }
     if delivery.payload.len() > shared.max_message_size {
         tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), limit = shared.max_message_size, "job over the size limit; dead-lettered");
@@ -130,7 +135,9 @@ fn expire(
     shared.stats.expired.inc();
     let now = now_ms();
     tracing::info!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, late_ms = now - expired_at, "job expired before it started; revoked, not run");
-    let settlement = Settlement::of(delivery);
+    let mut settlement = Settlement::of(delivery);
+    // It never starts, so a lock held until its start goes now too.
+    settlement.unlock = envelope.releasable_lock().map(Box::new);
     if !keeps_record {
         return settlement;
     }
@@ -152,11 +159,18 @@ fn expire(
     shared.finish(settlement, &record, true)
 }
 
-async fn run_envelope(
-    shared: &Arc<Shared>,
-    delivery: &Delivery,
-    mut envelope: Envelope,
-) -> Settlement {
+/// Run the job; a settlement that schedules no further attempt ends it, and releases the
+/// unique lock it holds until its end.
+async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envelope) -> Settlement {
+    let unlock = envelope.lock_released_at_end();
+    let mut settlement = attempt(shared, delivery, envelope).await;
+    if settlement.retry.is_none() && settlement.unlock.is_none() {
+        settlement.unlock = unlock.map(Box::new);
+    }
+    settlement
+}
+
+async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelope) -> Settlement {
     let found = shared.registry.lookup(&envelope.task);
     if let Some(expired_at) = envelope.expires_ms.filter(|&at| now_ms() >= at) {
         // An unknown task's job expires too: no worker will run it any more.
@@ -192,6 +206,13 @@ async fn run_envelope(
             },
         ))
     });
+    // Unique until started: it starts now, so another job of the key may be enqueued. A
+    // release that fails leaves the lock to expire; the job runs all the same.
+    if let Some((key, id)) = envelope.lock_released_at_start()
+        && let Err(err) = shared.broker.release_unique(key, id.as_str()).await
+    {
+        tracing::warn!(id = %id, error = %crate::error::chain(&err), "could not release the job's unique lock at its start; it expires by itself");
+    }
     // The context takes the envelope's id, name and headers (no copies on the hot path); a
     // failed attempt puts them back from its own handle for the next envelope.
     let ctx = TaskContext::new(

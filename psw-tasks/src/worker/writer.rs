@@ -313,6 +313,13 @@ fn unstorable(settlement: &Settlement, reason: &str) -> Settlement {
         record: None,
         finished: None,
         retry: None,
+        // It ends here, also when it was to be retried: the lock it holds goes.
+        unlock: settlement.unlock.clone().or_else(|| {
+            retry_envelope
+                .as_ref()
+                .and_then(Envelope::lock_released_at_end)
+                .map(Box::new)
+        }),
         dead: Some(Box::new(DeadLetter {
             job_id: job_id.clone(),
             task,
@@ -503,6 +510,7 @@ mod tests {
             finished: None,
             retry: None,
             dead: None,
+            unlock: None,
         })
     }
 

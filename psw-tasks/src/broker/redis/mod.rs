@@ -5,7 +5,7 @@
 //! TLS, the shared connection and the readers' own, bundled in [`RedisBroker`]), `fetch`
 //! (reads, reclaims and lease renewals), `queues` (groups, pushes, promotion, consumers),
 //! `settle` (the batched, fenced writes), `listener` (finished-job announcements), `beat`,
-//! `dead`, `stats`, `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
+//! `dead`, `stats`, `unique` (unique jobs' locks), `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
-    NewJob, OutcomeCounts, Promoted, QueueStats, WorkerEntry, WorkerReport, Write,
+    NewJob, OutcomeCounts, Promoted, QueueStats, UniqueLock, WorkerEntry, WorkerReport, Write,
 };
 use crate::error::{Error, Result};
 
@@ -30,6 +30,7 @@ mod reply;
 mod scripts;
 mod settle;
 mod stats;
+mod unique;
 
 pub(crate) use connection::RedisBroker;
 
@@ -56,6 +57,28 @@ impl Broker for RedisBroker {
         hold: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         call(queues::push_once(self, job, id, hold))
+    }
+
+    fn push_unique<'a>(
+        &'a self,
+        job: NewJob,
+        key: &'a str,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        call(unique::push_unique(self, job, key, id, hold))
+    }
+
+    fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        call(unique::release_unique(self, key, id))
+    }
+
+    fn unique_locks<'a>(
+        &'a self,
+        prefix: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<UniqueLock>>> {
+        call(unique::unique_locks(self, prefix, limit))
     }
 
     fn promote_due<'a>(

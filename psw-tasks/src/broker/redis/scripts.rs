@@ -14,6 +14,10 @@ pub(super) struct Scripts {
     pub(super) promote: Script,
     /// Adds a job with a fixed id once.
     pub(super) push_once: Script,
+    /// Adds a job unless its unique lock is held, taking the lock.
+    pub(super) push_unique: Script,
+    /// Releases a unique lock that the given job holds.
+    pub(super) release_unique: Script,
     /// Owner-checked lease renewal.
     pub(super) renew: Script,
     /// Takes over expired leases.
@@ -45,6 +49,8 @@ impl Scripts {
         Scripts {
             promote: Script::new(include_str!("promote.lua")),
             push_once: Script::new(include_str!("push_once.lua")),
+            push_unique: Script::new(include_str!("push_unique.lua")),
+            release_unique: Script::new(include_str!("release_unique.lua")),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             fetch: Script::new(include_str!("fetch.lua")),

@@ -11,7 +11,8 @@
 -- bytes they may take (each letter's is op[12], and its `bytes` field once stored). ARGV[6] holds the ops that write something (a record, a retry, a dead letter), as
 -- MessagePack; the bare acknowledgements, most of a drain with results off, come after
 -- ARGV[8] as flat (stream, entry id, delivery count) triples, which cost Lua no table each.
--- Writing ops are applied first, in order, then the bare acknowledgements: records stay before
+-- op[13] is the key position of a unique lock to release with the op (0: none) and op[14]
+-- the job id that must hold it. Writing ops are applied first, in order, then the bare acknowledgements: records stay before
 -- their delivery's settlement, and a batch settles a delivery once (see `Write`). ARGV[7] is
 -- how many streams follow as (stream, first id, last id) triples: the range of each stream's
 -- entries in the batch, so that XPENDING reads what the consumer holds there, not all it
@@ -83,6 +84,8 @@ for i, op in ipairs(ops) do
       end
       if op[4] == 1 then ack(op[1], op[2]) end
       if op[11] ~= '' then finished[#finished + 1] = op[11] end
+      -- The job ends: its unique lock goes, unless another job holds it by now.
+      if op[13] > 0 and redis.call('GET', KEYS[op[13]]) == op[14] then redis.call('DEL', KEYS[op[13]]) end
     end
   else
     fenced[#fenced + 1] = i - 1

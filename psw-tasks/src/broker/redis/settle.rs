@@ -62,12 +62,15 @@ pub(super) async fn apply(
                     dead: Vec::new(),
                     dead_bytes: 0,
                     finished: "",
+                    unlock_key: 0,
+                    unlock_id: "",
                 });
             }
             Write::Settle(settlement)
                 if settlement.record.is_none()
                     && settlement.retry.is_none()
-                    && settlement.dead.is_none() =>
+                    && settlement.dead.is_none()
+                    && settlement.unlock.is_none() =>
             {
                 bare.push((index, stream, entry_id, settlement.deliveries));
             }
@@ -91,12 +94,18 @@ pub(super) async fn apply(
                     .as_ref()
                     .map(|dead| dead_fields(dead, &settlement.queue, &settlement.entry_id))
                     .unwrap_or_default();
+                let (unlock_key, unlock_id) = match settlement.unlock.as_deref() {
+                    Some((key, id)) => (keys.add(broker.keys.unique(key)), id.as_str()),
+                    None => (0, ""),
+                };
                 writing.push(index);
                 ops.push(SettleOp {
                     stream,
                     entry_id,
                     deliveries: settlement.deliveries,
                     ack: 1,
+                    unlock_key,
+                    unlock_id,
                     record_key,
                     record,
                     delayed_key,
@@ -284,6 +293,9 @@ struct SettleOp<'w> {
     /// What the dead letter takes against the byte budget.
     dead_bytes: u64,
     finished: &'w str,
+    /// The unique lock to release (0: none) and the job id that must hold it.
+    unlock_key: usize,
+    unlock_id: &'w str,
 }
 
 /// The ops as MessagePack for Redis's Lua `cmsgpack`, which predates the `bin` types: bytes go
@@ -298,7 +310,7 @@ fn encode_ops(ops: &[SettleOp<'_>]) -> Vec<u8> {
     let ok = "writing to a Vec cannot fail";
     write_array_len(&mut out, ops.len() as u32).expect(ok);
     for op in ops {
-        write_array_len(&mut out, 12).expect(ok);
+        write_array_len(&mut out, 14).expect(ok);
         write_uint(&mut out, op.stream as u64).expect(ok);
         bytes(&mut out, op.entry_id.as_bytes());
         write_uint(&mut out, op.deliveries).expect(ok);
@@ -315,6 +327,8 @@ fn encode_ops(ops: &[SettleOp<'_>]) -> Vec<u8> {
         }
         bytes(&mut out, op.finished.as_bytes());
         write_uint(&mut out, op.dead_bytes).expect(ok);
+        write_uint(&mut out, op.unlock_key as u64).expect(ok);
+        bytes(&mut out, op.unlock_id.as_bytes());
     }
     out
 }
