@@ -193,8 +193,7 @@ impl Client {
     /// The unique lock `key` (as `EnqueueOptions::unique_key` names it, or the task and its
     /// arguments' digest), if a job holds it: which job, and for how long at most.
     pub async fn unique_lock(&self, key: &str) -> Result<Option<UniqueLock>> {
-        let locks = self.inner.broker.unique_locks(key, usize::MAX).await?;
-        Ok(locks.into_iter().find(|lock| lock.key == key))
+        self.inner.broker.unique_lock(key).await
     }
 
     /// Up to `limit` unique locks whose key starts with `prefix` (`""` for all), by key.

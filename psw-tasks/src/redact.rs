@@ -95,7 +95,7 @@ const INPUT_KINDS: [&str; 16] = [
 ///
 /// serde's own forms are rebuilt from their parts: the form, the kind of input (never its
 /// value) and what was expected. The value may hold anything, `, expected` included, but it
-/// comes before the description, so the last `, expected` ends it. A message of any other form
+/// comes before the description, so the last `, expected` (or `, there are no`) ends it. A message of any other form
 /// comes from a type's own `Deserialize` and may quote its input anywhere, so every quoted part
 /// is cut. Names of missing or duplicate fields are the type's own, and stay.
 pub(crate) fn serde_message(message: &str) -> String {
@@ -106,9 +106,11 @@ pub(crate) fn serde_message(message: &str) -> String {
         return without_quoted(message);
     };
     let described = &message[form.len()..];
+    // Whichever of serde's two endings comes last is the real one: the value before it may
+    // hold the other.
     let (found, expected) = match described
         .rfind(", expected")
-        .or_else(|| described.rfind(", there are no"))
+        .max(described.rfind(", there are no"))
     {
         Some(end) => described.split_at(end),
         None => (described, ""),
@@ -299,6 +301,15 @@ mod tests {
             (
                 "unknown field `SECRET`, there are no fields",
                 "unknown field, there are no fields",
+            ),
+            // A key that holds the other ending: the last ending is serde's.
+            (
+                "unknown field `SECRET, expected TOKEN`, there are no fields",
+                "unknown field, there are no fields",
+            ),
+            (
+                "unknown field `SECRET, there are no TOKEN`, expected `mode`",
+                "unknown field, expected `mode`",
             ),
             (
                 "invalid type: SECRET thing, expected a map",

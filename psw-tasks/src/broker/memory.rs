@@ -276,6 +276,22 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn unique_lock<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<UniqueLock>>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            Ok(self
+                .lock()
+                .unique
+                .get(key)
+                .filter(|(_, until)| *until > now)
+                .map(|(job_id, until)| UniqueLock {
+                    key: key.to_owned(),
+                    job_id: job_id.clone(),
+                    expires_in: Some(until.duration_since(now)),
+                }))
+        })
+    }
+
     fn unique_locks<'a>(
         &'a self,
         prefix: &'a str,

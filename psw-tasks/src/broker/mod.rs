@@ -243,6 +243,9 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// since is left alone).
     fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
 
+    /// The unique lock `key`, if a job holds it.
+    fn unique_lock<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<UniqueLock>>>;
+
     /// Up to `limit` unique locks whose key starts with `prefix` (all with `""`), each with
     /// the id of the job that holds it and how long it still lasts.
     fn unique_locks<'a>(

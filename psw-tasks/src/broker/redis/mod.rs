@@ -73,6 +73,10 @@ impl Broker for RedisBroker {
         call(unique::release_unique(self, key, id))
     }
 
+    fn unique_lock<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<UniqueLock>>> {
+        call(unique::unique_lock(self, key))
+    }
+
     fn unique_locks<'a>(
         &'a self,
         prefix: &'a str,

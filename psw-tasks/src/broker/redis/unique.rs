@@ -56,6 +56,30 @@ pub(super) async fn release_unique(
     Ok(())
 }
 
+/// The lock `key`, if a job holds it: one round trip (`GET` and `PTTL` pipelined).
+pub(super) async fn unique_lock(
+    broker: &RedisBroker,
+    key: &str,
+) -> redis::RedisResult<Option<UniqueLock>> {
+    let name = broker.keys.unique(key);
+    read_lock(&mut broker.conn(), &name, key.to_owned()).await
+}
+
+/// The lock stored at `name` (whose key is `key`), if it is still held.
+async fn read_lock(
+    conn: &mut impl redis::aio::ConnectionLike,
+    name: &str,
+    key: String,
+) -> redis::RedisResult<Option<UniqueLock>> {
+    let (holder, ttl): (Option<String>, i64) =
+        redis::pipe().get(name).pttl(name).query_async(conn).await?;
+    Ok(holder.map(|job_id| UniqueLock {
+        key,
+        job_id,
+        expires_in: u64::try_from(ttl).ok().map(Duration::from_millis),
+    }))
+}
+
 /// Up to `limit` locks whose key starts with `prefix`, each with its holder and TTL. Every key
 /// of the namespace shares its hash tag, so on a cluster they all live on one node.
 pub(super) async fn unique_locks(
@@ -88,18 +112,9 @@ pub(super) async fn unique_locks(
     names.truncate(limit);
     let mut locks = Vec::with_capacity(names.len());
     for name in names {
-        let (holder, ttl): (Option<String>, i64) = redis::pipe()
-            .get(&name)
-            .pttl(&name)
-            .query_async(&mut conn)
-            .await?;
-        // Released or expired between the scan and the read.
-        let Some(job_id) = holder else { continue };
-        locks.push(UniqueLock {
-            key: name[base.len()..].to_owned(),
-            job_id,
-            expires_in: u64::try_from(ttl).ok().map(Duration::from_millis),
-        });
+        let key = name[base.len()..].to_owned();
+        // None: released or expired between the scan and the read.
+        locks.extend(read_lock(&mut conn, &name, key).await?);
     }
     Ok(locks)
 }
