@@ -23,7 +23,7 @@ use crate::registry::{Duplicate, Registry};
 use crate::revoke::RevokeReason;
 use crate::stats::ClusterStats;
 use crate::task::TaskOptions;
-use crate::unique::{Unique, default_key};
+use crate::unique::{UNIQUE_HOLD, Unique, default_key};
 
 /// A connection to the broker, cheap to clone: enqueue jobs, read their records, run workers.
 #[derive(Clone)]
@@ -131,12 +131,12 @@ impl Client {
         options: EnqueueOptions,
     ) -> Result<Vec<TaskHandle<O>>> {
         let task_options = self.options_of(task)?;
-        if options.unique.is_some() || task_options.unique.is_some() {
+        if options.unique.is_some() || task_options.unique.is_some() || options.debounce.is_some() {
             return Err(Error::config(
                 "EnqueueOptions::unique",
                 task,
-                "no unique jobs when enqueueing many: each needs its own lock (enqueue them one \
-                 by one)",
+                "no unique or debounced jobs when enqueueing many: each needs its own key \
+                 (enqueue them one by one)",
             ));
         }
         if let Some(id) = &options.id {
@@ -221,6 +221,11 @@ impl Client {
         if options.unique.is_none() {
             options.unique = task_options.unique;
         }
+        if let Some((key, window)) = options.debounce.clone() {
+            return self
+                .enqueue_debounced(task, task_options, args, options, key, window)
+                .await;
+        }
         let lock = match options.unique {
             Some(unique) => {
                 let key = match &options.unique_key {
@@ -266,6 +271,37 @@ impl Client {
         } else {
             self.inner.broker.push(vec![job]).await?;
         }
+        Ok(self.handle(id))
+    }
+
+    /// Enqueue as the last job of debounce `key`, due `window` from now at the earliest.
+    async fn enqueue_debounced<O>(
+        &self,
+        task: &str,
+        task_options: &TaskOptions,
+        args: Vec<u8>,
+        mut options: EnqueueOptions,
+        key: String,
+        window: Duration,
+    ) -> Result<TaskHandle<O>> {
+        validate_name("EnqueueOptions::debounce", &key)?;
+        if options.unique.is_some() || options.id.is_some() {
+            return Err(Error::config(
+                "EnqueueOptions::debounce",
+                key,
+                "no debounce for a unique job or one with a fixed id: debouncing already keeps one",
+            ));
+        }
+        if options.eta.is_none() && options.countdown.is_none_or(|countdown| countdown < window) {
+            options.countdown = Some(window);
+        }
+        let (id, job) = self.prepare(task, task_options.queue, args, &options)?;
+        let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
+        let hold = Duration::from_millis(delay) + UNIQUE_HOLD;
+        self.inner
+            .broker
+            .push_debounced(job, &key, id.as_str(), hold)
+            .await?;
         Ok(self.handle(id))
     }
 
@@ -325,6 +361,7 @@ impl Client {
             expires_ms,
             unique_key,
             unique_release,
+            debounce_key: options.debounce.as_ref().map(|(key, _)| key.clone()),
         };
         let payload = envelope.encode()?;
         let limit = self.inner.config.max_message_size;
@@ -375,6 +412,7 @@ pub struct EnqueueOptions {
     expires: Option<Expiry>,
     unique: Option<Unique>,
     unique_key: Option<String>,
+    debounce: Option<(String, Duration)>,
     /// Headers of psw-tasks itself (a scheduled job's slot), which producers cannot set.
     system_headers: Vec<(SystemHeader, String)>,
     id: Option<JobId>,
@@ -420,6 +458,15 @@ impl EnqueueOptions {
     /// A name as queues have: no whitespace, `{`, `}` or `:`, at most 200 characters.
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Keep only the last of the jobs enqueued with `key` within `window`: the job waits
+    /// `window` (unless a countdown or ETA says later), and runs only if no other job was
+    /// enqueued with the key meanwhile; the earlier ones are recorded REVOKED (`superseded`)
+    /// when they come due. A key as `unique_key` takes it; not with `unique` or `job_id`.
+    pub fn debounce(mut self, key: impl Into<String>, window: Duration) -> Self {
+        self.debounce = Some((key.into(), window));
         self
     }
 

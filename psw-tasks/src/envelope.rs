@@ -97,6 +97,10 @@ pub(crate) struct Envelope {
     /// When the worker releases it: at the start or at the end of the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) unique_release: Option<Release>,
+    /// The debounce key (`{ns}:debounce:<key>`): the job runs only if it is still the last
+    /// one enqueued with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) debounce_key: Option<String>,
 }
 
 impl Envelope {
@@ -312,6 +316,7 @@ mod tests {
             expires_ms: None,
             unique_key: None,
             unique_release: None,
+            debounce_key: None,
         }
     }
 

@@ -131,6 +131,11 @@ impl Keys {
         format!("{}:unique:{key}", self.prefix)
     }
 
+    /// A debounce key: the id of the last job enqueued with it, the one that runs.
+    pub(crate) fn debounce(&self, key: &str) -> String {
+        format!("{}:debounce:{key}", self.prefix)
+    }
+
     /// What every unique lock's key starts with, to list them.
     pub(crate) fn unique_prefix(&self) -> String {
         format!("{}:unique:", self.prefix)

@@ -29,7 +29,7 @@ pub enum State {
     /// Failed for good.
     Failure,
     /// Never run, and never will be: `JobRecord::revoked` says why (an expiry that passed
-    /// before a worker started it).
+    /// before a worker started it, a later job of its debounce key).
     Revoked,
 }
 

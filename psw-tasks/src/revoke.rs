@@ -10,6 +10,9 @@ wire_enum! {
     pub enum RevokeReason {
         /// Its expiry (`EnqueueOptions::expires`) passed before a worker started it.
         Expired => "expired",
+        /// A later enqueue with the same debounce key (`EnqueueOptions::debounce`) replaced it
+        /// within the window.
+        Superseded => "superseded",
         /// A reason this version does not know, written by a newer one.
         Unknown => "unknown",
     }

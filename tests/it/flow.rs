@@ -1,4 +1,4 @@
-//! Flow control (issue 14): expiry, queue priorities and unique jobs so far. Each behaviour runs on the
+//! Flow control (issue 14): expiry, queue priorities, unique jobs and debounce so far. Each behaviour runs on the
 //! in-process broker and on Redis, through a real worker.
 
 use std::time::{Duration, SystemTime};
@@ -467,4 +467,66 @@ async fn the_cli_lists_unique_locks() {
     let (ok, out, err) = crate::processes::run_cli(&ns, &["unique", "--prefix", "other"], &[]);
     assert!(ok, "{err}");
     assert!(out.starts_with("0 unique lock(s)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounced_enqueues_keep_only_the_last_on_redis() {
+    let ns = TestNamespace::new("debounce");
+    debounced_enqueues_keep_only_the_last(ns.client().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounced_enqueues_keep_only_the_last_in_memory() {
+    debounced_enqueues_keep_only_the_last(Client::memory()).await;
+}
+
+async fn debounced_enqueues_keep_only_the_last(client: Client) {
+    let worker = start_worker(&client, 2);
+    let window = || EnqueueOptions::new().debounce("sum", Duration::from_secs(1));
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        handles.push(add::enqueue_with(&client, window(), i, 100).await.unwrap());
+    }
+    let last = handles.pop().unwrap();
+    assert_eq!(last.wait(WAIT).await.unwrap(), 104, "the last one runs");
+    for handle in &handles {
+        let err = handle.wait(WAIT).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::JobRevoked {
+                    reason: RevokeReason::Superseded,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let record = handle.record().await.unwrap().unwrap();
+        assert_eq!(record.state, State::Revoked);
+        assert_eq!(record.started_ms, None, "never started");
+    }
+    eventually(WAIT, "four superseded", || {
+        let stats = worker.stats.clone();
+        async move { stats.superseded() == 4 }
+    })
+    .await;
+    // The run cleared the key: a later enqueue opens a window of its own.
+    let later = add::enqueue_with(
+        &client,
+        EnqueueOptions::new().debounce("sum", Duration::from_millis(100)),
+        1,
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.wait(WAIT).await.unwrap(), 2);
+    // Not with a unique job.
+    let err = add::enqueue_with(&client, window().unique(Unique::UntilFinished), 1, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("EnqueueOptions::debounce"),
+        "{err}"
+    );
+    worker.stop().await;
 }

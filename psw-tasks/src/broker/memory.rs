@@ -69,6 +69,8 @@ struct State {
     id_holds: HashMap<String, Instant>,
     /// Unique locks: the holder's job id, until when.
     unique: HashMap<String, (String, Instant)>,
+    /// Debounce keys: the last job's id, until when.
+    debounce: HashMap<String, (String, Instant)>,
 }
 
 impl State {
@@ -266,6 +268,42 @@ impl Broker for MemoryBroker {
             }
             self.arrivals.notify_waiters();
             Ok(None)
+        })
+    }
+
+    fn push_debounced<'a>(
+        &'a self,
+        job: NewJob,
+        key: &'a str,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            {
+                let mut state = self.lock();
+                state.debounce.retain(|_, (_, until)| *until > now);
+                state
+                    .debounce
+                    .insert(key.to_owned(), (id.to_owned(), now + hold));
+                state.add(job);
+            }
+            self.arrivals.notify_waiters();
+            Ok(())
+        })
+    }
+
+    fn take_debounce<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let last = state
+                .debounce
+                .get(key)
+                .is_some_and(|(last, until)| last == id && *until > Instant::now());
+            if last {
+                state.debounce.remove(key);
+            }
+            Ok(last)
         })
     }
 

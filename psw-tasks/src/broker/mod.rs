@@ -239,6 +239,20 @@ pub(crate) trait Broker: Send + Sync + 'static {
         hold: Duration,
     ) -> BoxFuture<'a, Result<Option<String>>>;
 
+    /// Add `job` (whose id is `id`) and make it the last of debounce key `key`, for `hold`, in
+    /// one atomic step: an earlier job of the key is then superseded.
+    fn push_debounced<'a>(
+        &'a self,
+        job: NewJob,
+        key: &'a str,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Whether job `id` is still the last of debounce key `key`; if so the key is cleared, so
+    /// the next enqueue opens a new window.
+    fn take_debounce<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+
     /// Release the unique lock `key` if job `id` holds it (a lock taken again by another job
     /// since is left alone).
     fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;

@@ -186,6 +186,7 @@ pub mod hot_path {
             expires_ms: None,
             unique_key: None,
             unique_release: None,
+            debounce_key: None,
         })
     }
 

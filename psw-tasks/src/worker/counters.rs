@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub(crate) reclaimed: Counter,
     pub(crate) fenced: Counter,
     pub(crate) expired: Counter,
+    pub(crate) superseded: Counter,
 }
 
 impl Counters {
@@ -109,5 +110,9 @@ impl WorkerStats {
     /// Jobs whose expiry had passed when they reached this worker: revoked, not run.
     pub fn expired(&self) -> u64 {
         self.0.expired.get()
+    }
+    /// Debounced jobs replaced by a later one of their key: revoked, not run.
+    pub fn superseded(&self) -> u64 {
+        self.0.superseded.get()
     }
 }

@@ -123,6 +123,25 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
     }
 }
 
+/// Revoke a debounced job that a later one of its key replaced: acknowledged, not run,
+/// recorded REVOKED (`superseded`) if its task keeps records.
+fn supersede(
+    shared: &Shared,
+    delivery: &Delivery,
+    envelope: Envelope,
+    keeps_record: bool,
+) -> Settlement {
+    shared.stats.superseded.inc();
+    tracing::debug!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, "a later job of the same debounce key replaced this one; revoked, not run");
+    revoked(
+        shared,
+        delivery,
+        envelope,
+        keeps_record,
+        RevokeReason::Superseded,
+    )
+}
+
 /// Revoke a job whose expiry has passed: acknowledged, not run, recorded REVOKED (`expired`)
 /// if its task keeps records.
 fn expire(
@@ -133,10 +152,27 @@ fn expire(
     keeps_record: bool,
 ) -> Settlement {
     shared.stats.expired.inc();
-    let now = now_ms();
-    tracing::info!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, late_ms = now - expired_at, "job expired before it started; revoked, not run");
+    tracing::info!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, late_ms = now_ms() - expired_at, "job expired before it started; revoked, not run");
+    revoked(
+        shared,
+        delivery,
+        envelope,
+        keeps_record,
+        RevokeReason::Expired,
+    )
+}
+
+/// The settlement of a job that will not run: acknowledged, recorded REVOKED for `reason`
+/// if its task keeps records, and its unique lock released (it never starts, so a lock held
+/// until its start goes too).
+fn revoked(
+    shared: &Shared,
+    delivery: &Delivery,
+    envelope: Envelope,
+    keeps_record: bool,
+    reason: RevokeReason,
+) -> Settlement {
     let mut settlement = Settlement::of(delivery);
-    // It never starts, so a lock held until its start goes now too.
     settlement.unlock = envelope.releasable_lock().map(Box::new);
     if !keeps_record {
         return settlement;
@@ -152,9 +188,9 @@ fn expire(
         progress: None,
         created_ms: envelope.created_ms,
         started_ms: None,
-        finished_ms: Some(now),
+        finished_ms: Some(now_ms()),
         retry_at_ms: None,
-        revoked: Some(RevokeReason::Expired),
+        revoked: Some(reason),
     };
     shared.finish(settlement, &record, true)
 }
@@ -206,6 +242,22 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
             },
         ))
     });
+    // Debounced: only the last job of its key runs, and it clears the key (so the next opens
+    // a new window) and runs on, retries and all, without asking again.
+    if let Some(key) = envelope.debounce_key.take() {
+        match shared
+            .broker
+            .take_debounce(&key, envelope.id.as_str())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return supersede(shared, delivery, envelope, !options.ignore_result),
+            // Unknown: run it; twice is better than never.
+            Err(err) => {
+                tracing::warn!(id = %envelope.id, error = %crate::error::chain(&err), "could not check the job's debounce key; running it")
+            }
+        }
+    }
     // Unique until started: it starts now, so another job of the key may be enqueued. A
     // release that fails leaves the lock to expire; the job runs all the same.
     if let Some((key, id)) = envelope.lock_released_at_start()

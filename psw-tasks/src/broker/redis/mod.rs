@@ -69,6 +69,20 @@ impl Broker for RedisBroker {
         call(unique::push_unique(self, job, key, id, hold))
     }
 
+    fn push_debounced<'a>(
+        &'a self,
+        job: NewJob,
+        key: &'a str,
+        id: &'a str,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<()>> {
+        call(unique::push_debounced(self, job, key, id, hold))
+    }
+
+    fn take_debounce<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        call(unique::take_debounce(self, key, id))
+    }
+
     fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
         call(unique::release_unique(self, key, id))
     }

@@ -16,8 +16,10 @@ pub(super) struct Scripts {
     pub(super) push_once: Script,
     /// Adds a job unless its unique lock is held, taking the lock.
     pub(super) push_unique: Script,
-    /// Releases a unique lock that the given job holds.
+    /// Deletes a unique lock or a debounce key that holds the given job's id.
     pub(super) release_unique: Script,
+    /// Adds a job as the last of its debounce key.
+    pub(super) push_debounced: Script,
     /// Owner-checked lease renewal.
     pub(super) renew: Script,
     /// Takes over expired leases.
@@ -51,6 +53,7 @@ impl Scripts {
             push_once: Script::new(include_str!("push_once.lua")),
             push_unique: Script::new(include_str!("push_unique.lua")),
             release_unique: Script::new(include_str!("release_unique.lua")),
+            push_debounced: Script::new(include_str!("push_debounced.lua")),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             fetch: Script::new(include_str!("fetch.lua")),

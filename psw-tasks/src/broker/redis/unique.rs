@@ -1,5 +1,6 @@
 //! Unique jobs' locks: taken with the job's enqueue, released by the worker (at the start,
-//! or with the job's settlement in `settle.lua`), listed for operators.
+//! or with the job's settlement in `settle.lua`), listed for operators; and debounce keys,
+//! which name the last job enqueued with them.
 
 use std::time::Duration;
 
@@ -38,6 +39,52 @@ pub(super) async fn push_unique(
         .arg(JOB_FIELD)
         .invoke_async(&mut broker.conn())
         .await
+}
+
+/// Add `job` as the last of debounce key `key` (`push_debounced.lua`).
+pub(super) async fn push_debounced(
+    broker: &RedisBroker,
+    job: NewJob,
+    key: &str,
+    id: &str,
+    hold: Duration,
+) -> redis::RedisResult<()> {
+    let (target, due) = match job.due_ms {
+        Some(due) if due > now_ms() => (broker.keys.delayed(&job.queue), due.to_string()),
+        _ => (broker.keys.stream(&job.queue), String::new()),
+    };
+    let _: i64 = broker
+        .scripts
+        .push_debounced
+        .key(broker.keys.debounce(key))
+        .key(target)
+        .key(broker.keys.queues())
+        .arg(id)
+        .arg(hold.as_millis().max(1) as u64)
+        .arg(&job.payload)
+        .arg(due)
+        .arg(&job.queue)
+        .arg(JOB_FIELD)
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(())
+}
+
+/// Whether job `id` is the last of debounce key `key`, clearing the key if so
+/// (`release_unique.lua`, which deletes a key that holds the id).
+pub(super) async fn take_debounce(
+    broker: &RedisBroker,
+    key: &str,
+    id: &str,
+) -> redis::RedisResult<bool> {
+    let taken: i64 = broker
+        .scripts
+        .release_unique
+        .key(broker.keys.debounce(key))
+        .arg(id)
+        .invoke_async(&mut broker.conn())
+        .await?;
+    Ok(taken == 1)
 }
 
 /// Release the lock `key` if job `id` holds it (`release_unique.lua`).
