@@ -253,7 +253,8 @@ impl Client {
             {
                 None => Ok(self.handle(id)),
                 Some(holder) => {
-                    tracing::info!(task, unique_key = %key, job = %holder, "a job with this unique key is known already; nothing added");
+                    // Not the key: a producer's own key may be made of argument values.
+                    tracing::info!(task, job = %holder, "a job with this unique key is known already; nothing added");
                     let mut handle = self.handle(holder);
                     handle.duplicate = true;
                     Ok(handle)
