@@ -264,13 +264,6 @@ impl Config {
             Some((name, value)) => parse_bool(name, &value)?,
             None => false,
         };
-        if strict_priority && !queue_weights.is_empty() {
-            return Err(Error::config(
-                "PSW_STRICT_PRIORITY",
-                "true",
-                "either strict order or queue weights in PSW_QUEUES, not both",
-            ));
-        }
 
         let duration = |names: &[&'static str], default: Duration| -> Result<Duration> {
             match first(names) {

@@ -182,7 +182,7 @@ impl FetchLoop {
     }
 
     /// Hold the deliveries, each with a claim, and queue them for the runners.
-    fn dispatch(&self, deliveries: Vec<Delivery>, mut first: OwnedSemaphorePermit) {
+    fn dispatch(&self, mut deliveries: Vec<Delivery>, mut first: OwnedSemaphorePermit) {
         // The broker returns at most the free claims (the fetch counts over all queues, the
         // reclaim within what is left): each delivery gets one. Were there more, they would be
         // held and run all the same, never left waiting unrenewed.
@@ -191,7 +191,7 @@ impl FetchLoop {
                 .split(1)
                 .or_else(|| self.claims.clone().try_acquire_owned().ok())
         });
-        let deliveries = self.shared.in_flight.track(deliveries, claims);
+        self.shared.in_flight.track(&mut deliveries, claims);
         let fetched_at = Instant::now();
         for delivery in deliveries {
             // The runners hold a receiver until they stop, after this loop.

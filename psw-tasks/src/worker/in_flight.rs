@@ -33,25 +33,26 @@ impl InFlight {
     }
 
     /// Hold a fetched batch, each delivery with its claim (one lock for the batch: the writer
-    /// releases on another thread), and return the deliveries to run: not one whose entry is
-    /// held already. Redis hands an entry out again while its first copy runs only when the
+    /// releases on another thread), and keep in `deliveries` only those to run: not one whose
+    /// entry is held already. Redis hands an entry out again while its first copy runs only when the
     /// consumer group was destroyed and created anew from `0` (`XGROUP DESTROY`); the copy
     /// running settles it.
     pub(crate) fn track(
         &self,
-        deliveries: Vec<Delivery>,
+        deliveries: &mut Vec<Delivery>,
         claims: impl IntoIterator<Item = Option<OwnedSemaphorePermit>>,
-    ) -> Vec<Delivery> {
+    ) {
         let mut held = self.lock();
-        let mut to_run = Vec::with_capacity(deliveries.len());
-        for (delivery, claim) in deliveries.into_iter().zip(claims) {
+        let mut claims = claims.into_iter();
+        deliveries.retain(|delivery| {
+            let claim = claims.next().flatten();
             let entries = match held.get_mut(&delivery.queue) {
                 Some(entries) => entries,
                 None => held.entry(delivery.queue.clone()).or_default(),
             };
             if entries.contains_key(&delivery.entry_id) {
                 tracing::warn!(queue = %delivery.queue, entry = %delivery.entry_id, "an entry this worker runs was handed out again (its consumer group was created anew?); the second copy is not run");
-                continue;
+                return false;
             }
             entries.insert(
                 delivery.entry_id.clone(),
@@ -60,9 +61,8 @@ impl InFlight {
                     _claim: claim,
                 },
             );
-            to_run.push(delivery);
-        }
-        to_run
+            true
+        });
     }
 
     /// Forget deliveries once their settlement is stored (or refused), giving back their

@@ -4,10 +4,5 @@
 -- job's id, how long the key lasts (ms), the payload, its due time in ms (empty: ready now, to
 -- the stream), the queue's name, the stream's job field.
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[4] == '' then
-  redis.call('XADD', KEYS[2], '*', ARGV[6], ARGV[3])
-else
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-end
-redis.call('SADD', KEYS[3], ARGV[5])
+add_job(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 1

@@ -7,10 +7,5 @@
 -- the id is held (ms), the queue's name, the stream's job field.
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 0 end
-if ARGV[2] == '' then
-  redis.call('XADD', KEYS[3], '*', ARGV[5], ARGV[1])
-else
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-end
-redis.call('SADD', KEYS[4], ARGV[4])
+add_job(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[4], ARGV[5])
 return 1

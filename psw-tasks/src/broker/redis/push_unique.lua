@@ -7,10 +7,5 @@
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('GET', KEYS[1])
 end
-if ARGV[4] == '' then
-  redis.call('XADD', KEYS[2], '*', ARGV[6], ARGV[3])
-else
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-end
-redis.call('SADD', KEYS[3], ARGV[5])
+add_job(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return false

@@ -102,10 +102,7 @@ pub(super) async fn push_once(
     id: &str,
     hold: Duration,
 ) -> redis::RedisResult<bool> {
-    let (target, due) = match job.due_ms {
-        Some(due) if due > now_ms() => (broker.keys.delayed(&job.queue), due.to_string()),
-        _ => (broker.keys.stream(&job.queue), String::new()),
-    };
+    let (target, due) = destination(broker, &job);
     let added: i64 = broker
         .scripts
         .push_once
@@ -121,6 +118,15 @@ pub(super) async fn push_once(
         .invoke_async(&mut broker.conn())
         .await?;
     Ok(added == 1)
+}
+
+/// Where a job that one of the conditional push scripts adds goes (`add_job.lua`): its
+/// queue's stream when due now, else its delayed set with the due time as the score.
+pub(super) fn destination(broker: &RedisBroker, job: &NewJob) -> (String, String) {
+    match job.due_ms {
+        Some(due) if due > now_ms() => (broker.keys.delayed(&job.queue), due.to_string()),
+        _ => (broker.keys.stream(&job.queue), String::new()),
+    }
 }
 
 /// Move up to `limit` due delayed jobs into the queue (`promote.lua`).

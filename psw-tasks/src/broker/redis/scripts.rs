@@ -1,6 +1,7 @@
 //! The Lua scripts of the Redis broker, one `.lua` file each beside this one (each opens with
 //! what it does and its KEYS and ARGV), loaded once into [`Scripts`]. A function several
-//! scripts need has a file of its own, put in front of each (`letter_bytes.lua`).
+//! scripts need has a file of its own, put in front of each (`letter_bytes.lua`,
+//! `add_job.lua`).
 //!
 //! Architecture invariant: a script gets every key it touches in KEYS, never builds a key name
 //! from ARGV, so that each call stays on the slot of its keys.
@@ -17,7 +18,7 @@ pub(super) struct Scripts {
     /// Adds a job unless its unique lock is held, taking the lock.
     pub(super) push_unique: Script,
     /// Deletes a unique lock or a debounce key that holds the given job's id.
-    pub(super) release_unique: Script,
+    pub(super) delete_if_holds: Script,
     /// Adds a job as the last of its debounce key.
     pub(super) push_debounced: Script,
     /// Owner-checked lease renewal.
@@ -50,10 +51,19 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Scripts {
             promote: Script::new(include_str!("promote.lua")),
-            push_once: Script::new(include_str!("push_once.lua")),
-            push_unique: Script::new(include_str!("push_unique.lua")),
-            release_unique: Script::new(include_str!("release_unique.lua")),
-            push_debounced: Script::new(include_str!("push_debounced.lua")),
+            push_once: Script::new(concat!(
+                include_str!("add_job.lua"),
+                include_str!("push_once.lua")
+            )),
+            push_unique: Script::new(concat!(
+                include_str!("add_job.lua"),
+                include_str!("push_unique.lua")
+            )),
+            delete_if_holds: Script::new(include_str!("delete_if_holds.lua")),
+            push_debounced: Script::new(concat!(
+                include_str!("add_job.lua"),
+                include_str!("push_debounced.lua")
+            )),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             fetch: Script::new(include_str!("fetch.lua")),

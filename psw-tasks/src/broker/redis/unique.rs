@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::connection::RedisBroker;
+use super::queues::destination;
 use crate::broker::{NewJob, UniqueLock};
-use crate::envelope::now_ms;
 use crate::keys::JOB_FIELD;
 
 /// Keys read per `SCAN` step when listing locks.
@@ -21,14 +21,36 @@ pub(super) async fn push_unique(
     id: &str,
     hold: Duration,
 ) -> redis::RedisResult<Option<String>> {
-    let (target, due) = match job.due_ms {
-        Some(due) if due > now_ms() => (broker.keys.delayed(&job.queue), due.to_string()),
-        _ => (broker.keys.stream(&job.queue), String::new()),
-    };
-    broker
-        .scripts
-        .push_unique
-        .key(broker.keys.unique(key))
+    let script = &broker.scripts.push_unique;
+    push_keyed(broker, script, broker.keys.unique(key), job, id, hold).await
+}
+
+/// Add `job` as the last of debounce key `key` (`push_debounced.lua`).
+pub(super) async fn push_debounced(
+    broker: &RedisBroker,
+    job: NewJob,
+    key: &str,
+    id: &str,
+    hold: Duration,
+) -> redis::RedisResult<()> {
+    let script = &broker.scripts.push_debounced;
+    let _: i64 = push_keyed(broker, script, broker.keys.debounce(key), job, id, hold).await?;
+    Ok(())
+}
+
+/// Run one of the scripts that set a key to a job's id (for `hold`) and add the job; they
+/// share their KEYS and ARGV.
+async fn push_keyed<T: redis::FromRedisValue>(
+    broker: &RedisBroker,
+    script: &redis::Script,
+    key: String,
+    job: NewJob,
+    id: &str,
+    hold: Duration,
+) -> redis::RedisResult<T> {
+    let (target, due) = destination(broker, &job);
+    script
+        .key(key)
         .key(target)
         .key(broker.keys.queues())
         .arg(id)
@@ -41,37 +63,8 @@ pub(super) async fn push_unique(
         .await
 }
 
-/// Add `job` as the last of debounce key `key` (`push_debounced.lua`).
-pub(super) async fn push_debounced(
-    broker: &RedisBroker,
-    job: NewJob,
-    key: &str,
-    id: &str,
-    hold: Duration,
-) -> redis::RedisResult<()> {
-    let (target, due) = match job.due_ms {
-        Some(due) if due > now_ms() => (broker.keys.delayed(&job.queue), due.to_string()),
-        _ => (broker.keys.stream(&job.queue), String::new()),
-    };
-    let _: i64 = broker
-        .scripts
-        .push_debounced
-        .key(broker.keys.debounce(key))
-        .key(target)
-        .key(broker.keys.queues())
-        .arg(id)
-        .arg(hold.as_millis().max(1) as u64)
-        .arg(&job.payload)
-        .arg(due)
-        .arg(&job.queue)
-        .arg(JOB_FIELD)
-        .invoke_async(&mut broker.conn())
-        .await?;
-    Ok(())
-}
-
 /// Whether job `id` is the last of debounce key `key`, clearing the key if so
-/// (`release_unique.lua`, which deletes a key that holds the id).
+/// (`delete_if_holds.lua`).
 pub(super) async fn take_debounce(
     broker: &RedisBroker,
     key: &str,
@@ -79,7 +72,7 @@ pub(super) async fn take_debounce(
 ) -> redis::RedisResult<bool> {
     let taken: i64 = broker
         .scripts
-        .release_unique
+        .delete_if_holds
         .key(broker.keys.debounce(key))
         .arg(id)
         .invoke_async(&mut broker.conn())
@@ -87,7 +80,7 @@ pub(super) async fn take_debounce(
     Ok(taken == 1)
 }
 
-/// Release the lock `key` if job `id` holds it (`release_unique.lua`).
+/// Release the lock `key` if job `id` holds it (`delete_if_holds.lua`).
 pub(super) async fn release_unique(
     broker: &RedisBroker,
     key: &str,
@@ -95,7 +88,7 @@ pub(super) async fn release_unique(
 ) -> redis::RedisResult<()> {
     let _: i64 = broker
         .scripts
-        .release_unique
+        .delete_if_holds
         .key(broker.keys.unique(key))
         .arg(id)
         .invoke_async(&mut broker.conn())
@@ -108,23 +101,36 @@ pub(super) async fn unique_lock(
     broker: &RedisBroker,
     key: &str,
 ) -> redis::RedisResult<Option<UniqueLock>> {
-    let name = broker.keys.unique(key);
-    read_lock(&mut broker.conn(), &name, key.to_owned()).await
+    let locks = read_locks(broker, vec![(broker.keys.unique(key), key.to_owned())]).await?;
+    Ok(locks.into_iter().next())
 }
 
-/// The lock stored at `name` (whose key is `key`), if it is still held.
-async fn read_lock(
-    conn: &mut impl redis::aio::ConnectionLike,
-    name: &str,
-    key: String,
-) -> redis::RedisResult<Option<UniqueLock>> {
-    let (holder, ttl): (Option<String>, i64) =
-        redis::pipe().get(name).pttl(name).query_async(conn).await?;
-    Ok(holder.map(|job_id| UniqueLock {
-        key,
-        job_id,
-        expires_in: u64::try_from(ttl).ok().map(Duration::from_millis),
-    }))
+/// The locks stored at each (Redis key, lock key) that are still held, in one round trip
+/// (`GET` and `PTTL` of each, pipelined).
+async fn read_locks(
+    broker: &RedisBroker,
+    names: Vec<(String, String)>,
+) -> redis::RedisResult<Vec<UniqueLock>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (name, _) in &names {
+        pipe.get(name).pttl(name);
+    }
+    let replies: Vec<(Option<String>, i64)> = pipe.query_async(&mut broker.conn()).await?;
+    Ok(names
+        .into_iter()
+        .zip(replies)
+        // None: released or expired before the read.
+        .filter_map(|((_, key), (holder, ttl))| {
+            holder.map(|job_id| UniqueLock {
+                key,
+                job_id,
+                expires_in: u64::try_from(ttl).ok().map(Duration::from_millis),
+            })
+        })
+        .collect())
 }
 
 /// Up to `limit` locks whose key starts with `prefix`, each with its holder and TTL. Every key
@@ -157,13 +163,14 @@ pub(super) async fn unique_locks(
     names.sort();
     names.dedup();
     names.truncate(limit);
-    let mut locks = Vec::with_capacity(names.len());
-    for name in names {
-        let key = name[base.len()..].to_owned();
-        // None: released or expired between the scan and the read.
-        locks.extend(read_lock(&mut conn, &name, key).await?);
-    }
-    Ok(locks)
+    let names = names
+        .into_iter()
+        .map(|name| {
+            let key = name[base.len()..].to_owned();
+            (name, key)
+        })
+        .collect();
+    read_locks(broker, names).await
 }
 
 /// `text` with the glob characters of `SCAN MATCH` escaped, to match it literally.
