@@ -199,9 +199,10 @@ async fn start(config: AppConfig, jobs: &Config) -> Result<(Arc<App>, bool)> {
     } else {
         false
     };
-    let provider = Provider::from_settings(&config.providers);
     let notifier = Notifier::new(config.email.clone(), config.telegram.clone())?;
     let client = Client::connect(jobs).await?;
+    // Paced across every process on the namespace: the quota is the API key's, not ours.
+    let provider = Provider::from_settings(&config.providers).with_shared_limit(&client)?;
 
     let broker = match &jobs.redis_url {
         Some(url) => format!("Redis at {}", crate::redact::url(url)),

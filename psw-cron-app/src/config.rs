@@ -4,6 +4,7 @@
 //!
 //! A bad value fails at start with an error that names the variable and the expected form.
 
+use psw_tasks::RateLimit;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -202,6 +203,16 @@ impl AppConfig {
         };
 
         let timeout = duration("QUOTE_TIMEOUT", Duration::from_secs(10))?;
+        let rate = |name: &str, default: &str| -> Result<RateLimit> {
+            let value = get(name).unwrap_or_else(|| default.to_owned());
+            value.parse::<RateLimit>().map_err(|_| {
+                ConfigError::new(
+                    name,
+                    &value,
+                    "a rate limit `<count>/<period>` (period `s`, `m`, `h`, `d` or a duration such as `10s`), optionally with `burst <n>`: `1000/m`, `100/10s burst 10`",
+                )
+            })
+        };
         let providers = ProviderSettings {
             eodhd_api_key: get("EODHD_API_KEY"),
             eodhd_base_url: base_url(&get, "EODHD_BASE_URL", "https://eodhd.com/api")?,
@@ -212,6 +223,11 @@ impl AppConfig {
                 "https://apiservice.borsdata.se",
             )?,
             timeout,
+            eodhd_rate_limit: rate("EODHD_RATE_LIMIT", crate::providers::eodhd::PUBLISHED_LIMIT)?,
+            borsdata_rate_limit: rate(
+                "BORSDATA_RATE_LIMIT",
+                crate::providers::borsdata::PUBLISHED_LIMIT,
+            )?,
         };
 
         let report_zone = match get("REPORT_TIMEZONE")
@@ -535,6 +551,18 @@ mod tests {
         assert_eq!(c.telegram.unwrap().api_url, "https://api.telegram.org");
         assert_eq!(c.dashboard_auth.unwrap().0, "admin");
         assert_eq!(c.report_zone, chrono_tz::Europe::Stockholm);
+    }
+
+    #[test]
+    fn provider_rate_limits_default_to_the_published_ones() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.providers.eodhd_rate_limit.to_string(), "1000/m");
+        assert_eq!(c.providers.borsdata_rate_limit.to_string(), "100/10s");
+        let c = config(&[("EODHD_RATE_LIMIT", "20/s burst 5")]).unwrap();
+        assert_eq!(c.providers.eodhd_rate_limit.burst(), 5);
+        let err = config(&[("BORSDATA_RATE_LIMIT", "lots")]).unwrap_err();
+        assert_eq!(err.variable, "BORSDATA_RATE_LIMIT");
+        assert!(err.expected.contains("<count>/<period>"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ const OPTIONS: &[&str] = &[
     "ignore_result",
     "timeout",
     "unique",
+    "rate_limit",
+    "concurrency",
     "schedule",
     "every",
     "tz",
@@ -44,6 +46,10 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<Duration>,
     /// How long a job is unique; `None` means it is not.
     pub(crate) unique: Option<UniqueArg>,
+    /// How often a job may start, across the cluster; `None` means freely.
+    pub(crate) rate_limit: Option<LimitArg<rules::RateSpec>>,
+    /// How many jobs may run at once, across the cluster; `None` means any number.
+    pub(crate) concurrency: Option<LimitArg<u32>>,
     /// When the beat fires the task; `None` means never.
     pub(crate) schedule: Option<Schedule>,
 }
@@ -66,6 +72,13 @@ pub(crate) enum UniqueArg {
     For(Duration),
 }
 
+/// `rate_limit = ".."` and `concurrency = ..`: as `psw_tasks::TaskLimit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LimitArg<T> {
+    Own(T),
+    Named(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Timing {
     Cron(String),
@@ -85,6 +98,8 @@ impl Default for Args {
             ignore_result: false,
             timeout: None,
             unique: None,
+            rate_limit: None,
+            concurrency: None,
             schedule: None,
         }
     }
@@ -192,6 +207,11 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
                 args.unique = Some(unique(lit)?);
                 Ok(())
             }),
+            "rate_limit" => string(value, "rate_limit", "60/m").and_then(|lit| {
+                args.rate_limit = Some(rate_limit(lit)?);
+                Ok(())
+            }),
+            "concurrency" => concurrency(value).map(|limit| args.concurrency = Some(limit)),
             "schedule" | "every" if timing.is_some() => Err(Error::new_spanned(
                 key,
                 "`schedule` and `every` cannot both be set; pick one",
@@ -436,6 +456,50 @@ fn backoff(lit: &LitStr) -> syn::Result<Backoff> {
     }
 }
 
+/// `"60/m"`, `"10/s burst 5"`, or the name of a shared limit such as `"eodhd"`.
+fn rate_limit(lit: &LitStr) -> syn::Result<LimitArg<rules::RateSpec>> {
+    let text = lit.value();
+    if rules::is_named_limit(&text) {
+        return limit_name(lit).map(LimitArg::Named);
+    }
+    rules::parse_rate(&text).map(LimitArg::Own).map_err(|reason| {
+        Error::new_spanned(
+            lit,
+            format!(
+                "invalid `rate_limit` {text:?}: {reason}; expected {}, or the name of a shared limit",
+                rules::RATE_FORM
+            ),
+        )
+    })
+}
+
+/// `concurrency = 2`, or `concurrency = "renderer"` for a shared limit.
+fn concurrency(value: &Expr) -> syn::Result<LimitArg<u32>> {
+    let expected = "`concurrency` expects a whole number of at least 1, like `concurrency = 2`, or the name of a shared limit, like `concurrency = \"renderer\"`";
+    match literal(value) {
+        Some(Lit::Int(lit)) => match lit.base10_parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(LimitArg::Own(n)),
+            _ => Err(Error::new_spanned(lit, expected)),
+        },
+        Some(Lit::Str(lit)) => limit_name(lit).map(LimitArg::Named),
+        _ => Err(Error::new_spanned(value, expected)),
+    }
+}
+
+/// The name of a shared limit: key-safe, starting with a letter.
+fn limit_name(lit: &LitStr) -> syn::Result<String> {
+    let name = lit.value();
+    if rules::check_name(&name).is_err() || !rules::is_named_limit(&name) {
+        return Err(Error::new_spanned(
+            lit,
+            format!(
+                "{name:?} cannot name a shared limit: it starts with a letter and has no blanks, `:`, `{{` or `}}`"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
 /// A humantime duration that the runtime can hold: whole milliseconds that fit in a `u64`.
 /// `"until_started"`, `"until_finished"` or `"for = 1h"` (also `"for 1h"`).
 fn unique(lit: &LitStr) -> syn::Result<UniqueArg> {
@@ -574,6 +638,24 @@ mod tests {
                 with(|a| a.unique = Some(UniqueArg::For(Duration::from_secs(90)))),
             ),
             (
+                r#"rate_limit = "10/s burst 5", concurrency = 2"#,
+                with(|a| {
+                    a.rate_limit = Some(LimitArg::Own(rules::RateSpec {
+                        count: 10,
+                        per_ms: 1000,
+                        burst: 5,
+                    }));
+                    a.concurrency = Some(LimitArg::Own(2));
+                }),
+            ),
+            (
+                r#"rate_limit = "eodhd", concurrency = "renderer""#,
+                with(|a| {
+                    a.rate_limit = Some(LimitArg::Named("eodhd".into()));
+                    a.concurrency = Some(LimitArg::Named("renderer".into()));
+                }),
+            ),
+            (
                 r#"name = "n", queue = "q", retries = 5, backoff = "linear", backoff_base = "2s",
                    backoff_max = "10m", jitter = false, ignore_result = true, timeout = "1m""#,
                 Args {
@@ -587,6 +669,8 @@ mod tests {
                     ignore_result: true,
                     timeout: Some(Duration::from_secs(60)),
                     unique: None,
+                    rate_limit: None,
+                    concurrency: None,
                     schedule: None,
                 },
             ),
@@ -636,17 +720,29 @@ mod tests {
                 "foo = 1",
                 "unknown option `foo`; expected one of `name`, `queue`, `retries`, `backoff`, \
                  `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
-                 `schedule`, `every`, `tz`, `misfire`, `overlap`",
+                 `rate_limit`, `concurrency`, `schedule`, `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "a::b = 1",
                 "unknown option `a::b`; expected one of `name`, `queue`, `retries`, `backoff`, \
                  `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
-                 `schedule`, `every`, `tz`, `misfire`, `overlap`",
+                 `rate_limit`, `concurrency`, `schedule`, `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "retries = 1, retries = 2",
                 "`retries` specified more than once",
+            ),
+            (
+                r#"rate_limit = "10/fortnight""#,
+                "invalid `rate_limit` \"10/fortnight\": the period \"fortnight\" is not s, m, h, d or a duration; expected `<count>/<period>`, the period `s`, `m`, `h`, `d` or a duration such as `10s`, then optionally `burst <n>`: \"60/m\", \"10/s burst 5\", \"100/10s\", or the name of a shared limit",
+            ),
+            (
+                r#"rate_limit = "api key""#,
+                "\"api key\" cannot name a shared limit: it starts with a letter and has no blanks, `:`, `{` or `}`",
+            ),
+            (
+                "concurrency = 0",
+                "`concurrency` expects a whole number of at least 1, like `concurrency = 2`, or the name of a shared limit, like `concurrency = \"renderer\"`",
             ),
             (
                 r#"retries = "3""#,
@@ -809,7 +905,7 @@ mod tests {
                 "`retries` expects an integer, like `retries = 3`\n\
                  unknown option `bogus`; expected one of `name`, `queue`, `retries`, `backoff`, \
                  `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
-                 `schedule`, `every`, `tz`, `misfire`, `overlap`\n\
+                 `rate_limit`, `concurrency`, `schedule`, `every`, `tz`, `misfire`, `overlap`\n\
                  `jitter` expects `true` or `false`, like `jitter = false`\n\
                  `retries` specified more than once",
             ),

@@ -385,6 +385,30 @@ fn options(args: &Args) -> TokenStream {
             quote!(::core::option::Option::Some(::psw_tasks::__private::unique_for(#hold_ms)))
         }
     };
+    let rate_limit = match &args.rate_limit {
+        None => quote!(::core::option::Option::None),
+        Some(args::LimitArg::Own(spec)) => {
+            let count = Literal::u32_suffixed(spec.count);
+            let per_ms = Literal::u64_suffixed(spec.per_ms);
+            let burst = Literal::u32_suffixed(spec.burst);
+            quote!(::core::option::Option::Some(::psw_tasks::__private::TaskLimit::Own(
+                ::psw_tasks::__private::rate_limit(#count, #per_ms, #burst)
+            )))
+        }
+        Some(args::LimitArg::Named(name)) => {
+            quote!(::core::option::Option::Some(::psw_tasks::__private::TaskLimit::Named(#name)))
+        }
+    };
+    let concurrency = match &args.concurrency {
+        None => quote!(::core::option::Option::None),
+        Some(args::LimitArg::Own(n)) => {
+            let n = Literal::u32_suffixed(*n);
+            quote!(::core::option::Option::Some(::psw_tasks::__private::TaskLimit::Own(#n)))
+        }
+        Some(args::LimitArg::Named(name)) => {
+            quote!(::core::option::Option::Some(::psw_tasks::__private::TaskLimit::Named(#name)))
+        }
+    };
     quote! {
         ::psw_tasks::__private::options(
             #queue,
@@ -396,6 +420,8 @@ fn options(args: &Args) -> TokenStream {
             #ignore_result,
             #timeout_ms,
             #unique,
+            #rate_limit,
+            #concurrency,
         )
     }
 }

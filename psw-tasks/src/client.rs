@@ -18,6 +18,8 @@ use crate::dead::DeadLetters;
 use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
 use crate::error::{Error, Result};
 use crate::keys::{Keys, validate_name};
+use crate::limit::{RateLimit, check_limit_name};
+use crate::limiter::RateLimiter;
 use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
 use crate::revoke::RevokeReason;
@@ -199,6 +201,14 @@ impl Client {
     /// Up to `limit` unique locks whose key starts with `prefix` (`""` for all), by key.
     pub async fn unique_locks(&self, prefix: &str, limit: usize) -> Result<Vec<UniqueLock>> {
         self.inner.broker.unique_locks(prefix, limit).await
+    }
+
+    /// The shared rate limit `name`, for code outside tasks: the same limit, across every
+    /// process, as `TaskContext::rate_limit(name)` in a task. `name` is a key-safe name
+    /// starting with a letter; every user of it must give the same `limit`.
+    pub fn rate_limiter(&self, name: &str, limit: RateLimit) -> Result<RateLimiter> {
+        check_limit_name(name, "rate limit name")?;
+        Ok(RateLimiter::new(self.inner.broker.clone(), name, limit))
     }
 
     /// The namespace's dead-letter queue.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
+use crate::limit::{RateLimit, check_limit_name};
 use crate::priority::parse_queue_list;
 use crate::redact;
 
@@ -61,6 +62,12 @@ pub struct Config {
     /// Read a worker's queues in their order, always the first first (`PSW_STRICT_PRIORITY`):
     /// a busy first queue starves the others.
     pub strict_priority: bool,
+    /// Shared rate limits by name (`PSW_RATE_LIMITS=eodhd=1000/m,borsdata=100/10s burst 5`),
+    /// for `#[task(rate_limit = "name")]` and `TaskContext::rate_limit`.
+    pub rate_limits: BTreeMap<String, RateLimit>,
+    /// Shared concurrency limits by name (`PSW_CONCURRENCY_LIMITS=renderer=2`), for
+    /// `#[task(concurrency = "name")]`.
+    pub concurrency_limits: BTreeMap<String, u32>,
     /// How long job records are kept.
     pub result_ttl: Duration,
     /// Most dead letters kept; past it the oldest are trimmed, counted and logged.
@@ -101,6 +108,8 @@ impl std::fmt::Debug for Config {
             queues,
             queue_weights,
             strict_priority,
+            rate_limits,
+            concurrency_limits,
             result_ttl,
             dead_letter_cap,
             dead_letter_max_bytes,
@@ -122,6 +131,8 @@ impl std::fmt::Debug for Config {
             .field("queues", queues)
             .field("queue_weights", queue_weights)
             .field("strict_priority", strict_priority)
+            .field("rate_limits", rate_limits)
+            .field("concurrency_limits", concurrency_limits)
             .field("result_ttl", result_ttl)
             .field("dead_letter_cap", dead_letter_cap)
             .field("dead_letter_max_bytes", dead_letter_max_bytes)
@@ -148,6 +159,8 @@ impl Default for Config {
             queues: None,
             queue_weights: BTreeMap::new(),
             strict_priority: false,
+            rate_limits: BTreeMap::new(),
+            concurrency_limits: BTreeMap::new(),
             result_ttl: Duration::from_secs(24 * 3600),
             max_message_size: 512 * 1024,
             max_result_size: None,
@@ -265,6 +278,25 @@ impl Config {
             None => false,
         };
 
+        let rate_limits = match get("PSW_RATE_LIMITS") {
+            Some((name, value)) => parse_named(
+                name,
+                &value,
+                "<name>=<count>/<period>, such as `eodhd=1000/m,borsdata=100/10s burst 5`",
+                |limit| limit.parse::<RateLimit>().ok(),
+            )?,
+            None => BTreeMap::new(),
+        };
+        let concurrency_limits = match get("PSW_CONCURRENCY_LIMITS") {
+            Some((name, value)) => parse_named(
+                name,
+                &value,
+                "<name>=<slots>, slots a whole number of at least 1, such as `renderer=2,mailer=5`",
+                |slots| slots.parse::<u32>().ok().filter(|&n| n >= 1),
+            )?,
+            None => BTreeMap::new(),
+        };
+
         let duration = |names: &[&'static str], default: Duration| -> Result<Duration> {
             match first(names) {
                 Some((name, value)) => parse_duration(name, &value),
@@ -323,6 +355,8 @@ impl Config {
             queues,
             queue_weights,
             strict_priority,
+            rate_limits,
+            concurrency_limits,
             result_ttl,
             max_message_size,
             max_result_size,
@@ -357,6 +391,36 @@ impl Config {
 /// Whether two Redis URLs name the same server, database and login: `redis://h:6379` and
 /// `redis://h:6379/0` do.
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), as `variable` gives it.
+/// A comma-separated list of `name=limit`, each name a limit's and each limit read by `limit`.
+fn parse_named<T>(
+    variable: &str,
+    value: &str,
+    expected: &str,
+    limit: impl Fn(&str) -> Option<T>,
+) -> Result<BTreeMap<String, T>> {
+    let mut limits = BTreeMap::new();
+    for item in value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let parsed = item.split_once('=').and_then(|(name, spec)| {
+            let name = name.trim();
+            check_limit_name(name, variable).ok()?;
+            Some((name.to_owned(), limit(spec.trim())?))
+        });
+        let Some((name, parsed)) = parsed else {
+            return Err(Error::config(
+                variable,
+                value,
+                format!("a list of {expected}; `{item}` is not one"),
+            ));
+        };
+        limits.insert(name, parsed);
+    }
+    Ok(limits)
+}
+
 fn parse_bool(variable: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -494,6 +558,32 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_millis(500));
         assert_eq!(c.max_message_size, 1024 * 1024);
         assert_eq!(c.queues, Some(vec!["default".into(), "mail".into()]));
+    }
+
+    #[test]
+    fn reads_shared_limits_and_names_the_variable_of_a_bad_one() {
+        let c = config(&[
+            ("PSW_RATE_LIMITS", "eodhd=1000/m, borsdata=100/10s burst 5"),
+            ("PSW_CONCURRENCY_LIMITS", "renderer=2"),
+        ])
+        .unwrap();
+        assert_eq!(c.rate_limits["eodhd"].to_string(), "1000/m");
+        assert_eq!(c.rate_limits["borsdata"].burst(), 5);
+        assert_eq!(c.concurrency_limits["renderer"], 2);
+        for (variable, value) in [
+            ("PSW_RATE_LIMITS", "eodhd=1000"),
+            ("PSW_RATE_LIMITS", "eodhd"),
+            ("PSW_RATE_LIMITS", "bad:name=1/s"),
+            ("PSW_CONCURRENCY_LIMITS", "renderer=0"),
+            ("PSW_CONCURRENCY_LIMITS", "9lives=2"),
+        ] {
+            match config(&[(variable, value)]) {
+                Err(Error::Config {
+                    variable: named, ..
+                }) => assert_eq!(named, variable, "{value}"),
+                other => panic!("{variable}={value}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -192,6 +192,9 @@ wire_enum! {
         MissedFromMs => "psw-missed-from-ms",
         /// How often a job of a task unknown to its workers was put back (a deploy in progress).
         UnknownTaskTries => "psw-unknown-task-tries",
+        /// How often the job found every slot of its concurrency limit taken, for the wait
+        /// before it asks again.
+        SlotWaits => "psw-slot-waits",
     }
 }
 
@@ -199,7 +202,10 @@ impl SystemHeader {
     /// Whether a replayed dead letter starts this header afresh: counters of what happened to
     /// the job start over, what the job stands for (its schedule and slot) stays.
     pub(crate) fn resets_on_replay(self) -> bool {
-        matches!(self, SystemHeader::UnknownTaskTries)
+        matches!(
+            self,
+            SystemHeader::UnknownTaskTries | SystemHeader::SlotWaits
+        )
     }
 }
 

@@ -136,6 +136,18 @@ impl Keys {
         format!("{}:debounce:{key}", self.prefix)
     }
 
+    /// A rate limit's GCRA state (a hash of `tat` and `line`, µs since the epoch), by scope:
+    /// `task:<task>` for a task's own limit, the name for a shared one.
+    pub(crate) fn rate(&self, scope: &str) -> String {
+        format!("{}:rate:{scope}", self.prefix)
+    }
+
+    /// A concurrency limit's slots (a sorted set of holders' job ids, scored by the end of
+    /// their lease in ms), by scope as for [`Keys::rate`].
+    pub(crate) fn slots(&self, scope: &str) -> String {
+        format!("{}:slots:{scope}", self.prefix)
+    }
+
     /// What every unique lock's key starts with, to list them.
     pub(crate) fn unique_prefix(&self) -> String {
         format!("{}:unique:", self.prefix)

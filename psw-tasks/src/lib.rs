@@ -35,6 +35,7 @@ extern crate self as psw_tasks;
 mod envelope;
 mod error;
 mod keys;
+mod limit;
 mod priority;
 mod record;
 mod redact;
@@ -56,6 +57,7 @@ mod broker;
 
 // 4. stores: what is kept in the broker, as users read it.
 mod dead;
+mod limiter;
 mod stats;
 
 // 5. services: producing, running and firing jobs.
@@ -84,9 +86,14 @@ pub use crate::envelope::JobId;
 #[doc(inline)]
 pub use crate::error::{Error, RedisError, Result};
 #[doc(inline)]
+pub use crate::limit::{RateLimit, TaskLimit};
+#[doc(inline)]
+pub use crate::limiter::RateLimiter;
+#[doc(inline)]
 pub use crate::record::{AttemptError, FailureKind, JobRecord, Progress, State};
 /// A URL with its credentials masked, to log a Redis URL (of any form) or a DSN safely.
 pub use crate::redact::url as redact_url;
+
 #[doc(inline)]
 pub use crate::registry::{Registry, TaskDescriptor};
 #[doc(inline)]

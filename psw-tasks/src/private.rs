@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::envelope::NoArgs;
+pub use crate::limit::{RateLimit, TaskLimit};
 pub use crate::registry::{HandlerFuture, TaskDescriptor};
 pub use crate::retry::{Backoff, BackoffKind};
 pub use crate::rules::Misfire;
@@ -78,6 +79,8 @@ pub const fn options(
     ignore_result: bool,
     timeout_ms: u64,
     unique: Option<Unique>,
+    rate_limit: Option<TaskLimit<RateLimit>>,
+    concurrency: Option<TaskLimit<u32>>,
 ) -> TaskOptions {
     TaskOptions {
         queue,
@@ -95,7 +98,14 @@ pub const fn options(
             Some(Duration::from_millis(timeout_ms))
         },
         unique,
+        rate_limit,
+        concurrency,
     }
+}
+
+/// A task's `rate_limit = "<count>/<period> burst <n>"`, as the macro checked it.
+pub const fn rate_limit(count: u32, per_ms: u64, burst: u32) -> RateLimit {
+    RateLimit::from_spec(count, per_ms, burst)
 }
 
 /// A task's `unique = "for = .."`, from whole milliseconds.

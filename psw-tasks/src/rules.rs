@@ -1,9 +1,10 @@
 //! The rules `#[task]` checks at compile time and psw-tasks applies at run time: cron
-//! expressions, time zones, misfire policies, key-safe names, and the defaults of `#[task]`.
+//! expressions, time zones, misfire policies, key-safe names, rate limits, and the defaults of
+//! `#[task]`.
 //!
 //! One file compiled into both crates: `psw-tasks-macros` includes it by path, because a
 //! proc-macro crate cannot share code with its runtime any other way. So it uses nothing of
-//! either crate, only croner, chrono and chrono-tz, which both depend on.
+//! either crate, only croner, chrono, chrono-tz and humantime, which both depend on.
 
 use std::fmt;
 
@@ -185,4 +186,87 @@ pub(crate) fn check_name(name: &str) -> Result<(), NameProblem> {
         Some(reserved) => Err(NameProblem::Reserved(reserved)),
         None => Ok(()),
     }
+}
+
+/// How a rate limit is written, for error messages.
+pub(crate) const RATE_FORM: &str = "`<count>/<period>`, the period `s`, `m`, `h`, `d` or a duration such as `10s`, then optionally `burst <n>`: \"60/m\", \"10/s burst 5\", \"100/10s\"";
+
+/// A rate limit as written: `count` starts per `per_ms`, at most `burst` of them at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateSpec {
+    pub(crate) count: u32,
+    pub(crate) per_ms: u64,
+    pub(crate) burst: u32,
+}
+
+/// Whether a `rate_limit` or `concurrency` value is a limit of its own (`"60/m"`, `2`) rather
+/// than the name of a shared one: names start with a letter, limits with a digit.
+pub(crate) fn is_named_limit(text: &str) -> bool {
+    !text.trim_start().starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Parse `60/m`, `10/s burst 5`, `100/10s`: see [`RATE_FORM`].
+pub(crate) fn parse_rate(text: &str) -> Result<RateSpec, String> {
+    let mut words = text.split_whitespace();
+    let Some(rate) = words.next() else {
+        return Err("it is empty".to_owned());
+    };
+    let burst = match (words.next(), words.next(), words.next()) {
+        (None, _, _) => 1,
+        (Some("burst"), Some(n), None) => match n.parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(format!(
+                    "the burst {n:?} is not a whole number of at least 1"
+                ));
+            }
+        },
+        _ => return Err("only `burst <n>` may follow the rate".to_owned()),
+    };
+    let Some((count, period)) = rate.split_once('/') else {
+        return Err(format!(
+            "{rate:?} has no `/` between the count and the period"
+        ));
+    };
+    let count = match count.parse::<u32>() {
+        Ok(n) if n >= 1 => n,
+        _ => {
+            return Err(format!(
+                "the count {count:?} is not a whole number of at least 1"
+            ));
+        }
+    };
+    let per_ms = match period {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => match humantime::parse_duration(other) {
+            Ok(per) if per.as_millis() >= 1 && per.subsec_nanos() % 1_000_000 == 0 => {
+                u64::try_from(per.as_millis())
+                    .map_err(|_| format!("the period {other:?} is too long"))?
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "the period {other:?} is not a whole number of milliseconds"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the period {other:?} is not s, m, h, d or a duration"
+                ));
+            }
+        },
+    };
+    // Starts are spaced by whole microseconds: a limit finer than that cannot be kept.
+    if per_ms.saturating_mul(1000) / u64::from(count) == 0 {
+        return Err(format!(
+            "{count} per {per_ms} ms is more than one start per microsecond"
+        ));
+    }
+    Ok(RateSpec {
+        count,
+        per_ms,
+        burst,
+    })
 }

@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::envelope::SystemHeader;
+use crate::limit::{IN_TASK_WAIT, RateLimit, TaskLimit};
 use crate::record::{FailureKind, Progress};
 use crate::retry::{Backoff, BackoffKind, Retry};
 use crate::rules;
@@ -19,6 +20,17 @@ use crate::unique::Unique;
 /// Where a running task's progress reports go: the worker stores them through its writer.
 pub(crate) trait ProgressSink: Send + Sync {
     fn report(&self, progress: Progress) -> BoxFuture<'_, crate::error::Result<()>>;
+}
+
+/// Where [`TaskContext::rate_limit`] asks: the worker's shared limits, over its broker.
+pub(crate) trait RateLimits: Send + Sync {
+    /// `None` when one start of the shared limit `name` may happen now (and is counted), else
+    /// how long to wait (at most `patience` to ask again, longer to a place in line); an error for a name the worker was not given, or a broker failure.
+    fn acquire<'a>(
+        &'a self,
+        name: &'a str,
+        patience: Duration,
+    ) -> BoxFuture<'a, Result<Option<Duration>, TaskError>>;
 }
 
 /// The options `#[task(..)]` sets, as the worker reads them.
@@ -37,6 +49,12 @@ pub struct TaskOptions {
     /// Whether a job of this task is unique, and for how long (`EnqueueOptions::unique` may
     /// set or override it per job).
     pub unique: Option<Unique>,
+    /// How often a job of this task may start, across every worker (`rate_limit = "60/m"`,
+    /// or the name of a shared limit).
+    pub rate_limit: Option<TaskLimit<RateLimit>>,
+    /// How many jobs of this task may run at once, across every worker (`concurrency = 2`,
+    /// or the name of a shared limit).
+    pub concurrency: Option<TaskLimit<u32>>,
 }
 
 impl TaskOptions {
@@ -53,6 +71,8 @@ impl TaskOptions {
         ignore_result: false,
         timeout: None,
         unique: None,
+        rate_limit: None,
+        concurrency: None,
     };
 }
 
@@ -72,6 +92,8 @@ pub struct TaskError {
     retry: Retry,
     retry_after: Option<Duration>,
     kind: FailureKind,
+    /// Not a failure: run the job again after `retry_after`, this attempt not counted.
+    deferred: bool,
 }
 
 impl TaskError {
@@ -82,6 +104,7 @@ impl TaskError {
             retry: Retry::Allowed,
             retry_after: None,
             kind: FailureKind::Error,
+            deferred: false,
         }
     }
 
@@ -92,7 +115,26 @@ impl TaskError {
             retry: Retry::Never,
             retry_after: None,
             kind: FailureKind::Permanent,
+            deferred: false,
         }
+    }
+
+    /// Not a failure: put the job back to run again after `delay`, as a job over its rate
+    /// limit is. The attempt is not counted and no error is recorded; `reason` goes to the
+    /// worker's debug log.
+    pub fn later(delay: Duration, reason: impl fmt::Display) -> Self {
+        TaskError {
+            message: reason.to_string(),
+            retry: Retry::Allowed,
+            retry_after: Some(delay),
+            kind: FailureKind::Error,
+            deferred: true,
+        }
+    }
+
+    /// The delay of a [`TaskError::later`]: `None` for a real failure.
+    pub fn deferral(&self) -> Option<Duration> {
+        self.deferred.then(|| self.retry_after.unwrap_or_default())
     }
 
     /// Retry after exactly this delay instead of the task's backoff (Celery's `countdown`).
@@ -169,24 +211,28 @@ struct ContextInner {
     states: Arc<SharedState>,
 }
 
-/// Values shared by every job of a worker (a database pool, an HTTP client), one per type:
-/// given with [`crate::WorkerBuilder::state`], read with [`TaskContext::state`].
+/// What every job of a worker shares: values given with [`crate::WorkerBuilder::state`] (a
+/// database pool, an HTTP client), one per type, read with [`TaskContext::state`]; and the
+/// worker's shared rate limits, for [`TaskContext::rate_limit`].
 #[derive(Default, Clone)]
-pub(crate) struct SharedState(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+pub(crate) struct SharedState {
+    values: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    pub(crate) limits: Option<Arc<dyn RateLimits>>,
+}
 
 impl fmt::Debug for SharedState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SharedState({} values)", self.0.len())
+        write!(f, "SharedState({} values)", self.values.len())
     }
 }
 
 impl SharedState {
     pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
-        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+        self.values.insert(TypeId::of::<T>(), Arc::new(value));
     }
 
     fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.0.get(&TypeId::of::<T>())?.downcast_ref::<T>()
+        self.values.get(&TypeId::of::<T>())?.downcast_ref::<T>()
     }
 }
 
@@ -264,6 +310,35 @@ impl TaskContext {
                 std::any::type_name::<T>()
             ))
         })
+    }
+
+    /// Take one start of the shared rate limit `name` (configured at the worker's start:
+    /// `PSW_RATE_LIMITS`, [`crate::WorkerBuilder::rate_limit`]), across every worker. Over the
+    /// limit, it waits while the wait is short (up to a second); a longer wait returns a
+    /// [`TaskError::later`], which `?` turns into the job being put back until the limit
+    /// allows, the attempt not counted. So call it before work that must not be done twice.
+    /// A context of no worker ([`TaskContext::detached`]) has no limits: it never waits.
+    pub async fn rate_limit(&self, name: &str) -> Result<(), TaskError> {
+        let Some(limits) = &self.inner.states.limits else {
+            return Ok(());
+        };
+        let mut waited = Duration::ZERO;
+        loop {
+            let patience = IN_TASK_WAIT.saturating_sub(waited);
+            match limits.acquire(name, patience).await? {
+                None => return Ok(()),
+                Some(wait) if wait <= patience => {
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                }
+                Some(wait) => {
+                    return Err(TaskError::later(
+                        wait,
+                        format_args!("over the rate limit `{name}`"),
+                    ));
+                }
+            }
+        }
     }
 
     /// The job's id.

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{Client, EnqueueOptions, Error, RevokeReason, State, Unique, Worker};
 use psw_tasks_tests::{
-    add, count_local, fire_and_forget, flaky, gate, gated, local_runs, refuses, unique_add,
-    unique_for_an_hour,
+    add, alone, count_local, fire_and_forget, flaky, gate, gated, local_runs, most_at_once, paired,
+    rate_limited, refuses, shared_quota, unique_add, unique_for_an_hour,
 };
 
 use crate::support::{eventually, start_built, start_worker};
@@ -529,4 +529,184 @@ async fn debounced_enqueues_keep_only_the_last(client: Client) {
         "{err}"
     );
     worker.stop().await;
+}
+
+/// The most of `starts` (ms) that fall in any one second.
+fn most_in_a_second(starts: &mut [i64]) -> usize {
+    starts.sort_unstable();
+    (0..starts.len())
+        .map(|i| starts[i..].partition_point(|&at| at < starts[i] + 1000))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Three worker processes share one `10/s` limit: counted over the 21 s that 210 jobs take, no
+/// second holds more than the limit and its burst (1), and no job spent an attempt waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_starts_keep_to_the_limit_across_three_worker_processes() {
+    let ns = TestNamespace::new("rate-processes");
+    let client = ns.client().await;
+    let mut handles = Vec::new();
+    for n in 0..210 {
+        handles.push(rate_limited::enqueue(&client, n).await.unwrap());
+    }
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| crate::processes::spawn_worker(&ns, &[("PSW_WORKER_CONCURRENCY", "4")]))
+        .collect();
+    let mut starts = Vec::new();
+    for handle in &handles {
+        starts.push(handle.wait(Duration::from_secs(90)).await.unwrap());
+        let record = handle.record().await.unwrap().unwrap();
+        assert_eq!(record.attempt, 0, "waiting for the limit is not an attempt");
+        assert!(record.errors.is_empty(), "{:?}", record.errors);
+    }
+    for worker in &mut workers {
+        crate::processes::signal(worker, "TERM");
+    }
+    for worker in &mut workers {
+        crate::processes::wait_exit(worker, Duration::from_secs(30));
+    }
+    let most = most_in_a_second(&mut starts);
+    assert!(most <= 11, "{most} starts in one second under 10/s");
+    assert!(
+        most >= 9,
+        "the limit was reached: {most} in the busiest second"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_rate_limit_holds_inside_tasks_on_redis() {
+    let ns = TestNamespace::new("shared-rate");
+    a_shared_rate_limit_holds_inside_tasks(ns.client().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_rate_limit_holds_inside_tasks_in_memory() {
+    a_shared_rate_limit_holds_inside_tasks(Client::memory()).await;
+}
+
+/// Two workers share the limit `quota` (5/s) that the task takes with `ctx.rate_limit`: short
+/// waits are waited out in the task, longer ones put the job back, uncounted.
+async fn a_shared_rate_limit_holds_inside_tasks(client: Client) {
+    let mut handles = Vec::new();
+    for n in 0..20 {
+        handles.push(shared_quota::enqueue(&client, n).await.unwrap());
+    }
+    let quota = "5/s".parse().unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            start_built(
+                Worker::builder(&client)
+                    .concurrency(4)
+                    .rate_limit("quota", quota)
+                    .build()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut starts = Vec::new();
+    for handle in &handles {
+        starts.push(handle.wait(Duration::from_secs(30)).await.unwrap());
+        let record = handle.record().await.unwrap().unwrap();
+        assert_eq!(record.attempt, 0, "waiting for the limit is not an attempt");
+        assert!(record.errors.is_empty(), "{:?}", record.errors);
+    }
+    let most = most_in_a_second(&mut starts);
+    assert!(most <= 6, "{most} starts in one second under 5/s");
+    // 8 runners for 20 jobs over 4 s: some waits were over a second, and were put back.
+    let put_back: u64 = workers.iter().map(|w| w.stats.rate_limited()).sum();
+    assert!(put_back > 0, "no job was put back");
+    for worker in workers {
+        worker.stop().await;
+    }
+    // A worker that was not given the limit says so, and the job fails for it.
+    let worker = start_worker(&client, 1);
+    let unknown = shared_quota::enqueue(&client, 99).await.unwrap();
+    let err = unknown.wait(WAIT).await.unwrap_err().to_string();
+    assert!(err.contains("no rate limit named `quota`"), "{err}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_hold_across_workers_on_redis() {
+    let ns = TestNamespace::new("concurrency");
+    concurrency_limits_hold_across_workers(ns.client().await, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_hold_across_workers_in_memory() {
+    concurrency_limits_hold_across_workers(Client::memory(), "memory").await;
+}
+
+/// Two workers of four runners each, twelve jobs of a task limited to two at once: never more
+/// than two run, two do, and the others wait outside the runners.
+async fn concurrency_limits_hold_across_workers(client: Client, label: &str) {
+    let ledger = format!("paired-{label}");
+    let mut handles = Vec::new();
+    for _ in 0..12 {
+        handles.push(paired::enqueue(&client, ledger.clone(), 100).await.unwrap());
+    }
+    let workers = [start_worker(&client, 4), start_worker(&client, 4)];
+    for handle in &handles {
+        handle.wait(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(handle.record().await.unwrap().unwrap().attempt, 0);
+    }
+    assert_eq!(most_at_once(&ledger), 2, "two at once, never more");
+    let waits: u64 = workers.iter().map(|w| w.stats.slot_waits()).sum();
+    assert!(waits > 0, "the other jobs waited for a slot");
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+/// A worker killed while its job holds the only slot: the slot comes back when its lease runs
+/// out, and the next job runs on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_slot_returns_within_its_lease() {
+    let ns = TestNamespace::new("slot-kill");
+    let client = ns.client().await;
+    let lease = [("PSW_LEASE", "2s")];
+    let mut holder = crate::processes::spawn_worker(&ns, &lease);
+    let held = alone::enqueue(&client, 600_000).await.unwrap();
+    eventually(WAIT, "the long job runs", || {
+        let held = held.clone();
+        async move {
+            held.record()
+                .await
+                .unwrap()
+                .is_some_and(|record| record.state == State::Started)
+        }
+    })
+    .await;
+    // The slot is the killed job's, in the set workers share (`docs/protocol.md`).
+    let slots = format!("{{{}}}:slots:task:it.alone", ns.name());
+    let holders = || -> Vec<String> {
+        let redis = redis::Client::open(ns.url()).unwrap();
+        let mut conn = redis.get_connection().unwrap();
+        redis::cmd("ZRANGE")
+            .arg(&slots)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .unwrap()
+    };
+    assert_eq!(holders(), vec![held.id().to_string()]);
+    crate::processes::signal(&holder, "KILL");
+    crate::processes::wait_exit(&mut holder, Duration::from_secs(10));
+    let next = alone::enqueue(&client, 0).await.unwrap();
+    // The killed job comes back to the new worker too: delivered once already, it is
+    // dead-lettered as poisoned rather than run again for ten minutes.
+    let mut other =
+        crate::processes::spawn_worker(&ns, &[("PSW_LEASE", "2s"), ("PSW_MAX_DELIVERIES", "1")]);
+    assert_eq!(next.wait(Duration::from_secs(30)).await.unwrap(), 0);
+    eventually(WAIT, "the killed job is dead-lettered", || async {
+        client.dead_letters().stats().await.unwrap().len == 1
+    })
+    .await;
+    let dead = client.dead_letters().list(1).await.unwrap();
+    assert_eq!(dead[0].reason, "poisoned");
+    assert_eq!(dead[0].job_id.as_deref(), Some(held.id().as_str()));
+    assert!(holders().is_empty(), "{:?}", holders());
+    crate::processes::signal(&other, "TERM");
+    crate::processes::wait_exit(&mut other, Duration::from_secs(30));
 }

@@ -344,3 +344,60 @@ pub async fn fails_big(payload: Vec<u8>) -> Result<(), TaskError> {
         "x".repeat(4096)
     )))
 }
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Starts at most 10 times a second across every worker; says when it started (ms).
+#[task(name = "it.rate_limited", rate_limit = "10/s", retries = 0)]
+pub async fn rate_limited(n: u32) -> Result<i64, TaskError> {
+    let _ = n;
+    Ok(wall_ms())
+}
+
+/// Takes one start of the shared limit `quota` (declared on the worker), then says when (ms).
+#[task(name = "it.shared_quota", retries = 0)]
+pub async fn shared_quota(ctx: TaskContext, n: u32) -> Result<i64, TaskError> {
+    let _ = n;
+    ctx.rate_limit("quota").await?;
+    Ok(wall_ms())
+}
+
+fn at_once() -> &'static Mutex<HashMap<String, (u32, u32)>> {
+    static AT_ONCE: OnceLock<Mutex<HashMap<String, (u32, u32)>>> = OnceLock::new();
+    AT_ONCE.get_or_init(Mutex::default)
+}
+
+/// At most two run at once across every worker; sleeps, counting how many of `ledger` run at
+/// once in this process.
+#[task(name = "it.paired", concurrency = 2, retries = 0)]
+pub async fn paired(ledger: String, sleep_ms: u64) -> Result<(), TaskError> {
+    {
+        let mut counts = at_once().lock().unwrap();
+        let (now, most) = counts.entry(ledger.clone()).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+    }
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    at_once().lock().unwrap().get_mut(&ledger).unwrap().0 -= 1;
+    Ok(())
+}
+
+/// The most jobs of `ledger` that ran at once in this process.
+pub fn most_at_once(ledger: &str) -> u32 {
+    at_once()
+        .lock()
+        .unwrap()
+        .get(ledger)
+        .map_or(0, |(_, most)| *most)
+}
+
+/// Holds the one slot of its concurrency limit while it sleeps.
+#[task(name = "it.alone", concurrency = 1, retries = 0)]
+pub async fn alone(sleep_ms: u64) -> Result<u64, TaskError> {
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    Ok(sleep_ms)
+}

@@ -25,9 +25,9 @@ pub(super) const NAME: &str = "borsdata";
 /// list request now and then).
 pub const BATCH_SIZE: usize = 500;
 
-/// Börsdata's published limit: 100 requests per 10 seconds.
-const REQUESTS_PER_WINDOW: u32 = 100;
-const WINDOW: Duration = Duration::from_secs(10);
+/// Börsdata's published limit per API key: 100 requests per 10 seconds
+/// (`BORSDATA_RATE_LIMIT`).
+pub const PUBLISHED_LIMIT: &str = "100/10s";
 
 /// The Börsdata client.
 pub struct Borsdata {
@@ -126,12 +126,7 @@ impl Borsdata {
     /// request.
     pub fn new(api_key: &str, base_url: &str, timeout: Duration) -> Borsdata {
         Borsdata {
-            http: Http::new(
-                NAME,
-                api_key,
-                timeout,
-                Pacer::new(REQUESTS_PER_WINDOW, WINDOW),
-            ),
+            http: Http::new(NAME, api_key, timeout, Pacer::local(published_limit())),
             base_url: base_url.to_owned(),
             api_key: api_key.to_owned(),
             instruments: Mutex::new(None),
@@ -142,6 +137,23 @@ impl Borsdata {
     pub fn with_rate_limit_retry(mut self, retry: RateLimitRetry) -> Borsdata {
         self.http.retry = retry;
         self
+    }
+
+    /// Paces requests to `limit` in this process (default [`PUBLISHED_LIMIT`]).
+    pub fn with_rate_limit(mut self, limit: psw_tasks::RateLimit) -> Borsdata {
+        self.http.pacer = Pacer::local(limit);
+        self
+    }
+
+    /// Paces requests through `limiter`, shared by every process of the namespace.
+    pub fn with_shared_limit(mut self, limiter: psw_tasks::RateLimiter) -> Borsdata {
+        self.http.pacer = Pacer::Shared(limiter);
+        self
+    }
+
+    /// The rate requests are paced to.
+    pub fn rate_limit(&self) -> psw_tasks::RateLimit {
+        self.http.pacer.limit()
     }
 
     /// Prices `batch` with the last prices of all instruments.
@@ -325,4 +337,11 @@ fn quote(stock_id: i64, id: i64, price: &LastPrice) -> Result<Quote, String> {
         at_ms,
         volume: price.v.as_deref().and_then(integer),
     })
+}
+
+/// [`PUBLISHED_LIMIT`], read.
+fn published_limit() -> psw_tasks::RateLimit {
+    PUBLISHED_LIMIT
+        .parse()
+        .expect("the published limit is a valid rate limit")
 }

@@ -21,8 +21,8 @@ pub(super) const NAME: &str = "eodhd";
 /// batching; a short list keeps the URL small and one failing request cheap.
 pub const BATCH_SIZE: usize = 15;
 
-/// EODHD's published minute limit.
-const REQUESTS_PER_MINUTE: u32 = 1000;
+/// EODHD's published limit per API key: 1,000 requests a minute (`EODHD_RATE_LIMIT`).
+pub const PUBLISHED_LIMIT: &str = "1000/m";
 
 /// How far back the end-of-day fallback looks: long enough to cross holidays.
 const EOD_LOOKBACK_DAYS: i64 = 14;
@@ -67,12 +67,7 @@ impl Eodhd {
     /// A client for `base_url` (like `https://eodhd.com/api`); `timeout` bounds each request.
     pub fn new(api_key: &str, base_url: &str, timeout: Duration) -> Eodhd {
         Eodhd {
-            http: Http::new(
-                NAME,
-                api_key,
-                timeout,
-                Pacer::new(REQUESTS_PER_MINUTE, Duration::from_secs(60)),
-            ),
+            http: Http::new(NAME, api_key, timeout, Pacer::local(published_limit())),
             base_url: base_url.to_owned(),
             api_key: api_key.to_owned(),
             eod_fallback: true,
@@ -83,6 +78,23 @@ impl Eodhd {
     pub fn with_rate_limit_retry(mut self, retry: RateLimitRetry) -> Eodhd {
         self.http.retry = retry;
         self
+    }
+
+    /// Paces requests to `limit` in this process (default [`PUBLISHED_LIMIT`]).
+    pub fn with_rate_limit(mut self, limit: psw_tasks::RateLimit) -> Eodhd {
+        self.http.pacer = Pacer::local(limit);
+        self
+    }
+
+    /// Paces requests through `limiter`, shared by every process of the namespace.
+    pub fn with_shared_limit(mut self, limiter: psw_tasks::RateLimiter) -> Eodhd {
+        self.http.pacer = Pacer::Shared(limiter);
+        self
+    }
+
+    /// The rate requests are paced to.
+    pub fn rate_limit(&self) -> psw_tasks::RateLimit {
+        self.http.pacer.limit()
     }
 
     /// Whether a ticker whose live values are `NA` is asked for its last end-of-day close (one
@@ -293,4 +305,11 @@ fn kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// [`PUBLISHED_LIMIT`], read.
+fn published_limit() -> psw_tasks::RateLimit {
+    PUBLISHED_LIMIT
+        .parse()
+        .expect("the published limit is a valid rate limit")
 }

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use psw_tasks::{RateLimit, RateLimiter};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use rust_decimal::Decimal;
@@ -36,28 +37,53 @@ impl Default for RateLimitRetry {
 /// Used when a 429 comes without a readable `Retry-After` (or with an HTTP date).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Spaces requests evenly so the provider's published rate is never exceeded from this side,
-/// whatever number of tasks share the client.
-pub(super) struct Pacer {
-    interval: Duration,
-    next: Mutex<Instant>,
+/// Spaces requests so the provider's rate is never exceeded: in this process alone (`Local`),
+/// or across every process of the namespace through a psw-tasks rate limit in Redis
+/// (`Shared`, what the app runs with), so that three workers do not use the key three times
+/// over.
+pub(super) enum Pacer {
+    Local {
+        limit: RateLimit,
+        next: Mutex<Instant>,
+    },
+    Shared(RateLimiter),
 }
 
 impl Pacer {
-    pub(super) fn new(requests: u32, per: Duration) -> Pacer {
-        Pacer {
-            interval: per / requests.max(1),
+    pub(super) fn local(limit: RateLimit) -> Pacer {
+        Pacer::Local {
+            limit,
             next: Mutex::new(Instant::now()),
         }
     }
 
-    pub(super) async fn wait(&self) {
-        let mut next = self.next.lock().await;
-        let now = Instant::now();
-        if *next > now {
-            tokio::time::sleep_until(*next).await;
+    pub(super) fn limit(&self) -> RateLimit {
+        match self {
+            Pacer::Local { limit, .. } => *limit,
+            Pacer::Shared(limiter) => limiter.limit(),
         }
-        *next = (*next).max(now) + self.interval;
+    }
+
+    /// Wait for the next request's turn; an error when the shared limit cannot be reached.
+    pub(super) async fn wait(&self) -> Result<(), String> {
+        match self {
+            Pacer::Local { limit, next } => {
+                let interval = limit.per() / limit.count();
+                let mut next = next.lock().await;
+                let now = Instant::now();
+                if *next > now {
+                    tokio::time::sleep_until(*next).await;
+                }
+                *next = (*next).max(now) + interval;
+                Ok(())
+            }
+            Pacer::Shared(limiter) => limiter.acquire().await.map_err(|err| {
+                format!(
+                    "the shared rate limit `{}` cannot be checked: {err}",
+                    limiter.name()
+                )
+            }),
+        }
     }
 }
 
@@ -71,7 +97,7 @@ pub(super) struct Http {
     client: Result<reqwest::Client, String>,
     secret: String,
     timeout: Duration,
-    pacer: Pacer,
+    pub(super) pacer: Pacer,
     pub(super) retry: RateLimitRetry,
 }
 
@@ -81,7 +107,8 @@ impl std::fmt::Debug for Http {
             .field("provider", &self.provider)
             .field("api_key", &"<redacted>")
             .field("timeout", &self.timeout)
-            .field("request_interval", &self.pacer.interval)
+            .field("rate_limit", &self.pacer.limit().to_string())
+            .field("shared", &matches!(self.pacer, Pacer::Shared(_)))
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -166,7 +193,10 @@ impl Http {
         let mut retries = 0;
         let mut waited = Duration::ZERO;
         loop {
-            self.pacer.wait().await;
+            self.pacer
+                .wait()
+                .await
+                .map_err(|detail| self.unavailable(detail))?;
             let response = client
                 .get(url.clone())
                 .query(query)
@@ -412,7 +442,7 @@ mod tests {
             "test",
             "s3cret",
             Duration::from_secs(1),
-            Pacer::new(1, Duration::from_secs(1)),
+            Pacer::local("1/s".parse().unwrap()),
         );
         let err = http.unavailable("GET /x?api_token=s3cret failed");
         assert!(!err.to_string().contains("s3cret"));

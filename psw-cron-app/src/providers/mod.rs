@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use psw_tasks::{Client, RateLimit};
+
 pub mod borsdata;
 pub mod eodhd;
 mod http;
@@ -30,6 +32,11 @@ pub struct ProviderSettings {
     pub borsdata_base_url: String,
     /// `QUOTE_TIMEOUT`: one HTTP request's limit (default 10 s).
     pub timeout: Duration,
+    /// `EODHD_RATE_LIMIT`: requests to EODHD per API key (default its published `1000/m`).
+    pub eodhd_rate_limit: RateLimit,
+    /// `BORSDATA_RATE_LIMIT`: requests to Börsdata per API key (default its published
+    /// `100/10s`).
+    pub borsdata_rate_limit: RateLimit,
 }
 
 impl std::fmt::Debug for ProviderSettings {
@@ -40,6 +47,8 @@ impl std::fmt::Debug for ProviderSettings {
             borsdata_api_key,
             borsdata_base_url,
             timeout,
+            eodhd_rate_limit,
+            borsdata_rate_limit,
         } = self;
         let mask = |key: &Option<String>| key.as_ref().map(|_| crate::redact::MASK);
         f.debug_struct("ProviderSettings")
@@ -48,6 +57,8 @@ impl std::fmt::Debug for ProviderSettings {
             .field("borsdata_api_key", &mask(borsdata_api_key))
             .field("borsdata_base_url", &crate::redact::url(borsdata_base_url))
             .field("timeout", timeout)
+            .field("eodhd_rate_limit", &eodhd_rate_limit.to_string())
+            .field("borsdata_rate_limit", &borsdata_rate_limit.to_string())
             .finish()
     }
 }
@@ -65,23 +76,40 @@ pub enum Provider {
 
 impl Provider {
     /// The provider the settings ask for: EODHD when its key is set, else Börsdata when its key
-    /// is set, else the simulation. A key of only blanks counts as unset.
+    /// is set, else the simulation. A key of only blanks counts as unset. Requests are paced
+    /// to the settings' rate in this process; [`Provider::with_shared_limit`] paces them
+    /// across processes.
     pub fn from_settings(settings: &ProviderSettings) -> Provider {
         if let Some(key) = usable_key(settings.eodhd_api_key.as_deref()) {
-            Provider::Eodhd(eodhd::Eodhd::new(
-                key,
-                &settings.eodhd_base_url,
-                settings.timeout,
-            ))
+            Provider::Eodhd(
+                eodhd::Eodhd::new(key, &settings.eodhd_base_url, settings.timeout)
+                    .with_rate_limit(settings.eodhd_rate_limit),
+            )
         } else if let Some(key) = usable_key(settings.borsdata_api_key.as_deref()) {
-            Provider::Borsdata(borsdata::Borsdata::new(
-                key,
-                &settings.borsdata_base_url,
-                settings.timeout,
-            ))
+            Provider::Borsdata(
+                borsdata::Borsdata::new(key, &settings.borsdata_base_url, settings.timeout)
+                    .with_rate_limit(settings.borsdata_rate_limit),
+            )
         } else {
             Provider::Simulated(simulated::Simulated::new())
         }
+    }
+
+    /// The same provider, its requests paced at its rate through the psw-tasks rate limit
+    /// named after it (`eodhd`, `borsdata`) in `client`'s namespace: every worker and process
+    /// using the key together keeps to the provider's limit, not each on its own.
+    pub fn with_shared_limit(self, client: &Client) -> psw_tasks::Result<Provider> {
+        Ok(match self {
+            Provider::Eodhd(eodhd) => {
+                let limiter = client.rate_limiter(eodhd::NAME, eodhd.rate_limit())?;
+                Provider::Eodhd(eodhd.with_shared_limit(limiter))
+            }
+            Provider::Borsdata(borsdata) => {
+                let limiter = client.rate_limiter(borsdata::NAME, borsdata.rate_limit())?;
+                Provider::Borsdata(borsdata.with_shared_limit(limiter))
+            }
+            Provider::Simulated(simulated) => Provider::Simulated(simulated),
+        })
     }
 
     /// `eodhd`, `borsdata` or `simulated`.

@@ -53,6 +53,7 @@ fn rate_limited(retry_after_s: u64) -> Answer {
 struct Hit {
     path: String,
     query: HashMap<String, String>,
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -110,6 +111,7 @@ async fn answer(
     script.hits.lock().unwrap().push(Hit {
         path: path.clone(),
         query,
+        at: Instant::now(),
     });
     let next = {
         let mut routes = script.routes.lock().unwrap();
@@ -156,6 +158,8 @@ fn settings(eodhd: Option<&str>, borsdata: Option<&str>, base: &str) -> Provider
         borsdata_api_key: borsdata.map(str::to_owned),
         borsdata_base_url: base.to_owned(),
         timeout: Duration::from_secs(5),
+        eodhd_rate_limit: "1000/m".parse().unwrap(),
+        borsdata_rate_limit: "100/10s".parse().unwrap(),
     }
 }
 
@@ -796,4 +800,70 @@ async fn simulated_walks_by_at_most_one_percent_and_stays_positive() {
     let now = chrono::Utc::now().timestamp_millis();
     let fetched = provider.fetch(&batch).await.unwrap();
     assert!((fetched.quotes[0].at_ms - now).abs() < 5_000);
+}
+
+/// The most requests `server` saw in any one second.
+fn most_hits_in_a_second(server: &Server) -> usize {
+    let mut times: Vec<Instant> = server.hits().iter().map(|hit| hit.at).collect();
+    times.sort_unstable();
+    (0..times.len())
+        .map(|i| times[i..].partition_point(|&at| at < times[i] + Duration::from_secs(1)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Each provider makes 8 requests at once with the others; the most any second saw.
+async fn most_in_a_second_of(server: &Server, providers: Vec<Provider>) -> usize {
+    let providers = Arc::new(providers);
+    let mut calls = Vec::new();
+    for i in 0..providers.len() {
+        let providers = providers.clone();
+        calls.push(tokio::spawn(async move {
+            for _ in 0..8 {
+                providers[i].fetch(&[stock(7, "AAPL", "US")]).await.unwrap();
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert_eq!(server.hits_on("/real-time/AAPL.US"), 8 * providers.len());
+    most_hits_in_a_second(server)
+}
+
+/// Two processes' worth of EODHD clients (each its own Redis connection), 5 requests a second
+/// each: paced alone they use the key twice over; through the shared limit both together keep
+/// to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eodhd_limit_is_shared_across_processes() {
+    let ns = psw_tasks::testing::TestNamespace::new("eodhd-shared-limit");
+    let limit: psw_tasks::RateLimit = "5/s".parse().unwrap();
+    let alone = |server: &Server| {
+        Eodhd::new(KEY, &server.base, Duration::from_secs(5))
+            .with_eod_fallback(false)
+            .with_rate_limit(limit)
+    };
+    // The fault: each paced alone, together over the key's limit.
+    let server = Server::start(vec![("/real-time/AAPL.US", vec![ok(AAPL)])]).await;
+    let most = most_in_a_second_of(
+        &server,
+        vec![
+            Provider::Eodhd(alone(&server)),
+            Provider::Eodhd(alone(&server)),
+        ],
+    )
+    .await;
+    assert!(
+        most > 6,
+        "paced alone, two clients made only {most} requests in a second"
+    );
+    let server = Server::start(vec![("/real-time/AAPL.US", vec![ok(AAPL)])]).await;
+    let mut shared = Vec::new();
+    for _ in 0..2 {
+        let client = ns.client().await;
+        let limiter = client.rate_limiter("eodhd", limit).unwrap();
+        shared.push(Provider::Eodhd(alone(&server).with_shared_limit(limiter)));
+    }
+    let most = most_in_a_second_of(&server, shared).await;
+    assert!(most <= 6, "{most} requests in one second under 5/s");
 }

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::keys::{BUCKET_TTL, minute_of};
+use crate::limit::{self, RateLimit, RateState};
 
 /// How often `apply` drops expired records.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -71,6 +72,10 @@ struct State {
     unique: HashMap<String, (String, Instant)>,
     /// Debounce keys: the last job's id, until when.
     debounce: HashMap<String, (String, Instant)>,
+    /// Rate limits' GCRA state by scope.
+    rates: HashMap<String, RateState>,
+    /// Concurrency slots by scope: each holder's lease, until when.
+    slots: HashMap<String, HashMap<String, Instant>>,
 }
 
 impl State {
@@ -310,6 +315,84 @@ impl Broker for MemoryBroker {
     fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.lock().release_unique(key, id);
+            Ok(())
+        })
+    }
+
+    fn acquire_rate<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: RateLimit,
+        patience: Duration,
+        now_us: Option<i64>,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        Box::pin(async move {
+            let now_us = now_us.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64)
+            });
+            let mut state = self.lock();
+            let rate = state.rates.entry(scope.to_owned()).or_default();
+            let wait = limit::acquire(
+                rate,
+                now_us,
+                limit.interval_us(),
+                limit.tolerance_us(),
+                patience.as_micros() as i64,
+            );
+            Ok(wait.map(|us| Duration::from_micros(us.max(0) as u64)))
+        })
+    }
+
+    fn acquire_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        holder: &'a str,
+        max: u32,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut state = self.lock();
+            let holders = state.slots.entry(scope.to_owned()).or_default();
+            holders.retain(|_, until| *until > now);
+            if holders.contains_key(holder) || holders.len() < max as usize {
+                holders.insert(holder.to_owned(), now + lease);
+                return Ok(true);
+            }
+            Ok(false)
+        })
+    }
+
+    fn renew_slots<'a>(
+        &'a self,
+        held: &'a [(String, String)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let mut state = self.lock();
+            let mut renewed = 0;
+            for (scope, holder) in held {
+                if let Some(until) = state.slots.get_mut(scope).and_then(|h| h.get_mut(holder)) {
+                    *until = now + lease;
+                    renewed += 1;
+                }
+            }
+            Ok(renewed)
+        })
+    }
+
+    fn release_slot<'a>(&'a self, scope: &'a str, holder: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            if let Some(holders) = state.slots.get_mut(scope) {
+                holders.remove(holder);
+                if holders.is_empty() {
+                    state.slots.remove(scope);
+                }
+            }
             Ok(())
         })
     }

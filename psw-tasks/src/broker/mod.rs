@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use crate::envelope::JobId;
 use crate::error::Result;
 use crate::keys::Outcome;
+use crate::limit::RateLimit;
 
 mod beat;
 mod dead_letter;
@@ -267,6 +268,39 @@ pub(crate) trait Broker: Send + Sync + 'static {
         prefix: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<UniqueLock>>>;
+
+    /// One GCRA decision for the rate limit kept under `scope` (`limit::acquire`; in Redis
+    /// `rate_acquire.lua`, on the server's clock): `None` when a start may happen now, and it
+    /// is counted; else how long to wait: at most `patience` to ask again, or longer, to the
+    /// caller's place in line. `now_us` stands in for the clock in tests of simulated time.
+    fn acquire_rate<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: RateLimit,
+        patience: Duration,
+        now_us: Option<i64>,
+    ) -> BoxFuture<'a, Result<Option<Duration>>>;
+
+    /// Take, or keep, one of the `max` concurrency slots of `scope` for `holder` (a job id),
+    /// leased for `lease` on the server's clock; `false` when live leases hold all of them.
+    /// Expired leases (their worker died) are dropped first.
+    fn acquire_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        holder: &'a str,
+        max: u32,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Extend the leases of the slots `(scope, holder)` still held; how many were.
+    fn renew_slots<'a>(
+        &'a self,
+        held: &'a [(String, String)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<usize>>;
+
+    /// Give back `holder`'s slot of `scope`.
+    fn release_slot<'a>(&'a self, scope: &'a str, holder: &'a str) -> BoxFuture<'a, Result<()>>;
 
     /// Move the queue's due delayed jobs into it, atomically, at most `limit` of them.
     fn promote_due<'a>(

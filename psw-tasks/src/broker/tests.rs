@@ -124,6 +124,8 @@ both_brokers!(
     silent_workers_stop_being_alive_and_are_forgotten,
     outcome_counts_are_summed_over_the_window,
     queue_stats_count_ready_pending_and_delayed_jobs,
+    rate_limits_decide_as_gcra_on_simulated_time,
+    concurrency_slots_are_leased,
 );
 
 async fn each_job_goes_to_one_consumer(broker: Arc<dyn Broker>) {
@@ -1317,4 +1319,114 @@ async fn outcome_buckets_expire_a_day_after_their_last_write() {
         .await
         .unwrap();
     assert_eq!(count, 1);
+}
+
+/// Three simulated workers of four runners ask a `10/s burst 3` limit over 20 s of simulated
+/// time: each decision is the model's (`limit::acquire`, so the script and the in-process
+/// broker agree with it step by step), and no 1-second window holds more than the limit and
+/// its burst.
+async fn rate_limits_decide_as_gcra_on_simulated_time(broker: Arc<dyn Broker>) {
+    let limit: crate::limit::RateLimit = "10/s burst 3".parse().unwrap();
+    let mut model = crate::limit::RateState::default();
+    let start = 1_764_000_000_000_000i64;
+    let end = start + 20_000_000;
+    let mut due: Vec<i64> = (0..12).map(|i| start + i * 13_001).collect();
+    let mut starts = Vec::new();
+    // Half the runners wait up to 50 ms without taking a place in line, as workers do.
+    let patience =
+        |runner: usize| Duration::from_millis(if runner.is_multiple_of(2) { 50 } else { 0 });
+    loop {
+        let (runner, &now) = due.iter().enumerate().min_by_key(|(_, at)| **at).unwrap();
+        if now >= end {
+            break;
+        }
+        let decided = broker
+            .acquire_rate("task:quotes", limit, patience(runner), Some(now))
+            .await
+            .unwrap();
+        let expected = crate::limit::acquire(
+            &mut model,
+            now,
+            limit.interval_us(),
+            limit.tolerance_us(),
+            patience(runner).as_micros() as i64,
+        );
+        assert_eq!(
+            decided.map(|wait| wait.as_micros() as i64),
+            expected,
+            "at {} µs",
+            now - start
+        );
+        match decided {
+            None => {
+                starts.push(now);
+                due[runner] = now + 2_000 + fastrand::i64(0..50_000);
+            }
+            Some(wait) => due[runner] = now + wait.as_micros() as i64,
+        }
+    }
+    let most = starts
+        .iter()
+        .map(|&from| {
+            starts
+                .iter()
+                .filter(|&&at| at >= from && at < from + 1_000_000)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 13, "{most} starts in one second");
+    assert!(starts.len() >= 195, "{} starts in 20 s", starts.len());
+    // Another scope is another limit.
+    assert_eq!(
+        broker
+            .acquire_rate("eodhd", limit, Duration::ZERO, Some(start))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn concurrency_slots_are_leased(broker: Arc<dyn Broker>) {
+    let lease = Duration::from_millis(400);
+    let scope = "task:render";
+    assert!(broker.acquire_slot(scope, "a", 2, lease).await.unwrap());
+    assert!(broker.acquire_slot(scope, "b", 2, lease).await.unwrap());
+    assert!(
+        !broker.acquire_slot(scope, "c", 2, lease).await.unwrap(),
+        "both taken"
+    );
+    assert!(
+        broker.acquire_slot(scope, "a", 2, lease).await.unwrap(),
+        "a holder keeps its own"
+    );
+    broker.release_slot(scope, "a").await.unwrap();
+    assert!(
+        broker.acquire_slot(scope, "c", 2, lease).await.unwrap(),
+        "a's went to c"
+    );
+    // b keeps renewing, c does not: c's lease runs out and its slot comes back.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let held = [
+        (scope.to_owned(), "b".to_owned()),
+        (scope.to_owned(), "gone".to_owned()),
+    ];
+    assert_eq!(broker.renew_slots(&held, lease).await.unwrap(), 1);
+    assert!(
+        !broker.acquire_slot(scope, "d", 2, lease).await.unwrap(),
+        "b and c still hold"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        broker.acquire_slot(scope, "d", 2, lease).await.unwrap(),
+        "c's lease ran out"
+    );
+    assert!(
+        !broker.acquire_slot(scope, "e", 2, lease).await.unwrap(),
+        "b renewed: b and d"
+    );
+    assert!(
+        broker.acquire_slot("other", "e", 2, lease).await.unwrap(),
+        "another scope"
+    );
 }

@@ -21,6 +21,8 @@ pub(crate) struct Counters {
     pub(crate) fenced: Counter,
     pub(crate) expired: Counter,
     pub(crate) superseded: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) slot_waits: Counter,
 }
 
 impl Counters {
@@ -114,5 +116,14 @@ impl WorkerStats {
     /// Debounced jobs replaced by a later one of their key: revoked, not run.
     pub fn superseded(&self) -> u64 {
         self.0.superseded.get()
+    }
+    /// Jobs put back because their rate limit would not let them start yet (or their task
+    /// asked to run later, `TaskError::later`): delayed, the attempt not counted.
+    pub fn rate_limited(&self) -> u64 {
+        self.0.rate_limited.get()
+    }
+    /// Jobs put back because every slot of their concurrency limit was taken.
+    pub fn slot_waits(&self) -> u64 {
+        self.0.slot_waits.get()
     }
 }

@@ -7,11 +7,14 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use super::limits::Admission;
 use super::progress::RecordProgress;
 use super::shared::Shared;
 use crate::broker::{DeadReason, Delivery, NewJob, Settlement};
 use crate::envelope::{Envelope, SystemHeader, now_ms};
+use crate::limit::slot_wait;
 use crate::record::{AttemptError, FailureKind, JobRecord, MAX_ERROR_MESSAGE, State, cap_message};
 use crate::registry::HandlerFuture;
 use crate::retry::{Decision, decide};
@@ -103,13 +106,27 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
     }
     tracing::warn!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, tries, "no task of this name here (a deploy in progress?); putting it back");
     envelope.set_header(SystemHeader::UnknownTaskTries, (tries + 1).to_string());
+    put_back(shared, delivery, envelope, shared.unknown_task_delay)
+}
+
+/// Put a job back on its queue to be taken again after `wait`, as it is (its attempt not
+/// counted, no error added): a task this worker does not know, a limit that does not let it
+/// start yet, or a task that asked to run later.
+fn put_back(
+    shared: &Shared,
+    delivery: &Delivery,
+    mut envelope: Envelope,
+    wait: Duration,
+) -> Settlement {
+    let due = now_ms() + wait.as_millis() as i64;
+    envelope.eta_ms = Some(due);
     let mut settlement = Settlement::of(delivery);
     match envelope.encode() {
         Ok(payload) => {
             settlement.retry = Some(Box::new(NewJob {
                 queue: delivery.queue.to_string(),
                 payload,
-                due_ms: Some(now_ms() + shared.unknown_task_delay.as_millis() as i64),
+                due_ms: Some(due),
             }));
             settlement
         }
@@ -121,6 +138,36 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
             crate::error::chain(&err),
         ),
     }
+}
+
+/// Put back a job its limits do not let start yet: until its rate limit's time, or, with
+/// every concurrency slot taken, for a wait that grows with each try.
+fn wait_for_limit(
+    shared: &Shared,
+    delivery: &Delivery,
+    mut envelope: Envelope,
+    admission: Admission,
+) -> Settlement {
+    let wait = match admission {
+        Admission::Start(_) => unreachable!("only a job that may not start waits"),
+        Admission::RateLimited(wait) => {
+            shared.stats.rate_limited.inc();
+            tracing::debug!(id = %envelope.id, task = %envelope.task, wait_ms = wait.as_millis() as u64, "over its rate limit; put back until it may start");
+            wait
+        }
+        Admission::NoSlot => {
+            shared.stats.slot_waits.inc();
+            let waits: u32 = envelope
+                .header(SystemHeader::SlotWaits)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            envelope.set_header(SystemHeader::SlotWaits, (waits + 1).to_string());
+            let wait = slot_wait(waits, fastrand::f64());
+            tracing::debug!(id = %envelope.id, task = %envelope.task, wait_ms = wait.as_millis() as u64, "every concurrency slot is taken; put back");
+            wait
+        }
+    };
+    put_back(shared, delivery, envelope, wait)
 }
 
 /// Revoke a debounced job that a later one of its key replaced: acknowledged, not run,
@@ -258,6 +305,20 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
             }
         }
     }
+    // Global limits: a job that may not start yet goes back to its queue, holding no runner
+    // while it waits. Tasks without limits skip the call.
+    let slot = if options.rate_limit.is_some() || options.concurrency.is_some() {
+        match shared
+            .limits
+            .admit(options, &envelope.task, envelope.id.as_str(), shared.lease)
+            .await
+        {
+            Admission::Start(slot) => slot,
+            waiting => return wait_for_limit(shared, delivery, envelope, waiting),
+        }
+    } else {
+        None
+    };
     // Unique until started: it starts now, so another job of the key may be enqueued. A
     // release that fails leaves the lock to expire; the job runs all the same.
     if let Some((key, id)) = envelope.lock_released_at_start()
@@ -313,6 +374,9 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
         }
         None => attempt.await,
     };
+    if let Some(slot) = slot {
+        shared.limits.release(slot).await;
+    }
     let outcome = outcome.unwrap_or_else(|panic| {
         shared.stats.panicked.inc();
         Err(
@@ -359,6 +423,22 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
         }
         Err(err) => err,
     };
+    if let Some(wait) = err.deferral() {
+        // Not a failure: the task asked to run later (over a shared rate limit, say).
+        shared.stats.rate_limited.inc();
+        tracing::debug!(id = %envelope.id, task = %envelope.task, wait_ms = wait.as_millis() as u64, reason = %err.message(), "the task asked to run later; put back");
+        let settlement = put_back(shared, delivery, envelope, wait);
+        return match record {
+            // A STARTED record may be stored already: the job is waiting again.
+            Some(mut record) if settlement.retry.is_some() => {
+                record.state = State::Pending;
+                record.started_ms = None;
+                record.retry_at_ms = settlement.retry.as_ref().and_then(|job| job.due_ms);
+                shared.finish(settlement, &record, false)
+            }
+            _ => settlement,
+        };
+    }
     tally.failed.inc();
     let message = cap_message(err.message(), MAX_ERROR_MESSAGE);
     tracing::warn!(id = %envelope.id, task = %envelope.task, attempt = envelope.attempt, kind = %err.kind(), error = %message, "attempt failed");

@@ -27,6 +27,7 @@ use crate::dead::DeadHook;
 use crate::envelope::now_ms;
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
+use crate::limit::{RateLimit, check_limit_name};
 use crate::priority::QueueOrder;
 use crate::process::{self, process_name};
 use crate::registry::Registry;
@@ -38,6 +39,7 @@ mod fetch;
 mod heartbeat;
 mod in_flight;
 mod job;
+mod limits;
 mod progress;
 mod promoter;
 mod renewer;
@@ -49,6 +51,7 @@ use counters::Counters;
 pub use counters::WorkerStats;
 use fetch::FetchLoop;
 use in_flight::InFlight;
+use limits::Limits;
 use runner::Fetched;
 use shared::Shared;
 
@@ -74,6 +77,8 @@ pub struct WorkerBuilder {
     lease: Duration,
     shutdown_grace: Duration,
     states: SharedState,
+    rate_limits: BTreeMap<String, RateLimit>,
+    concurrency_limits: BTreeMap<String, u32>,
 }
 
 /// `lease` moved into the range a worker accepts ([`LEASES`]).
@@ -157,6 +162,23 @@ impl WorkerBuilder {
         self
     }
 
+    /// Declare the shared rate limit `name`, used by `#[task(rate_limit = "name")]` and
+    /// [`crate::TaskContext::rate_limit`] (default: `PSW_RATE_LIMITS`, such as
+    /// `eodhd=1000/m,borsdata=100/10s`). Every worker using the name must declare it alike:
+    /// each passes its own figures to Redis with each check.
+    pub fn rate_limit(mut self, name: impl Into<String>, limit: RateLimit) -> Self {
+        self.rate_limits.insert(name.into(), limit);
+        self
+    }
+
+    /// Declare the shared concurrency limit `name`: at most `slots` jobs of the tasks naming
+    /// it run at once, across every worker (default: `PSW_CONCURRENCY_LIMITS`, such as
+    /// `renderer=2`). Declare it alike on every worker.
+    pub fn concurrency_limit(mut self, name: impl Into<String>, slots: u32) -> Self {
+        self.concurrency_limits.insert(name.into(), slots.max(1));
+        self
+    }
+
     /// How long a job stays claimed without a heartbeat (default 30 s), kept within 300 ms
     /// and 1 h (`PSW_LEASE` outside that range is a configuration error).
     pub fn lease(mut self, lease: Duration) -> Self {
@@ -188,6 +210,32 @@ impl WorkerBuilder {
             validate_name("queue", queue)?;
         }
         let order = queue_order(&queues, &self.queue_weights, self.strict_priority)?;
+        for name in self.rate_limits.keys() {
+            check_limit_name(name, "PSW_RATE_LIMITS")?;
+        }
+        for name in self.concurrency_limits.keys() {
+            check_limit_name(name, "PSW_CONCURRENCY_LIMITS")?;
+        }
+        let limits = Arc::new(Limits::new(
+            self.client.broker().clone(),
+            self.rate_limits.into_iter().collect(),
+            self.concurrency_limits.into_iter().collect(),
+        ));
+        // A task naming a limit nobody declared would never be limited: refuse to start.
+        for task in registry.iter() {
+            if let Some((variable, name)) = limits.missing(task.options()) {
+                return Err(Error::config(
+                    variable,
+                    "",
+                    format!(
+                        "task `{}` uses the shared limit `{name}`, which is not declared: add `{name}=<limit>` (or declare it on the WorkerBuilder)",
+                        task.name()
+                    ),
+                ));
+            }
+        }
+        let mut states = self.states;
+        states.limits = Some(limits.clone());
         if registry.iter().next().is_none() {
             tracing::warn!(
                 "no #[task] is linked into this binary: every job will be dead-lettered as unknown"
@@ -202,7 +250,8 @@ impl WorkerBuilder {
             // so the fetch and settle round trips need room of their own (docs/performance.md).
             prefetch: self.prefetch.unwrap_or(3 * self.concurrency),
             on_dead: self.on_dead,
-            states: Arc::new(self.states),
+            states: Arc::new(states),
+            limits,
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
             // Unique per process: a restarted worker must not inherit a dead one's entries as
@@ -255,6 +304,7 @@ pub struct Worker {
     prefetch: usize,
     on_dead: Option<DeadHook>,
     states: Arc<SharedState>,
+    limits: Arc<Limits>,
     lease: Duration,
     shutdown_grace: Duration,
     consumer: String,
@@ -277,6 +327,8 @@ impl Worker {
             // `Config`'s fields are public: one set by hand is kept in range here.
             lease: within_leases(config.lease),
             shutdown_grace: config.shutdown_grace,
+            rate_limits: config.rate_limits.clone(),
+            concurrency_limits: config.concurrency_limits.clone(),
         }
     }
 
@@ -363,6 +415,7 @@ impl Worker {
             dead_payload_cap: self.client.config().dead_letter_max_payload,
             unknown_task_delay: self.client.config().unknown_task_delay,
             states: self.states.clone(),
+            limits: self.limits.clone(),
         });
         let busy = Arc::new(AtomicUsize::new(0));
         // Fetched deliveries wait here for the first free runner.

@@ -1,5 +1,6 @@
 //! The lease renewer: every third of the lease, resets the idle time of every entry the worker
-//! holds, so that a live worker never loses a long job to another's reclaim.
+//! holds, and extends the lease of every concurrency slot its jobs hold, so that a live worker
+//! never loses a long job to another's reclaim, nor its slot to another job.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,12 @@ pub(crate) async fn run(
                     tracing::warn!(queue = %queue, error = %crate::error::chain(&err), "renewing leases failed")
                 }
             }
+        }
+        let slots = shared.limits.held();
+        if !slots.is_empty()
+            && let Err(err) = shared.broker.renew_slots(&slots, lease).await
+        {
+            tracing::warn!(error = %crate::error::chain(&err), "renewing concurrency slots failed");
         }
     }
 }

@@ -1,5 +1,5 @@
 //! What every runner of a worker shares: the broker, the registry, the writer's queue, what
-//! the worker holds, its counters and limits, and the ways to hand a write to the writer.
+//! the worker holds, its counters and limits (its own and the global ones), and the ways to hand a write to the writer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::counters::Counters;
 use super::in_flight::InFlight;
+use super::limits::Limits;
 use super::writer::WriteRequest;
 use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
 use crate::envelope::{Envelope, JobId, now_ms};
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) dead_payload_cap: usize,
     pub(crate) unknown_task_delay: Duration,
     pub(crate) states: Arc<SharedState>,
+    /// The global rate and concurrency limits, and the slots held now.
+    pub(crate) limits: Arc<Limits>,
 }
 
 impl Shared {

@@ -5,7 +5,8 @@
 //! TLS, the shared connection and the readers' own, bundled in [`RedisBroker`]), `fetch`
 //! (reads, reclaims and lease renewals), `queues` (groups, pushes, promotion, consumers),
 //! `settle` (the batched, fenced writes), `listener` (finished-job announcements), `beat`,
-//! `dead`, `stats`, `unique` (unique jobs' locks), `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
+//! `dead`, `stats`, `unique` (unique jobs' locks), `limits` (rate limits and concurrency
+//! slots), `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,11 +20,13 @@ use super::{
     NewJob, OutcomeCounts, Promoted, QueueStats, UniqueLock, WorkerEntry, WorkerReport, Write,
 };
 use crate::error::{Error, Result};
+use crate::limit::RateLimit;
 
 mod beat;
 mod connection;
 mod dead;
 mod fetch;
+mod limits;
 mod listener;
 mod queues;
 mod reply;
@@ -97,6 +100,38 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<UniqueLock>>> {
         call(unique::unique_locks(self, prefix, limit))
+    }
+
+    fn acquire_rate<'a>(
+        &'a self,
+        scope: &'a str,
+        limit: RateLimit,
+        patience: Duration,
+        now_us: Option<i64>,
+    ) -> BoxFuture<'a, Result<Option<Duration>>> {
+        call(limits::acquire_rate(self, scope, limit, patience, now_us))
+    }
+
+    fn acquire_slot<'a>(
+        &'a self,
+        scope: &'a str,
+        holder: &'a str,
+        max: u32,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        call(limits::acquire_slot(self, scope, holder, max, lease))
+    }
+
+    fn renew_slots<'a>(
+        &'a self,
+        held: &'a [(String, String)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<usize>> {
+        call(limits::renew_slots(self, held, lease))
+    }
+
+    fn release_slot<'a>(&'a self, scope: &'a str, holder: &'a str) -> BoxFuture<'a, Result<()>> {
+        call(limits::release_slot(self, scope, holder))
     }
 
     fn promote_due<'a>(

@@ -21,6 +21,12 @@ pub(super) struct Scripts {
     pub(super) delete_if_holds: Script,
     /// Adds a job as the last of its debounce key.
     pub(super) push_debounced: Script,
+    /// One GCRA rate-limit decision.
+    pub(super) rate_acquire: Script,
+    /// Takes or keeps a leased concurrency slot.
+    pub(super) slot_acquire: Script,
+    /// Extends a held concurrency slot's lease.
+    pub(super) slot_renew: Script,
     /// Owner-checked lease renewal.
     pub(super) renew: Script,
     /// Takes over expired leases.
@@ -64,6 +70,9 @@ impl Scripts {
                 include_str!("add_job.lua"),
                 include_str!("push_debounced.lua")
             )),
+            rate_acquire: Script::new(include_str!("rate_acquire.lua")),
+            slot_acquire: Script::new(include_str!("slot_acquire.lua")),
+            slot_renew: Script::new(include_str!("slot_renew.lua")),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             fetch: Script::new(include_str!("fetch.lua")),

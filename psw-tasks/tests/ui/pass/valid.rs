@@ -45,6 +45,12 @@ async fn every_ninety_seconds() -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Global limits: its own rate, and a shared concurrency limit declared at the worker's start.
+#[task(rate_limit = "100/10s burst 5", concurrency = "renderer")]
+async fn render() -> Result<(), TaskError> {
+    Ok(())
+}
+
 // The options are checked at compile time, so this file does nothing when run.
 const _: () = {
     assert!(matches!(daily_report::NAME.as_bytes(), b"reports.daily"));
@@ -58,6 +64,11 @@ const _: () = {
     assert!(matches!(ping::NAME.as_bytes(), b"ping"));
     assert!(ping::OPTIONS.retries == 3);
     assert!(ping::OPTIONS.timeout.is_none());
+    assert!(ping::OPTIONS.rate_limit.is_none() && ping::OPTIONS.concurrency.is_none());
+    assert!(matches!(
+        render::OPTIONS.concurrency,
+        Some(psw_tasks::TaskLimit::Named(name)) if name.len() == 8
+    ));
 };
 
 /// The typed handle returns a handle to the function's success type.
@@ -77,6 +88,7 @@ fn main() {
             nightly(TaskContext::detached("n")),
             every_ten_seconds(),
             every_ninety_seconds(),
+            render(),
         )
     };
 }

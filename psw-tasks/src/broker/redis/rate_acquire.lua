@@ -1,0 +1,38 @@
+-- One GCRA decision (generic cell rate algorithm; the same steps as `limit::acquire`): starts
+-- are spaced an interval apart, and may come up to the tolerance early. `tat` is when the next
+-- start would be on time. A caller that would wait no longer than its patience is told the
+-- wait (it asks again after it); one that would wait longer gets a place in the line of such
+-- callers, `line` being its end, each place one interval after the last. Times are microseconds
+-- since the epoch, stored as integers written out whole ('%.0f': tostring would write a
+-- double of 16 digits in exponent form).
+-- KEYS: the limit's hash. ARGV: the interval (µs), the tolerance (µs), the caller's patience
+-- (µs), and the time now (µs), or '' for the server's own clock. Returns 0 to start now (the start is counted), else the
+-- wait in µs.
+local now
+if ARGV[4] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[4])
+end
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local patience = tonumber(ARGV[3])
+local stored = redis.call('HMGET', KEYS[1], 'tat', 'line')
+local tat = math.max(tonumber(stored[1]) or now, now)
+local line = tonumber(stored[2]) or 0
+local wait = 0
+local allowed_at = tat - tolerance
+if allowed_at <= now then
+  tat = tat + interval
+elseif allowed_at - now <= patience then
+  return allowed_at - now
+else
+  local place = math.max(line, allowed_at)
+  line = place + interval
+  wait = place - now
+end
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat), 'line', string.format('%.0f', line))
+-- Gone once both times are past: an idle limit's state is the same as none.
+redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(tat, line) - now) / 1000) + 1000)
+return wait
