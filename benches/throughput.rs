@@ -38,6 +38,10 @@ enum Kind {
     Noop,
     Sleep,
     Cpu,
+    /// A no-op under a rate limit it never reaches (1,000,000/s).
+    Limited,
+    /// A no-op under a 5,000/s rate limit.
+    Throttled,
 }
 
 impl Kind {
@@ -46,6 +50,8 @@ impl Kind {
             Kind::Noop => "noop",
             Kind::Sleep => "sleep",
             Kind::Cpu => "cpu",
+            Kind::Limited => "limited",
+            Kind::Throttled => "throttled",
         }
     }
 }

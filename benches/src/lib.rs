@@ -68,13 +68,47 @@ pub async fn cpu_quiet(payload: ByteBuf) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// A no-op under a global rate limit it never reaches: what checking a limit costs.
+#[task(name = "bench.limited", retries = 0, rate_limit = "1000000/s")]
+pub async fn limited(_payload: ByteBuf) -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// The same, storing nothing.
+#[task(
+    name = "bench.limited.quiet",
+    retries = 0,
+    ignore_result = true,
+    rate_limit = "1000000/s"
+)]
+pub async fn limited_quiet(_payload: ByteBuf) -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// A no-op under a global rate limit a backlog is held to: what waiting for a limit costs.
+#[task(name = "bench.throttled", retries = 0, rate_limit = "5000/s")]
+pub async fn throttled(_payload: ByteBuf) -> Result<(), TaskError> {
+    Ok(())
+}
+
+/// The same, storing nothing.
+#[task(
+    name = "bench.throttled.quiet",
+    retries = 0,
+    ignore_result = true,
+    rate_limit = "5000/s"
+)]
+pub async fn throttled_quiet(_payload: ByteBuf) -> Result<(), TaskError> {
+    Ok(())
+}
+
 /// Returns when it started, in µs since the epoch, for latency measurements.
 #[task(name = "bench.stamp", retries = 0)]
 pub async fn stamp(_enqueued_us: u64) -> Result<u64, TaskError> {
     Ok(now_us())
 }
 
-/// The wire name of the task of `kind` (`noop`, `sleep`, `cpu`), with results stored or not.
+/// The wire name of the task of `kind` (`noop`, `sleep`, `cpu`, `limited`, `throttled`), with results stored or not.
 pub fn task_name(kind: &str, results: bool) -> &'static str {
     match (kind, results) {
         ("noop", true) => "bench.noop",
@@ -83,6 +117,10 @@ pub fn task_name(kind: &str, results: bool) -> &'static str {
         ("sleep", false) => "bench.sleep.quiet",
         ("cpu", true) => "bench.cpu",
         ("cpu", false) => "bench.cpu.quiet",
-        _ => panic!("unknown task kind {kind}; known: noop, sleep, cpu"),
+        ("limited", true) => "bench.limited",
+        ("limited", false) => "bench.limited.quiet",
+        ("throttled", true) => "bench.throttled",
+        ("throttled", false) => "bench.throttled.quiet",
+        _ => panic!("unknown task kind {kind}; known: noop, sleep, cpu, limited, throttled"),
     }
 }

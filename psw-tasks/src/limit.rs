@@ -163,11 +163,12 @@ pub(crate) struct RateState {
 /// One GCRA decision at `now_us`: `None` when a start may happen now (and it is counted), else
 /// how long to wait, in microseconds.
 ///
-/// The decision alone is exact: a start counts only when made. A caller that would wait at
-/// most `patience_us` is told the wait and asks again after it, holding nothing; one that
-/// would wait longer is given a place in the line of such callers, each one interval after
-/// the one before, so that a backlog put back comes back one by one instead of all at the
-/// next free moment.
+/// A caller whose turn is at most `patience_us` away reserves it: the start is counted at
+/// that moment, and the caller starts after the wait without asking again (as Guava's
+/// `RateLimiter` does). One whose turn is further is given a place in the line of such
+/// callers, each one interval after the one before, to ask again then: a backlog put back
+/// comes back one by one instead of all at the next free moment. Starts are counted exactly;
+/// a reserved one happens at its moment or as much later as the caller's timer wakes it.
 pub(crate) fn acquire(
     state: &mut RateState,
     now_us: i64,
@@ -182,6 +183,7 @@ pub(crate) fn acquire(
         return None;
     }
     if allowed_at - now_us <= patience_us {
+        state.tat_us = tat + interval_us;
         return Some(allowed_at - now_us);
     }
     let place = state.line_us.max(allowed_at);
@@ -189,9 +191,10 @@ pub(crate) fn acquire(
     Some(place - now_us)
 }
 
-/// How long a job over its rate limit waits in its runner before it is put back instead: a
-/// put-back job comes back through the delayed set, a little late, and a job that then found
-/// the moment taken would go to the end of the line, so the limit would go unused.
+/// How far ahead a job over its rate limit reserves its turn and waits for it in its runner;
+/// a later turn puts it back instead. Without it a put-back job, back through the delayed set
+/// a little late, would find its moment taken and go to the end of the line, and the limit
+/// would go unused.
 pub(crate) const RUNNER_PATIENCE: Duration = Duration::from_millis(100);
 
 /// How long a job that found every concurrency slot taken waits before it asks again, the
@@ -289,10 +292,16 @@ mod tests {
                     break;
                 }
                 checks += 1;
-                match acquire(&mut state, now, interval, tolerance, 0) {
+                // Half the runners reserve a turn up to 50 ms away, as workers do.
+                let patience = if runner.is_multiple_of(2) { 50_000 } else { 0 };
+                match acquire(&mut state, now, interval, tolerance, patience) {
                     None => {
                         starts.push(now);
                         due[runner] = now + 1_000 + fastrand::i64(0..20_000);
+                    }
+                    Some(wait) if wait <= patience => {
+                        starts.push(now + wait);
+                        due[runner] = now + wait + 1_000 + fastrand::i64(0..20_000);
                     }
                     Some(wait) => {
                         assert!(wait > 0);
@@ -348,24 +357,25 @@ mod tests {
     }
 
     #[test]
-    fn a_patient_caller_is_told_the_wait_and_takes_no_place_in_line() {
+    fn a_patient_caller_reserves_its_turn_and_takes_no_place_in_line() {
         let (interval, now) = (100_000, 1_000_000);
         let mut state = RateState::default();
         assert_eq!(acquire(&mut state, now, interval, 0, 0), None);
-        // 100 ms to the next start: within 150 ms of patience, told so; the line is untouched.
+        // 100 ms to the next turn: within 150 ms of patience, reserved; the line is untouched.
         assert_eq!(
             acquire(&mut state, now, interval, 0, 150_000),
             Some(100_000)
         );
         assert_eq!(state.line_us, 0);
-        // Impatient callers queue, one interval apart.
-        assert_eq!(acquire(&mut state, now, interval, 0, 0), Some(100_000));
-        assert_eq!(acquire(&mut state, now, interval, 0, 0), Some(200_000));
-        // The patient one comes back on time and starts, ahead of the line's first.
+        // The next turn is 200 ms away: past the patience, a place in line, not reserved.
         assert_eq!(
-            acquire(&mut state, now + 100_000, interval, 0, 150_000),
-            None
+            acquire(&mut state, now, interval, 0, 150_000),
+            Some(200_000)
         );
+        assert_eq!(acquire(&mut state, now, interval, 0, 0), Some(300_000));
+        // The first in line comes back on time and starts: the reservation held its own turn.
+        assert_eq!(acquire(&mut state, now + 200_000, interval, 0, 0), None);
+        assert_eq!(state.tat_us, now + 300_000);
     }
 
     #[test]

@@ -36,19 +36,25 @@ impl RateLimiter {
         self.limit
     }
 
-    /// Wait until one start is allowed, and count it. Each wait is the caller's place in the
-    /// line of waiters, so a crowd of callers is let through one by one, not all at once.
-    /// Fails only when Redis does.
+    /// Wait until one start is allowed, and count it: a turn up to 100 ms away is reserved and
+    /// waited for; a later one is a place in the line of waiters, so a crowd of callers is let
+    /// through one by one, not all at once. Fails only when Redis does.
     pub async fn acquire(&self) -> Result<()> {
-        // After a place in line, a short wait is waited out without going to its end again.
-        while let Some(wait) = self
-            .broker
-            .acquire_rate(&self.name, self.limit, RUNNER_PATIENCE, None)
-            .await?
-        {
-            tokio::time::sleep(wait).await;
+        // A turn close by is reserved; a later one is a place in line, to ask again at.
+        loop {
+            match self
+                .broker
+                .acquire_rate(&self.name, self.limit, RUNNER_PATIENCE, None)
+                .await?
+            {
+                None => return Ok(()),
+                Some(wait) if wait <= RUNNER_PATIENCE => {
+                    tokio::time::sleep(wait).await;
+                    return Ok(());
+                }
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
         }
-        Ok(())
     }
 }
 

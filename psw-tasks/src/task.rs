@@ -322,22 +322,17 @@ impl TaskContext {
         let Some(limits) = &self.inner.states.limits else {
             return Ok(());
         };
-        let mut waited = Duration::ZERO;
-        loop {
-            let patience = IN_TASK_WAIT.saturating_sub(waited);
-            match limits.acquire(name, patience).await? {
-                None => return Ok(()),
-                Some(wait) if wait <= patience => {
-                    tokio::time::sleep(wait).await;
-                    waited += wait;
-                }
-                Some(wait) => {
-                    return Err(TaskError::later(
-                        wait,
-                        format_args!("over the rate limit `{name}`"),
-                    ));
-                }
+        // A turn within the patience is reserved: waited for, not asked for again.
+        match limits.acquire(name, IN_TASK_WAIT).await? {
+            None => Ok(()),
+            Some(wait) if wait <= IN_TASK_WAIT => {
+                tokio::time::sleep(wait).await;
+                Ok(())
             }
+            Some(wait) => Err(TaskError::later(
+                wait,
+                format_args!("over the rate limit `{name}`"),
+            )),
         }
     }
 

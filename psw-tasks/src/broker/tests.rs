@@ -1321,8 +1321,8 @@ async fn outcome_buckets_expire_a_day_after_their_last_write() {
     assert_eq!(count, 1);
 }
 
-/// Three simulated workers of four runners ask a `10/s burst 3` limit over 20 s of simulated
-/// time: each decision is the model's (`limit::acquire`, so the script and the in-process
+/// Three simulated workers of four runners (half of them waiting up to 50 ms for a reserved
+/// turn) ask a `10/s burst 3` limit over 20 s of simulated time: each decision is the model's (`limit::acquire`, so the script and the in-process
 /// broker agree with it step by step), and no 1-second window holds more than the limit and
 /// its burst.
 async fn rate_limits_decide_as_gcra_on_simulated_time(broker: Arc<dyn Broker>) {
@@ -1357,10 +1357,16 @@ async fn rate_limits_decide_as_gcra_on_simulated_time(broker: Arc<dyn Broker>) {
             "at {} µs",
             now - start
         );
+        // A reserved turn (within the runner's patience) starts after its wait unasked.
         match decided {
             None => {
                 starts.push(now);
                 due[runner] = now + 2_000 + fastrand::i64(0..50_000);
+            }
+            Some(wait) if wait <= patience(runner) => {
+                let at = now + wait.as_micros() as i64;
+                starts.push(at);
+                due[runner] = at + 2_000 + fastrand::i64(0..50_000);
             }
             Some(wait) => due[runner] = now + wait.as_micros() as i64,
         }

@@ -113,21 +113,22 @@ impl Limits {
         else {
             return Admission::Start(slot);
         };
-        // A short wait is waited out here; a long one is a place in line to come back at.
-        let scope = limit.scope(task);
-        let wait = loop {
-            match self
-                .broker
-                .acquire_rate(&scope, rate, RUNNER_PATIENCE, None)
-                .await
-            {
-                Ok(None) => return Admission::Start(slot),
-                Ok(Some(wait)) if wait <= RUNNER_PATIENCE => tokio::time::sleep(wait).await,
-                Ok(Some(wait)) => break wait,
-                Err(err) => {
-                    tracing::warn!(task, error = %crate::error::chain(&err), "could not check the task's rate limit; the job waits");
-                    break UNCHECKED_WAIT;
-                }
+        // A turn close by is reserved and waited for here; a later one is a place in line to
+        // come back at and ask again.
+        let wait = match self
+            .broker
+            .acquire_rate(&limit.scope(task), rate, RUNNER_PATIENCE, None)
+            .await
+        {
+            Ok(None) => return Admission::Start(slot),
+            Ok(Some(wait)) if wait <= RUNNER_PATIENCE => {
+                tokio::time::sleep(wait).await;
+                return Admission::Start(slot);
+            }
+            Ok(Some(wait)) => wait,
+            Err(err) => {
+                tracing::warn!(task, error = %crate::error::chain(&err), "could not check the task's rate limit; the job waits");
+                UNCHECKED_WAIT
             }
         };
         if let Some(slot) = slot {

@@ -1,13 +1,15 @@
 -- One GCRA decision (generic cell rate algorithm; the same steps as `limit::acquire`): starts
 -- are spaced an interval apart, and may come up to the tolerance early. `tat` is when the next
--- start would be on time. A caller that would wait no longer than its patience is told the
--- wait (it asks again after it); one that would wait longer gets a place in the line of such
--- callers, `line` being its end, each place one interval after the last. Times are microseconds
--- since the epoch, stored as integers written out whole ('%.0f': tostring would write a
--- double of 16 digits in exponent form).
+-- start would be on time. A caller that would wait no longer than its patience reserves its
+-- turn (it is counted now, and the caller starts after the wait without asking again); one
+-- that would wait longer gets a place in the line of such callers, `line` being its end, each
+-- place one interval after the last, to ask again then. Times are microseconds since the
+-- epoch, stored as integers written out whole ('%.0f': tostring would write a double of 16
+-- digits in exponent form).
 -- KEYS: the limit's hash. ARGV: the interval (µs), the tolerance (µs), the caller's patience
--- (µs), and the time now (µs), or '' for the server's own clock. Returns 0 to start now (the start is counted), else the
--- wait in µs.
+-- (µs), and the time now (µs), or '' for the server's own clock. Returns 0 to start now (the
+-- start is counted), else the wait in µs: a reserved turn if at most the patience, else a
+-- place in line.
 local now
 if ARGV[4] == '' then
   local t = redis.call('TIME')
@@ -26,7 +28,8 @@ local allowed_at = tat - tolerance
 if allowed_at <= now then
   tat = tat + interval
 elseif allowed_at - now <= patience then
-  return allowed_at - now
+  tat = tat + interval
+  wait = allowed_at - now
 else
   local place = math.max(line, allowed_at)
   line = place + interval
