@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::limits::Admission;
+use super::limits::Wait;
 use super::progress::RecordProgress;
 use super::shared::Shared;
 use crate::broker::{DeadReason, Delivery, NewJob, Settlement};
@@ -146,16 +146,15 @@ fn wait_for_limit(
     shared: &Shared,
     delivery: &Delivery,
     mut envelope: Envelope,
-    admission: Admission,
+    why: Wait,
 ) -> Settlement {
-    let wait = match admission {
-        Admission::Start(_) => unreachable!("only a job that may not start waits"),
-        Admission::RateLimited(wait) => {
+    let wait = match why {
+        Wait::Rate(wait) => {
             shared.stats.rate_limited.inc();
             tracing::debug!(id = %envelope.id, task = %envelope.task, wait_ms = wait.as_millis() as u64, "over its rate limit; put back until it may start");
             wait
         }
-        Admission::NoSlot => {
+        Wait::Slot => {
             shared.stats.slot_waits.inc();
             let waits: u32 = envelope
                 .header(SystemHeader::SlotWaits)
@@ -313,8 +312,8 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
             .admit(options, &envelope.task, envelope.id.as_str(), shared.lease)
             .await
         {
-            Admission::Start(slot) => slot,
-            waiting => return wait_for_limit(shared, delivery, envelope, waiting),
+            Ok(slot) => slot,
+            Err(why) => return wait_for_limit(shared, delivery, envelope, why),
         }
     } else {
         None

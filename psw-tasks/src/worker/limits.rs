@@ -25,14 +25,12 @@ pub(crate) struct Limits {
     held: Mutex<Vec<(String, String)>>,
 }
 
-/// Whether a job may start.
-pub(crate) enum Admission {
-    /// It may; it holds this slot until it ends, if it has a concurrency limit.
-    Start(Option<Slot>),
+/// Why a job may not start yet.
+pub(crate) enum Wait {
     /// Its rate limit does not let it start before this long.
-    RateLimited(Duration),
+    Rate(Duration),
     /// Every slot of its concurrency limit is taken.
-    NoSlot,
+    Slot,
 }
 
 /// A concurrency slot a running job holds: its scope and holder (the job id).
@@ -86,7 +84,8 @@ impl Limits {
         None
     }
 
-    /// Check a job's limits before it starts: a concurrency slot first, then its rate limit,
+    /// Check a job's limits before it starts (`Ok` with the slot it holds until it ends, if it
+    /// has a concurrency limit): a concurrency slot first, then its rate limit,
     /// giving the slot back if the rate limit says wait, so that a rate limit counts only
     /// jobs that start.
     pub(crate) async fn admit(
@@ -95,12 +94,12 @@ impl Limits {
         task: &str,
         job_id: &str,
         lease: Duration,
-    ) -> Admission {
+    ) -> Result<Option<Slot>, Wait> {
         let slot = match &options.concurrency {
             Some(limit) => match self.slots_of(limit) {
                 Some(max) => match self.take_slot(limit.scope(task), job_id, max, lease).await {
                     Some(slot) => Some(slot),
-                    None => return Admission::NoSlot,
+                    None => return Err(Wait::Slot),
                 },
                 None => None,
             },
@@ -111,7 +110,7 @@ impl Limits {
             .as_ref()
             .and_then(|limit| Some((limit, self.rate_of(limit)?)))
         else {
-            return Admission::Start(slot);
+            return Ok(slot);
         };
         // A turn close by is reserved and waited for here; a later one is a place in line to
         // come back at and ask again.
@@ -120,10 +119,10 @@ impl Limits {
             .acquire_rate(&limit.scope(task), rate, RUNNER_PATIENCE, None)
             .await
         {
-            Ok(None) => return Admission::Start(slot),
+            Ok(None) => return Ok(slot),
             Ok(Some(wait)) if wait <= RUNNER_PATIENCE => {
                 tokio::time::sleep(wait).await;
-                return Admission::Start(slot);
+                return Ok(slot);
             }
             Ok(Some(wait)) => wait,
             Err(err) => {
@@ -134,7 +133,7 @@ impl Limits {
         if let Some(slot) = slot {
             self.release(slot).await;
         }
-        Admission::RateLimited(wait)
+        Err(Wait::Rate(wait))
     }
 
     async fn take_slot(
