@@ -314,7 +314,7 @@ impl TaskContext {
 
     /// Take one start of the shared rate limit `name` (configured at the worker's start:
     /// `PSW_RATE_LIMITS`, [`crate::WorkerBuilder::rate_limit`]), across every worker. Over the
-    /// limit, it waits while the wait is short (up to a second); a longer wait returns a
+    /// limit, a turn up to a second away is reserved and waited for; a later one returns a
     /// [`TaskError::later`], which `?` turns into the job being put back until the limit
     /// allows, the attempt not counted. So call it before work that must not be done twice.
     /// A context of no worker ([`TaskContext::detached`]) has no limits: it never waits.
