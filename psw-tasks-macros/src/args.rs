@@ -489,7 +489,7 @@ fn concurrency(value: &Expr) -> syn::Result<LimitArg<u32>> {
 /// The name of a shared limit: key-safe, starting with a letter.
 fn limit_name(lit: &LitStr) -> syn::Result<String> {
     let name = lit.value();
-    if rules::check_name(&name).is_err() || !rules::is_named_limit(&name) {
+    if !rules::is_limit_name(&name) {
         return Err(Error::new_spanned(
             lit,
             format!(

@@ -205,6 +205,26 @@ pub(crate) fn is_named_limit(text: &str) -> bool {
     !text.trim_start().starts_with(|c: char| c.is_ascii_digit())
 }
 
+/// Whether `count` starts per `per_ms` can be kept: at least one of each, and no more than one
+/// start per microsecond, since starts are spaced by whole microseconds.
+pub(crate) fn check_rate(count: u32, per_ms: u64) -> Result<(), String> {
+    if count == 0 || per_ms == 0 {
+        return Err("the count and the period are at least 1".to_owned());
+    }
+    if per_ms.saturating_mul(1000) / u64::from(count) == 0 {
+        return Err(format!(
+            "{count} per {per_ms} ms is more than one start per microsecond"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` can name a shared limit: key-safe ([`check_name`]) and starting with a
+/// letter, so that it is never read as a limit of its own.
+pub(crate) fn is_limit_name(name: &str) -> bool {
+    check_name(name).is_ok() && is_named_limit(name)
+}
+
 /// Parse `60/m`, `10/s burst 5`, `100/10s`: see [`RATE_FORM`].
 pub(crate) fn parse_rate(text: &str) -> Result<RateSpec, String> {
     let mut words = text.split_whitespace();
@@ -258,12 +278,7 @@ pub(crate) fn parse_rate(text: &str) -> Result<RateSpec, String> {
             }
         },
     };
-    // Starts are spaced by whole microseconds: a limit finer than that cannot be kept.
-    if per_ms.saturating_mul(1000) / u64::from(count) == 0 {
-        return Err(format!(
-            "{count} per {per_ms} ms is more than one start per microsecond"
-        ));
-    }
+    check_rate(count, per_ms)?;
     Ok(RateSpec {
         count,
         per_ms,

@@ -1371,16 +1371,7 @@ async fn rate_limits_decide_as_gcra_on_simulated_time(broker: Arc<dyn Broker>) {
             Some(wait) => due[runner] = now + wait.as_micros() as i64,
         }
     }
-    let most = starts
-        .iter()
-        .map(|&from| {
-            starts
-                .iter()
-                .filter(|&&at| at >= from && at < from + 1_000_000)
-                .count()
-        })
-        .max()
-        .unwrap();
+    let most = crate::limit::most_in_window(&starts, 1_000_000);
     assert!(most <= 13, "{most} starts in one second");
     assert!(starts.len() >= 195, "{} starts in 20 s", starts.len());
     // Another scope is another limit.

@@ -11,12 +11,7 @@
 -- start is counted), else the wait in µs: a reserved turn if at most the patience, else a
 -- place in line.
 local now
-if ARGV[4] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[4])
-end
+if ARGV[4] == '' then now = server_us() else now = tonumber(ARGV[4]) end
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local patience = tonumber(ARGV[3])

@@ -1,7 +1,7 @@
 //! The Lua scripts of the Redis broker, one `.lua` file each beside this one (each opens with
 //! what it does and its KEYS and ARGV), loaded once into [`Scripts`]. A function several
 //! scripts need has a file of its own, put in front of each (`letter_bytes.lua`,
-//! `add_job.lua`).
+//! `add_job.lua`, `server_time.lua`).
 //!
 //! Architecture invariant: a script gets every key it touches in KEYS, never builds a key name
 //! from ARGV, so that each call stays on the slot of its keys.
@@ -70,9 +70,18 @@ impl Scripts {
                 include_str!("add_job.lua"),
                 include_str!("push_debounced.lua")
             )),
-            rate_acquire: Script::new(include_str!("rate_acquire.lua")),
-            slot_acquire: Script::new(include_str!("slot_acquire.lua")),
-            slot_renew: Script::new(include_str!("slot_renew.lua")),
+            rate_acquire: Script::new(concat!(
+                include_str!("server_time.lua"),
+                include_str!("rate_acquire.lua")
+            )),
+            slot_acquire: Script::new(concat!(
+                include_str!("server_time.lua"),
+                include_str!("slot_acquire.lua")
+            )),
+            slot_renew: Script::new(concat!(
+                include_str!("server_time.lua"),
+                include_str!("slot_renew.lua")
+            )),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             fetch: Script::new(include_str!("fetch.lua")),

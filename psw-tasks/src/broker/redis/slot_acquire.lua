@@ -3,8 +3,7 @@
 -- or stalled) are dropped first, so a lost slot comes back within its lease.
 -- KEYS: the slots' sorted set. ARGV: the holder, the number of slots, the lease (ms).
 -- Returns 1 when the holder has a slot, 0 when live leases hold all of them.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = math.floor(server_us() / 1000)
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
