@@ -7,7 +7,7 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Error, Expr, Lit, LitStr, MetaNameValue, Token};
 
-use crate::rules::{self, Misfire, NameProblem};
+use crate::rules::{self, Misfire, NameProblem, Priority};
 
 /// Every option `#[task]` accepts, in the order the "unknown option" message lists them.
 const OPTIONS: &[&str] = &[
@@ -23,6 +23,7 @@ const OPTIONS: &[&str] = &[
     "unique",
     "rate_limit",
     "concurrency",
+    "priority",
     "schedule",
     "every",
     "tz",
@@ -50,6 +51,8 @@ pub(crate) struct Args {
     pub(crate) rate_limit: Option<LimitArg<rules::RateSpec>>,
     /// How many jobs may run at once, across the cluster; `None` means any number.
     pub(crate) concurrency: Option<LimitArg<u32>>,
+    /// The level within its queue a job of the task is sent to unless the caller says.
+    pub(crate) priority: Priority,
     /// When the beat fires the task; `None` means never.
     pub(crate) schedule: Option<Schedule>,
 }
@@ -100,6 +103,7 @@ impl Default for Args {
             unique: None,
             rate_limit: None,
             concurrency: None,
+            priority: Priority::Normal,
             schedule: None,
         }
     }
@@ -212,6 +216,12 @@ pub(crate) fn parse(attr: TokenStream) -> syn::Result<Args> {
                 Ok(())
             }),
             "concurrency" => concurrency(value).map(|limit| args.concurrency = Some(limit)),
+            "priority" => string(value, "priority", "high").and_then(|lit| {
+                args.priority = rules::parse_priority(&lit.value()).map_err(|reason| {
+                    Error::new_spanned(lit, format!("invalid `priority`: {reason}"))
+                })?;
+                Ok(())
+            }),
             "schedule" | "every" if timing.is_some() => Err(Error::new_spanned(
                 key,
                 "`schedule` and `every` cannot both be set; pick one",
@@ -671,6 +681,7 @@ mod tests {
                     unique: None,
                     rate_limit: None,
                     concurrency: None,
+                    priority: Priority::Normal,
                     schedule: None,
                 },
             ),
@@ -699,6 +710,7 @@ mod tests {
                     })
                 }),
             ),
+            (r#"priority = "low""#, with(|a| a.priority = Priority::Low)),
             (
                 r#"every = "90s""#,
                 with(|a| a.schedule = Some(scheduled(Timing::Every(Duration::from_secs(90))))),
@@ -720,17 +732,21 @@ mod tests {
                 "foo = 1",
                 "unknown option `foo`; expected one of `name`, `queue`, `retries`, `backoff`, \
                  `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
-                 `rate_limit`, `concurrency`, `schedule`, `every`, `tz`, `misfire`, `overlap`",
+                 `rate_limit`, `concurrency`, `priority`, `schedule`, `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "a::b = 1",
                 "unknown option `a::b`; expected one of `name`, `queue`, `retries`, `backoff`, \
                  `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
-                 `rate_limit`, `concurrency`, `schedule`, `every`, `tz`, `misfire`, `overlap`",
+                 `rate_limit`, `concurrency`, `priority`, `schedule`, `every`, `tz`, `misfire`, `overlap`",
             ),
             (
                 "retries = 1, retries = 2",
                 "`retries` specified more than once",
+            ),
+            (
+                r#"priority = "urgent""#,
+                "invalid `priority`: expected `high`, `normal` or `low`, not \"urgent\"",
             ),
             (
                 r#"rate_limit = "10/fortnight""#,
@@ -905,7 +921,7 @@ mod tests {
                 "`retries` expects an integer, like `retries = 3`\n\
                  unknown option `bogus`; expected one of `name`, `queue`, `retries`, `backoff`, \
                  `backoff_base`, `backoff_max`, `jitter`, `ignore_result`, `timeout`, `unique`, \
-                 `rate_limit`, `concurrency`, `schedule`, `every`, `tz`, `misfire`, `overlap`\n\
+                 `rate_limit`, `concurrency`, `priority`, `schedule`, `every`, `tz`, `misfire`, `overlap`\n\
                  `jitter` expects `true` or `false`, like `jitter = false`\n\
                  `retries` specified more than once",
             ),

@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Error, FnArg, Ident, Item, ItemFn, Pat, PatIdent, ReturnType, Type};
 
 use crate::args::{self, Args, Errors};
-use crate::rules::Misfire;
+use crate::rules::{Misfire, Priority};
 
 /// One wording for every way a signature can be generic.
 const GENERIC: &str = "tasks cannot be generic: their arguments must have one concrete wire type";
@@ -409,6 +409,11 @@ fn options(args: &Args) -> TokenStream {
             quote!(::core::option::Option::Some(::psw_tasks::__private::TaskLimit::Named(#name)))
         }
     };
+    let priority = match args.priority {
+        Priority::High => quote!(::psw_tasks::__private::Priority::High),
+        Priority::Normal => quote!(::psw_tasks::__private::Priority::Normal),
+        Priority::Low => quote!(::psw_tasks::__private::Priority::Low),
+    };
     quote! {
         ::psw_tasks::__private::options(
             #queue,
@@ -422,6 +427,7 @@ fn options(args: &Args) -> TokenStream {
             #unique,
             #rate_limit,
             #concurrency,
+            #priority,
         )
     }
 }

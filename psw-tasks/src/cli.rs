@@ -69,6 +69,10 @@ pub enum Command {
         /// Send to this queue instead of the task's own.
         #[arg(long)]
         queue: Option<String>,
+        /// Send to this level of the queue instead of the task's own: `high`, `normal` or
+        /// `low`.
+        #[arg(long)]
+        priority: Option<String>,
         /// Wait this long for the result and print it.
         #[arg(long)]
         wait: Option<String>,
@@ -92,6 +96,12 @@ pub enum Command {
     },
     /// Print a job's record as JSON.
     Result {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a job: not run if no worker has started it (recorded REVOKED), told to its task
+    /// if it runs.
+    Cancel {
         /// The job id.
         id: String,
     },
@@ -363,6 +373,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             countdown,
             expires,
             queue,
+            priority,
             wait,
         } => {
             let args: serde_json::Value = serde_json::from_str(&args).map_err(|err| {
@@ -388,6 +399,12 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             }
             if let Some(queue) = queue {
                 options = options.queue(queue);
+            }
+            if let Some(priority) = priority {
+                let level = crate::rules::parse_priority(&priority).map_err(|_| {
+                    Error::config("--priority", priority.clone(), crate::rules::PRIORITY_FORM)
+                })?;
+                options = options.priority(level);
             }
             let wait = wait.map(|w| parse_duration("--wait", &w)).transpose()?;
             let client = shared_client(&config).await?;
@@ -422,6 +439,12 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
                     redact::printable(&lock.job_id)
                 );
             }
+            Ok(())
+        }
+        Command::Cancel { id } => {
+            let client = shared_client(&config).await?;
+            client.cancel(&id).await?;
+            println!("cancelled {id}");
             Ok(())
         }
         Command::Result { id } => {

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::keys::{Keys, validate_name};
 use crate::limit::{RateLimit, check_limit_name};
 use crate::limiter::RateLimiter;
+use crate::priority::{self, Priority};
 use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
 use crate::revoke::RevokeReason;
@@ -157,7 +158,7 @@ impl Client {
         for args in args {
             let args = rmp_serde::to_vec_named(&args)
                 .map_err(|err| Error::encode(format!("arguments of task `{task}`"), err))?;
-            let (id, job) = self.prepare(task, queue, args, &options)?;
+            let (id, job) = self.prepare(task, queue, task_options.priority, args, &options)?;
             handles.push(self.handle(id));
             chunk.push(job);
             if chunk.len() == BULK_CHUNK {
@@ -251,7 +252,13 @@ impl Client {
             }
             None => None,
         };
-        let (id, job) = self.prepare(task, task_options.queue, args, &options)?;
+        let (id, job) = self.prepare(
+            task,
+            task_options.queue,
+            task_options.priority,
+            args,
+            &options,
+        )?;
         if let Some((unique, key)) = lock {
             let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
             let hold = unique.hold(Duration::from_millis(delay));
@@ -306,7 +313,13 @@ impl Client {
         if options.eta.is_none() && options.countdown.is_none_or(|countdown| countdown < window) {
             options.countdown = Some(window);
         }
-        let (id, job) = self.prepare(task, task_options.queue, args, &options)?;
+        let (id, job) = self.prepare(
+            task,
+            task_options.queue,
+            task_options.priority,
+            args,
+            &options,
+        )?;
         let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
         let hold = Duration::from_millis(delay) + UNIQUE_HOLD;
         self.inner
@@ -320,11 +333,13 @@ impl Client {
         &self,
         task: &str,
         default_queue: &str,
+        default_priority: Priority,
         args: Vec<u8>,
         options: &EnqueueOptions,
     ) -> Result<(JobId, NewJob)> {
         let queue = options.queue.as_deref().unwrap_or(default_queue).to_owned();
         validate_name("queue", &queue)?;
+        let lane = priority::lane(&queue, options.priority.unwrap_or(default_priority));
         if let Some(name) = options
             .headers
             .keys()
@@ -386,7 +401,7 @@ impl Client {
         Ok((
             id,
             NewJob {
-                queue,
+                queue: lane,
                 payload,
                 due_ms: eta_ms,
             },
@@ -401,6 +416,21 @@ impl Client {
             duplicate: false,
             output: PhantomData,
         }
+    }
+
+    /// Cancel a job, as Celery's `revoke`: every worker hears of it within a second. A job
+    /// not started by then never runs: the worker that takes it acknowledges it, records it
+    /// REVOKED (`cancelled`) and releases its unique lock (a delayed job, when it comes due).
+    /// A running job is told through [`crate::TaskContext::cancelled`]; a task that does not
+    /// look finishes as usual, and so does a job already finished. The mark is kept as long
+    /// as a record (`PSW_RESULT_TTL`).
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        self.inner
+            .broker
+            .revoke(id, self.inner.config.result_ttl)
+            .await?;
+        tracing::info!(job = %id, "job cancelled");
+        Ok(())
     }
 
     /// The stored record of a job, if there is one.
@@ -418,6 +448,7 @@ pub struct EnqueueOptions {
     countdown: Option<Duration>,
     eta: Option<SystemTime>,
     queue: Option<String>,
+    priority: Option<Priority>,
     retries: Option<u32>,
     headers: BTreeMap<String, String>,
     expires: Option<Expiry>,
@@ -484,6 +515,14 @@ impl EnqueueOptions {
     /// Send to this queue instead of the task's own.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = Some(queue.into());
+        self
+    }
+
+    /// Send to this level of the queue instead of the task's `priority` (normal unless it
+    /// says): a worker takes a queue's high jobs before its normal ones, and those before
+    /// its low ones.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
         self
     }
 
@@ -600,6 +639,11 @@ impl<O: DeserializeOwned> TaskHandle<O> {
     /// The stored record, if any (none while PENDING, or when the task ignores results).
     pub async fn record(&self) -> Result<Option<JobRecord>> {
         self.client.record(self.id.as_str()).await
+    }
+
+    /// Cancel the job ([`Client::cancel`]).
+    pub async fn cancel(&self) -> Result<()> {
+        self.client.cancel(self.id.as_str()).await
     }
 
     /// The job's state: PENDING until a worker records something.

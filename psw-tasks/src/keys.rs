@@ -148,6 +148,12 @@ impl Keys {
         format!("{}:slots:{scope}", self.prefix)
     }
 
+    /// The cancelled jobs: a sorted set of job ids scored by when they were cancelled (ms,
+    /// server `TIME`), kept as long as a record.
+    pub(crate) fn revoked(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
+
     /// What every unique lock's key starts with, to list them.
     pub(crate) fn unique_prefix(&self) -> String {
         format!("{}:unique:", self.prefix)
@@ -274,6 +280,7 @@ mod tests {
             keys.schedules(),
             keys.beat_leader(),
             keys.workers(),
+            keys.revoked(),
             keys.stats(29_000_000),
         ] {
             assert!(key.starts_with("{app}:"), "{key}");

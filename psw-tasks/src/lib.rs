@@ -101,7 +101,7 @@ pub use crate::retry::{Backoff, BackoffKind, Retry};
 #[doc(inline)]
 pub use crate::revoke::RevokeReason;
 #[doc(inline)]
-pub use crate::rules::Misfire;
+pub use crate::rules::{Misfire, Priority};
 #[doc(inline)]
 pub use crate::schedule::Schedule;
 #[doc(inline)]

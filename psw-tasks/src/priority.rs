@@ -1,16 +1,51 @@
-//! Queue priorities: in which order a worker on several queues reads them, read after read.
-//! Pure: the caller gives the read's number and the random numbers.
+//! Queue priorities: in which order a worker on several queues reads them, read after read,
+//! and the priority levels within one queue. Pure: the caller gives the read's number and the
+//! random numbers.
 //!
 //! A read takes what it may from the first queue of its order, then from the next, until its
 //! budget is spent, so the first queue is the one served. Round-robin starts each read one
 //! queue further; weights draw the first queue (and the rest of the order) with chances
 //! proportional to them, as Sidekiq's weighted queues do, so a busy heavy queue cannot starve
 //! a light one; strict order always reads the first queue first, and can.
+//!
+//! Within a queue's turn its levels ([`Priority`]) are read strictly, high first. Each level is
+//! a lane: a queue of its own to the broker, named `<queue>:high` or `<queue>:low` (the normal
+//! level is the queue itself, so producers that know nothing of levels are unchanged). Queue
+//! names cannot hold `:`, so a lane's name never clashes with a queue's; everything kept per
+//! queue (stream, delayed set, leases, retries, dead letters' origin) is kept per lane.
 
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
+pub(crate) use crate::rules::Priority;
+
+/// The lane of `queue` that holds its jobs of `priority`.
+pub(crate) fn lane(queue: &str, priority: Priority) -> String {
+    match priority {
+        Priority::Normal => queue.to_owned(),
+        level => format!("{queue}:{level}"),
+    }
+}
+
+/// Every lane of `queue`, in the order a worker reads them.
+pub(crate) fn lanes(queue: &str) -> impl Iterator<Item = String> + '_ {
+    Priority::ALL
+        .into_iter()
+        .map(move |level| lane(queue, level))
+}
+
+/// The queue and level of a lane's name (a queue's own name is its normal level).
+pub(crate) fn split_lane(name: &str) -> (&str, Priority) {
+    if let Some((queue, level)) = name.rsplit_once(':') {
+        for priority in [Priority::High, Priority::Low] {
+            if level == priority.as_str() {
+                return (queue, priority);
+            }
+        }
+    }
+    (name, Priority::Normal)
+}
 
 /// How a worker orders its queues on each read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +174,18 @@ mod tests {
                 "queue {queue}: {share} of first places, expected {expected}"
             );
         }
+    }
+
+    #[test]
+    fn lanes_name_a_queues_levels_and_give_them_back() {
+        assert_eq!(
+            lanes("prices").collect::<Vec<_>>(),
+            ["prices:high", "prices", "prices:low"]
+        );
+        for level in Priority::ALL {
+            assert_eq!(split_lane(&lane("prices", level)), ("prices", level));
+        }
+        assert_eq!(split_lane("default"), ("default", Priority::Normal));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use crate::envelope::NoArgs;
 pub use crate::limit::{RateLimit, TaskLimit};
 pub use crate::registry::{HandlerFuture, TaskDescriptor};
 pub use crate::retry::{Backoff, BackoffKind};
-pub use crate::rules::Misfire;
+pub use crate::rules::{Misfire, Priority};
 pub use crate::schedule::DeclaredSchedule;
 pub use crate::task::TaskOptions;
 pub use crate::unique::Unique;
@@ -81,6 +81,7 @@ pub const fn options(
     unique: Option<Unique>,
     rate_limit: Option<TaskLimit<RateLimit>>,
     concurrency: Option<TaskLimit<u32>>,
+    priority: Priority,
 ) -> TaskOptions {
     TaskOptions {
         queue,
@@ -100,6 +101,7 @@ pub const fn options(
         unique,
         rate_limit,
         concurrency,
+        priority,
     }
 }
 

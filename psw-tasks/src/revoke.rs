@@ -13,6 +13,8 @@ wire_enum! {
         /// A later enqueue with the same debounce key (`EnqueueOptions::debounce`) replaced it
         /// within the window.
         Superseded => "superseded",
+        /// It was cancelled (`Client::cancel`) before a worker started it.
+        Cancelled => "cancelled",
         /// A reason this version does not know, written by a newer one.
         Unknown => "unknown",
     }

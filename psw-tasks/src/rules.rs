@@ -59,6 +59,52 @@ impl fmt::Display for Misfire {
     }
 }
 
+/// A job's level within its queue. A worker reads a queue's levels strictly in this order
+/// within the queue's turn, so a busy `High` level holds back `Normal` and `Low` of the same
+/// queue (never other queues: their turns come as the worker's queue order says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Priority {
+    /// Read before the rest of its queue.
+    High,
+    /// The queue's own stream (the default): what a producer that knows nothing of levels
+    /// adds to.
+    #[default]
+    Normal,
+    /// Read only when the rest of its queue is empty.
+    Low,
+}
+
+impl Priority {
+    /// Every level, in the order a worker reads them.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// How the level is spelled in `#[task(priority = "..")]`, the CLI and stream names.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `priority` accepts.
+pub(crate) const PRIORITY_FORM: &str = "`high`, `normal` or `low`";
+
+/// `high`, `normal` or `low`.
+pub(crate) fn parse_priority(text: &str) -> Result<Priority, String> {
+    Priority::ALL
+        .into_iter()
+        .find(|level| level.as_str() == text)
+        .ok_or_else(|| format!("expected {PRIORITY_FORM}, not {text:?}"))
+}
+
 /// `skip`, `coalesce` or `backfill(N)` with N from 1 to [`MAX_BACKFILL`].
 pub(crate) fn parse_misfire(text: &str) -> Result<Misfire, &'static str> {
     let backfill = text

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::broker::{Broker, DeadLetterStats, OutcomeCounts, QueueStats};
 use crate::error::{Error, Result};
 use crate::keys::{BUCKET_TTL, Outcome, minute_of};
+use crate::priority;
 
 /// A worker whose last heartbeat is older than this is forgotten by readers: it was killed
 /// without a chance to remove itself.
@@ -240,10 +241,19 @@ pub(crate) async fn collect(
     }
     workers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut names: BTreeSet<String> = broker.queue_names().await?.into_iter().collect();
+    // A queue's priority lanes are counted as the queue.
+    let mut names: BTreeSet<String> = broker
+        .queue_names()
+        .await?
+        .iter()
+        .map(|name| priority::split_lane(name).0.to_owned())
+        .collect();
     names.extend(workers.iter().flat_map(|w| w.queues.iter().cloned()));
-    let names: Vec<String> = names.into_iter().collect();
-    let queues = broker.queue_stats(&names).await?;
+    let lanes: Vec<String> = names
+        .iter()
+        .flat_map(|name| priority::lanes(name))
+        .collect();
+    let queues = fold_lanes(broker.queue_stats(&lanes).await?);
 
     let (from, to) = minutes(now_ms, window);
     let tasks = task_counts(broker.outcome_counts(from, to).await?);
@@ -256,6 +266,28 @@ pub(crate) async fn collect(
         window,
         at_ms: now_ms,
     })
+}
+
+/// One entry per queue from the stats of its lanes: their jobs summed, their consumers (the
+/// same workers read every lane of a queue) the most of any.
+fn fold_lanes(lanes: Vec<QueueStats>) -> Vec<QueueStats> {
+    let mut queues: Vec<QueueStats> = Vec::new();
+    for lane in lanes {
+        let queue = priority::split_lane(&lane.name).0;
+        match queues.last_mut() {
+            Some(last) if last.name == queue => {
+                last.ready += lane.ready;
+                last.pending += lane.pending;
+                last.delayed += lane.delayed;
+                last.consumers = last.consumers.max(lane.consumers);
+            }
+            _ => queues.push(QueueStats {
+                name: queue.to_owned(),
+                ..lane
+            }),
+        }
+    }
+    queues
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::envelope::SystemHeader;
 use crate::limit::{IN_TASK_WAIT, RateLimit, TaskLimit};
 use crate::record::{FailureKind, Progress};
 use crate::retry::{Backoff, BackoffKind, Retry};
-use crate::rules;
+use crate::rules::{self, Priority};
 use crate::unique::Unique;
 
 /// Where a running task's progress reports go: the worker stores them through its writer.
@@ -31,6 +32,16 @@ pub(crate) trait RateLimits: Send + Sync {
         name: &'a str,
         patience: Duration,
     ) -> BoxFuture<'a, Result<Option<Duration>, TaskError>>;
+}
+
+/// Where [`TaskContext::cancelled`] learns of a cancellation: the worker's view of the
+/// cancelled jobs.
+pub(crate) trait Cancellations: Send + Sync {
+    /// A token cancelled once `job_id` is (at once if it is already); the worker forgets it at
+    /// the job's end.
+    fn token(&self, job_id: &str) -> CancellationToken;
+    /// Whether `job_id` is cancelled, as far as the worker has read.
+    fn is_cancelled(&self, job_id: &str) -> bool;
 }
 
 /// The options `#[task(..)]` sets, as the worker reads them.
@@ -55,6 +66,9 @@ pub struct TaskOptions {
     /// How many jobs of this task may run at once, across every worker (`concurrency = 2`,
     /// or the name of a shared limit).
     pub concurrency: Option<TaskLimit<u32>>,
+    /// The level within its queue a job of this task is sent to unless the caller says
+    /// (`EnqueueOptions::priority`).
+    pub priority: Priority,
 }
 
 impl TaskOptions {
@@ -73,6 +87,7 @@ impl TaskOptions {
         unique: None,
         rate_limit: None,
         concurrency: None,
+        priority: Priority::Normal,
     };
 }
 
@@ -218,6 +233,7 @@ struct ContextInner {
 pub(crate) struct SharedState {
     values: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     pub(crate) limits: Option<Arc<dyn RateLimits>>,
+    pub(crate) cancellations: Option<Arc<dyn Cancellations>>,
 }
 
 impl fmt::Debug for SharedState {
@@ -365,6 +381,26 @@ impl TaskContext {
     /// `docs/protocol.md`).
     pub fn headers(&self) -> &BTreeMap<String, String> {
         &self.inner.headers
+    }
+
+    /// Resolves once the job is cancelled ([`crate::Client::cancel`]): a task that can stop
+    /// early awaits it beside its work (`tokio::select!`) and returns. The worker reads
+    /// cancellations every half second. A task that never looks runs to its end as usual. A
+    /// context of no worker ([`TaskContext::detached`]) is never cancelled.
+    pub async fn cancelled(&self) {
+        match &self.inner.states.cancellations {
+            Some(cancellations) => cancellations.token(&self.inner.job_id).cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the job has been cancelled, for a task that checks between steps.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner
+            .states
+            .cancellations
+            .as_ref()
+            .is_some_and(|cancellations| cancellations.is_cancelled(&self.inner.job_id))
     }
 
     /// Publish progress: the job's state becomes PROGRESS with these numbers, readable by any

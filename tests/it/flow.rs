@@ -1,13 +1,15 @@
-//! Flow control (issue 14): expiry, queue priorities, unique jobs and debounce so far. Each behaviour runs on the
-//! in-process broker and on Redis, through a real worker.
+//! Flow control (issue 14): expiry, queue priorities and levels, unique jobs, debounce, rate and
+//! concurrency limits. Each behaviour runs on the in-process broker and on Redis, through a
+//! real worker.
 
 use std::time::{Duration, SystemTime};
 
 use psw_tasks::testing::TestNamespace;
-use psw_tasks::{Client, EnqueueOptions, Error, RevokeReason, State, Unique, Worker};
+use psw_tasks::{Client, EnqueueOptions, Error, Priority, RevokeReason, State, Unique, Worker};
 use psw_tasks_tests::{
-    add, alone, count_local, fire_and_forget, flaky, gate, gated, local_runs, most_at_once, paired,
-    rate_limited, refuses, shared_quota, unique_add, unique_for_an_hour,
+    add, alone, cancellable, count_local, fire_and_forget, flaky, gate, gated, local_runs,
+    most_at_once, paired, rate_limited, refuses, runs_of, shared_quota, timed, unique_add,
+    unique_for_an_hour, urgent,
 };
 
 use crate::support::{eventually, start_built, start_worker};
@@ -232,6 +234,187 @@ async fn strict_priority_drains_the_first_queue_first(client: Client, label: &st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_do_not_start_and_running_ones_are_told_on_redis() {
+    let ns = TestNamespace::new("cancel");
+    cancelled_jobs_do_not_start_and_running_ones_are_told(ns.client().await, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_do_not_start_and_running_ones_are_told_in_memory() {
+    cancelled_jobs_do_not_start_and_running_ones_are_told(Client::memory(), "memory").await;
+}
+
+/// A job cancelled before any worker started never runs and is recorded REVOKED
+/// (`cancelled`); a running job's task hears of it through its context; a task that does not
+/// look runs to its end.
+async fn cancelled_jobs_do_not_start_and_running_ones_are_told(client: Client, label: &str) {
+    let queued = add::enqueue(&client, 1, 1).await.unwrap();
+    queued.cancel().await.unwrap();
+    let delayed = add::enqueue_with(
+        &client,
+        EnqueueOptions::new().countdown(Duration::from_millis(300)),
+        2,
+        2,
+    )
+    .await
+    .unwrap();
+    delayed.cancel().await.unwrap();
+    let kept = add::enqueue(&client, 3, 3).await.unwrap();
+
+    let worker = start_worker(&client, 4);
+    for handle in [&queued, &delayed] {
+        let err = handle.wait(WAIT).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::JobRevoked {
+                    reason: RevokeReason::Cancelled,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let record = handle.record().await.unwrap().expect("recorded");
+        assert_eq!(
+            (record.state, record.started_ms),
+            (State::Revoked, None),
+            "never started"
+        );
+    }
+    assert_eq!(kept.wait(WAIT).await.unwrap(), 6, "others run");
+
+    // Running: the task waits for its cancellation beside a long sleep.
+    let watching = cancellable::enqueue(&client, 60).await.unwrap();
+    let ignoring = gated::enqueue(&client, format!("cancel-ignored-{label}"), 0)
+        .await
+        .unwrap();
+    for handle in [watching.id(), ignoring.id()] {
+        eventually(WAIT, "the job starts", || async {
+            client
+                .record(handle.as_str())
+                .await
+                .unwrap()
+                .is_some_and(|r| r.state == State::Started)
+        })
+        .await;
+    }
+    watching.cancel().await.unwrap();
+    ignoring.cancel().await.unwrap();
+    assert!(
+        watching.wait(WAIT).await.unwrap(),
+        "the task saw its cancellation and returned"
+    );
+    gate(&format!("cancel-ignored-{label}")).notify_one();
+    assert!(
+        ignoring.wait(WAIT).await.is_ok(),
+        "a task that does not look finishes as usual"
+    );
+    assert_eq!(worker.stats.cancelled(), 2, "the two that never started");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_levels_order_a_queue_on_redis() {
+    let ns = TestNamespace::new("levels");
+    let client = ns.client().await;
+    priority_levels_order_a_queue(client.clone(), "redis").await;
+    // Each level is a stream of its own (docs/protocol.md), which a producer in another
+    // language can add to.
+    let redis = redis::Client::open(ns.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    urgent::enqueue(&client, "levels-redis-wire".to_owned())
+        .await
+        .unwrap();
+    let lane = format!("{{{}}}:queue:levels:high", ns.name());
+    let waiting: u64 = redis::cmd("XLEN")
+        .arg(&lane)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting, 1,
+        "the task's `priority = \"high\"` sends it to {lane}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_levels_order_a_queue_in_memory() {
+    priority_levels_order_a_queue(Client::memory(), "memory").await;
+}
+
+/// A queue's high jobs all start before its normal ones, and those before its low ones,
+/// whatever order they were enqueued in; the queue is one queue in the stats.
+async fn priority_levels_order_a_queue(client: Client, label: &str) {
+    let ledger = |level: Priority| format!("levels-{label}-{level}");
+    for _ in 0..20 {
+        for level in [Priority::Low, Priority::Normal, Priority::High] {
+            let options = EnqueueOptions::new().queue("levels").priority(level);
+            timed::enqueue_with(&client, options, ledger(level), 0)
+                .await
+                .unwrap();
+        }
+    }
+    // The task's own level, and a job that overrides it.
+    urgent::enqueue(&client, ledger(Priority::High))
+        .await
+        .unwrap();
+    urgent::enqueue_with(
+        &client,
+        EnqueueOptions::new().priority(Priority::Low),
+        ledger(Priority::Low),
+    )
+    .await
+    .unwrap();
+    let stats = client.stats(Duration::from_secs(60)).await.unwrap();
+    let queues: Vec<(&str, u64)> = stats
+        .queues
+        .iter()
+        .map(|queue| (queue.name.as_str(), queue.ready + queue.delayed))
+        .collect();
+    assert_eq!(queues, [("levels", 62)], "the lanes count as their queue");
+
+    // One runner, small reads: the starts come in the order of the reads.
+    let worker = Worker::builder(&client)
+        .queues(["levels"])
+        .concurrency(1)
+        .prefetch(2)
+        .build()
+        .unwrap();
+    let running = start_built(worker);
+    eventually(Duration::from_secs(60), "the jobs run", || async {
+        Priority::ALL
+            .iter()
+            .map(|&level| runs_of(&ledger(level)).len())
+            .sum::<usize>()
+            == 62
+    })
+    .await;
+    running.stop().await;
+    let mut starts: Vec<(std::time::Instant, Priority)> = Priority::ALL
+        .iter()
+        .flat_map(|&level| {
+            runs_of(&ledger(level))
+                .into_iter()
+                .map(move |(started, _)| (started, level))
+        })
+        .collect();
+    starts.sort();
+    let order: Vec<Priority> = starts.into_iter().map(|(_, level)| level).collect();
+    let expected: Vec<Priority> = [
+        (Priority::High, 21),
+        (Priority::Normal, 20),
+        (Priority::Low, 21),
+    ]
+    .into_iter()
+    .flat_map(|(level, count)| std::iter::repeat_n(level, count))
+    .collect();
+    assert_eq!(
+        order, expected,
+        "the levels in order, each drained before the next"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_jobs_hold_their_lock_until_each_end_on_redis() {
     let ns = TestNamespace::new("unique");
     unique_jobs_hold_their_lock_until_each_end(ns.client().await).await;
@@ -284,17 +467,29 @@ async fn unique_jobs_hold_their_lock_until_each_end(client: Client) {
     let retried = flaky::enqueue_with(&client, keyed("retried"))
         .await
         .unwrap();
+    // Cancelled before it started: never run, its lock released.
+    let cancelled = refuses::enqueue_with(&client, keyed("cancelled"), "never".to_owned())
+        .await
+        .unwrap();
     // Unique for an hour: the lock outlives the job.
     let hourly = unique_for_an_hour::enqueue(&client, 7).await.unwrap();
-    for key in ["refused", "bad-args", "expired", "retried"] {
+    for key in ["refused", "bad-args", "expired", "retried", "cancelled"] {
         assert!(
             client.unique_lock(key).await.unwrap().is_some(),
             "{key}: held while queued"
         );
     }
 
+    cancelled.cancel().await.unwrap();
     let worker = start_worker(&client, 4);
     assert_eq!(first.wait(WAIT).await.unwrap(), 3);
+    assert!(matches!(
+        cancelled.wait(WAIT).await.unwrap_err(),
+        Error::JobRevoked {
+            reason: RevokeReason::Cancelled,
+            ..
+        }
+    ));
     assert_eq!(other.wait(WAIT).await.unwrap(), 4);
     assert!(refused.wait(WAIT).await.is_err());
     assert!(bad.wait(WAIT).await.is_err());
@@ -317,7 +512,8 @@ async fn unique_jobs_hold_their_lock_until_each_end(client: Client) {
     );
     assert!(retried.wait(WAIT).await.is_err(), "fails after its retries");
 
-    // Success, failure for good, dead-lettered, expired, retries used up: all released.
+    // Success, failure for good, dead-lettered, expired, retries used up, cancelled: all
+    // released.
     assert!(
         client
             .unique_locks("it.unique_add/", 10)
@@ -325,7 +521,7 @@ async fn unique_jobs_hold_their_lock_until_each_end(client: Client) {
             .unwrap()
             .is_empty()
     );
-    for key in ["refused", "bad-args", "expired", "retried"] {
+    for key in ["refused", "bad-args", "expired", "retried", "cancelled"] {
         assert_eq!(
             client.unique_lock(key).await.unwrap(),
             None,

@@ -263,6 +263,21 @@ pub async fn timed(ledger: String, ms: u64) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Sleeps `seconds` unless cancelled first; whether it was.
+#[task(name = "it.cancellable", retries = 0)]
+pub async fn cancellable(ctx: TaskContext, seconds: u64) -> Result<bool, TaskError> {
+    tokio::select! {
+        () = ctx.cancelled() => Ok(ctx.is_cancelled()),
+        () = tokio::time::sleep(Duration::from_secs(seconds)) => Ok(false),
+    }
+}
+
+/// As `timed`, on the high level of its queue unless the caller says otherwise.
+#[task(name = "it.urgent", priority = "high", queue = "levels", retries = 0)]
+pub async fn urgent(ledger: String) -> Result<(), TaskError> {
+    timed(ledger, 0).await
+}
+
 /// Sleeps, counts its run in a Redis hash like `count_redis`, and returns the id of the
 /// process that ran it: which worker's result was stored.
 #[task(name = "it.whoami", retries = 0)]

@@ -76,6 +76,9 @@ struct State {
     rates: HashMap<String, RateState>,
     /// Concurrency slots by scope: each holder's lease, until when.
     slots: HashMap<String, HashMap<String, Instant>>,
+    /// Cancelled jobs by when they were cancelled (ms), and the time of each job's mark.
+    revoked: BTreeSet<(i64, String)>,
+    revoked_at: HashMap<String, i64>,
 }
 
 impl State {
@@ -437,35 +440,74 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn revoke<'a>(&'a self, job_id: &'a str, keep: Duration) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let now = crate::envelope::now_ms();
+            if let Some(before) = state.revoked_at.insert(job_id.to_owned(), now) {
+                state.revoked.remove(&(before, job_id.to_owned()));
+            }
+            state.revoked.insert((now, job_id.to_owned()));
+            let oldest_kept = now - keep.as_millis() as i64;
+            while let Some((at, id)) = state.revoked.first().cloned() {
+                if at > oldest_kept {
+                    break;
+                }
+                state.revoked.pop_first();
+                state.revoked_at.remove(&id);
+            }
+            Ok(now)
+        })
+    }
+
+    fn revocations_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok(state
+                .revoked
+                .range((since_ms, String::new())..)
+                .map(|(at, id)| (id.clone(), *at))
+                .collect())
+        })
+    }
+
     fn promote_due<'a>(
         &'a self,
-        queue: &'a str,
+        queues: &'a [String],
         now_ms: i64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Promoted>> {
         Box::pin(async move {
             let promoted = {
                 let mut state = self.lock();
-                let mut due = Vec::new();
-                if let Some(q) = state.queues.get_mut(queue) {
-                    while due.len() < limit {
-                        match q.delayed.first_key_value() {
-                            Some((&(at, _), _)) if at <= now_ms => {
-                                due.push(q.delayed.pop_first().expect("checked").1);
+                let mut moved = 0;
+                let mut next_due_ms: Option<i64> = None;
+                for queue in queues {
+                    let mut due = Vec::new();
+                    if let Some(q) = state.queues.get_mut(queue.as_str()) {
+                        while moved + due.len() < limit {
+                            match q.delayed.first_key_value() {
+                                Some((&(at, _), _)) if at <= now_ms => {
+                                    due.push(q.delayed.pop_first().expect("checked").1);
+                                }
+                                _ => break,
                             }
-                            _ => break,
                         }
                     }
+                    moved += due.len();
+                    for payload in due {
+                        state.append(queue, payload);
+                    }
+                    let next = state
+                        .queues
+                        .get(queue.as_str())
+                        .and_then(|q| q.delayed.first_key_value())
+                        .map(|(&(at, _), _)| at);
+                    next_due_ms = match (next_due_ms, next) {
+                        (Some(earliest), Some(next)) => Some(earliest.min(next)),
+                        (earliest, next) => earliest.or(next),
+                    };
                 }
-                let moved = due.len();
-                for payload in due {
-                    state.append(queue, payload);
-                }
-                let next_due_ms = state
-                    .queues
-                    .get(queue)
-                    .and_then(|q| q.delayed.first_key_value())
-                    .map(|(&(at, _), _)| at);
                 Promoted { moved, next_due_ms }
             };
             if promoted.moved > 0 {

@@ -302,10 +302,20 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Give back `holder`'s slot of `scope`.
     fn release_slot<'a>(&'a self, scope: &'a str, holder: &'a str) -> BoxFuture<'a, Result<()>>;
 
-    /// Move the queue's due delayed jobs into it, atomically, at most `limit` of them.
+    /// Mark a job cancelled, for every worker to see, the mark kept for `keep` (the records'
+    /// lifetime); when it was marked, on the broker's clock (ms).
+    fn revoke<'a>(&'a self, job_id: &'a str, keep: Duration) -> BoxFuture<'a, Result<i64>>;
+
+    /// The jobs marked cancelled at or after `since_ms` (the broker's clock), each with when,
+    /// oldest first.
+    fn revocations_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>>>;
+
+    /// Move the due delayed jobs of `queues` (a queue's lanes) into their streams, atomically,
+    /// at most `limit` of them in all, the first queue's first; `next_due_ms` is the earliest
+    /// left in any of them.
     fn promote_due<'a>(
         &'a self,
-        queue: &'a str,
+        queues: &'a [String],
         now_ms: i64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Promoted>>;

@@ -103,6 +103,7 @@ both_brokers!(
     fetch_waits_for_an_arrival,
     delayed_jobs_wait_for_their_due_time,
     concurrent_promoters_move_each_job_once,
+    a_promotion_of_several_lanes_moves_at_most_limit_in_all,
     settling_stores_the_record_acks_and_announces,
     expired_leases_are_reclaimed_and_the_old_owner_cannot_renew,
     renewed_leases_are_not_reclaimed,
@@ -176,7 +177,10 @@ async fn delayed_jobs_wait_for_their_due_time(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();
     let due = now_ms() + 60_000;
     broker.push(vec![job(b"later", Some(due))]).await.unwrap();
-    let promoted = broker.promote_due(Q, now_ms(), 100).await.unwrap();
+    let promoted = broker
+        .promote_due(&[Q.to_owned()], now_ms(), 100)
+        .await
+        .unwrap();
     assert_eq!(promoted.moved, 0);
     assert_eq!(promoted.next_due_ms, Some(due));
     assert!(
@@ -186,7 +190,7 @@ async fn delayed_jobs_wait_for_their_due_time(broker: Arc<dyn Broker>) {
             .unwrap()
             .is_empty()
     );
-    let promoted = broker.promote_due(Q, due, 100).await.unwrap();
+    let promoted = broker.promote_due(&[Q.to_owned()], due, 100).await.unwrap();
     assert_eq!(promoted.moved, 1);
     assert_eq!(promoted.next_due_ms, None);
     let got = broker
@@ -195,6 +199,47 @@ async fn delayed_jobs_wait_for_their_due_time(broker: Arc<dyn Broker>) {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"later");
+}
+
+/// A queue's lanes are promoted in one call: the first lane's due jobs first, the limit over
+/// all of them, and the earliest due time left in any.
+async fn a_promotion_of_several_lanes_moves_at_most_limit_in_all(broker: Arc<dyn Broker>) {
+    let lanes = vec![format!("{Q}:high"), Q.to_owned()];
+    broker.prepare(&lanes).await.unwrap();
+    // Due times ahead of the clock, so that the push keeps them delayed; promoted "then".
+    let now = now_ms() + 10_000;
+    let later = now + 60_000;
+    let delayed = |lane: &String, payload: &[u8], due: i64| NewJob {
+        queue: lane.clone(),
+        payload: payload.to_vec(),
+        due_ms: Some(due),
+    };
+    broker
+        .push(vec![
+            delayed(&lanes[1], b"n1", now - 20),
+            delayed(&lanes[1], b"n-later", later),
+            delayed(&lanes[0], b"h1", now - 10),
+            delayed(&lanes[0], b"h2", now - 10),
+            delayed(&lanes[1], b"n2", now - 10),
+        ])
+        .await
+        .unwrap();
+    let promoted = broker.promote_due(&lanes, now, 3).await.unwrap();
+    assert_eq!(promoted.moved, 3, "the limit is over both lanes");
+    assert_eq!(promoted.next_due_ms, Some(now - 10), "n2 is left, due");
+    let promoted = broker.promote_due(&lanes, now, 10).await.unwrap();
+    assert_eq!((promoted.moved, promoted.next_due_ms), (1, Some(later)));
+    let got = broker
+        .fetch("a", &lanes, 10, Duration::from_millis(20))
+        .await
+        .unwrap();
+    let payloads: Vec<&[u8]> = got.iter().map(|d| d.payload.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        [&b"h1"[..], b"h2", b"n1", b"n2"],
+        "high lane first"
+    );
+    assert_eq!(&*got[0].queue, lanes[0].as_str());
 }
 
 async fn concurrent_promoters_move_each_job_once(broker: Arc<dyn Broker>) {
@@ -210,7 +255,7 @@ async fn concurrent_promoters_move_each_job_once(broker: Arc<dyn Broker>) {
             tokio::spawn(async move {
                 let mut moved = 0;
                 loop {
-                    let promoted = broker.promote_due(Q, due, 7).await.unwrap();
+                    let promoted = broker.promote_due(&[Q.to_owned()], due, 7).await.unwrap();
                     moved += promoted.moved;
                     if promoted.moved == 0 {
                         return moved;
@@ -313,7 +358,14 @@ async fn retries_go_through_the_delayed_set(broker: Arc<dyn Broker>) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(broker.promote_due(Q, due, 10).await.unwrap().moved, 1);
+    assert_eq!(
+        broker
+            .promote_due(&[Q.to_owned()], due, 10)
+            .await
+            .unwrap()
+            .moved,
+        1
+    );
     let again = broker
         .fetch("a", &queues(), 1, Duration::from_millis(50))
         .await
@@ -444,7 +496,11 @@ async fn a_mixed_batch_is_fenced_write_by_write(broker: Arc<dyn Broker>) {
     assert!(broker.load_record("lost").await.unwrap().is_none());
     assert!(broker.load_record("running").await.unwrap().is_some());
     assert_eq!(
-        broker.promote_due(Q, i64::MAX, 10).await.unwrap().moved,
+        broker
+            .promote_due(&[Q.to_owned()], i64::MAX, 10)
+            .await
+            .unwrap()
+            .moved,
         0,
         "the fenced retry was not scheduled"
     );
@@ -1258,7 +1314,14 @@ async fn queue_stats_count_ready_pending_and_delayed_jobs(broker: Arc<dyn Broker
     let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
     assert_eq!(counts(&stats), (Q.to_owned(), 2, 1, 2, 2));
 
-    assert_eq!(broker.promote_due(Q, due, 10).await.unwrap().moved, 2);
+    assert_eq!(
+        broker
+            .promote_due(&[Q.to_owned()], due, 10)
+            .await
+            .unwrap()
+            .moved,
+        2
+    );
     let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
     assert_eq!(counts(&stats), (Q.to_owned(), 4, 1, 0, 2));
 

@@ -17,6 +17,7 @@ use crate::client::{Client, EnqueueOptions};
 use crate::envelope::{NoArgs, SystemHeader};
 use crate::error::{Error, Result};
 use crate::keys::validate_schedule_name;
+use crate::priority::{self, Priority};
 use crate::process::{process_name, shutdown_signal};
 use crate::record::{JobRecord, State};
 use crate::registry::Registry;
@@ -40,7 +41,12 @@ const RETRY_AFTER_MS: i64 = 1000;
 struct Entry {
     name: String,
     task: String,
+    /// The task's queue and its level in it.
     queue: String,
+    priority: Priority,
+    /// Where the jobs go: the lane of that level (the queue itself unless its task has a
+    /// `priority`), so that the overlap check looks in the stream they are in.
+    lane: String,
     schedule: Schedule,
     /// The argument array, MessagePack-encoded once.
     args: Vec<u8>,
@@ -51,7 +57,7 @@ impl Entry {
     fn definition(&self) -> BeatDefinition {
         BeatDefinition {
             task: self.task.clone(),
-            queue: self.queue.clone(),
+            queue: self.lane.clone(),
             schedule: self.schedule.to_string(),
             tz: self.schedule.zone().name().to_owned(),
             misfire: self.schedule.misfire_policy(),
@@ -229,14 +235,18 @@ impl Scheduler {
         if task.is_empty() {
             return Err(Error::schedule(name, "the task name is empty"));
         }
-        let queue = self
+        let (queue, priority) = self
             .registry
             .get(task)
-            .map_or(DEFAULT_QUEUE, |descriptor| descriptor.options().queue);
+            .map_or((DEFAULT_QUEUE, Priority::Normal), |descriptor| {
+                (descriptor.options().queue, descriptor.options().priority)
+            });
         self.entries.push(Entry {
             name: name.to_owned(),
             task: task.to_owned(),
             queue: queue.to_owned(),
+            priority,
+            lane: priority::lane(queue, priority),
             schedule,
             args,
         });
@@ -398,7 +408,7 @@ impl Scheduler {
             schedule: entry.name.clone(),
             expected_ms: last_ms,
             through_ms,
-            queue: entry.queue.clone(),
+            queue: entry.lane.clone(),
             payloads: Vec::new(),
             fired: None,
             skipped_slot_ms: None,
@@ -406,7 +416,7 @@ impl Scheduler {
         let skipped = match plan.fires.last() {
             Some(fire)
                 if !entry.schedule.allows_overlap()
-                    && running(broker, &entry.queue, &state).await? =>
+                    && running(broker, &entry.lane, &state).await? =>
             {
                 advance.skipped_slot_ms = Some(fire.slot_ms);
                 Some(fire.slot_ms)
@@ -454,9 +464,13 @@ impl Scheduler {
         if let Some(from) = fire.missed_from_ms {
             options = options.system_header(SystemHeader::MissedFromMs, from.to_string());
         }
-        let (_, job) =
-            self.client
-                .prepare(&entry.task, &entry.queue, entry.args.clone(), &options)?;
+        let (_, job) = self.client.prepare(
+            &entry.task,
+            &entry.queue,
+            entry.priority,
+            entry.args.clone(),
+            &options,
+        )?;
         Ok(job.payload)
     }
 }

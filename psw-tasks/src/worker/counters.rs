@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub(crate) fenced: Counter,
     pub(crate) expired: Counter,
     pub(crate) superseded: Counter,
+    pub(crate) cancelled: Counter,
     pub(crate) rate_limited: Counter,
     pub(crate) slot_waits: Counter,
 }
@@ -116,6 +117,10 @@ impl WorkerStats {
     /// Debounced jobs replaced by a later one of their key: revoked, not run.
     pub fn superseded(&self) -> u64 {
         self.0.superseded.get()
+    }
+    /// Jobs cancelled (`Client::cancel`) before they started here: revoked, not run.
+    pub fn cancelled(&self) -> u64 {
+        self.0.cancelled.get()
     }
     /// Jobs put back because their rate limit would not let them start yet (or their task
     /// asked to run later, `TaskError::later`): delayed, the attempt not counted.

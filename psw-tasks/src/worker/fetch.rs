@@ -12,7 +12,7 @@ use super::runner::Fetched;
 use super::shared::Shared;
 use crate::broker::Delivery;
 use crate::error::Error;
-use crate::priority::QueueOrder;
+use crate::priority::{self, Priority, QueueOrder};
 
 /// How long one fetch blocks when the queues are empty; also bounds how late a shutdown
 /// request is noticed.
@@ -20,11 +20,18 @@ const FETCH_BLOCK: Duration = Duration::from_millis(500);
 /// First pause after a failed fetch; it doubles up to [`FETCH_RETRY_MAX`].
 const FETCH_RETRY: Duration = Duration::from_millis(100);
 const FETCH_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the worker looks for priority lanes first used since its last look.
+const LANE_CHECK: Duration = Duration::from_secs(1);
 
 pub(crate) struct FetchLoop {
     pub(crate) shared: Arc<Shared>,
     pub(crate) consumer: String,
-    pub(crate) queues: Vec<String>,
+    /// The lanes in use of each queue the worker consumes, in the worker's order of queues,
+    /// each queue's high lane first: the queue itself, and those of its levels (`priority`)
+    /// that producers have used, as the set of queue names says.
+    pub(crate) lanes: Vec<Vec<String>>,
+    /// When to look for lanes first used since the last look.
+    pub(crate) next_lane_check: Instant,
     /// The order of the queues on each read: round-robin, by weight, or strict.
     pub(crate) order: QueueOrder,
     pub(crate) lease: Duration,
@@ -40,7 +47,7 @@ pub(crate) struct FetchLoop {
 impl FetchLoop {
     /// Fetch and dispatch until `shutdown`. A read that Redis answered is always dispatched:
     /// dropping it would leave its entries pending until their lease runs out.
-    pub(crate) async fn run(&self, shutdown: &CancellationToken) {
+    pub(crate) async fn run(&mut self, shutdown: &CancellationToken) {
         let mut next_reclaim = Instant::now();
         let mut retry = FETCH_RETRY;
         let mut turn = 0usize;
@@ -48,6 +55,10 @@ impl FetchLoop {
             let Some(first) = self.wait_for_claims(shutdown).await else {
                 return;
             };
+            if Instant::now() >= self.next_lane_check {
+                self.next_lane_check = Instant::now() + LANE_CHECK;
+                self.find_lanes().await;
+            }
             let free = self.claims.available_permits() + first.num_permits();
             let mut deliveries = Vec::new();
             if Instant::now() >= next_reclaim {
@@ -94,7 +105,7 @@ impl FetchLoop {
     async fn reclaim_expired(&self, free: usize) -> Vec<Delivery> {
         let broker = &self.shared.broker;
         let mut deliveries = Vec::new();
-        for queue in &self.queues {
+        for queue in self.lanes.iter().flatten() {
             let holds = self.shared.in_flight.ids(queue);
             match broker
                 .reclaim(
@@ -142,41 +153,76 @@ impl FetchLoop {
         deliveries
     }
 
-    /// Read up to `free` new jobs, the queues in the order of read number `turn`; `None` when
-    /// the read failed (recreating the consumer groups if Redis lost them), so that the loop
-    /// pauses before the next try.
+    /// Read up to `free` new jobs, the queues in the order of read number `turn` and each
+    /// queue's lanes high first; `None` when the read failed (recreating the consumer groups
+    /// if Redis lost them), so that the loop pauses before the next try.
     async fn fetch_new(&self, free: usize, turn: usize) -> Option<Vec<Delivery>> {
         // Not raced against the shutdown signal: dropping a read that Redis already answered
         // would leave its entries pending until their lease runs out.
         let broker = &self.shared.broker;
         let ordered: Vec<String>;
-        let queues = match self.queues.as_slice() {
-            [_] => &self.queues,
+        let lanes = match self.lanes.as_slice() {
+            [lanes] => lanes.as_slice(),
             _ => {
                 ordered = self
                     .order
-                    .order(self.queues.len(), turn, fastrand::f64)
+                    .order(self.lanes.len(), turn, fastrand::f64)
                     .into_iter()
-                    .map(|index| self.queues[index].clone())
+                    .flat_map(|index| self.lanes[index].iter().cloned())
                     .collect();
                 &ordered
             }
         };
-        match broker
-            .fetch(&self.consumer, queues, free, FETCH_BLOCK)
-            .await
-        {
+        match broker.fetch(&self.consumer, lanes, free, FETCH_BLOCK).await {
             Ok(fetched) => Some(fetched),
             Err(Error::GroupMissing(_)) => {
                 tracing::error!(
                     "the consumer groups are gone (Redis restarted empty?); creating them again from the start of each stream"
                 );
-                let _ = broker.prepare(&self.queues).await;
+                let lanes: Vec<String> = self.lanes.iter().flatten().cloned().collect();
+                let _ = broker.prepare(&lanes).await;
                 None
             }
             Err(err) => {
                 tracing::error!(error = %crate::error::chain(&err), "fetching jobs failed; retrying");
                 None
+            }
+        }
+    }
+
+    /// Add the lanes of priority levels first used since the last look (a producer registers
+    /// a lane's name when it first adds to it), making their consumer groups. Until a level
+    /// is used its queue is read with one plain XREADGROUP; a job of a new level waits at most
+    /// [`LANE_CHECK`] for a worker to look, never longer.
+    async fn find_lanes(&mut self) {
+        let broker = &self.shared.broker;
+        let names = match broker.queue_names().await {
+            Ok(names) => names,
+            Err(err) => {
+                tracing::warn!(error = %crate::error::chain(&err), "could not list the queues' priority lanes; looking again shortly");
+                return;
+            }
+        };
+        for lanes in &mut self.lanes {
+            let queue = lanes
+                .iter()
+                .find(|lane| priority::split_lane(lane).1 == Priority::Normal)
+                .cloned()
+                .expect("a queue's own lane is always read");
+            let in_use: Vec<String> = priority::lanes(&queue)
+                .filter(|lane| *lane == queue || names.contains(lane))
+                .collect();
+            if in_use.len() == lanes.len() {
+                continue;
+            }
+            match broker.prepare(&in_use).await {
+                Ok(()) => {
+                    tracing::info!(queue, lanes = ?in_use, "reading the queue's priority levels");
+                    *lanes = in_use;
+                }
+                Err(err) => {
+                    tracing::warn!(queue, error = %crate::error::chain(&err), "could not prepare the queue's priority lanes; trying again shortly")
+                }
             }
         }
     }

@@ -188,6 +188,25 @@ fn supersede(
     )
 }
 
+/// Revoke a job cancelled before it started: acknowledged, not run, recorded REVOKED
+/// (`cancelled`) if its task keeps records, its unique lock released.
+fn cancel(
+    shared: &Shared,
+    delivery: &Delivery,
+    envelope: Envelope,
+    keeps_record: bool,
+) -> Settlement {
+    shared.stats.cancelled.inc();
+    tracing::info!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, "job cancelled before it started; revoked, not run");
+    revoked(
+        shared,
+        delivery,
+        envelope,
+        keeps_record,
+        RevokeReason::Cancelled,
+    )
+}
+
 /// Revoke a job whose expiry has passed: acknowledged, not run, recorded REVOKED (`expired`)
 /// if its task keeps records.
 fn expire(
@@ -258,6 +277,10 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
         // An unknown task's job expires too: no worker will run it any more.
         let keeps_record = found.is_none_or(|(_, descriptor)| !descriptor.options().ignore_result);
         return expire(shared, delivery, envelope, expired_at, keeps_record);
+    }
+    if shared.revocations.is_revoked(envelope.id.as_str()) {
+        let keeps_record = found.is_none_or(|(_, descriptor)| !descriptor.options().ignore_result);
+        return cancel(shared, delivery, envelope, keeps_record);
     }
     let Some((index, descriptor)) = found else {
         return unknown_task(shared, delivery, envelope);
@@ -400,6 +423,7 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
         envelope.task = context.task_name().to_owned();
         envelope.headers = context.headers().clone();
     }
+    shared.revocations.finished(context.job_id());
     // Dropped before the record is taken back below: the context holds the progress sink.
     drop(context);
 

@@ -43,6 +43,7 @@ mod limits;
 mod progress;
 mod promoter;
 mod renewer;
+mod revocations;
 mod runner;
 mod shared;
 mod writer;
@@ -52,6 +53,7 @@ pub use counters::WorkerStats;
 use fetch::FetchLoop;
 use in_flight::InFlight;
 use limits::Limits;
+use revocations::Revocations;
 use runner::Fetched;
 use shared::Shared;
 
@@ -234,8 +236,10 @@ impl WorkerBuilder {
                 ));
             }
         }
+        let revocations = Arc::new(Revocations::default());
         let mut states = self.states;
         states.limits = Some(limits.clone());
+        states.cancellations = Some(revocations.clone());
         if registry.iter().next().is_none() {
             tracing::warn!(
                 "no #[task] is linked into this binary: every job will be dead-lettered as unknown"
@@ -252,6 +256,7 @@ impl WorkerBuilder {
             on_dead: self.on_dead,
             states: Arc::new(states),
             limits,
+            revocations,
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
             // Unique per process: a restarted worker must not inherit a dead one's entries as
@@ -305,6 +310,7 @@ pub struct Worker {
     on_dead: Option<DeadHook>,
     states: Arc<SharedState>,
     limits: Arc<Limits>,
+    revocations: Arc<Revocations>,
     lease: Duration,
     shutdown_grace: Duration,
     consumer: String,
@@ -374,8 +380,17 @@ impl Worker {
         if !prepare_queues(broker.as_ref(), &self.queues, &shutdown).await {
             return Ok(());
         }
+        // The cancellations made before this start, so that none of those jobs runs here.
+        if let Err(err) = self
+            .revocations
+            .refresh(broker.as_ref(), self.client.config().result_ttl)
+            .await
+        {
+            tracing::warn!(error = %crate::error::chain(&err), "could not read the cancelled jobs at start; reading them again shortly");
+        }
         let running = self.start(broker, started_ms);
         tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
+        let mut running = running;
         running.fetch.run(&shutdown).await;
         running.stop(&self).await;
         tracing::info!(consumer = %self.consumer, "worker stopped");
@@ -416,6 +431,7 @@ impl Worker {
             unknown_task_delay: self.client.config().unknown_task_delay,
             states: self.states.clone(),
             limits: self.limits.clone(),
+            revocations: self.revocations.clone(),
         });
         let busy = Arc::new(AtomicUsize::new(0));
         // Fetched deliveries wait here for the first free runner.
@@ -439,6 +455,12 @@ impl Worker {
                 stop_helpers.clone(),
             ));
         }
+        helpers.spawn(revocations::run(
+            self.revocations.clone(),
+            broker.clone(),
+            self.client.config().result_ttl,
+            stop_helpers.clone(),
+        ));
         helpers.spawn(renewer::run(
             shared.clone(),
             self.consumer.clone(),
@@ -465,7 +487,12 @@ impl Worker {
         let fetch = FetchLoop {
             shared: shared.clone(),
             consumer: self.consumer.clone(),
-            queues: self.queues.clone(),
+            lanes: self
+                .queues
+                .iter()
+                .map(|queue| vec![queue.clone()])
+                .collect(),
+            next_lane_check: tokio::time::Instant::now(),
             order: self.order.clone(),
             lease: self.lease,
             claims: Arc::new(Semaphore::new(self.concurrency + self.prefetch)),
@@ -559,6 +586,8 @@ impl Running {
         // Stopping first, then no more dispatch: a runner that takes a queued delivery from
         // now on gives it back.
         stopping.cancel();
+        // The lanes it read, to leave their groups at the end.
+        let lanes: Vec<String> = fetch.lanes.iter().flatten().cloned().collect();
         drop(fetch);
         // Fetched but not started: given back at once rather than left to wait out a lease
         // behind long jobs. Every runner gives back what it takes once stopping; one more
@@ -603,11 +632,7 @@ impl Running {
             abandon.cancel();
             writer.abort();
         }
-        match tokio::time::timeout(
-            FAREWELL,
-            broker.retire_consumer(&worker.consumer, &worker.queues),
-        )
-        .await
+        match tokio::time::timeout(FAREWELL, broker.retire_consumer(&worker.consumer, &lanes)).await
         {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::counters::Counters;
 use super::in_flight::InFlight;
 use super::limits::Limits;
+use super::revocations::Revocations;
 use super::writer::WriteRequest;
 use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
 use crate::envelope::{Envelope, JobId, now_ms};
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) states: Arc<SharedState>,
     /// The global rate and concurrency limits, and the slots held now.
     pub(crate) limits: Arc<Limits>,
+    /// The cancelled jobs this worker has read of.
+    pub(crate) revocations: Arc<Revocations>,
 }
 
 impl Shared {

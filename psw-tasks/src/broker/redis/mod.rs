@@ -6,7 +6,7 @@
 //! (reads, reclaims and lease renewals), `queues` (groups, pushes, promotion, consumers),
 //! `settle` (the batched, fenced writes), `listener` (finished-job announcements), `beat`,
 //! `dead`, `stats`, `unique` (unique jobs' locks), `limits` (rate limits and concurrency
-//! slots), `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
+//! slots), `revoke` (cancelled jobs), `reply` (reading replies) and `scripts` (the Lua, in `.lua` files).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ mod limits;
 mod listener;
 mod queues;
 mod reply;
+mod revoke;
 mod scripts;
 mod settle;
 mod stats;
@@ -134,13 +135,21 @@ impl Broker for RedisBroker {
         call(limits::release_slot(self, scope, holder))
     }
 
+    fn revoke<'a>(&'a self, job_id: &'a str, keep: Duration) -> BoxFuture<'a, Result<i64>> {
+        call(revoke::revoke(self, job_id, keep))
+    }
+
+    fn revocations_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
+        call(revoke::revocations_since(self, since_ms))
+    }
+
     fn promote_due<'a>(
         &'a self,
-        queue: &'a str,
+        queues: &'a [String],
         now_ms: i64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Promoted>> {
-        call(queues::promote_due(self, queue, now_ms, limit))
+        call(queues::promote_due(self, queues, now_ms, limit))
     }
 
     fn fetch<'a>(

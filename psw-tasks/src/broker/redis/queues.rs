@@ -132,20 +132,24 @@ pub(super) fn destination(broker: &RedisBroker, job: &NewJob) -> (String, String
 /// Move up to `limit` due delayed jobs into the queue (`promote.lua`).
 pub(super) async fn promote_due(
     broker: &RedisBroker,
-    queue: &str,
+    queues: &[String],
     now_ms: i64,
     limit: usize,
 ) -> redis::RedisResult<Promoted> {
-    let (moved, next): (usize, i64) = broker
-        .scripts
-        .promote
-        .key(broker.keys.delayed(queue))
-        .key(broker.keys.stream(queue))
-        .arg(now_ms)
-        .arg(limit)
-        .arg(JOB_FIELD)
-        .invoke_async(&mut broker.conn())
-        .await?;
+    if queues.is_empty() {
+        return Ok(Promoted {
+            moved: 0,
+            next_due_ms: None,
+        });
+    }
+    let mut invocation = broker.scripts.promote.prepare_invoke();
+    for queue in queues {
+        invocation
+            .key(broker.keys.delayed(queue))
+            .key(broker.keys.stream(queue));
+    }
+    invocation.arg(now_ms).arg(limit).arg(JOB_FIELD);
+    let (moved, next): (usize, i64) = invocation.invoke_async(&mut broker.conn()).await?;
     Ok(Promoted {
         moved,
         next_due_ms: (next >= 0).then_some(next),

@@ -27,6 +27,8 @@ pub(super) struct Scripts {
     pub(super) slot_acquire: Script,
     /// Extends a held concurrency slot's lease.
     pub(super) slot_renew: Script,
+    /// Mark a job cancelled and drop the marks past their keep.
+    pub(super) revoke: Script,
     /// Owner-checked lease renewal.
     pub(super) renew: Script,
     /// Takes over expired leases.
@@ -81,6 +83,10 @@ impl Scripts {
             slot_renew: Script::new(concat!(
                 include_str!("server_time.lua"),
                 include_str!("slot_renew.lua")
+            )),
+            revoke: Script::new(concat!(
+                include_str!("server_time.lua"),
+                include_str!("revoke.lua")
             )),
             renew: Script::new(include_str!("renew.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),

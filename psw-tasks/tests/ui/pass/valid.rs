@@ -46,7 +46,7 @@ async fn every_ninety_seconds() -> Result<(), TaskError> {
 }
 
 /// Global limits: its own rate, and a shared concurrency limit declared at the worker's start.
-#[task(rate_limit = "100/10s burst 5", concurrency = "renderer")]
+#[task(rate_limit = "100/10s burst 5", concurrency = "renderer", priority = "low")]
 async fn render() -> Result<(), TaskError> {
     Ok(())
 }
@@ -69,6 +69,8 @@ const _: () = {
         render::OPTIONS.concurrency,
         Some(psw_tasks::TaskLimit::Named(name)) if name.len() == 8
     ));
+    assert!(matches!(render::OPTIONS.priority, psw_tasks::Priority::Low));
+    assert!(matches!(ping::OPTIONS.priority, psw_tasks::Priority::Normal));
 };
 
 /// The typed handle returns a handle to the function's success type.

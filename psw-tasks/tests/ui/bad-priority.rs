@@ -1,0 +1,8 @@
+use psw_tasks::{TaskError, task};
+
+#[task(priority = "urgent")]
+async fn page() -> Result<(), TaskError> {
+    Ok(())
+}
+
+fn main() {}
