@@ -149,7 +149,6 @@ impl Client {
                 "no fixed id when enqueueing many jobs: each job needs its own",
             ));
         }
-        let queue = task_options.queue;
         let mut handles = Vec::new();
         let mut chunk = Vec::with_capacity(BULK_CHUNK);
         // One chunk travels while the next is encoded; a chunk leaves only once the one before
@@ -158,7 +157,7 @@ impl Client {
         for args in args {
             let args = rmp_serde::to_vec_named(&args)
                 .map_err(|err| Error::encode(format!("arguments of task `{task}`"), err))?;
-            let (id, job) = self.prepare(task, queue, task_options.priority, args, &options)?;
+            let (id, job) = self.prepare(task, task_options, args, &options)?;
             handles.push(self.handle(id));
             chunk.push(job);
             if chunk.len() == BULK_CHUNK {
@@ -252,13 +251,7 @@ impl Client {
             }
             None => None,
         };
-        let (id, job) = self.prepare(
-            task,
-            task_options.queue,
-            task_options.priority,
-            args,
-            &options,
-        )?;
+        let (id, job) = self.prepare(task, task_options, args, &options)?;
         if let Some((unique, key)) = lock {
             let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
             let hold = unique.hold(Duration::from_millis(delay));
@@ -313,13 +306,7 @@ impl Client {
         if options.eta.is_none() && options.countdown.is_none_or(|countdown| countdown < window) {
             options.countdown = Some(window);
         }
-        let (id, job) = self.prepare(
-            task,
-            task_options.queue,
-            task_options.priority,
-            args,
-            &options,
-        )?;
+        let (id, job) = self.prepare(task, task_options, args, &options)?;
         let delay = job.due_ms.map_or(0, |due| (due - now_ms()).max(0) as u64);
         let hold = Duration::from_millis(delay) + UNIQUE_HOLD;
         self.inner
@@ -332,14 +319,17 @@ impl Client {
     pub(crate) fn prepare(
         &self,
         task: &str,
-        default_queue: &str,
-        default_priority: Priority,
+        defaults: &TaskOptions,
         args: Vec<u8>,
         options: &EnqueueOptions,
     ) -> Result<(JobId, NewJob)> {
-        let queue = options.queue.as_deref().unwrap_or(default_queue).to_owned();
+        let queue = options
+            .queue
+            .as_deref()
+            .unwrap_or(defaults.queue)
+            .to_owned();
         validate_name("queue", &queue)?;
-        let lane = priority::lane(&queue, options.priority.unwrap_or(default_priority));
+        let lane = priority::lane(&queue, options.priority.unwrap_or(defaults.priority));
         if let Some(name) = options
             .headers
             .keys()

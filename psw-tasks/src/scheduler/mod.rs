@@ -17,12 +17,12 @@ use crate::client::{Client, EnqueueOptions};
 use crate::envelope::{NoArgs, SystemHeader};
 use crate::error::{Error, Result};
 use crate::keys::validate_schedule_name;
-use crate::priority::{self, Priority};
+use crate::priority;
 use crate::process::{process_name, shutdown_signal};
 use crate::record::{JobRecord, State};
 use crate::registry::Registry;
-use crate::rules::DEFAULT_QUEUE;
 use crate::schedule::{self, Schedule};
+use crate::task::TaskOptions;
 
 mod clock;
 pub(crate) mod listing;
@@ -41,9 +41,8 @@ const RETRY_AFTER_MS: i64 = 1000;
 struct Entry {
     name: String,
     task: String,
-    /// The task's queue and its level in it.
-    queue: String,
-    priority: Priority,
+    /// The task's options (its queue and level), the defaults for a task not linked here.
+    options: &'static TaskOptions,
     /// Where the jobs go: the lane of that level (the queue itself unless its task has a
     /// `priority`), so that the overlap check looks in the stream they are in.
     lane: String,
@@ -235,18 +234,15 @@ impl Scheduler {
         if task.is_empty() {
             return Err(Error::schedule(name, "the task name is empty"));
         }
-        let (queue, priority) = self
+        let options = self
             .registry
             .get(task)
-            .map_or((DEFAULT_QUEUE, Priority::Normal), |descriptor| {
-                (descriptor.options().queue, descriptor.options().priority)
-            });
+            .map_or(&TaskOptions::DEFAULT, |descriptor| descriptor.options());
         self.entries.push(Entry {
             name: name.to_owned(),
             task: task.to_owned(),
-            queue: queue.to_owned(),
-            priority,
-            lane: priority::lane(queue, priority),
+            options,
+            lane: priority::lane(options.queue, options.priority),
             schedule,
             args,
         });
@@ -464,13 +460,9 @@ impl Scheduler {
         if let Some(from) = fire.missed_from_ms {
             options = options.system_header(SystemHeader::MissedFromMs, from.to_string());
         }
-        let (_, job) = self.client.prepare(
-            &entry.task,
-            &entry.queue,
-            entry.priority,
-            entry.args.clone(),
-            &options,
-        )?;
+        let (_, job) =
+            self.client
+                .prepare(&entry.task, entry.options, entry.args.clone(), &options)?;
         Ok(job.payload)
     }
 }
