@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench -p psw-tasks-benches --bench throughput -- [--jobs N] [--concurrency N]
 //!     [--workers N] [--payload BYTES] [--results on|off|both] [--task noop|sleep|cpu]
-//!     [--latency-seconds S] [--scaling]
+//!     [--latency-seconds S] [--scaling] [--history-ab PAIRS]
 //! ```
 //! Redis is the test fixture's (`REDIS_URL`, else 127.0.0.1:6379, else one started for the run).
 //! Workers are `bench-worker` processes, so their memory is measured alone. Results are printed
@@ -84,6 +84,10 @@ struct Args {
     /// drain only, results off) instead of the full suite.
     #[arg(long)]
     scaling: bool,
+    /// Drain only, PAIRS times with the metrics history on and PAIRS times off, alternating,
+    /// for each results mode, instead of the full suite: the history's cost side by side.
+    #[arg(long, value_name = "PAIRS")]
+    history_ab: Option<usize>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -307,7 +311,8 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(ns: &TestNamespace, count: usize, concurrency: usize) -> Workers {
+    /// Start `count` worker processes; `history` turns their metrics history on or off.
+    fn start(ns: &TestNamespace, count: usize, concurrency: usize, history: bool) -> Workers {
         let children = (0..count)
             .map(|_| {
                 // PSW_BENCH_WORKER_WRAPPER runs each worker under a profiler, like
@@ -328,6 +333,7 @@ impl Workers {
                     .env("PSW_NAMESPACE", ns.name())
                     .env("PSW_WORKER_CONCURRENCY", concurrency.to_string())
                     .env("PSW_QUEUES", "default")
+                    .env("PSW_METRICS_HISTORY", if history { "on" } else { "off" })
                     .env("RUST_LOG", "warn")
                     .stdin(Stdio::null())
                     .spawn()
@@ -649,7 +655,7 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
     // Drain the filled queue with worker processes.
     let calls_before = raw.command_calls().await;
     let redis_cpu_before = server_cpu_seconds(&mut raw.conn).await;
-    let workers = Workers::start(&ns, args.workers, args.concurrency);
+    let workers = Workers::start(&ns, args.workers, args.concurrency, true);
     let pids = workers.pids();
     let (elapsed, polls) = wait_drained(
         &mut raw,
@@ -725,7 +731,7 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
 async fn run_latency(args: &Args) -> Latency {
     let ns = TestNamespace::new("latency");
     let client = ns.client().await;
-    let workers = Workers::start(&ns, 1, args.concurrency);
+    let workers = Workers::start(&ns, 1, args.concurrency, true);
     wait_for_worker(&client).await;
 
     let rate = 1_000u64;
@@ -951,7 +957,7 @@ async fn scaling(args: &Args) {
                     concurrency,
                     ..args.clone()
                 };
-                let report = drain_only(&run).await;
+                let report = drain_only(&run, false, true).await;
                 let rate = report.rate.as_ref().unwrap();
                 let peak: Vec<String> = report
                     .worker_peak_rss_mib
@@ -974,16 +980,17 @@ async fn scaling(args: &Args) {
     write_outputs("scaling", &out, &rows);
 }
 
-/// Fill and drain only, results off: the scaling matrix's unit.
-async fn drain_only(args: &Args) -> Drain {
+/// Fill and drain only: the unit of the scaling matrix (results off, history on) and of the
+/// history's side-by-side runs.
+async fn drain_only(args: &Args, results: bool, history: bool) -> Drain {
     let ns = TestNamespace::new("scaling");
     let client = ns.client().await;
     let mut raw = Raw::connect().await;
     let stream = format!("{{{}}}:queue:default", ns.name());
-    let task = task_name(args.kind.name(), false);
+    let task = task_name(args.kind.name(), results);
     enqueue_bulk(&client, task, args.jobs, args.payload).await;
     let calls_before = raw.command_calls().await;
-    let workers = Workers::start(&ns, args.workers, args.concurrency);
+    let workers = Workers::start(&ns, args.workers, args.concurrency, history);
     let pids = workers.pids();
     let mut drain = Drain::default();
     let (elapsed, polls) = wait_drained(
@@ -1011,6 +1018,73 @@ async fn drain_only(args: &Args) -> Drain {
     drain
 }
 
+/// Drain rates with the metrics history on and off in alternating runs, so that the machine's
+/// drift favours neither: the median of each and their ratio, per results mode.
+async fn history_ab(args: &Args, pairs: usize) {
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let mut out = format!(
+        "Drain of {} jobs, {} worker(s) x concurrency {}, {pairs} runs each, alternating:\n\n| results | history on, median jobs/s (min-max) | history off, median jobs/s (min-max) | on / off |\n|---|---:|---:|---:|\n",
+        args.jobs, args.workers, args.concurrency
+    );
+    let mut json = Vec::new();
+    for results in result_modes(args) {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for pair in 0..pairs.max(1) {
+            let order = if pair % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for history in order {
+                eprintln!(
+                    "results {}, history {}",
+                    if results { "on" } else { "off" },
+                    if history { "on" } else { "off" }
+                );
+                let rate = drain_only(args, results, history)
+                    .await
+                    .rate
+                    .map_or(0.0, |rate| rate.per_second);
+                if history {
+                    on.push(rate)
+                } else {
+                    off.push(rate)
+                }
+            }
+        }
+        let range = |rates: &[f64]| {
+            let (min, max) = rates
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            format!("{min:.0}-{max:.0}")
+        };
+        let (on_range, off_range) = (range(&on), range(&off));
+        let (on_median, off_median) = (median(&mut on), median(&mut off));
+        out.push_str(&format!(
+            "| {} | {on_median:.0} ({on_range}) | {off_median:.0} ({off_range}) | {:.3} |\n",
+            if results { "stored" } else { "off" },
+            on_median / off_median
+        ));
+        json.push(serde_json::json!({
+            "results": results, "history_on": on, "history_off": off,
+            "ratio_of_medians": on_median / off_median,
+        }));
+    }
+    println!("{out}");
+    write_outputs("history", &out, &json);
+}
+
+fn result_modes(args: &Args) -> Vec<bool> {
+    match args.results {
+        ResultsMode::On => vec![true],
+        ResultsMode::Off => vec![false],
+        ResultsMode::Both => vec![true, false],
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -1018,17 +1092,16 @@ async fn main() {
         scaling(&args).await;
         return;
     }
+    if let Some(pairs) = args.history_ab {
+        history_ab(&args, pairs).await;
+        return;
+    }
     let mut raw = Raw::connect().await;
     let ns = TestNamespace::new("ceilings");
     eprintln!("measuring the Redis ceilings");
     let ceilings = ceilings(&mut raw, &ns).await;
-    let modes = match args.results {
-        ResultsMode::On => vec![true],
-        ResultsMode::Off => vec![false],
-        ResultsMode::Both => vec![true, false],
-    };
     let mut reports = Vec::new();
-    for results in modes {
+    for results in result_modes(&args) {
         eprintln!("results {}", if results { "on" } else { "off" });
         reports.push(run_mode(&args, results, &ceilings).await);
     }

@@ -105,6 +105,17 @@ pub enum Command {
         /// The job id.
         id: String,
     },
+    /// Pause a queue: workers stop taking its jobs within a second, until it is resumed (the
+    /// pause outlives worker restarts). Producers still enqueue.
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The queue.
+        queue: String,
+    },
     /// List the unique jobs' locks: key, the job that holds it, and how long it still lasts.
     Unique {
         /// Only keys that start with this (a task's name, say).
@@ -445,6 +456,28 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             let client = shared_client(&config).await?;
             client.cancel(&id).await?;
             println!("cancelled {id}");
+            Ok(())
+        }
+        Command::Pause { queue } => {
+            let client = shared_client(&config).await?;
+            let changed = client.pause_queue(&queue).await?;
+            println!(
+                "{} {queue}",
+                if changed { "paused" } else { "already paused:" }
+            );
+            Ok(())
+        }
+        Command::Resume { queue } => {
+            let client = shared_client(&config).await?;
+            let changed = client.resume_queue(&queue).await?;
+            println!(
+                "{} {queue}",
+                if changed {
+                    "resumed"
+                } else {
+                    "was not paused:"
+                }
+            );
             Ok(())
         }
         Command::Result { id } => {

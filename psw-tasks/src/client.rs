@@ -17,9 +17,11 @@ use crate::config::Config;
 use crate::dead::DeadLetters;
 use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
 use crate::error::{Error, Result};
+use crate::history::MetricsHistory;
 use crate::keys::{Keys, validate_name};
 use crate::limit::{RateLimit, check_limit_name};
 use crate::limiter::RateLimiter;
+use crate::metrics::{Execution, Resolution};
 use crate::priority::{self, Priority};
 use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
@@ -190,6 +192,21 @@ impl Client {
     /// Like Celery's `inspect().stats()` or BullMQ's `getJobCounts`; a handful of round trips.
     pub async fn stats(&self, window: Duration) -> Result<ClusterStats> {
         crate::stats::collect(self.broker().as_ref(), window, now_ms()).await
+    }
+
+    /// The metrics history of the last `window`: per minute for windows up to a day, per ten
+    /// minutes up to a week (older is gone), each task's outcome counts and run-time and
+    /// queue-wait histograms in every bucket. Written by workers with their heartbeat, so it
+    /// outlives restarts of anything; `docs/monitoring.md` has what it costs.
+    pub async fn metrics(&self, window: Duration) -> Result<MetricsHistory> {
+        let resolution = Resolution::for_window(window);
+        crate::history::collect(self.broker().as_ref(), resolution, window, now_ms()).await
+    }
+
+    /// The last `limit` executions of `task` (at most [`crate::RECENT_EXECUTIONS`] are kept),
+    /// newest first: job id, attempt, outcome, run time and worker.
+    pub async fn recent_executions(&self, task: &str, limit: usize) -> Result<Vec<Execution>> {
+        crate::history::recent(self.broker().as_ref(), task, limit).await
     }
 
     /// The unique lock `key` (as `EnqueueOptions::unique_key` names it, or the task and its
@@ -421,6 +438,32 @@ impl Client {
             .await?;
         tracing::info!(job = %id, "job cancelled");
         Ok(())
+    }
+
+    /// Pause a queue, as BullMQ's `pause` or Sidekiq's: every worker stops taking its jobs
+    /// (all its priority levels) within a second, and jobs already running finish. Producers
+    /// still enqueue, and delayed jobs still come due; they wait in the queue. The pause is
+    /// kept in the broker, so restarted workers keep to it, until [`Client::resume_queue`].
+    /// Whether the queue was running until now.
+    pub async fn pause_queue(&self, queue: &str) -> Result<bool> {
+        validate_name("queue", queue)?;
+        let changed = self.inner.broker.set_paused(queue, true).await?;
+        tracing::info!(queue, "queue paused");
+        Ok(changed)
+    }
+
+    /// Resume a paused queue: workers take its jobs again within a second. Whether it was
+    /// paused.
+    pub async fn resume_queue(&self, queue: &str) -> Result<bool> {
+        validate_name("queue", queue)?;
+        let changed = self.inner.broker.set_paused(queue, false).await?;
+        tracing::info!(queue, "queue resumed");
+        Ok(changed)
+    }
+
+    /// The paused queues, sorted.
+    pub async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.inner.broker.paused_queues().await
     }
 
     /// The stored record of a job, if there is one.

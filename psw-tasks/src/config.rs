@@ -92,6 +92,9 @@ pub struct Config {
     pub lease: Duration,
     /// How long a stopping worker lets running jobs finish.
     pub shutdown_grace: Duration,
+    /// Whether workers keep the metrics history: run-time and queue-wait histograms per task
+    /// and each task's recent executions (`PSW_METRICS_HISTORY`, default on).
+    pub metrics_history: bool,
     variable_of_url: &'static str,
 }
 
@@ -120,6 +123,7 @@ impl std::fmt::Debug for Config {
             max_result_size,
             lease,
             shutdown_grace,
+            metrics_history,
             variable_of_url,
         } = self;
         f.debug_struct("Config")
@@ -143,6 +147,7 @@ impl std::fmt::Debug for Config {
             .field("max_result_size", max_result_size)
             .field("lease", lease)
             .field("shutdown_grace", shutdown_grace)
+            .field("metrics_history", metrics_history)
             .field("variable_of_url", variable_of_url)
             .finish()
     }
@@ -171,6 +176,7 @@ impl Default for Config {
             unknown_task_delay: Duration::from_secs(15),
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            metrics_history: true,
             variable_of_url: "REDIS_URL",
         }
     }
@@ -277,6 +283,10 @@ impl Config {
             Some((name, value)) => parse_bool(name, &value)?,
             None => false,
         };
+        let metrics_history = match get("PSW_METRICS_HISTORY") {
+            Some((name, value)) => parse_bool(name, &value)?,
+            None => defaults.metrics_history,
+        };
 
         let rate_limits = match get("PSW_RATE_LIMITS") {
             Some((name, value)) => parse_named(
@@ -367,6 +377,7 @@ impl Config {
             unknown_task_delay,
             lease,
             shutdown_grace,
+            metrics_history,
             variable_of_url,
         })
     }

@@ -4,8 +4,6 @@
 //! Every key of a namespace carries the hash tag `{namespace}`, so any command, MULTI or script
 //! that touches several of them stays on one Redis Cluster slot.
 
-use std::time::Duration;
-
 use crate::error::{Error, Result};
 use crate::rules::{self, NameProblem};
 use crate::wire::wire_enum;
@@ -81,15 +79,26 @@ impl Outcome {
     ];
 }
 
-/// How long a minute bucket of outcome counts lives after its last write; also the longest
-/// window `Client::stats` can sum.
-pub(crate) const BUCKET_TTL: Duration = Duration::from_secs(24 * 3600);
+wire_enum! {
+    /// What a histogram of the stats buckets measures, per task.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub(crate) enum Metric {
+        /// From an attempt's start to its end.
+        Run => "run",
+        /// From when a job was due (enqueued, or its ETA or retry time) to its start.
+        Wait => "wait",
+    }
+}
 
-const MINUTE_MS: i64 = 60_000;
-
-/// The minute of a time, as the stats keys number them: minutes since the Unix epoch.
-pub(crate) fn minute_of(at_ms: i64) -> i64 {
-    at_ms.div_euclid(MINUTE_MS)
+/// One count of a task in a stats bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Tally {
+    Outcome(Outcome),
+    /// Values of a histogram up to this bound in ms (the one above the previous bound), or,
+    /// with `None`, above the last bound.
+    Bucket(Metric, Option<u64>),
+    /// The sum of a histogram's values, in ms.
+    Sum(Metric),
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +163,11 @@ impl Keys {
         format!("{}:revoked", self.prefix)
     }
 
+    /// The paused queues: a set of queue names (never lanes: a queue pauses whole).
+    pub(crate) fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+
     /// What every unique lock's key starts with, to list them.
     pub(crate) fn unique_prefix(&self) -> String {
         format!("{}:unique:", self.prefix)
@@ -210,27 +224,64 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
-    /// Hash of the outcome counts of one minute (minutes since the Unix epoch):
-    /// [`stats_field`] -> count.
+    /// Hash of the counts of one minute (minutes since the Unix epoch): [`stats_field`] ->
+    /// count.
     pub(crate) fn stats(&self, minute: i64) -> String {
         format!("{}:stats:{minute}", self.prefix)
     }
+
+    /// As [`Keys::stats`], for ten minutes (`floor(ms / 600000)`), kept for a week.
+    pub(crate) fn stats_ten(&self, index: i64) -> String {
+        format!("{}:stats:10m:{index}", self.prefix)
+    }
+
+    /// List of a task's recent executions, newest first (MessagePack maps).
+    pub(crate) fn recent(&self, task: &str) -> String {
+        format!("{}:recent:{task}", self.prefix)
+    }
 }
 
-/// Separates task and outcome in the fields of a stats hash. Outcomes never hold it, so
+/// Separates task and tally in the fields of a stats hash. Tallies never hold it, so
 /// splitting at the last one gives any task name back whole.
 const STATS_SEPARATOR: char = '|';
 
-/// The field of a stats hash counting `outcome`s of `task`: `<task>|<outcome>`.
-pub(crate) fn stats_field(task: &str, outcome: Outcome) -> String {
-    format!("{task}{STATS_SEPARATOR}{outcome}")
+/// Separates a histogram's metric from its bucket's bound (or `sum`) in a tally.
+const BUCKET_SEPARATOR: char = ':';
+/// The bound of the bucket above the last bound.
+const OPEN_BOUND: &str = "inf";
+const SUM: &str = "sum";
+
+/// The field of a stats hash holding `tally` of `task`: `<task>|<outcome>`,
+/// `<task>|<metric>:<bound ms>`, `<task>|<metric>:inf` or `<task>|<metric>:sum`.
+pub(crate) fn stats_field(task: &str, tally: Tally) -> String {
+    match tally {
+        Tally::Outcome(outcome) => format!("{task}{STATS_SEPARATOR}{outcome}"),
+        Tally::Bucket(metric, Some(bound)) => {
+            format!("{task}{STATS_SEPARATOR}{metric}{BUCKET_SEPARATOR}{bound}")
+        }
+        Tally::Bucket(metric, None) => {
+            format!("{task}{STATS_SEPARATOR}{metric}{BUCKET_SEPARATOR}{OPEN_BOUND}")
+        }
+        Tally::Sum(metric) => format!("{task}{STATS_SEPARATOR}{metric}{BUCKET_SEPARATOR}{SUM}"),
+    }
 }
 
-/// (task, outcome) of a stats field; `None` for a field of an outcome this version does not
-/// know (a newer one wrote it) or one without the separator.
-pub(crate) fn split_stats_field(field: &str) -> Option<(&str, Outcome)> {
-    let (task, outcome) = field.rsplit_once(STATS_SEPARATOR)?;
-    Some((task, Outcome::from_wire(outcome)?))
+/// (task, tally) of a stats field; `None` for a field this version does not know (a newer
+/// one wrote it) or one without the separator.
+pub(crate) fn split_stats_field(field: &str) -> Option<(&str, Tally)> {
+    let (task, tally) = field.rsplit_once(STATS_SEPARATOR)?;
+    let tally = match tally.split_once(BUCKET_SEPARATOR) {
+        None => Tally::Outcome(Outcome::from_wire(tally)?),
+        Some((metric, bound)) => {
+            let metric = Metric::from_wire(metric)?;
+            match bound {
+                SUM => Tally::Sum(metric),
+                OPEN_BOUND => Tally::Bucket(metric, None),
+                bound => Tally::Bucket(metric, Some(bound.parse().ok()?)),
+            }
+        }
+    };
+    Some((task, tally))
 }
 
 /// Schedule names end a key and make job ids (`name@slot`): no whitespace (ids are announced
@@ -281,7 +332,10 @@ mod tests {
             keys.beat_leader(),
             keys.workers(),
             keys.revoked(),
+            keys.paused(),
             keys.stats(29_000_000),
+            keys.stats_ten(2_900_000),
+            keys.recent("jobs::daily"),
         ] {
             assert!(key.starts_with("{app}:"), "{key}");
         }
@@ -290,16 +344,26 @@ mod tests {
 
     #[test]
     fn stats_fields_give_any_task_name_back() {
-        for task in ["it.add", "jobs::daily", "a|b", ""] {
-            let field = stats_field(task, Outcome::Failed);
-            assert_eq!(
-                split_stats_field(&field),
-                Some((task, Outcome::Failed)),
-                "{field}"
-            );
+        let tallies = [
+            Tally::Outcome(Outcome::Failed),
+            Tally::Bucket(Metric::Run, Some(250)),
+            Tally::Bucket(Metric::Wait, None),
+            Tally::Sum(Metric::Run),
+        ];
+        for task in ["it.add", "jobs::daily", "a|b", "a:b|c:d", ""] {
+            for tally in tallies {
+                let field = stats_field(task, tally);
+                assert_eq!(split_stats_field(&field), Some((task, tally)), "{field}");
+            }
         }
+        assert_eq!(
+            stats_field("t", Tally::Bucket(Metric::Run, Some(5))),
+            "t|run:5"
+        );
         assert_eq!(split_stats_field("no separator"), None);
         assert_eq!(split_stats_field("it.add|from_the_future"), None);
+        assert_eq!(split_stats_field("it.add|run:soon"), None);
+        assert_eq!(split_stats_field("it.add|cpu:5"), None);
     }
 
     #[test]

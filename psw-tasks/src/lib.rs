@@ -36,6 +36,7 @@ mod envelope;
 mod error;
 mod keys;
 mod limit;
+mod metrics;
 mod priority;
 mod record;
 mod redact;
@@ -57,6 +58,7 @@ mod broker;
 
 // 4. stores: what is kept in the broker, as users read it.
 mod dead;
+mod history;
 mod limiter;
 mod stats;
 
@@ -86,9 +88,16 @@ pub use crate::envelope::JobId;
 #[doc(inline)]
 pub use crate::error::{Error, RedisError, Result};
 #[doc(inline)]
+pub use crate::history::{MetricsHistory, MetricsPoint};
+#[doc(inline)]
 pub use crate::limit::{RateLimit, TaskLimit};
 #[doc(inline)]
 pub use crate::limiter::RateLimiter;
+#[doc(inline)]
+pub use crate::metrics::{
+    Execution, ExecutionOutcome, HISTOGRAM_BOUNDS_MS, Histogram, RECENT_EXECUTIONS, Resolution,
+    TaskCounts,
+};
 #[doc(inline)]
 pub use crate::record::{AttemptError, FailureKind, JobRecord, Progress, State};
 /// A URL with its credentials masked, to log a Redis URL (of any form) or a DSN safely.
@@ -107,7 +116,7 @@ pub use crate::schedule::Schedule;
 #[doc(inline)]
 pub use crate::scheduler::{Scheduler, SchedulerBuilder};
 #[doc(inline)]
-pub use crate::stats::{ClusterStats, TaskCounts, WorkerInfo};
+pub use crate::stats::{ActiveJob, ClusterStats, WorkerInfo};
 #[doc(inline)]
 pub use crate::task::{TaskContext, TaskError, TaskOptions};
 #[doc(inline)]

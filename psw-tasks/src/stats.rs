@@ -5,16 +5,18 @@
 //! outcomes they counted since the last one; readers compute everything else from Redis.
 //! `docs/protocol.md` has the keys and their encoding.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::broker::{Broker, DeadLetterStats, OutcomeCounts, QueueStats};
+use crate::broker::{Broker, DeadLetterStats, QueueStats};
 use crate::error::{Error, Result};
-use crate::keys::{BUCKET_TTL, Outcome, minute_of};
+use crate::history;
+use crate::metrics::{Resolution, TaskCounts};
 use crate::priority;
+use crate::record::Progress;
 
 /// A worker whose last heartbeat is older than this is forgotten by readers: it was killed
 /// without a chance to remove itself.
@@ -31,8 +33,8 @@ pub struct ClusterStats {
     pub workers: Vec<WorkerInfo>,
     /// Every queue a worker has prepared or consumes now, sorted by name.
     pub queues: Vec<QueueStats>,
-    /// Outcomes per task summed over the window, sorted by task; tasks without any are left
-    /// out.
+    /// Outcomes, run times and queue waits per task summed over the window, sorted by task;
+    /// tasks without any are left out.
     pub tasks: Vec<TaskCounts>,
     /// The dead-letter queue now.
     #[serde(serialize_with = "dead_json")]
@@ -47,7 +49,7 @@ pub struct ClusterStats {
 }
 
 /// One worker process, as its last heartbeat described it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct WorkerInfo {
     /// Its consumer name in the queues' consumer groups (`<host>-<pid>-<random>`).
@@ -79,50 +81,23 @@ pub struct WorkerInfo {
     /// Dead letters it wrote: failed for good, and deliveries it could not run at all
     /// (unknown task, undecodable, oversized, poisoned).
     pub dead_lettered: u64,
+    /// The jobs it was running at its last heartbeat, oldest first.
+    pub active: Vec<ActiveJob>,
 }
 
-/// The outcomes of one task's attempts over the window, summed over every worker.
-///
-/// A worker adds its counts at each heartbeat (a third of its lease) to the bucket of that
-/// minute: an attempt shows up at most one heartbeat after it ended, and the counts since a
-/// worker's last heartbeat are lost if it is killed (a graceful stop stores them).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A job a worker runs now, as its heartbeat tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
-pub struct TaskCounts {
-    /// The task's wire name.
+pub struct ActiveJob {
+    /// The job's id.
+    pub id: String,
+    /// Its task's wire name.
     pub task: String,
-    /// Attempts that succeeded.
-    pub succeeded: u64,
-    /// Attempts that failed (errors, panics, time limits, bad arguments), retried or not.
-    pub failed: u64,
-    /// Failed attempts that were scheduled again.
-    pub retried: u64,
-    /// Jobs of the task moved to the dead-letter queue: failed for good, or poisoned. Jobs of
-    /// a task no worker knows are counted only in [`ClusterStats::dead`].
-    pub dead_lettered: u64,
-}
-
-impl TaskCounts {
-    /// Failed attempts over all attempts that ended (succeeded + failed); `None` when none
-    /// ended.
-    pub fn failure_rate(&self) -> Option<f64> {
-        let ended = self.succeeded + self.failed;
-        (ended > 0).then(|| self.failed as f64 / ended as f64)
-    }
-}
-
-impl Serialize for TaskCounts {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        // By hand, so that the JSON carries the failure rate as well.
-        let mut out = serializer.serialize_struct("TaskCounts", 6)?;
-        out.serialize_field("task", &self.task)?;
-        out.serialize_field(Outcome::Succeeded.as_str(), &self.succeeded)?;
-        out.serialize_field(Outcome::Failed.as_str(), &self.failed)?;
-        out.serialize_field(Outcome::Retried.as_str(), &self.retried)?;
-        out.serialize_field(Outcome::DeadLettered.as_str(), &self.dead_lettered)?;
-        out.serialize_field("failure_rate", &self.failure_rate())?;
-        out.end()
-    }
+    /// When this attempt started, in ms since the Unix epoch (the worker's clock).
+    pub started_ms: i64,
+    /// Its last progress report, if its task keeps results and reported any.
+    #[serde(default)]
+    pub progress: Option<Progress>,
 }
 
 fn dead_json<S: Serializer>(
@@ -146,7 +121,7 @@ fn duration_ms<S: Serializer>(
 
 /// A worker's heartbeat as stored: a MessagePack map (`docs/protocol.md`). Fields a reader does
 /// not know are ignored and missing ones are zero, so versions can differ.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub(crate) struct Heartbeat {
     pub(crate) queues: Vec<String>,
@@ -159,6 +134,7 @@ pub(crate) struct Heartbeat {
     pub(crate) failed: u64,
     pub(crate) retried: u64,
     pub(crate) dead_lettered: u64,
+    pub(crate) active: Vec<ActiveJob>,
 }
 
 impl Heartbeat {
@@ -184,35 +160,9 @@ impl Heartbeat {
             failed: self.failed,
             retried: self.retried,
             dead_lettered: self.dead_lettered,
+            active: self.active,
         }
     }
-}
-
-/// The first and last minute buckets that overlap the `window` ending at `now_ms`.
-fn minutes(now_ms: i64, window: Duration) -> (i64, i64) {
-    let window_ms = window.as_millis().min(i64::MAX as u128) as i64;
-    (
-        minute_of(now_ms.saturating_sub(window_ms)),
-        minute_of(now_ms),
-    )
-}
-
-/// Outcome counts summed over the window into counts per task, sorted by task.
-fn task_counts(counts: OutcomeCounts) -> Vec<TaskCounts> {
-    let mut tasks: BTreeMap<String, TaskCounts> = BTreeMap::new();
-    for ((task, outcome), count) in counts {
-        let counts = tasks.entry(task.clone()).or_insert_with(|| TaskCounts {
-            task,
-            ..TaskCounts::default()
-        });
-        match outcome {
-            Outcome::Succeeded => counts.succeeded += count,
-            Outcome::Failed => counts.failed += count,
-            Outcome::Retried => counts.retried += count,
-            Outcome::DeadLettered => counts.dead_lettered += count,
-        }
-    }
-    tasks.into_values().collect()
 }
 
 /// The namespace's stats as of `now_ms` (passed in, so tests need no clock). Heartbeats older
@@ -222,7 +172,7 @@ pub(crate) async fn collect(
     window: Duration,
     now_ms: i64,
 ) -> Result<ClusterStats> {
-    let window = window.min(BUCKET_TTL);
+    let window = window.min(Resolution::Minute.kept());
     let forget_before = now_ms - FORGET_AFTER.as_millis() as i64;
     let mut workers = Vec::new();
     let mut gone = Vec::new();
@@ -253,10 +203,15 @@ pub(crate) async fn collect(
         .iter()
         .flat_map(|name| priority::lanes(name))
         .collect();
-    let queues = fold_lanes(broker.queue_stats(&lanes).await?);
+    let mut queues = fold_lanes(broker.queue_stats(&lanes).await?);
+    let paused = broker.paused_queues().await?;
+    for queue in &mut queues {
+        queue.paused = paused.contains(&queue.name);
+    }
 
-    let (from, to) = minutes(now_ms, window);
-    let tasks = task_counts(broker.outcome_counts(from, to).await?);
+    let tasks = history::collect(broker, Resolution::Minute, window, now_ms)
+        .await?
+        .totals();
     let dead = broker.dead_stats().await?;
     Ok(ClusterStats {
         workers,
@@ -294,54 +249,6 @@ fn fold_lanes(lanes: Vec<QueueStats>) -> Vec<QueueStats> {
 mod tests {
     use super::*;
 
-    fn check(now_ms: i64, window: Duration, expected: (i64, i64)) {
-        assert_eq!(minutes(now_ms, window), expected, "{now_ms} {window:?}");
-    }
-
-    #[test]
-    fn the_window_covers_every_minute_it_overlaps() {
-        let m = 29_000_000 * 60_000;
-        check(
-            m + 30_000,
-            Duration::from_secs(60),
-            (29_000_000 - 1, 29_000_000),
-        );
-        check(m, Duration::from_secs(60), (29_000_000 - 1, 29_000_000));
-        check(m + 30_000, Duration::ZERO, (29_000_000, 29_000_000));
-        check(
-            m + 59_999,
-            Duration::from_secs(15 * 60),
-            (29_000_000 - 15, 29_000_000),
-        );
-        check(
-            m + 60_000,
-            Duration::from_secs(15 * 60),
-            (29_000_000 - 14, 29_000_001),
-        );
-    }
-
-    #[test]
-    fn counts_are_summed_per_task() {
-        let counts = OutcomeCounts::from([
-            (("a".to_owned(), Outcome::Succeeded), 8),
-            (("a".to_owned(), Outcome::Failed), 2),
-            (("a".to_owned(), Outcome::Retried), 1),
-            (("a".to_owned(), Outcome::DeadLettered), 1),
-            (("b::c".to_owned(), Outcome::Succeeded), 3),
-        ]);
-        let tasks = task_counts(counts);
-        assert_eq!(tasks.len(), 2);
-        assert_eq!(
-            (tasks[0].task.as_str(), tasks[0].succeeded, tasks[0].failed),
-            ("a", 8, 2)
-        );
-        assert_eq!((tasks[0].retried, tasks[0].dead_lettered), (1, 1));
-        assert_eq!(tasks[0].failure_rate(), Some(0.2));
-        assert_eq!(tasks[1].task, "b::c");
-        assert_eq!(tasks[1].failure_rate(), Some(0.0));
-        assert_eq!(TaskCounts::default().failure_rate(), None);
-    }
-
     #[test]
     fn a_worker_is_alive_for_three_heartbeats() {
         let beat = Heartbeat {
@@ -361,10 +268,9 @@ mod tests {
             workers: Vec::new(),
             queues: Vec::new(),
             tasks: vec![TaskCounts {
-                task: "t".into(),
                 succeeded: 3,
                 failed: 1,
-                ..TaskCounts::default()
+                ..TaskCounts::of("t")
             }],
             dead: DeadLetterStats {
                 len: 2,

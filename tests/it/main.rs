@@ -5,6 +5,7 @@ mod connections;
 mod faults;
 mod flow;
 mod jobs;
+mod monitor;
 mod processes;
 mod reliability;
 mod stats;

@@ -10,12 +10,12 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterLimits,
-    DeadLetterStats, Delivery, NewJob, OutcomeCounts, Promoted, QueueStats, UniqueLock,
+    DeadLetterStats, Delivery, MetricsBucket, NewJob, Promoted, QueueStats, UniqueLock,
     WorkerEntry, WorkerReport, Write, footprint,
 };
 use crate::error::Result;
-use crate::keys::{BUCKET_TTL, minute_of};
 use crate::limit::{self, RateLimit, RateState};
+use crate::metrics::{RECENT_EXECUTIONS, Resolution, TaskCounts};
 
 /// How often `apply` drops expired records.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -64,8 +64,10 @@ struct State {
     prepared: BTreeSet<String>,
     /// Worker heartbeats by consumer name.
     workers: HashMap<String, Vec<u8>>,
-    /// Outcome counts by minute, then by task and outcome.
-    outcomes: BTreeMap<i64, OutcomeCounts>,
+    /// The metrics history: per resolution, by bucket, then by task.
+    metrics: HashMap<Resolution, BTreeMap<i64, HashMap<String, TaskCounts>>>,
+    /// Each task's recent executions, newest first.
+    recent: HashMap<String, VecDeque<Vec<u8>>>,
     /// Fixed job ids held by an idempotent enqueue, until when.
     id_holds: HashMap<String, Instant>,
     /// Unique locks: the holder's job id, until when.
@@ -79,6 +81,8 @@ struct State {
     /// Cancelled jobs by when they were cancelled (ms), and the time of each job's mark.
     revoked: BTreeSet<(i64, String)>,
     revoked_at: HashMap<String, i64>,
+    /// Paused queues.
+    paused: BTreeSet<String>,
 }
 
 impl State {
@@ -469,6 +473,21 @@ impl Broker for MemoryBroker {
                 .map(|(at, id)| (id.clone(), *at))
                 .collect())
         })
+    }
+
+    fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            Ok(if paused {
+                state.paused.insert(queue.to_owned())
+            } else {
+                state.paused.remove(queue)
+            })
+        })
+    }
+
+    fn paused_queues(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move { Ok(self.lock().paused.iter().cloned().collect()) })
     }
 
     fn promote_due<'a>(
@@ -1007,15 +1026,29 @@ impl Broker for MemoryBroker {
                 }
             }
             if !report.counts.is_empty() {
-                let minute = minute_of(report.at_ms);
-                let bucket = state.outcomes.entry(minute).or_default();
-                for (task, outcome, count) in &report.counts {
-                    *bucket.entry((task.clone(), *outcome)).or_default() += count;
+                for resolution in Resolution::ALL {
+                    let index = resolution.bucket_of(report.at_ms);
+                    let buckets = state.metrics.entry(resolution).or_default();
+                    let bucket = buckets.entry(index).or_default();
+                    for (task, tally, count) in &report.counts {
+                        bucket
+                            .entry(task.clone())
+                            .or_insert_with(|| TaskCounts::of(task.clone()))
+                            .add(*tally, *count);
+                    }
+                    // Redis expires each bucket after what its resolution keeps; here the
+                    // buckets that much older than the newest one go.
+                    let oldest =
+                        resolution.bucket_of(report.at_ms - resolution.kept().as_millis() as i64);
+                    buckets.retain(|&i, _| i >= oldest);
                 }
-                // Redis expires each bucket a day after its last write; here buckets a day
-                // older than the newest one go.
-                let oldest = minute - (BUCKET_TTL.as_secs() / 60) as i64;
-                state.outcomes.retain(|&m, _| m >= oldest);
+            }
+            for (task, executions) in &report.executions {
+                let recent = state.recent.entry(task.clone()).or_default();
+                for execution in executions {
+                    recent.push_front(execution.clone());
+                }
+                recent.truncate(RECENT_EXECUTIONS);
             }
             Ok(())
         })
@@ -1060,22 +1093,43 @@ impl Broker for MemoryBroker {
                         pending: count(|q| q.pending.len()),
                         delayed: count(|q| q.delayed.len()),
                         consumers: count(|q| q.consumers.len()),
+                        paused: false,
                     }
                 })
                 .collect())
         })
     }
 
-    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<OutcomeCounts>> {
+    fn metrics(
+        &self,
+        resolution: Resolution,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<'_, Result<Vec<MetricsBucket>>> {
         Box::pin(async move {
             let state = self.lock();
-            let mut sums = OutcomeCounts::new();
-            for bucket in state.outcomes.range(from..=to).map(|(_, bucket)| bucket) {
-                for (key, count) in bucket {
-                    *sums.entry(key.clone()).or_default() += count;
-                }
-            }
-            Ok(sums)
+            let Some(buckets) = state.metrics.get(&resolution) else {
+                return Ok(Vec::new());
+            };
+            Ok(buckets
+                .range(from..=to)
+                .map(|(&index, tasks)| (index, tasks.values().cloned().collect()))
+                .collect())
+        })
+    }
+
+    fn recent_executions<'a>(
+        &'a self,
+        task: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .recent
+                .get(task)
+                .map(|recent| recent.iter().take(limit).cloned().collect())
+                .unwrap_or_default())
         })
     }
 }

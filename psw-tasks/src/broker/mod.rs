@@ -5,7 +5,6 @@
 //! Architecture invariant: nothing above this module sees Redis types, key names or field
 //! names; `redis/` is the only code that talks to Redis (with the test fixture).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,9 @@ use tokio::sync::broadcast;
 
 use crate::envelope::JobId;
 use crate::error::Result;
-use crate::keys::Outcome;
+use crate::keys::Tally;
 use crate::limit::RateLimit;
+use crate::metrics::{Resolution, TaskCounts};
 
 mod beat;
 mod dead_letter;
@@ -175,21 +175,25 @@ pub(crate) struct Promoted {
 /// broker keeps whole.
 pub(crate) type WorkerEntry = (String, Vec<u8>);
 
-/// One heartbeat of a worker: what it is now, and the outcomes it counted since its last
+/// One heartbeat of a worker: what it is now, and what it counted and ran since its last
 /// stored heartbeat.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerReport {
     pub(crate) consumer: String,
     /// The encoded `stats::Heartbeat`; `None` removes the worker (it is stopping).
     pub(crate) info: Option<Vec<u8>>,
-    /// The counts go to the bucket of this time's minute.
+    /// The counts go to the buckets of this time, in every resolution.
     pub(crate) at_ms: i64,
-    /// (task, outcome, count to add), none of them zero.
-    pub(crate) counts: Vec<(String, Outcome, u64)>,
+    /// (task, tally, count to add), none of them zero.
+    pub(crate) counts: Vec<(String, Tally, u64)>,
+    /// Executions to add to each task's recent ones (encoded `metrics::Execution`s), oldest
+    /// first; each task keeps the newest `metrics::RECENT_EXECUTIONS`.
+    pub(crate) executions: Vec<(String, Vec<Vec<u8>>)>,
 }
 
-/// Outcome counts per task and outcome, summed over minutes.
-pub(crate) type OutcomeCounts = HashMap<(String, Outcome), u64>;
+/// A bucket of the metrics history: its number (spans since the Unix epoch) and what each
+/// task that did anything in it did.
+pub(crate) type MetricsBucket = (i64, Vec<TaskCounts>);
 
 /// One queue now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -210,6 +214,9 @@ pub struct QueueStats {
     /// Consumers in the queue's group: live workers, plus dead ones not yet removed (a worker
     /// removes those that own nothing after four leases).
     pub consumers: u64,
+    /// Whether the queue is paused ([`crate::Client::pause_queue`]): its jobs wait, and no
+    /// worker takes them.
+    pub paused: bool,
 }
 
 pub(crate) trait Broker: Send + Sync + 'static {
@@ -309,6 +316,13 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// The jobs marked cancelled at or after `since_ms` (the broker's clock), each with when,
     /// oldest first.
     fn revocations_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>>>;
+
+    /// Pause a queue (every lane of it), or resume it: workers stop reading it and start again.
+    /// Whether that changed anything.
+    fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<bool>>;
+
+    /// The paused queues, sorted.
+    fn paused_queues(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
     /// Move the due delayed jobs of `queues` (a queue's lanes) into their streams, atomically,
     /// at most `limit` of them in all, the first queue's first; `next_due_ms` is the earliest
@@ -452,8 +466,9 @@ pub(crate) trait Broker: Send + Sync + 'static {
         idle: Duration,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
 
-    /// Store a worker's heartbeat (or remove it), and add its counts to the minute bucket of
-    /// `at_ms`, which expires `keys::BUCKET_TTL` after its last write; in one round trip.
+    /// Store a worker's heartbeat (or remove it), add its counts to the buckets of `at_ms` in
+    /// every resolution (each expires `Resolution::kept` after its last write) and its
+    /// executions to the recent ones; in one round trip.
     fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>>;
 
     /// Every stored worker heartbeat.
@@ -468,7 +483,18 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// What each queue holds, in the order asked.
     fn queue_stats<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<Vec<QueueStats>>>;
 
-    /// The outcome counts of the minutes `from..=to` (minutes since the Unix epoch), summed
-    /// per task and outcome.
-    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<OutcomeCounts>>;
+    /// The stored buckets `from..=to` of `resolution` that hold anything, in order.
+    fn metrics(
+        &self,
+        resolution: Resolution,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<'_, Result<Vec<MetricsBucket>>>;
+
+    /// The last `limit` executions of `task` (encoded), newest first.
+    fn recent_executions<'a>(
+        &'a self,
+        task: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>>>;
 }

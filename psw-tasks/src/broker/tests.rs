@@ -11,7 +11,8 @@ use super::{
     Settlement, WorkerReport, Write,
 };
 use crate::envelope::{JobId, now_ms};
-use crate::keys::Outcome;
+use crate::keys::{Metric, Outcome, Tally};
+use crate::metrics::{RECENT_EXECUTIONS, Resolution};
 use crate::rules::Misfire;
 use crate::stats::{FORGET_AFTER, Heartbeat, collect};
 use crate::testing::TestNamespace;
@@ -127,6 +128,9 @@ both_brokers!(
     queue_stats_count_ready_pending_and_delayed_jobs,
     rate_limits_decide_as_gcra_on_simulated_time,
     concurrency_slots_are_leased,
+    a_paused_queue_stays_paused_until_resumed,
+    metrics_are_kept_in_both_resolutions,
+    recent_executions_keep_the_newest,
 );
 
 async fn each_job_goes_to_one_consumer(broker: Arc<dyn Broker>) {
@@ -1117,6 +1121,7 @@ fn heartbeat(seen_ms: i64) -> Option<Vec<u8>> {
         failed: 1,
         retried: 1,
         dead_lettered: 0,
+        active: Vec::new(),
     };
     Some(beat.encode().unwrap())
 }
@@ -1135,9 +1140,10 @@ fn report(
             .iter()
             .map(|(task, outcome, n)| {
                 let outcome = Outcome::from_wire(outcome).expect("an outcome");
-                ((*task).to_owned(), outcome, *n)
+                ((*task).to_owned(), Tally::Outcome(outcome), *n)
             })
             .collect(),
+        executions: Vec::new(),
     }
 }
 
@@ -1488,5 +1494,136 @@ async fn concurrency_slots_are_leased(broker: Arc<dyn Broker>) {
     assert!(
         broker.acquire_slot("other", "e", 2, lease).await.unwrap(),
         "another scope"
+    );
+}
+
+async fn a_paused_queue_stays_paused_until_resumed(broker: Arc<dyn Broker>) {
+    assert!(broker.paused_queues().await.unwrap().is_empty());
+    assert!(broker.set_paused("mail", true).await.unwrap());
+    assert!(
+        !broker.set_paused("mail", true).await.unwrap(),
+        "already paused"
+    );
+    assert!(broker.set_paused("alpha", true).await.unwrap());
+    assert_eq!(broker.paused_queues().await.unwrap(), ["alpha", "mail"]);
+    assert!(broker.set_paused("mail", false).await.unwrap());
+    assert!(
+        !broker.set_paused("mail", false).await.unwrap(),
+        "already running"
+    );
+    assert_eq!(broker.paused_queues().await.unwrap(), ["alpha"]);
+}
+
+async fn metrics_are_kept_in_both_resolutions(broker: Arc<dyn Broker>) {
+    let ten = Resolution::TenMinutes.span().as_millis() as i64;
+    // The start of a ten-minute bucket, so that the buckets used are plain to see.
+    let start = now_ms().div_euclid(ten) * ten - 2 * ten;
+    let beat = |at: i64, counts: Vec<(Tally, u64)>| WorkerReport {
+        consumer: "w".to_owned(),
+        info: heartbeat(at),
+        at_ms: at,
+        counts: counts
+            .into_iter()
+            .map(|(tally, n)| ("t".to_owned(), tally, n))
+            .collect(),
+        executions: Vec::new(),
+    };
+    let succeeded = Tally::Outcome(Outcome::Succeeded);
+    let fast = Tally::Bucket(Metric::Run, Some(10));
+    let slow = Tally::Bucket(Metric::Run, None);
+    for report in [
+        beat(
+            start,
+            vec![(succeeded, 2), (fast, 2), (Tally::Sum(Metric::Run), 15)],
+        ),
+        beat(start + MINUTE, vec![(succeeded, 1), (slow, 1)]),
+        beat(start + ten, vec![(succeeded, 4), (fast, 4)]),
+    ] {
+        broker.report_worker(&report).await.unwrap();
+    }
+    let minute = |at: i64| Resolution::Minute.bucket_of(at);
+    let minutes = broker
+        .metrics(Resolution::Minute, minute(start), minute(start + ten))
+        .await
+        .unwrap();
+    let seen: Vec<(i64, u64, u64)> = minutes
+        .iter()
+        .map(|(index, tasks)| (*index, tasks[0].succeeded, tasks[0].run_time.count()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (minute(start), 2, 2),
+            (minute(start + MINUTE), 1, 1),
+            (minute(start + ten), 4, 4)
+        ],
+        "only the minutes written, in order"
+    );
+    assert_eq!(minutes[0].1[0].run_time.sum(), Duration::from_millis(15));
+    let tens = broker
+        .metrics(
+            Resolution::TenMinutes,
+            Resolution::TenMinutes.bucket_of(start),
+            Resolution::TenMinutes.bucket_of(start + ten),
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(u64, u64)> = tens
+        .iter()
+        .map(|(_, tasks)| (tasks[0].succeeded, tasks[0].run_time.count()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(3, 3), (4, 4)],
+        "the first two minutes in one bucket"
+    );
+    let slowest = tens[0].1[0].run_time.quantile(1.0).unwrap();
+    assert_eq!(
+        slowest,
+        Duration::from_secs(3600),
+        "the open bucket reads as the last bound"
+    );
+}
+
+async fn recent_executions_keep_the_newest(broker: Arc<dyn Broker>) {
+    let report = |from: usize, to: usize| WorkerReport {
+        consumer: "w".to_owned(),
+        info: heartbeat(now_ms()),
+        at_ms: now_ms(),
+        counts: Vec::new(),
+        executions: vec![
+            (
+                "t".to_owned(),
+                (from..to).map(|i| i.to_string().into_bytes()).collect(),
+            ),
+            ("other".to_owned(), vec![b"x".to_vec()]),
+        ],
+    };
+    broker.report_worker(&report(0, 600)).await.unwrap();
+    broker.report_worker(&report(600, 1100)).await.unwrap();
+    let read = |bytes: &Vec<u8>| String::from_utf8(bytes.clone()).unwrap();
+    let newest = broker.recent_executions("t", 3).await.unwrap();
+    assert_eq!(
+        newest.iter().map(read).collect::<Vec<_>>(),
+        ["1099", "1098", "1097"],
+        "newest first"
+    );
+    let all = broker.recent_executions("t", 5000).await.unwrap();
+    assert_eq!(all.len(), RECENT_EXECUTIONS);
+    assert_eq!(
+        read(all.last().unwrap()),
+        "100",
+        "the oldest hundred are gone"
+    );
+    assert_eq!(
+        broker.recent_executions("other", 10).await.unwrap().len(),
+        2
+    );
+    assert!(
+        broker
+            .recent_executions("none", 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

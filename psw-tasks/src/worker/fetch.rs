@@ -22,6 +22,9 @@ const FETCH_RETRY: Duration = Duration::from_millis(100);
 const FETCH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often the worker looks for priority lanes first used since its last look.
 const LANE_CHECK: Duration = Duration::from_secs(1);
+/// How often the worker reads which queues are paused. With [`FETCH_BLOCK`] it bounds how
+/// long after a pause a job of the queue may still be taken: under a second.
+const PAUSE_CHECK: Duration = Duration::from_millis(400);
 
 pub(crate) struct FetchLoop {
     pub(crate) shared: Arc<Shared>,
@@ -32,6 +35,10 @@ pub(crate) struct FetchLoop {
     pub(crate) lanes: Vec<Vec<String>>,
     /// When to look for lanes first used since the last look.
     pub(crate) next_lane_check: Instant,
+    /// The queues paused as of the last look, which are neither read nor reclaimed from.
+    pub(crate) paused: Vec<String>,
+    /// When to look again which queues are paused.
+    pub(crate) next_pause_check: Instant,
     /// The order of the queues on each read: round-robin, by weight, or strict.
     pub(crate) order: QueueOrder,
     pub(crate) lease: Duration,
@@ -58,6 +65,19 @@ impl FetchLoop {
             if Instant::now() >= self.next_lane_check {
                 self.next_lane_check = Instant::now() + LANE_CHECK;
                 self.find_lanes().await;
+            }
+            if Instant::now() >= self.next_pause_check {
+                self.next_pause_check = Instant::now() + PAUSE_CHECK;
+                self.find_paused().await;
+            }
+            if self.lanes_to_read().next().is_none() {
+                // Every queue is paused: nothing to read or take over until one resumes.
+                drop(first);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(self.next_pause_check) => {}
+                }
+                continue;
             }
             let free = self.claims.available_permits() + first.num_permits();
             let mut deliveries = Vec::new();
@@ -105,7 +125,7 @@ impl FetchLoop {
     async fn reclaim_expired(&self, free: usize) -> Vec<Delivery> {
         let broker = &self.shared.broker;
         let mut deliveries = Vec::new();
-        for queue in self.lanes.iter().flatten() {
+        for queue in self.lanes_to_read().flatten() {
             let holds = self.shared.in_flight.ids(queue);
             match broker
                 .reclaim(
@@ -162,12 +182,13 @@ impl FetchLoop {
         let broker = &self.shared.broker;
         let ordered: Vec<String>;
         let lanes = match self.lanes.as_slice() {
-            [lanes] => lanes.as_slice(),
+            [lanes] if self.paused.is_empty() => lanes.as_slice(),
             _ => {
                 ordered = self
                     .order
                     .order(self.lanes.len(), turn, fastrand::f64)
                     .into_iter()
+                    .filter(|&index| !self.is_paused(&self.lanes[index]))
                     .flat_map(|index| self.lanes[index].iter().cloned())
                     .collect();
                 &ordered
@@ -188,6 +209,50 @@ impl FetchLoop {
                 None
             }
         }
+    }
+
+    /// The lanes of each queue not paused.
+    fn lanes_to_read(&self) -> impl Iterator<Item = &Vec<String>> {
+        self.lanes.iter().filter(|lanes| !self.is_paused(lanes))
+    }
+
+    /// Whether the queue of these lanes is paused.
+    fn is_paused(&self, lanes: &[String]) -> bool {
+        !self.paused.is_empty()
+            && lanes.first().is_some_and(|lane| {
+                self.paused
+                    .iter()
+                    .any(|q| q == priority::split_lane(lane).0)
+            })
+    }
+
+    /// Read which queues are paused, and say when one of this worker's pauses or resumes. A
+    /// failed read keeps the last known state.
+    async fn find_paused(&mut self) {
+        let paused = match self.shared.broker.paused_queues().await {
+            Ok(paused) => paused,
+            Err(err) => {
+                tracing::warn!(error = %crate::error::chain(&err), "could not read which queues are paused; looking again shortly");
+                return;
+            }
+        };
+        if paused == self.paused {
+            return;
+        }
+        for lanes in &self.lanes {
+            let queue = priority::split_lane(&lanes[0]).0;
+            let was = self.paused.iter().any(|q| q == queue);
+            let is = paused.iter().any(|q| q == queue);
+            if is && !was {
+                tracing::info!(
+                    queue,
+                    "queue paused: taking none of its jobs until it is resumed"
+                );
+            } else if was && !is {
+                tracing::info!(queue, "queue resumed");
+            }
+        }
+        self.paused = paused;
     }
 
     /// Add the lanes of priority levels first used since the last look (a producer registers

@@ -1,6 +1,7 @@
 //! The worker's heartbeat: at start and then every third of the lease it stores what it is
-//! and does, and adds the outcomes counted since its last heartbeat to the current minute's
-//! bucket, in one round trip; at a graceful stop it stores the last counts and removes itself.
+//! and runs now, adds what it counted since its last heartbeat to the metrics history and the
+//! executions that ended to each task's recent ones, in one round trip; at a graceful stop it
+//! stores the last counts and removes itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,11 +9,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::activity::{Activity, Ended, Times};
 use super::counters::{Counters, TaskTally};
 use crate::broker::{Broker, WorkerReport};
 use crate::envelope::now_ms;
 use crate::error::Result;
-use crate::keys::Outcome;
+use crate::keys::{Metric, Outcome, Tally};
+use crate::metrics::{Execution, RECENT_EXECUTIONS};
 use crate::stats::Heartbeat;
 
 pub(crate) struct Heartbeats {
@@ -27,8 +30,15 @@ pub(crate) struct Heartbeats {
     pub(crate) counters: Arc<Counters>,
     /// Jobs running now.
     pub(crate) busy: Arc<AtomicUsize>,
+    /// The job each runner runs, and the executions ended since the last heartbeat.
+    pub(crate) activity: Arc<Activity>,
     /// Each task's counts as of the last stored heartbeat: the next adds only what came since.
     pub(crate) stored: Vec<[u64; 4]>,
+    /// Executions not stored yet, per task, oldest first: sent with the next heartbeat (and
+    /// kept for the one after if it fails).
+    pub(crate) unsent: Vec<(String, Vec<Vec<u8>>)>,
+    /// Each task's run times and queue waits not stored yet, likewise.
+    pub(crate) unsent_times: Vec<Times>,
 }
 
 impl Heartbeats {
@@ -46,10 +56,23 @@ impl Heartbeats {
         for ((task, now), stored) in self.tasks.iter().zip(&now).zip(&self.stored) {
             for ((outcome, now), stored) in Outcome::ALL.iter().zip(now).zip(stored) {
                 if now > stored {
-                    counts.push(((*task).to_owned(), *outcome, now - stored));
+                    counts.push(((*task).to_owned(), Tally::Outcome(*outcome), now - stored));
                 }
             }
         }
+        let (times, ended) = self.activity.take_ended(self.tasks.len());
+        for (unsent, taken) in self.unsent_times.iter_mut().zip(times) {
+            unsent.run.merge(&taken.run);
+            unsent.wait.merge(&taken.wait);
+        }
+        for (task, times) in self.tasks.iter().zip(&self.unsent_times) {
+            let tallies = times
+                .run
+                .tallies(Metric::Run)
+                .chain(times.wait.tallies(Metric::Wait));
+            counts.extend(tallies.map(|(tally, count)| ((*task).to_owned(), tally, count)));
+        }
+        self.gather_executions(ended);
         let total = |i: usize| -> u64 { now.iter().map(|counts| counts[i]).sum() };
         let info = if leaving {
             None
@@ -67,6 +90,7 @@ impl Heartbeats {
                     failed: total(1),
                     retried: total(2),
                     dead_lettered: self.counters.dead_lettered.get(),
+                    active: self.activity.active(&self.tasks),
                 }
                 .encode()?,
             )
@@ -76,10 +100,52 @@ impl Heartbeats {
             info,
             at_ms,
             counts,
+            executions: std::mem::take(&mut self.unsent),
         };
-        self.broker.report_worker(&report).await?;
+        if let Err(err) = self.broker.report_worker(&report).await {
+            self.unsent = report.executions;
+            return Err(err);
+        }
         self.stored = now;
+        self.unsent_times.fill(Times::default());
         Ok(())
+    }
+
+    /// Add the executions ended since the last heartbeat to those to send, per task, each
+    /// task's newest [`RECENT_EXECUTIONS`] at most (its list keeps no more).
+    fn gather_executions(&mut self, ended: Vec<Ended>) {
+        for ended in ended {
+            let Some(task) = self.tasks.get(ended.task) else {
+                continue;
+            };
+            let execution = Execution {
+                job_id: ended.job_id,
+                attempt: ended.attempt,
+                outcome: ended.outcome,
+                run_ms: ended.run_ms,
+                worker: self.consumer.clone(),
+                finished_ms: ended.finished_ms,
+            };
+            let bytes = match execution.encode() {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::debug!(error = %crate::error::chain(&err), "an execution could not be encoded; left out of the recent ones");
+                    continue;
+                }
+            };
+            let index = match self.unsent.iter().position(|(name, _)| name == task) {
+                Some(index) => index,
+                None => {
+                    self.unsent.push(((*task).to_owned(), Vec::new()));
+                    self.unsent.len() - 1
+                }
+            };
+            let list = &mut self.unsent[index].1;
+            list.push(bytes);
+            if list.len() > RECENT_EXECUTIONS {
+                list.drain(..list.len() - RECENT_EXECUTIONS);
+            }
+        }
     }
 }
 

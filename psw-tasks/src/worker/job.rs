@@ -15,6 +15,7 @@ use super::shared::Shared;
 use crate::broker::{DeadReason, Delivery, NewJob, Settlement};
 use crate::envelope::{Envelope, SystemHeader, now_ms};
 use crate::limit::slot_wait;
+use crate::metrics::ExecutionOutcome;
 use crate::record::{AttemptError, FailureKind, JobRecord, MAX_ERROR_MESSAGE, State, cap_message};
 use crate::registry::HandlerFuture;
 use crate::retry::{Decision, decide};
@@ -28,12 +29,13 @@ const STARTED_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 /// default delay of 15 s, a minute in all.
 const UNKNOWN_TASK_RETRIES: u32 = 4;
 
-pub(crate) async fn run(shared: &Arc<Shared>, delivery: &Delivery) {
-    let settlement = check_and_run(shared, delivery).await;
+/// Run one delivery on runner number `runner`, and hand its settlement to the writer.
+pub(crate) async fn run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize) {
+    let settlement = check_and_run(shared, delivery, runner).await;
     shared.settle(settlement).await;
 }
 
-async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement {
+async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize) -> Settlement {
     // Logs carry the entry, the size and (once decoded) the id and task, never the bytes:
     // arguments can hold secrets.
     if delivery.deliveries > shared.max_deliveries {
@@ -66,7 +68,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery) -> Settlement 
         return shared.dead_letter(delivery, None, &[], DeadReason::Oversized, error);
     }
     match Envelope::decode(&delivery.payload) {
-        Ok(envelope) => run_envelope(shared, delivery, envelope).await,
+        Ok(envelope) => run_envelope(shared, delivery, envelope, runner).await,
         Err(err) => {
             tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), error = %crate::error::chain(&err), "undecodable job; dead-lettered");
             shared.dead_letter(
@@ -262,16 +264,26 @@ fn revoked(
 
 /// Run the job; a settlement that schedules no further attempt ends it, and releases the
 /// unique lock it holds until its end.
-async fn run_envelope(shared: &Arc<Shared>, delivery: &Delivery, envelope: Envelope) -> Settlement {
+async fn run_envelope(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    envelope: Envelope,
+    runner: usize,
+) -> Settlement {
     let unlock = envelope.lock_released_at_end();
-    let mut settlement = attempt(shared, delivery, envelope).await;
+    let mut settlement = attempt(shared, delivery, envelope, runner).await;
     if settlement.retry.is_none() && settlement.unlock.is_none() {
         settlement.unlock = unlock.map(Box::new);
     }
     settlement
 }
 
-async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelope) -> Settlement {
+async fn attempt(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    mut envelope: Envelope,
+    runner: usize,
+) -> Settlement {
     let found = shared.registry.lookup(&envelope.task);
     if let Some(expired_at) = envelope.expires_ms.filter(|&at| now_ms() >= at) {
         // An unknown task's job expires too: no worker will run it any more.
@@ -289,6 +301,7 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
     let tally = &shared.stats.tasks[index];
     let options = descriptor.options();
     let max_retries = envelope.retries.unwrap_or(options.retries);
+    let started_ms = now_ms();
     // Only a task that keeps results has a record, and so progress to report.
     let progress = (!options.ignore_result).then(|| {
         Arc::new(RecordProgress::new(
@@ -304,7 +317,7 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
                 errors_dropped: envelope.errors_dropped,
                 progress: None,
                 created_ms: envelope.created_ms,
-                started_ms: Some(now_ms()),
+                started_ms: Some(started_ms),
                 finished_ms: None,
                 retry_at_ms: None,
                 revoked: None,
@@ -348,6 +361,17 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
     {
         tracing::warn!(id = %id, error = %crate::error::chain(&err), "could not release the job's unique lock at its start; it expires by itself");
     }
+    // Waiting since it was due: enqueued, or its ETA or retry time came.
+    let due_ms = envelope.eta_ms.unwrap_or(0).max(envelope.created_ms);
+    shared.activity.started(
+        runner,
+        envelope.id.as_str(),
+        index,
+        envelope.attempt,
+        started_ms,
+        (started_ms - due_ms).max(0) as u64,
+        progress.as_ref(),
+    );
     // The context takes the envelope's id, name and headers (no copies on the hot path); a
     // failed attempt puts them back from its own handle for the next envelope.
     let ctx = TaskContext::new(
@@ -428,6 +452,8 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
     drop(context);
 
     let now = now_ms();
+    // An attempt that ended (not one put back) is kept with its run time.
+    let ended = |outcome: ExecutionOutcome| shared.activity.ended(runner, Some(outcome), now);
     // The final record keeps the last progress report, so a finished job still shows how far
     // it got. The handler, and with it the context, is done: the record is ours alone unless
     // the task kept a clone of its context.
@@ -436,6 +462,7 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
     let err = match outcome {
         Ok(result) => {
             tally.succeeded.inc();
+            ended(ExecutionOutcome::Succeeded);
             let Some(mut record) = record else {
                 return base;
             };
@@ -449,6 +476,7 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
     if let Some(wait) = err.deferral() {
         // Not a failure: the task asked to run later (over a shared rate limit, say).
         shared.stats.rate_limited.inc();
+        shared.activity.ended(runner, None, now);
         tracing::debug!(id = %envelope.id, task = %envelope.task, wait_ms = wait.as_millis() as u64, reason = %err.message(), "the task asked to run later; put back");
         let settlement = put_back(shared, delivery, envelope, wait);
         return match record {
@@ -483,6 +511,10 @@ async fn attempt(shared: &Arc<Shared>, delivery: &Delivery, mut envelope: Envelo
     if let Some(record) = &mut record {
         record.errors = errors.clone();
     }
+    ended(match decision {
+        Decision::RetryAfter(_) => ExecutionOutcome::Retried,
+        Decision::Fail => ExecutionOutcome::Failed,
+    });
     match decision {
         Decision::RetryAfter(delay) => {
             let due = now + delay.as_millis() as i64;

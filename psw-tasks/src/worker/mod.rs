@@ -34,6 +34,7 @@ use crate::registry::Registry;
 use crate::rules::DEFAULT_QUEUE;
 use crate::task::SharedState;
 
+mod activity;
 mod counters;
 mod fetch;
 mod heartbeat;
@@ -48,6 +49,7 @@ mod runner;
 mod shared;
 mod writer;
 
+use activity::{Activity, Times};
 use counters::Counters;
 pub use counters::WorkerStats;
 use fetch::FetchLoop;
@@ -81,6 +83,7 @@ pub struct WorkerBuilder {
     states: SharedState,
     rate_limits: BTreeMap<String, RateLimit>,
     concurrency_limits: BTreeMap<String, u32>,
+    metrics_history: bool,
 }
 
 /// `lease` moved into the range a worker accepts ([`LEASES`]).
@@ -194,6 +197,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether to keep the metrics history: run-time and queue-wait histograms per task, and
+    /// each task's recent executions (default on; `PSW_METRICS_HISTORY`). Outcome counts and
+    /// the jobs running now are reported either way.
+    pub fn metrics_history(mut self, on: bool) -> Self {
+        self.metrics_history = on;
+        self
+    }
+
     /// Check the registry (duplicate names are an error here) and make the worker.
     pub fn build(self) -> Result<Worker> {
         let registry = Registry::from_linked()?;
@@ -259,6 +270,7 @@ impl WorkerBuilder {
             revocations,
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
+            metrics_history: self.metrics_history,
             // Unique per process: a restarted worker must not inherit a dead one's entries as
             // if it were still running them.
             consumer: process_name("worker"),
@@ -313,6 +325,7 @@ pub struct Worker {
     revocations: Arc<Revocations>,
     lease: Duration,
     shutdown_grace: Duration,
+    metrics_history: bool,
     consumer: String,
     stats: WorkerStats,
 }
@@ -335,6 +348,7 @@ impl Worker {
             shutdown_grace: config.shutdown_grace,
             rate_limits: config.rate_limits.clone(),
             concurrency_limits: config.concurrency_limits.clone(),
+            metrics_history: config.metrics_history,
         }
     }
 
@@ -432,14 +446,16 @@ impl Worker {
             states: self.states.clone(),
             limits: self.limits.clone(),
             revocations: self.revocations.clone(),
+            activity: Arc::new(Activity::new(self.concurrency, self.metrics_history)),
         });
         let busy = Arc::new(AtomicUsize::new(0));
         // Fetched deliveries wait here for the first free runner.
         let (dispatch, ready) = flume::unbounded::<Fetched>();
         let stopping = CancellationToken::new();
         let mut runners = JoinSet::new();
-        for _ in 0..self.concurrency {
+        for runner in 0..self.concurrency {
             runners.spawn(runner::run(
+                runner,
                 shared.clone(),
                 ready.clone(),
                 stopping.clone(),
@@ -480,7 +496,10 @@ impl Worker {
                 tasks: self.registry.iter().map(|task| task.name()).collect(),
                 counters: self.stats.0.clone(),
                 busy: busy.clone(),
+                activity: shared.activity.clone(),
                 stored: vec![[0; 4]; self.registry.len()],
+                unsent: Vec::new(),
+                unsent_times: vec![Times::default(); self.registry.len()],
             },
             quiet.clone(),
         ));
@@ -493,6 +512,8 @@ impl Worker {
                 .map(|queue| vec![queue.clone()])
                 .collect(),
             next_lane_check: tokio::time::Instant::now(),
+            paused: Vec::new(),
+            next_pause_check: tokio::time::Instant::now(),
             order: self.order.clone(),
             lease: self.lease,
             claims: Arc::new(Semaphore::new(self.concurrency + self.prefetch)),
@@ -594,7 +615,9 @@ impl Running {
         // runner makes sure that happens even when all the others are busy. Among the
         // runners, the grace period bounds it too: with Redis away the writer's queue fills,
         // and a give-back waits for room.
+        // It has no activity slot of its own (`usize::MAX`): it only gives back.
         runners.spawn(runner::run(
+            usize::MAX,
             shared.clone(),
             ready,
             stopping.clone(),

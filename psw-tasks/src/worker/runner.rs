@@ -22,8 +22,10 @@ pub(crate) struct Fetched {
 }
 
 /// Run fetched deliveries until the fetch loop stops and the queue is empty. Once `stopping`,
-/// what it takes is given back. `busy` counts the jobs running now.
+/// what it takes is given back. `busy` counts the jobs running now; `runner` numbers this
+/// runner among the worker's.
 pub(crate) async fn run(
+    runner: usize,
     shared: Arc<Shared>,
     ready: flume::Receiver<Fetched>,
     stopping: CancellationToken,
@@ -46,7 +48,7 @@ pub(crate) async fn run(
         busy.fetch_add(1, Ordering::Relaxed);
         // Task panics are caught around the handler; one here is a bug of ours. The runner
         // lives on, and the delivery is released so the reclaim takes it back after its lease.
-        let ran = AssertUnwindSafe(job::run(&shared, &delivery))
+        let ran = AssertUnwindSafe(job::run(&shared, &delivery, runner))
             .catch_unwind()
             .await;
         busy.fetch_sub(1, Ordering::Relaxed);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::activity::Activity;
 use super::counters::Counters;
 use super::in_flight::InFlight;
 use super::limits::Limits;
@@ -40,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<Limits>,
     /// The cancelled jobs this worker has read of.
     pub(crate) revocations: Arc<Revocations>,
+    /// The job each runner runs now, and the executions ended since the last heartbeat with
+    /// their times (kept if the metrics history is on).
+    pub(crate) activity: Arc<Activity>,
 }
 
 impl Shared {

@@ -17,10 +17,11 @@ use tokio::sync::broadcast;
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
-    NewJob, OutcomeCounts, Promoted, QueueStats, UniqueLock, WorkerEntry, WorkerReport, Write,
+    MetricsBucket, NewJob, Promoted, QueueStats, UniqueLock, WorkerEntry, WorkerReport, Write,
 };
 use crate::error::{Error, Result};
 use crate::limit::RateLimit;
+use crate::metrics::Resolution;
 
 mod beat;
 mod connection;
@@ -141,6 +142,14 @@ impl Broker for RedisBroker {
 
     fn revocations_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
         call(revoke::revocations_since(self, since_ms))
+    }
+
+    fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<bool>> {
+        call(queues::set_paused(self, queue, paused))
+    }
+
+    fn paused_queues(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        call(queues::paused_queues(self))
     }
 
     fn promote_due<'a>(
@@ -315,7 +324,20 @@ impl Broker for RedisBroker {
         call(stats::queue_stats(self, queues))
     }
 
-    fn outcome_counts(&self, from: i64, to: i64) -> BoxFuture<'_, Result<OutcomeCounts>> {
-        call(stats::outcome_counts(self, from, to))
+    fn metrics(
+        &self,
+        resolution: Resolution,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<'_, Result<Vec<MetricsBucket>>> {
+        call(stats::metrics(self, resolution, from, to))
+    }
+
+    fn recent_executions<'a>(
+        &'a self,
+        task: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>>> {
+        call(stats::recent_executions(self, task, limit))
     }
 }

@@ -36,6 +36,30 @@ pub(super) async fn prepare(broker: &RedisBroker, queues: &[String]) -> redis::R
         .await
 }
 
+/// Add the queue to the set of paused ones, or take it out; whether that changed it.
+pub(super) async fn set_paused(
+    broker: &RedisBroker,
+    queue: &str,
+    paused: bool,
+) -> redis::RedisResult<bool> {
+    let changed: u64 = redis::cmd(if paused { "SADD" } else { "SREM" })
+        .arg(broker.keys.paused())
+        .arg(queue)
+        .query_async(&mut broker.conn())
+        .await?;
+    Ok(changed > 0)
+}
+
+/// The paused queues, sorted.
+pub(super) async fn paused_queues(broker: &RedisBroker) -> redis::RedisResult<Vec<String>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(broker.keys.paused())
+        .query_async(&mut broker.conn())
+        .await?;
+    names.sort();
+    Ok(names)
+}
+
 /// Add jobs in one pipeline: `XADD` if ready, `ZADD` to the delayed set if due later; a queue
 /// this process has not used yet is added to the set of queue names on the way.
 pub(super) async fn push(broker: &RedisBroker, jobs: Vec<NewJob>) -> redis::RedisResult<()> {

@@ -1,13 +1,25 @@
-//! What `Client::stats` reads and workers report: heartbeats in `{ns}:workers`, outcome counts
-//! in per-minute buckets, the set of queue names and what each queue holds.
+//! What `Client::stats` and `Client::metrics` read and workers report: heartbeats in
+//! `{ns}:workers`, counts in minute and ten-minute buckets, each task's recent executions,
+//! the set of queue names and what each queue holds.
 
 use std::collections::HashMap;
 
 use super::connection::RedisBroker;
-use crate::broker::{OutcomeCounts, QueueStats, WorkerEntry, WorkerReport};
-use crate::keys::{BUCKET_TTL, GROUP, minute_of, split_stats_field, stats_field};
+use crate::broker::{MetricsBucket, QueueStats, WorkerEntry, WorkerReport};
+use crate::keys::{GROUP, split_stats_field, stats_field};
+use crate::metrics::{RECENT_EXECUTIONS, Resolution, TaskCounts};
 
-/// The heartbeat (or its removal) and the counts, in one transaction.
+impl RedisBroker {
+    /// The key of bucket `index` of `resolution`.
+    fn bucket_key(&self, resolution: Resolution, index: i64) -> String {
+        match resolution {
+            Resolution::Minute => self.keys.stats(index),
+            Resolution::TenMinutes => self.keys.stats_ten(index),
+        }
+    }
+}
+
+/// The heartbeat (or its removal), the counts and the executions, in one transaction.
 pub(super) async fn report_worker(
     broker: &RedisBroker,
     report: &WorkerReport,
@@ -29,17 +41,36 @@ pub(super) async fn report_worker(
             .ignore(),
     };
     if !report.counts.is_empty() {
-        let bucket = broker.keys.stats(minute_of(report.at_ms));
-        for (task, outcome, count) in &report.counts {
-            pipe.cmd("HINCRBY")
+        for resolution in Resolution::ALL {
+            let bucket = broker.bucket_key(resolution, resolution.bucket_of(report.at_ms));
+            for (task, tally, count) in &report.counts {
+                pipe.cmd("HINCRBY")
+                    .arg(&bucket)
+                    .arg(stats_field(task, *tally))
+                    .arg(*count)
+                    .ignore();
+            }
+            pipe.cmd("EXPIRE")
                 .arg(&bucket)
-                .arg(stats_field(task, *outcome))
-                .arg(*count)
+                .arg(resolution.kept().as_secs())
                 .ignore();
         }
+    }
+    for (task, executions) in &report.executions {
+        if executions.is_empty() {
+            continue;
+        }
+        let recent = broker.keys.recent(task);
+        // Pushed oldest first, so the newest ends at the head.
+        pipe.cmd("LPUSH").arg(&recent).arg(executions).ignore();
+        pipe.cmd("LTRIM")
+            .arg(&recent)
+            .arg(0)
+            .arg(RECENT_EXECUTIONS - 1)
+            .ignore();
         pipe.cmd("EXPIRE")
-            .arg(&bucket)
-            .arg(BUCKET_TTL.as_secs())
+            .arg(&recent)
+            .arg(Resolution::TenMinutes.kept().as_secs())
             .ignore();
     }
     pipe.exec_async(&mut broker.conn()).await
@@ -103,27 +134,56 @@ pub(super) async fn queue_stats(
             pending,
             delayed,
             consumers,
+            paused: false,
         })
         .collect())
 }
 
-/// The buckets of minutes `from..=to`, summed; fields of outcomes this version does not know
-/// are skipped.
-pub(super) async fn outcome_counts(
+/// The buckets `from..=to` of `resolution` that hold anything, read in one pipeline; fields
+/// this version does not know are skipped.
+pub(super) async fn metrics(
     broker: &RedisBroker,
+    resolution: Resolution,
     from: i64,
     to: i64,
-) -> redis::RedisResult<OutcomeCounts> {
+) -> redis::RedisResult<Vec<MetricsBucket>> {
     let mut pipe = redis::pipe();
-    for minute in from..=to {
-        pipe.cmd("HGETALL").arg(broker.keys.stats(minute));
+    for index in from..=to {
+        pipe.cmd("HGETALL")
+            .arg(broker.bucket_key(resolution, index));
     }
-    let buckets: Vec<HashMap<String, u64>> = pipe.query_async(&mut broker.conn()).await?;
-    let mut sums = OutcomeCounts::new();
-    for (field, count) in buckets.into_iter().flatten() {
-        if let Some((task, outcome)) = split_stats_field(&field) {
-            *sums.entry((task.to_owned(), outcome)).or_default() += count;
-        }
+    let stored: Vec<HashMap<String, u64>> = pipe.query_async(&mut broker.conn()).await?;
+    Ok((from..=to)
+        .zip(stored)
+        .filter(|(_, fields)| !fields.is_empty())
+        .map(|(index, fields)| {
+            let mut tasks: HashMap<&str, TaskCounts> = HashMap::new();
+            for (field, count) in &fields {
+                if let Some((task, tally)) = split_stats_field(field) {
+                    tasks
+                        .entry(task)
+                        .or_insert_with(|| TaskCounts::of(task))
+                        .add(tally, *count);
+                }
+            }
+            (index, tasks.into_values().collect())
+        })
+        .collect())
+}
+
+/// The newest `limit` executions of `task`.
+pub(super) async fn recent_executions(
+    broker: &RedisBroker,
+    task: &str,
+    limit: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    if limit == 0 {
+        return Ok(Vec::new());
     }
-    Ok(sums)
+    redis::cmd("LRANGE")
+        .arg(broker.keys.recent(task))
+        .arg(0)
+        .arg(limit - 1)
+        .query_async(&mut broker.conn())
+        .await
 }
