@@ -135,12 +135,47 @@ pub enum Command {
     },
     /// List the schedules, each with its next five fire times in its zone and its last run.
     Schedules,
+    /// Pause, resume or run a schedule now, or list its last runs.
+    Schedule {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// Print the workers, the queues, each task's outcomes and the dead letters as JSON
     /// (timestamps in ms since the Unix epoch).
     Stats {
         /// Sum task outcomes over this long, like `15m` (at most `1d`).
         #[arg(long, default_value = "15m")]
         window: String,
+    },
+}
+
+/// What `schedule` does.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum ScheduleAction {
+    /// Let its slots pass without a job until it is resumed (not caught up then).
+    Pause {
+        /// The schedule's name (the first column of `schedules`).
+        name: String,
+    },
+    /// Fire its slots again.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Enqueue its job now, out of turn, and print the job id.
+    Run {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Its last runs, newest first, as JSON lines.
+    Runs {
+        /// The schedule's name.
+        name: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -369,6 +404,33 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&stats).map_err(|err| Error::encode("stats", err))?
             );
+            Ok(())
+        }
+        Command::Schedule { action } => {
+            let client = shared_client(&config).await?;
+            match action {
+                ScheduleAction::Pause { name } => {
+                    client.pause_schedule(&name).await?;
+                    println!("paused {}", redact::printable(&name));
+                }
+                ScheduleAction::Resume { name } => {
+                    client.resume_schedule(&name).await?;
+                    println!("resumed {}", redact::printable(&name));
+                }
+                ScheduleAction::Run { name } => {
+                    let handle = client.run_schedule(&name).await?;
+                    println!("{}", handle.id());
+                }
+                ScheduleAction::Runs { name, limit } => {
+                    for run in client.schedule_runs(&name, limit).await? {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&run)
+                                .map_err(|err| Error::encode("a schedule run", err))?
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         Command::Schedules => {
@@ -728,6 +790,7 @@ fn schedule_table(listings: &[crate::scheduler::listing::Listing]) -> String {
         "LAST RUN".to_owned(),
         "OUTCOME".to_owned(),
         "SKIPPED".to_owned(),
+        "STATE".to_owned(),
     ]];
     for listing in listings {
         rows.push([
@@ -740,6 +803,7 @@ fn schedule_table(listings: &[crate::scheduler::listing::Listing]) -> String {
             listing.last.clone().unwrap_or_else(|| "-".to_owned()),
             listing.outcome.clone(),
             listing.skipped.to_string(),
+            if listing.paused { "paused" } else { "active" }.to_owned(),
         ]);
     }
     let mut out = String::new();

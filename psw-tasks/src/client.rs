@@ -30,6 +30,10 @@ use crate::stats::ClusterStats;
 use crate::task::TaskOptions;
 use crate::unique::{UNIQUE_HOLD, Unique, default_key};
 
+/// Why a schedule name is refused by the calls that act on a registered schedule.
+const UNREGISTERED_SCHEDULE: &str =
+    "no beat has registered a schedule of this name (see `psw-cron-app schedules`)";
+
 /// A connection to the broker, cheap to clone: enqueue jobs, read their records, run workers.
 #[derive(Clone)]
 pub struct Client {
@@ -207,6 +211,66 @@ impl Client {
     /// newest first: job id, attempt, outcome, run time and worker.
     pub async fn recent_executions(&self, task: &str, limit: usize) -> Result<Vec<Execution>> {
         crate::history::recent(self.broker().as_ref(), task, limit).await
+    }
+
+    /// Pause a schedule that a beat registered: its slots pass without a job (they are not
+    /// caught up on resume) until [`Client::resume_schedule`]. Kept in the broker, so it holds
+    /// across beat restarts. Beats before this version ignore it.
+    pub async fn pause_schedule(&self, name: &str) -> Result<()> {
+        self.set_schedule_paused(name, true).await
+    }
+
+    /// Resume a paused schedule: slots from now on fire again.
+    pub async fn resume_schedule(&self, name: &str) -> Result<()> {
+        self.set_schedule_paused(name, false).await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<()> {
+        if !self.inner.broker.beat_set_paused(name, paused).await? {
+            return Err(Error::schedule(name, UNREGISTERED_SCHEDULE));
+        }
+        tracing::info!(schedule = name, paused, "schedule paused or resumed");
+        Ok(())
+    }
+
+    /// Run a registered schedule's job now, out of turn, with the task, queue and arguments
+    /// the beat registered: the job carries the schedule's name (so it shows in
+    /// [`Client::schedule_runs`], with no slot) but is not one of its slots, so the next slot
+    /// fires as planned.
+    pub async fn run_schedule(&self, name: &str) -> Result<TaskHandle<serde_json::Value>> {
+        let state = self.inner.broker.beat_state(name).await?;
+        let Some(definition) = state.definition else {
+            return Err(Error::schedule(name, UNREGISTERED_SCHEDULE));
+        };
+        let Some(args) = definition.args else {
+            return Err(Error::schedule(
+                name,
+                "its arguments were not stored (a beat of an earlier version registered it); restart the beat with this version",
+            ));
+        };
+        let args: serde_json::Value = serde_json::from_str(&args)
+            .map_err(|_| Error::schedule(name, "its stored arguments are not valid JSON"))?;
+        let (queue, level) = priority::split_lane(&definition.queue);
+        let options = EnqueueOptions::new()
+            .queue(queue)
+            .priority(level)
+            .system_header(SystemHeader::Schedule, name.to_owned());
+        let handle = self
+            .enqueue_typed(
+                &definition.task,
+                self.options_of(&definition.task)?,
+                &args,
+                options,
+            )
+            .await?;
+        tracing::info!(schedule = name, job = %handle.id(), "schedule run by hand");
+        Ok(handle)
+    }
+
+    /// The last `limit` runs of a schedule (at most [`crate::SCHEDULE_RUNS`] are kept),
+    /// newest first: each job's slot (none for a run by hand), id, outcome, run time and worker.
+    pub async fn schedule_runs(&self, name: &str, limit: usize) -> Result<Vec<Execution>> {
+        crate::history::schedule_runs(self.broker().as_ref(), name, limit).await
     }
 
     /// The unique lock `key` (as `EnqueueOptions::unique_key` names it, or the task and its

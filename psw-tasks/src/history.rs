@@ -1,6 +1,6 @@
 //! The metrics history as users read it ([`crate::Client::metrics`]): what each task did in
-//! each minute of the last day or ten minutes of the last week, and each task's recent
-//! executions. Workers write both with their heartbeat; `metrics.rs` has the model and
+//! each minute of the last day or ten minutes of the last week, each task's recent executions
+//! and each schedule's last runs. Workers write both with their heartbeat; `metrics.rs` has the model and
 //! `docs/monitoring.md` the sizes.
 
 use std::collections::BTreeMap;
@@ -82,15 +82,31 @@ pub(crate) async fn recent(
     task: &str,
     limit: usize,
 ) -> Result<Vec<Execution>> {
-    let stored = broker.recent_executions(task, limit).await?;
-    Ok(stored
+    Ok(decode_executions(
+        &broker.recent_executions(task, limit).await?,
+    ))
+}
+
+/// The last `limit` runs of `schedule`, newest first, as [`recent`].
+pub(crate) async fn schedule_runs(
+    broker: &dyn Broker,
+    schedule: &str,
+    limit: usize,
+) -> Result<Vec<Execution>> {
+    Ok(decode_executions(
+        &broker.schedule_runs(schedule, limit).await?,
+    ))
+}
+
+fn decode_executions(stored: &[Vec<u8>]) -> Vec<Execution> {
+    stored
         .iter()
         .filter_map(|bytes| match Execution::decode(bytes) {
             Ok(execution) => Some(execution),
             Err(err) => {
-                tracing::debug!(task, error = %crate::error::chain(&err), "unreadable recent execution skipped");
+                tracing::debug!(error = %crate::error::chain(&err), "unreadable execution skipped");
                 None
             }
         })
-        .collect())
+        .collect()
 }

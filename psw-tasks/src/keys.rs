@@ -37,6 +37,10 @@ wire_enum! {
         /// Slots skipped because the last run was still going, and the latest of them.
         OverlapSkips => "overlap_skips",
         SkippedSlot => "skipped_slot_ms",
+        /// `true` while the schedule is paused: its slots pass without a job.
+        Paused => "paused",
+        /// The jobs' arguments as JSON, for a run started by hand (`Client::run_schedule`).
+        Args => "args",
     }
 }
 
@@ -209,6 +213,11 @@ impl Keys {
         format!("{}:beat:schedule:{name}", self.prefix)
     }
 
+    /// List of a schedule's last runs, newest first (MessagePack maps, as `recent`).
+    pub(crate) fn schedule_runs(&self, name: &str) -> String {
+        format!("{}:beat:runs:{name}", self.prefix)
+    }
+
     /// Set of the names of the schedules any beat has run.
     pub(crate) fn schedules(&self) -> String {
         format!("{}:beat:schedules", self.prefix)
@@ -336,6 +345,7 @@ mod tests {
             keys.stats(29_000_000),
             keys.stats_ten(2_900_000),
             keys.recent("jobs::daily"),
+            keys.schedule_runs("jobs::daily"),
         ] {
             assert!(key.starts_with("{app}:"), "{key}");
         }

@@ -96,7 +96,7 @@ pub use crate::limiter::RateLimiter;
 #[doc(inline)]
 pub use crate::metrics::{
     Execution, ExecutionOutcome, HISTOGRAM_BOUNDS_MS, Histogram, RECENT_EXECUTIONS, Resolution,
-    TaskCounts,
+    SCHEDULE_RUNS, TaskCounts,
 };
 #[doc(inline)]
 pub use crate::record::{AttemptError, FailureKind, JobRecord, Progress, State};

@@ -343,6 +343,9 @@ wire_serde!(ExecutionOutcome, Unknown);
 /// How many recent executions are kept per task.
 pub const RECENT_EXECUTIONS: usize = 1000;
 
+/// How many runs are kept per schedule.
+pub const SCHEDULE_RUNS: usize = 100;
+
 /// One recent execution (attempt) of a task, as `Client::recent_executions` lists them. Stored
 /// as a MessagePack map (`docs/protocol.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +364,10 @@ pub struct Execution {
     pub worker: String,
     /// When it ended, in ms since the Unix epoch (the worker's clock).
     pub finished_ms: i64,
+    /// For a job a schedule fired, the slot it stands for (ms since the Unix epoch); `None`
+    /// for other jobs, and for a schedule's run started by hand.
+    #[serde(default)]
+    pub slot_ms: Option<i64>,
 }
 
 impl Execution {
@@ -542,6 +549,7 @@ mod tests {
             run_ms: 12,
             worker: "host-1-abc".into(),
             finished_ms: 5,
+            slot_ms: Some(60_000),
         };
         assert_eq!(
             Execution::decode(&execution.encode().unwrap()).unwrap(),
@@ -566,6 +574,9 @@ mod tests {
         })
         .unwrap();
         let read = Execution::decode(&newer).unwrap();
-        assert_eq!((read.outcome, read.attempt), (ExecutionOutcome::Unknown, 0));
+        assert_eq!(
+            (read.outcome, read.attempt, read.slot_ms),
+            (ExecutionOutcome::Unknown, 0, None)
+        );
     }
 }

@@ -209,4 +209,19 @@ async fn all_runs_worker_and_beat_and_schedules_lists_them() {
     let next = lines[nightly + 1];
     assert!(next.starts_with("  next: "), "{out}");
     assert_eq!(next.matches(" 02:30:00 CE").count(), 5, "{out}");
+    assert!(lines[nightly].ends_with("active"), "{}", lines[nightly]);
+
+    // Paused from the command line, and listed so; an unknown name is refused by name.
+    let (ok, out, err) = run_cli(&ns, &["schedule", "pause", "it.nightly"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "paused it.nightly");
+    let (ok, out, err) = run_cli(&ns, &["schedules"], &[]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|line| line.starts_with("it.nightly "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.ends_with("paused"), "{line}");
+    let (ok, _, err) = run_cli(&ns, &["schedule", "run", "no.such"], &[]);
+    assert!(!ok && err.contains("no.such"), "{err}");
 }

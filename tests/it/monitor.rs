@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{
-    Client, EnqueueOptions, Error, ExecutionOutcome, Priority, Resolution, TaskCounts, Worker,
+    Client, EnqueueOptions, Error, ExecutionOutcome, Priority, Resolution, Schedule, Scheduler,
+    TaskCounts, Worker,
 };
 use psw_tasks_tests::{flaky, gate, runs_of, stepwise, timed};
 
@@ -258,5 +259,85 @@ async fn the_history_keeps_outcomes_run_times_and_executions(client: Client, lab
             .all(|e| e.outcome == ExecutionOutcome::Succeeded && e.run_ms >= 60),
         "{timed_runs:?}"
     );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_runs_are_kept_with_their_slots_and_runs_by_hand_on_redis() {
+    let ns = TestNamespace::new("schedule-runs");
+    schedule_runs_are_kept_with_their_slots_and_runs_by_hand(ns.client().await, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_runs_are_kept_with_their_slots_and_runs_by_hand_in_memory() {
+    schedule_runs_are_kept_with_their_slots_and_runs_by_hand(Client::memory(), "memory").await;
+}
+
+/// A real beat and worker: each run of a schedule is kept with its slot, job, outcome, run
+/// time and worker, newest first; a run by hand goes out with the stored arguments and is
+/// kept without a slot.
+async fn schedule_runs_are_kept_with_their_slots_and_runs_by_hand(client: Client, label: &str) {
+    let ledger = format!("schedule-runs-{label}");
+    let worker = Worker::builder(&client)
+        .concurrency(2)
+        .lease(Duration::from_millis(900))
+        .shutdown_grace(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let name = worker.consumer_name().to_owned();
+    let worker = start_built(worker);
+    let mut beat = Scheduler::builder(&client)
+        .task_schedules(false)
+        .build()
+        .unwrap();
+    let every = Schedule::every(Duration::from_secs(1)).unwrap();
+    beat.add("monitor-tick", "it.timed", every, (ledger.clone(), 20u64))
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let beat = tokio::spawn(beat.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    eventually(WAIT, "two runs of the schedule are kept", || async {
+        client
+            .schedule_runs("monitor-tick", 10)
+            .await
+            .unwrap()
+            .len()
+            >= 2
+    })
+    .await;
+    let runs = client.schedule_runs("monitor-tick", 10).await.unwrap();
+    assert!(
+        runs.windows(2).all(|w| w[0].slot_ms > w[1].slot_ms),
+        "newest first, each with its slot: {runs:?}"
+    );
+    for run in &runs {
+        assert!(run.slot_ms.is_some(), "{run:?}");
+        assert!(
+            run.job_id.starts_with("monitor-tick@"),
+            "the slot's job: {run:?}"
+        );
+        assert_eq!(run.outcome, ExecutionOutcome::Succeeded);
+        assert!(run.run_ms >= 20, "{run:?}");
+        assert_eq!(run.worker, name);
+    }
+
+    client.pause_schedule("monitor-tick").await.unwrap();
+    let by_hand = client.run_schedule("monitor-tick").await.unwrap();
+    by_hand.wait(WAIT).await.unwrap();
+    eventually(WAIT, "the run by hand is kept, without a slot", || async {
+        client
+            .schedule_runs("monitor-tick", 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|run| run.job_id == by_hand.id().as_str() && run.slot_ms.is_none())
+    })
+    .await;
+    let err = client.run_schedule("nobody").await.unwrap_err();
+    assert!(err.to_string().contains("nobody"), "{err}");
+    let _ = stop.send(());
+    beat.await.unwrap().unwrap();
     worker.stop().await;
 }

@@ -14,6 +14,9 @@ pub(crate) struct BeatDefinition {
     pub(crate) tz: String,
     pub(crate) misfire: Misfire,
     pub(crate) overlap: bool,
+    /// The jobs' arguments as JSON, for a run started by hand; `None` when a beat of an
+    /// earlier version registered it, or the arguments have no JSON form.
+    pub(crate) args: Option<String>,
 }
 
 /// The last job a schedule fired.
@@ -46,6 +49,8 @@ pub(crate) struct BeatState {
     pub(crate) overlap_skips: u64,
     /// The latest of them.
     pub(crate) skipped_slot_ms: Option<i64>,
+    /// Whether it is paused: its slots pass without a job.
+    pub(crate) paused: bool,
 }
 
 /// One pass of a schedule, applied only if the schedule's last handled slot is still

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::limit::{self, RateLimit, RateState};
-use crate::metrics::{RECENT_EXECUTIONS, Resolution, TaskCounts};
+use crate::metrics::{RECENT_EXECUTIONS, Resolution, SCHEDULE_RUNS, TaskCounts};
 
 /// How often `apply` drops expired records.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -68,6 +68,8 @@ struct State {
     metrics: HashMap<Resolution, BTreeMap<i64, HashMap<String, TaskCounts>>>,
     /// Each task's recent executions, newest first.
     recent: HashMap<String, VecDeque<Vec<u8>>>,
+    /// Each schedule's last runs, newest first.
+    schedule_runs: HashMap<String, VecDeque<Vec<u8>>>,
     /// Fixed job ids held by an idempotent enqueue, until when.
     id_holds: HashMap<String, Instant>,
     /// Unique locks: the holder's job id, until when.
@@ -856,6 +858,37 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn beat_set_paused<'a>(
+        &'a self,
+        schedule: &'a str,
+        paused: bool,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            Ok(match self.lock().schedules.get_mut(schedule) {
+                Some(stored) => {
+                    stored.paused = paused;
+                    true
+                }
+                None => false,
+            })
+        })
+    }
+
+    fn schedule_runs<'a>(
+        &'a self,
+        schedule: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .schedule_runs
+                .get(schedule)
+                .map(|runs| runs.iter().take(limit).cloned().collect())
+                .unwrap_or_default())
+        })
+    }
+
     fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         Box::pin(async move {
             let mut names: Vec<String> = self.lock().schedules.keys().cloned().collect();
@@ -1049,6 +1082,13 @@ impl Broker for MemoryBroker {
                     recent.push_front(execution.clone());
                 }
                 recent.truncate(RECENT_EXECUTIONS);
+            }
+            for (schedule, runs) in &report.schedule_runs {
+                let recent = state.schedule_runs.entry(schedule.clone()).or_default();
+                for run in runs {
+                    recent.push_front(run.clone());
+                }
+                recent.truncate(SCHEDULE_RUNS);
             }
             Ok(())
         })

@@ -189,6 +189,9 @@ pub(crate) struct WorkerReport {
     /// Executions to add to each task's recent ones (encoded `metrics::Execution`s), oldest
     /// first; each task keeps the newest `metrics::RECENT_EXECUTIONS`.
     pub(crate) executions: Vec<(String, Vec<Vec<u8>>)>,
+    /// Executions of jobs fired by a schedule, likewise per schedule; each keeps the newest
+    /// `metrics::SCHEDULE_RUNS`.
+    pub(crate) schedule_runs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 /// A bucket of the metrics history: its number (spans since the Unix epoch) and what each
@@ -411,6 +414,20 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Apply one pass of a schedule, all or nothing, only if its last slot handled is still
     /// `expected_ms`; returns whether it was applied.
     fn beat_advance<'a>(&'a self, advance: &'a BeatAdvance) -> BoxFuture<'a, Result<bool>>;
+
+    /// Pause a registered schedule, or resume it; `false` if no beat registered it.
+    fn beat_set_paused<'a>(
+        &'a self,
+        schedule: &'a str,
+        paused: bool,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// The last `limit` runs of `schedule` (encoded `metrics::Execution`s), newest first.
+    fn schedule_runs<'a>(
+        &'a self,
+        schedule: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>>>;
 
     /// The names of every registered schedule, sorted.
     fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>>;

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::envelope::{JobId, now_ms};
 use crate::keys::{Metric, Outcome, Tally};
-use crate::metrics::{RECENT_EXECUTIONS, Resolution};
+use crate::metrics::{RECENT_EXECUTIONS, Resolution, SCHEDULE_RUNS};
 use crate::rules::Misfire;
 use crate::stats::{FORGET_AFTER, Heartbeat, collect};
 use crate::testing::TestNamespace;
@@ -834,6 +834,7 @@ fn definition(schedule: &str) -> BeatDefinition {
         tz: "Europe/Stockholm".to_owned(),
         misfire: Misfire::Backfill(3),
         overlap: false,
+        args: Some(r#"["AAPL",3]"#.to_owned()),
     }
 }
 
@@ -911,6 +912,29 @@ async fn beat_registration_keeps_the_last_slot(broker: Arc<dyn Broker>) {
         broker.beat_schedules().await.unwrap(),
         ["hourly", "nightly"]
     );
+
+    // Paused and resumed, across a restart's registration; an unknown one is refused.
+    assert!(!broker.beat_set_paused("weekly", true).await.unwrap());
+    assert!(broker.beat_set_paused("nightly", true).await.unwrap());
+    broker
+        .beat_register("nightly", 3000, &definition("0 4 * * *"))
+        .await
+        .unwrap();
+    assert!(broker.beat_state("nightly").await.unwrap().paused, "kept");
+    assert!(!broker.beat_state("hourly").await.unwrap().paused);
+    assert!(broker.beat_set_paused("nightly", false).await.unwrap());
+    assert!(!broker.beat_state("nightly").await.unwrap().paused);
+    // A beat of an earlier version stores no arguments: none are left from before.
+    let without = BeatDefinition {
+        args: None,
+        ..definition("0 4 * * *")
+    };
+    broker
+        .beat_register("nightly", 3000, &without)
+        .await
+        .unwrap();
+    let state = broker.beat_state("nightly").await.unwrap();
+    assert_eq!(state.definition.unwrap().args, None);
 }
 
 async fn beat_advance_is_a_compare_and_set(broker: Arc<dyn Broker>) {
@@ -1144,6 +1168,7 @@ fn report(
             })
             .collect(),
         executions: Vec::new(),
+        schedule_runs: Vec::new(),
     }
 }
 
@@ -1527,6 +1552,7 @@ async fn metrics_are_kept_in_both_resolutions(broker: Arc<dyn Broker>) {
             .map(|(tally, n)| ("t".to_owned(), tally, n))
             .collect(),
         executions: Vec::new(),
+        schedule_runs: Vec::new(),
     };
     let succeeded = Tally::Outcome(Outcome::Succeeded);
     let fast = Tally::Bucket(Metric::Run, Some(10));
@@ -1598,6 +1624,10 @@ async fn recent_executions_keep_the_newest(broker: Arc<dyn Broker>) {
             ),
             ("other".to_owned(), vec![b"x".to_vec()]),
         ],
+        schedule_runs: vec![(
+            "nightly".to_owned(),
+            (from..to).map(|i| i.to_string().into_bytes()).collect(),
+        )],
     };
     broker.report_worker(&report(0, 600)).await.unwrap();
     broker.report_worker(&report(600, 1100)).await.unwrap();
@@ -1622,6 +1652,16 @@ async fn recent_executions_keep_the_newest(broker: Arc<dyn Broker>) {
     assert!(
         broker
             .recent_executions("none", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let runs = broker.schedule_runs("nightly", 1000).await.unwrap();
+    assert_eq!(runs.len(), SCHEDULE_RUNS, "a schedule keeps fewer");
+    assert_eq!(read(&runs[0]), "1099");
+    assert!(
+        broker
+            .recent_executions("nightly", 10)
             .await
             .unwrap()
             .is_empty()

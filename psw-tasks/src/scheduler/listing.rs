@@ -25,6 +25,8 @@ pub(crate) struct Listing {
     /// The last job's state, `queued`, or `-`.
     pub(crate) outcome: String,
     pub(crate) skipped: u64,
+    /// Whether it is paused.
+    pub(crate) paused: bool,
 }
 
 /// Every schedule of this binary's tasks and every one registered by any beat in the
@@ -101,6 +103,7 @@ pub(crate) async fn listings(client: &Client, now_ms: i64, count: usize) -> Resu
             last,
             outcome,
             skipped: state.overlap_skips,
+            paused: state.paused,
         });
     }
     Ok(out)

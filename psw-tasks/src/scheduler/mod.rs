@@ -49,6 +49,9 @@ struct Entry {
     schedule: Schedule,
     /// The argument array, MessagePack-encoded once.
     args: Vec<u8>,
+    /// The same as JSON, stored with the definition for a run by hand; `None` for arguments
+    /// JSON cannot hold.
+    args_json: Option<String>,
 }
 
 impl Entry {
@@ -61,6 +64,7 @@ impl Entry {
             tz: self.schedule.zone().name().to_owned(),
             misfire: self.schedule.misfire_policy(),
             overlap: self.schedule.allows_overlap(),
+            args: self.args_json.clone(),
         }
     }
 }
@@ -238,6 +242,9 @@ impl Scheduler {
             .registry
             .get(task)
             .map_or(&TaskOptions::DEFAULT, |descriptor| descriptor.options());
+        let args_json = rmp_serde::from_slice::<serde_json::Value>(&args)
+            .ok()
+            .and_then(|args| serde_json::to_string(&args).ok());
         self.entries.push(Entry {
             name: name.to_owned(),
             task: task.to_owned(),
@@ -245,6 +252,7 @@ impl Scheduler {
             lane: priority::lane(options.queue, options.priority),
             schedule,
             args,
+            args_json,
         });
         Ok(())
     }
@@ -400,6 +408,27 @@ impl Scheduler {
         let Some(through_ms) = plan.through_ms else {
             return Ok(Pass::Done { last_ms });
         };
+        if state.paused {
+            // Paused: the due slots pass without a job, and are not caught up on resume.
+            let advance = BeatAdvance {
+                schedule: entry.name.clone(),
+                expected_ms: last_ms,
+                through_ms,
+                queue: entry.lane.clone(),
+                payloads: Vec::new(),
+                fired: None,
+                skipped_slot_ms: None,
+            };
+            if !broker.beat_advance(&advance).await? {
+                return Ok(Pass::Raced);
+            }
+            if !plan.fires.is_empty() {
+                tracing::info!(schedule = %entry.name, slots = plan.fires.len(), "paused: its due slots pass without a job");
+            }
+            return Ok(Pass::Done {
+                last_ms: through_ms,
+            });
+        }
         let mut advance = BeatAdvance {
             schedule: entry.name.clone(),
             expected_ms: last_ms,

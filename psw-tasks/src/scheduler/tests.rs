@@ -391,3 +391,77 @@ async fn the_runtime_api_refuses_mistakes_clearly() {
          whitespace, `{`, `}` or `@`"
     );
 }
+
+#[tokio::test]
+async fn a_paused_schedule_lets_its_slots_pass_and_a_run_by_hand_goes_out_at_once() {
+    // Backfill would catch up every missed slot: a pause must not look like an outage.
+    let every_minute = Schedule::cron("* * * * *")
+        .unwrap()
+        .misfire(Misfire::Backfill(10));
+    let schedules = [("paused", every_minute.clone()), ("other", every_minute)];
+    for (broker, client, _ns) in clients("pause-schedule").await {
+        run_beat(&client, &schedules, minute(0) - 30_000, minute(1) + 5_000).await;
+        client.pause_schedule("paused").await.unwrap();
+        let err = client.pause_schedule("nobody").await.unwrap_err();
+        assert!(err.to_string().contains("nobody"), "{broker}: {err}");
+        run_beat(&client, &schedules, minute(1) + 5_000, minute(4) + 5_000).await;
+        // Run by hand while paused: its task and arguments, its name, no slot.
+        let by_hand = client.run_schedule("paused").await.unwrap();
+        client.resume_schedule("paused").await.unwrap();
+        run_beat(&client, &schedules, minute(4) + 5_000, minute(6) + 5_000).await;
+
+        let fired = take_fired_or_by_hand(&client).await;
+        let slots = |name: &str| -> Vec<Option<i64>> {
+            fired
+                .iter()
+                .filter(|(schedule, _, _)| schedule == name)
+                .map(|(_, slot, _)| *slot)
+                .collect()
+        };
+        let at = |minutes: &[i64]| -> Vec<Option<i64>> {
+            minutes.iter().map(|&m| Some(minute(m))).collect()
+        };
+        let mut expected = at(&[0, 1]);
+        expected.push(None);
+        expected.extend(at(&[5, 6]));
+        assert_eq!(
+            slots("paused"),
+            expected,
+            "{broker}: 2 to 4 passed, not caught up"
+        );
+        assert_eq!(slots("other"), at(&[0, 1, 2, 3, 4, 5, 6]), "{broker}");
+        assert!(
+            fired
+                .iter()
+                .any(|(_, slot, id)| slot.is_none() && id == by_hand.id().as_str()),
+            "{broker}"
+        );
+    }
+}
+
+/// Every job in the `default` queue, taken out of it, in order: (schedule, slot if any, id).
+async fn take_fired_or_by_hand(client: &Client) -> Vec<(String, Option<i64>, String)> {
+    let broker = client.broker();
+    let queues = vec!["default".to_owned()];
+    broker.prepare(&queues).await.unwrap();
+    let mut fired = Vec::new();
+    loop {
+        let got = broker
+            .fetch("test", &queues, 10_000, Duration::from_millis(20))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return fired;
+        }
+        for delivery in got {
+            let envelope = Envelope::decode(&delivery.payload).unwrap();
+            fired.push((
+                envelope.header(SystemHeader::Schedule).unwrap().to_owned(),
+                envelope
+                    .header(SystemHeader::SlotMs)
+                    .map(|ms| ms.parse().unwrap()),
+                envelope.id.to_string(),
+            ));
+        }
+    }
+}

@@ -54,13 +54,27 @@ pub(crate) struct Times {
     pub(crate) wait: Histogram,
 }
 
+/// An attempt as it starts.
+pub(crate) struct Start<'a> {
+    pub(crate) id: &'a str,
+    /// The task's position in the registry.
+    pub(crate) task: usize,
+    pub(crate) attempt: u32,
+    pub(crate) started_ms: i64,
+    /// How long it waited to start, in ms (from when it was due).
+    pub(crate) waited_ms: u64,
+    /// The schedule that fired it, and the slot (none for a run by hand).
+    pub(crate) schedule: Option<(String, Option<i64>)>,
+    pub(crate) progress: Option<&'a Arc<RecordProgress>>,
+}
+
 struct Running {
     id: String,
     task: usize,
     attempt: u32,
     started_ms: i64,
-    /// How long it waited to start, in ms (from when it was due).
     waited_ms: u64,
+    schedule: Option<(String, Option<i64>)>,
     /// Weak: the progress sink holds a sender of the writer's queue, and a job dropped at the
     /// end of the grace period must not keep the writer waiting for it.
     progress: Option<Weak<RecordProgress>>,
@@ -75,6 +89,8 @@ pub(crate) struct Ended {
     pub(crate) outcome: ExecutionOutcome,
     pub(crate) run_ms: u64,
     pub(crate) finished_ms: i64,
+    /// The schedule that fired it, and the slot.
+    pub(crate) schedule: Option<(String, Option<i64>)>,
 }
 
 impl Activity {
@@ -95,30 +111,17 @@ impl Activity {
         )
     }
 
-    /// Runner `runner` starts an attempt of job `id`, of the task at `task` in the registry,
-    /// after waiting `waited_ms` since it was due.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call site, each a plain fact"
-    )]
-    pub(crate) fn started(
-        &self,
-        runner: usize,
-        id: &str,
-        task: usize,
-        attempt: u32,
-        started_ms: i64,
-        waited_ms: u64,
-        progress: Option<&Arc<RecordProgress>>,
-    ) {
+    /// Runner `runner` starts an attempt.
+    pub(crate) fn started(&self, runner: usize, start: Start<'_>) {
         if let Some(mut slot) = self.slot(runner) {
             slot.running = Some(Running {
-                id: id.to_owned(),
-                task,
-                attempt,
-                started_ms,
-                waited_ms,
-                progress: progress.map(Arc::downgrade),
+                id: start.id.to_owned(),
+                task: start.task,
+                attempt: start.attempt,
+                started_ms: start.started_ms,
+                waited_ms: start.waited_ms,
+                schedule: start.schedule,
+                progress: start.progress.map(Arc::downgrade),
             });
         }
     }
@@ -160,6 +163,7 @@ impl Activity {
             outcome,
             run_ms,
             finished_ms,
+            schedule: running.schedule,
         });
     }
 

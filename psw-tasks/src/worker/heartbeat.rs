@@ -15,7 +15,7 @@ use crate::broker::{Broker, WorkerReport};
 use crate::envelope::now_ms;
 use crate::error::Result;
 use crate::keys::{Metric, Outcome, Tally};
-use crate::metrics::{Execution, RECENT_EXECUTIONS};
+use crate::metrics::{Execution, RECENT_EXECUTIONS, SCHEDULE_RUNS};
 use crate::stats::Heartbeat;
 
 pub(crate) struct Heartbeats {
@@ -39,6 +39,8 @@ pub(crate) struct Heartbeats {
     pub(crate) unsent: Vec<(String, Vec<Vec<u8>>)>,
     /// Each task's run times and queue waits not stored yet, likewise.
     pub(crate) unsent_times: Vec<Times>,
+    /// Runs of jobs fired by a schedule not stored yet, per schedule, likewise.
+    pub(crate) unsent_runs: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl Heartbeats {
@@ -101,9 +103,11 @@ impl Heartbeats {
             at_ms,
             counts,
             executions: std::mem::take(&mut self.unsent),
+            schedule_runs: std::mem::take(&mut self.unsent_runs),
         };
         if let Err(err) = self.broker.report_worker(&report).await {
             self.unsent = report.executions;
+            self.unsent_runs = report.schedule_runs;
             return Err(err);
         }
         self.stored = now;
@@ -111,8 +115,9 @@ impl Heartbeats {
         Ok(())
     }
 
-    /// Add the executions ended since the last heartbeat to those to send, per task, each
-    /// task's newest [`RECENT_EXECUTIONS`] at most (its list keeps no more).
+    /// Add the executions ended since the last heartbeat to those to send: per task, each
+    /// task's newest [`RECENT_EXECUTIONS`] at most (its list keeps no more), and per schedule
+    /// for those a schedule fired.
     fn gather_executions(&mut self, ended: Vec<Ended>) {
         for ended in ended {
             let Some(task) = self.tasks.get(ended.task) else {
@@ -125,6 +130,7 @@ impl Heartbeats {
                 run_ms: ended.run_ms,
                 worker: self.consumer.clone(),
                 finished_ms: ended.finished_ms,
+                slot_ms: ended.schedule.as_ref().and_then(|(_, slot)| *slot),
             };
             let bytes = match execution.encode() {
                 Ok(bytes) => bytes,
@@ -133,19 +139,37 @@ impl Heartbeats {
                     continue;
                 }
             };
-            let index = match self.unsent.iter().position(|(name, _)| name == task) {
-                Some(index) => index,
-                None => {
-                    self.unsent.push(((*task).to_owned(), Vec::new()));
-                    self.unsent.len() - 1
-                }
-            };
-            let list = &mut self.unsent[index].1;
-            list.push(bytes);
-            if list.len() > RECENT_EXECUTIONS {
-                list.drain(..list.len() - RECENT_EXECUTIONS);
+            if let Some((schedule, _)) = ended.schedule {
+                add_to(
+                    &mut self.unsent_runs,
+                    schedule,
+                    bytes.clone(),
+                    SCHEDULE_RUNS,
+                );
             }
+            add_to(
+                &mut self.unsent,
+                (*task).to_owned(),
+                bytes,
+                RECENT_EXECUTIONS,
+            );
         }
+    }
+}
+
+/// Add `entry` to the list of `name` among `lists`, which keeps its newest `keep`.
+fn add_to(lists: &mut Vec<(String, Vec<Vec<u8>>)>, name: String, entry: Vec<u8>, keep: usize) {
+    let index = match lists.iter().position(|(listed, _)| *listed == name) {
+        Some(index) => index,
+        None => {
+            lists.push((name, Vec::new()));
+            lists.len() - 1
+        }
+    };
+    let list = &mut lists[index].1;
+    list.push(entry);
+    if list.len() > keep {
+        list.drain(..list.len() - keep);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::activity::Start;
 use super::limits::Wait;
 use super::progress::RecordProgress;
 use super::shared::Shared;
@@ -363,14 +364,21 @@ async fn attempt(
     }
     // Waiting since it was due: enqueued, or its ETA or retry time came.
     let due_ms = envelope.eta_ms.unwrap_or(0).max(envelope.created_ms);
+    let schedule = envelope.header(SystemHeader::Schedule).map(|name| {
+        let slot = envelope.header(SystemHeader::SlotMs);
+        (name.to_owned(), slot.and_then(|slot| slot.parse().ok()))
+    });
     shared.activity.started(
         runner,
-        envelope.id.as_str(),
-        index,
-        envelope.attempt,
-        started_ms,
-        (started_ms - due_ms).max(0) as u64,
-        progress.as_ref(),
+        Start {
+            id: envelope.id.as_str(),
+            task: index,
+            attempt: envelope.attempt,
+            started_ms,
+            waited_ms: (started_ms - due_ms).max(0) as u64,
+            schedule,
+            progress: progress.as_ref(),
+        },
     );
     // The context takes the envelope's id, name and headers (no copies on the hot path); a
     // failed attempt puts them back from its own handle for the next envelope.

@@ -500,6 +500,7 @@ impl Worker {
                 stored: vec![[0; 4]; self.registry.len()],
                 unsent: Vec::new(),
                 unsent_times: vec![Times::default(); self.registry.len()],
+                unsent_runs: Vec::new(),
             },
             quiet.clone(),
         ));

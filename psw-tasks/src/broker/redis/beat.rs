@@ -35,6 +35,7 @@ fn decode(fields: &HashMap<String, String>) -> BeatState {
                 .to_owned(),
             misfire: rules::parse_misfire(field(ScheduleField::Misfire)?).ok()?,
             overlap: field(ScheduleField::Overlap)? == "true",
+            args: field(ScheduleField::Args).map(str::to_owned),
         })
     })();
     let fired = (|| {
@@ -53,6 +54,7 @@ fn decode(fields: &HashMap<String, String>) -> BeatState {
         entry: field(ScheduleField::Entry).map(str::to_owned),
         overlap_skips: number(ScheduleField::OverlapSkips).map_or(0, |n| n.max(0) as u64),
         skipped_slot_ms: number(ScheduleField::SkippedSlot),
+        paused: field(ScheduleField::Paused) == Some("true"),
     }
 }
 
@@ -65,7 +67,7 @@ pub(super) async fn register(
     definition: &BeatDefinition,
 ) -> redis::RedisResult<()> {
     let key = broker.keys.schedule(schedule);
-    let fields = [
+    let mut fields = vec![
         (ScheduleField::Task, definition.task.clone()),
         (ScheduleField::Queue, definition.queue.clone()),
         (ScheduleField::Schedule, definition.schedule.clone()),
@@ -75,6 +77,15 @@ pub(super) async fn register(
     ];
     let mut pipe = redis::pipe();
     pipe.atomic();
+    match &definition.args {
+        Some(args) => fields.push((ScheduleField::Args, args.clone())),
+        None => {
+            pipe.cmd("HDEL")
+                .arg(&key)
+                .arg(ScheduleField::Args.as_str())
+                .ignore();
+        }
+    }
     pipe.cmd("HSETNX")
         .arg(&key)
         .arg(ScheduleField::Last.as_str())
@@ -134,6 +145,56 @@ pub(super) async fn advance(
     }
     let applied: i64 = invocation.invoke_async(&mut broker.conn()).await?;
     Ok(applied == 1)
+}
+
+/// Pause or resume a registered schedule (its hash exists); whether it is registered.
+pub(super) async fn set_paused(
+    broker: &RedisBroker,
+    schedule: &str,
+    paused: bool,
+) -> redis::RedisResult<bool> {
+    let key = broker.keys.schedule(schedule);
+    let mut conn = broker.conn();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let field = ScheduleField::Paused.as_str();
+    if paused {
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(field)
+            .arg("true")
+            .exec_async(&mut conn)
+            .await?;
+    } else {
+        redis::cmd("HDEL")
+            .arg(&key)
+            .arg(field)
+            .exec_async(&mut conn)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// The newest `limit` runs of `schedule`.
+pub(super) async fn runs(
+    broker: &RedisBroker,
+    schedule: &str,
+    limit: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    redis::cmd("LRANGE")
+        .arg(broker.keys.schedule_runs(schedule))
+        .arg(0)
+        .arg(limit - 1)
+        .query_async(&mut broker.conn())
+        .await
 }
 
 /// Every registered schedule's name, sorted.

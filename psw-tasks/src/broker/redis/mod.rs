@@ -244,6 +244,22 @@ impl Broker for RedisBroker {
         call(beat::advance(self, advance))
     }
 
+    fn beat_set_paused<'a>(
+        &'a self,
+        schedule: &'a str,
+        paused: bool,
+    ) -> BoxFuture<'a, Result<bool>> {
+        call(beat::set_paused(self, schedule, paused))
+    }
+
+    fn schedule_runs<'a>(
+        &'a self,
+        schedule: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>>> {
+        call(beat::runs(self, schedule, limit))
+    }
+
     fn beat_schedules(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         call(beat::schedules(self))
     }

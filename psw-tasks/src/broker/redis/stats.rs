@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::connection::RedisBroker;
 use crate::broker::{MetricsBucket, QueueStats, WorkerEntry, WorkerReport};
 use crate::keys::{GROUP, split_stats_field, stats_field};
-use crate::metrics::{RECENT_EXECUTIONS, Resolution, TaskCounts};
+use crate::metrics::{RECENT_EXECUTIONS, Resolution, SCHEDULE_RUNS, TaskCounts};
 
 impl RedisBroker {
     /// The key of bucket `index` of `resolution`.
@@ -56,18 +56,21 @@ pub(super) async fn report_worker(
                 .ignore();
         }
     }
-    for (task, executions) in &report.executions {
+    let lists =
+        report
+            .executions
+            .iter()
+            .map(|(task, executions)| (broker.keys.recent(task), RECENT_EXECUTIONS, executions))
+            .chain(report.schedule_runs.iter().map(|(schedule, runs)| {
+                (broker.keys.schedule_runs(schedule), SCHEDULE_RUNS, runs)
+            }));
+    for (recent, keep, executions) in lists {
         if executions.is_empty() {
             continue;
         }
-        let recent = broker.keys.recent(task);
         // Pushed oldest first, so the newest ends at the head.
         pipe.cmd("LPUSH").arg(&recent).arg(executions).ignore();
-        pipe.cmd("LTRIM")
-            .arg(&recent)
-            .arg(0)
-            .arg(RECENT_EXECUTIONS - 1)
-            .ignore();
+        pipe.cmd("LTRIM").arg(&recent).arg(0).arg(keep - 1).ignore();
         pipe.cmd("EXPIRE")
             .arg(&recent)
             .arg(Resolution::TenMinutes.kept().as_secs())
