@@ -69,7 +69,7 @@ pub(crate) struct Start<'a> {
 }
 
 struct Running {
-    id: String,
+    id: KeptId,
     task: usize,
     attempt: u32,
     started_ms: i64,
@@ -80,11 +80,47 @@ struct Running {
     progress: Option<Weak<RecordProgress>>,
 }
 
+/// Bytes of a job id kept in place: a generated id (a hyphenated UUID) is 36.
+const INLINE_ID: usize = 40;
+
+/// A job id as a runner keeps it, without an allocation per job when it is short: it is
+/// copied on every job and read only by the heartbeat.
+pub(crate) enum KeptId {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(Box<str>),
+}
+
+impl KeptId {
+    fn new(id: &str) -> Self {
+        match id.len() {
+            len if len <= INLINE_ID => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..len].copy_from_slice(id.as_bytes());
+                KeptId::Inline {
+                    len: len as u8,
+                    bytes,
+                }
+            }
+            _ => KeptId::Heap(id.into()),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `str`, so always UTF-8.
+            KeptId::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            KeptId::Heap(id) => id,
+        }
+    }
+}
+
 /// An execution that ended, as a runner saw it; the heartbeat adds the worker's name.
 pub(crate) struct Ended {
     /// The task's position in the registry.
     pub(crate) task: usize,
-    pub(crate) job_id: String,
+    pub(crate) job_id: KeptId,
     pub(crate) attempt: u32,
     pub(crate) outcome: ExecutionOutcome,
     pub(crate) run_ms: u64,
@@ -115,7 +151,7 @@ impl Activity {
     pub(crate) fn started(&self, runner: usize, start: Start<'_>) {
         if let Some(mut slot) = self.slot(runner) {
             slot.running = Some(Running {
-                id: start.id.to_owned(),
+                id: KeptId::new(start.id),
                 task: start.task,
                 attempt: start.attempt,
                 started_ms: start.started_ms,
@@ -175,7 +211,7 @@ impl Activity {
                 let slot = self.slot(runner)?;
                 let running = slot.running.as_ref()?;
                 Some(ActiveJob {
-                    id: running.id.clone(),
+                    id: running.id.as_str().to_owned(),
                     task: tasks
                         .get(running.task)
                         .copied()
@@ -214,5 +250,28 @@ impl Activity {
         }
         ended.sort_by_key(|execution| execution.finished_ms);
         (sums, ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_kept_whole_short_or_long() {
+        for id in [
+            "",
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "daily@2026-03-29T01:00:00Z",
+            &"x".repeat(41),
+            "å-ü-ñ",
+        ] {
+            assert_eq!(KeptId::new(id).as_str(), id);
+        }
+        assert!(matches!(
+            KeptId::new(&"x".repeat(40)),
+            KeptId::Inline { .. }
+        ));
+        assert!(matches!(KeptId::new(&"x".repeat(41)), KeptId::Heap(_)));
     }
 }

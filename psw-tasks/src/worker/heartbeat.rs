@@ -124,7 +124,7 @@ impl Heartbeats {
                 continue;
             };
             let execution = Execution {
-                job_id: ended.job_id,
+                job_id: ended.job_id.as_str().to_owned(),
                 attempt: ended.attempt,
                 outcome: ended.outcome,
                 run_ms: ended.run_ms,
