@@ -548,19 +548,7 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
                 println!("{}", serde_json::json!({"id": id, "state": "PENDING"}));
                 return Ok(());
             };
-            let json = serde_json::json!({
-                "id": record.id,
-                "task": record.task,
-                "state": record.state.as_str(),
-                "attempt": record.attempt,
-                "result": record.result_json()?,
-                "errors": record.errors,
-                "progress": record.progress,
-                "created_ms": record.created_ms,
-                "started_ms": record.started_ms,
-                "finished_ms": record.finished_ms,
-                "retry_at_ms": record.retry_at_ms,
-            });
+            let json = record.to_json()?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).expect("JSON values always serialize")
@@ -656,18 +644,7 @@ async fn dlq(client: &Client, action: DlqAction) -> Result<()> {
                 .get(&entry)
                 .await?
                 .ok_or(Error::NotDeadLettered(entry))?;
-            let json = serde_json::json!({
-                "entry_id": job.entry_id,
-                "job_id": job.job_id,
-                "task": job.task,
-                "queue": job.queue,
-                "reason": job.reason,
-                "error": job.error,
-                "errors": job.errors,
-                "at_ms": job.at_ms,
-                "payload_size": job.payload_size,
-                "truncated": job.truncated,
-            });
+            let json = job.to_json();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).expect("JSON values always serialize")

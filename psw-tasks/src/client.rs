@@ -21,7 +21,7 @@ use crate::history::MetricsHistory;
 use crate::keys::{Keys, validate_name};
 use crate::limit::{RateLimit, check_limit_name};
 use crate::limiter::RateLimiter;
-use crate::metrics::{Execution, Resolution};
+use crate::metrics::{Execution, Resolution, TaskCounts};
 use crate::priority::{self, Priority};
 use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
@@ -182,7 +182,6 @@ impl Client {
         Ok(handles)
     }
 
-    /// The queue of a task linked into this binary, else `default`.
     /// The options of `task` if it is linked into this binary, else the defaults.
     fn options_of(&self, task: &str) -> Result<&'static TaskOptions> {
         let registry = self.inner.registry.as_ref().map_err(Duplicate::error)?;
@@ -205,6 +204,13 @@ impl Client {
     pub async fn metrics(&self, window: Duration) -> Result<MetricsHistory> {
         let resolution = Resolution::for_window(window);
         crate::history::collect(self.broker().as_ref(), resolution, window, now_ms()).await
+    }
+
+    /// Every task's counts since the namespace's first worker, sorted by task: outcomes, run
+    /// times and queue waits that only grow (kept without expiry), for monotonic counters
+    /// such as Prometheus' `_total` and histograms.
+    pub async fn metric_totals(&self) -> Result<Vec<TaskCounts>> {
+        crate::history::totals(self.broker().as_ref()).await
     }
 
     /// The last `limit` executions of `task` (at most [`crate::RECENT_EXECUTIONS`] are kept),

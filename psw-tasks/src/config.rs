@@ -432,7 +432,7 @@ fn parse_named<T>(
     Ok(limits)
 }
 
-fn parse_bool(variable: &str, value: &str) -> Result<bool> {
+pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),

@@ -75,6 +75,13 @@ pub(crate) async fn collect(
     Ok(MetricsHistory { resolution, points })
 }
 
+/// Every task's counts over all time, sorted by task.
+pub(crate) async fn totals(broker: &dyn Broker) -> Result<Vec<TaskCounts>> {
+    let mut totals = broker.metric_totals().await?;
+    totals.sort_by(|a, b| a.task.cmp(&b.task));
+    Ok(totals)
+}
+
 /// The last `limit` executions of `task`, newest first; entries this version cannot read are
 /// skipped.
 pub(crate) async fn recent(

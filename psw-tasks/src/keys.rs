@@ -244,6 +244,12 @@ impl Keys {
         format!("{}:stats:10m:{index}", self.prefix)
     }
 
+    /// As [`Keys::stats`], summed since the namespace's first heartbeat: never expires, so
+    /// its counts only grow (Prometheus counters).
+    pub(crate) fn stats_total(&self) -> String {
+        format!("{}:stats:total", self.prefix)
+    }
+
     /// List of a task's recent executions, newest first (MessagePack maps).
     pub(crate) fn recent(&self, task: &str) -> String {
         format!("{}:recent:{task}", self.prefix)
@@ -344,6 +350,7 @@ mod tests {
             keys.paused(),
             keys.stats(29_000_000),
             keys.stats_ten(2_900_000),
+            keys.stats_total(),
             keys.recent("jobs::daily"),
             keys.schedule_runs("jobs::daily"),
         ] {

@@ -198,6 +198,26 @@ impl JobRecord {
     pub fn last_error(&self) -> Option<&str> {
         self.errors.last().map(|e| e.message.as_str())
     }
+
+    /// The record as JSON, its result decoded from MessagePack (what `result` prints and the
+    /// dashboard serves).
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "id": self.id,
+            "task": self.task,
+            "state": self.state.as_str(),
+            "attempt": self.attempt,
+            "result": self.result_json()?,
+            "errors": self.errors,
+            "errors_dropped": self.errors_dropped,
+            "progress": self.progress,
+            "created_ms": self.created_ms,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "retry_at_ms": self.retry_at_ms,
+            "revoked": self.revoked.map(|reason| reason.as_str()),
+        }))
+    }
 }
 
 #[cfg(test)]

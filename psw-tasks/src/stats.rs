@@ -235,6 +235,7 @@ fn fold_lanes(lanes: Vec<QueueStats>) -> Vec<QueueStats> {
                 last.pending += lane.pending;
                 last.delayed += lane.delayed;
                 last.consumers = last.consumers.max(lane.consumers);
+                last.oldest_age_ms = last.oldest_age_ms.max(lane.oldest_age_ms);
             }
             _ => queues.push(QueueStats {
                 name: queue.to_owned(),

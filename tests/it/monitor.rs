@@ -9,7 +9,7 @@ use psw_tasks::{
     Client, EnqueueOptions, Error, ExecutionOutcome, Priority, Resolution, Schedule, Scheduler,
     TaskCounts, Worker,
 };
-use psw_tasks_tests::{flaky, gate, runs_of, stepwise, timed};
+use psw_tasks_tests::{flaky, gate, gated, runs_of, stepwise, timed};
 
 use crate::support::{RunningWorker, eventually, start_built};
 
@@ -87,6 +87,10 @@ async fn a_paused_queue_waits_until_resumed_across_restarts(client: Client, labe
     let queue = stats.queues.iter().find(|q| q.name == "pausing").unwrap();
     assert!(queue.paused, "{queue:?}");
     assert_eq!(queue.ready + queue.delayed, 3, "{queue:?}");
+    assert!(
+        queue.oldest_age_ms.is_some_and(|age| age >= 1000),
+        "the held jobs wait: {queue:?}"
+    );
     let open = stats.queues.iter().find(|q| q.name == "open").unwrap();
     assert!(!open.paused, "{open:?}");
 
@@ -101,6 +105,67 @@ async fn a_paused_queue_waits_until_resumed_across_restarts(client: Client, labe
     assert!(client.paused_queues().await.unwrap().is_empty());
     eventually(WAIT, "the held jobs run once resumed", || async {
         runs_of(&held).len() == 4
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_starts_none_of_the_jobs_a_worker_holds_on_redis() {
+    let ns = TestNamespace::new("pause-held");
+    a_paused_queue_starts_none_of_the_jobs_a_worker_holds(ns.client().await, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_starts_none_of_the_jobs_a_worker_holds_in_memory() {
+    a_paused_queue_starts_none_of_the_jobs_a_worker_holds(Client::memory(), "memory").await;
+}
+
+/// Jobs a worker fetched before the pause, waiting for a runner behind a long one, are given
+/// back to the queue rather than started, and run once it resumes.
+async fn a_paused_queue_starts_none_of_the_jobs_a_worker_holds(client: Client, label: &str) {
+    let gate_name = format!("pause-held-gate-{label}");
+    let held = format!("pause-prefetched-{label}");
+    let on_queue = || EnqueueOptions::new().queue("holding");
+    let blocker = gated::enqueue_with(&client, on_queue(), gate_name.clone(), 0)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        timed::enqueue_with(&client, on_queue(), held.clone(), 0)
+            .await
+            .unwrap();
+    }
+    // One runner, room to hold the two behind the blocker.
+    let worker = start_built(
+        Worker::builder(&client)
+            .queues(["holding"])
+            .concurrency(1)
+            .prefetch(4)
+            .shutdown_grace(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
+    eventually(WAIT, "the worker holds all three", || async {
+        let stats = client.stats(Duration::from_secs(60)).await.unwrap();
+        stats
+            .queues
+            .iter()
+            .any(|q| q.name == "holding" && q.pending == 3)
+    })
+    .await;
+    client.pause_queue("holding").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gate(&gate_name).notify_one();
+    assert_eq!(
+        blocker.wait(WAIT).await.unwrap(),
+        7,
+        "the running one finishes"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(runs_of(&held).is_empty(), "the held ones did not start");
+    client.resume_queue("holding").await.unwrap();
+    eventually(WAIT, "they run once resumed", || async {
+        runs_of(&held).len() == 2
     })
     .await;
     worker.stop().await;
@@ -223,6 +288,9 @@ async fn the_history_keeps_outcomes_run_times_and_executions(client: Client, lab
         ),
         (2, 1, 1, 2)
     );
+    // The totals, which never expire, hold the same.
+    let lifetime = client.metric_totals().await.unwrap();
+    assert_eq!(totals_of(&lifetime, "it.timed"), timed);
     // A week comes in ten-minute buckets, with the same counts.
     let week = client
         .metrics(Duration::from_secs(7 * 24 * 3600))

@@ -163,6 +163,25 @@ pub struct DeadJob {
     pub(crate) payload: Vec<u8>,
 }
 
+impl DeadJob {
+    /// The letter as JSON, without its bytes (what `dlq show` prints and the dashboard
+    /// serves).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "entry_id": self.entry_id,
+            "job_id": self.job_id,
+            "task": self.task,
+            "queue": self.queue,
+            "reason": self.reason.as_str(),
+            "error": self.error,
+            "errors": self.errors,
+            "at_ms": self.at_ms,
+            "payload_size": self.payload_size,
+            "truncated": self.truncated,
+        })
+    }
+}
+
 /// Size of the dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadLetterStats {

@@ -66,6 +66,8 @@ struct State {
     workers: HashMap<String, Vec<u8>>,
     /// The metrics history: per resolution, by bucket, then by task.
     metrics: HashMap<Resolution, BTreeMap<i64, HashMap<String, TaskCounts>>>,
+    /// Every task's counts over all time.
+    totals: HashMap<String, TaskCounts>,
     /// Each task's recent executions, newest first.
     recent: HashMap<String, VecDeque<Vec<u8>>>,
     /// Each schedule's last runs, newest first.
@@ -98,7 +100,8 @@ impl State {
 
 #[derive(Default)]
 struct Queue {
-    ready: VecDeque<(String, Vec<u8>)>,
+    /// Entry id, bytes, and when it became ready (ms).
+    ready: VecDeque<(String, Vec<u8>, i64)>,
     pending: HashMap<String, Pending>,
     delayed: BTreeMap<(i64, u64), Vec<u8>>,
     /// Consumers of the queue's group, with when each last read or claimed: Redis keeps a
@@ -149,7 +152,7 @@ impl MemoryBroker {
             queue.consumers.insert(consumer.to_owned(), now);
             let queue_name: Arc<str> = Arc::from(name.as_str());
             while out.len() < max {
-                let Some((entry_id, payload)) = queue.ready.pop_front() else {
+                let Some((entry_id, payload, _)) = queue.ready.pop_front() else {
                     break;
                 };
                 queue.pending.insert(
@@ -203,7 +206,7 @@ impl State {
             .entry(queue.to_owned())
             .or_default()
             .ready
-            .push_back((entry_id.clone(), payload));
+            .push_back((entry_id.clone(), payload, crate::envelope::now_ms()));
         entry_id
     }
 }
@@ -926,7 +929,7 @@ impl Broker for MemoryBroker {
         Box::pin(async move {
             let state = self.lock();
             Ok(state.queues.get(queue).is_some_and(|q| {
-                q.pending.contains_key(entry_id) || q.ready.iter().any(|(id, _)| id == entry_id)
+                q.pending.contains_key(entry_id) || q.ready.iter().any(|(id, _, _)| id == entry_id)
             }))
         })
     }
@@ -1075,6 +1078,13 @@ impl Broker for MemoryBroker {
                         resolution.bucket_of(report.at_ms - resolution.kept().as_millis() as i64);
                     buckets.retain(|&i, _| i >= oldest);
                 }
+                for (task, tally, count) in &report.counts {
+                    state
+                        .totals
+                        .entry(task.clone())
+                        .or_insert_with(|| TaskCounts::of(task.clone()))
+                        .add(*tally, *count);
+                }
             }
             for (task, executions) in &report.executions {
                 let recent = state.recent.entry(task.clone()).or_default();
@@ -1130,6 +1140,9 @@ impl Broker for MemoryBroker {
                     QueueStats {
                         name: name.clone(),
                         ready: count(|q| q.ready.len()),
+                        oldest_age_ms: q
+                            .and_then(|q| q.ready.front())
+                            .map(|(_, _, since)| (crate::envelope::now_ms() - since).max(0) as u64),
                         pending: count(|q| q.pending.len()),
                         delayed: count(|q| q.delayed.len()),
                         consumers: count(|q| q.consumers.len()),
@@ -1156,6 +1169,10 @@ impl Broker for MemoryBroker {
                 .map(|(&index, tasks)| (index, tasks.values().cloned().collect()))
                 .collect())
         })
+    }
+
+    fn metric_totals(&self) -> BoxFuture<'_, Result<Vec<TaskCounts>>> {
+        Box::pin(async move { Ok(self.lock().totals.values().cloned().collect()) })
     }
 
     fn recent_executions<'a>(

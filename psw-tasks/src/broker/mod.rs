@@ -217,6 +217,9 @@ pub struct QueueStats {
     /// Consumers in the queue's group: live workers, plus dead ones not yet removed (a worker
     /// removes those that own nothing after four leases).
     pub consumers: u64,
+    /// How long the oldest job waiting to be taken (`ready`) has waited since it became ready
+    /// (enqueued, or come due), in ms by the broker's clock; `None` when none waits.
+    pub oldest_age_ms: Option<u64>,
     /// Whether the queue is paused ([`crate::Client::pause_queue`]): its jobs wait, and no
     /// worker takes them.
     pub paused: bool,
@@ -484,8 +487,8 @@ pub(crate) trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<String>>>;
 
     /// Store a worker's heartbeat (or remove it), add its counts to the buckets of `at_ms` in
-    /// every resolution (each expires `Resolution::kept` after its last write) and its
-    /// executions to the recent ones; in one round trip.
+    /// every resolution (each expires `Resolution::kept` after its last write) and to the
+    /// totals, and its executions to the recent ones; in one round trip.
     fn report_worker<'a>(&'a self, report: &'a WorkerReport) -> BoxFuture<'a, Result<()>>;
 
     /// Every stored worker heartbeat.
@@ -507,6 +510,9 @@ pub(crate) trait Broker: Send + Sync + 'static {
         from: i64,
         to: i64,
     ) -> BoxFuture<'_, Result<Vec<MetricsBucket>>>;
+
+    /// Every task's counts summed over all time (never expired, only grown).
+    fn metric_totals(&self) -> BoxFuture<'_, Result<Vec<TaskCounts>>>;
 
     /// The last `limit` executions of `task` (encoded), newest first.
     fn recent_executions<'a>(

@@ -1319,6 +1319,11 @@ async fn queue_stats_count_ready_pending_and_delayed_jobs(broker: Arc<dyn Broker
     };
     let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
     assert_eq!(counts(&stats), (Q.to_owned(), 4, 0, 2, 0));
+    // The oldest ready job's age grows while it waits; delayed ones do not count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
+    let age = stats.queues[0].oldest_age_ms.expect("jobs wait");
+    assert!((300..60_000).contains(&age), "{age}");
 
     let first = broker
         .fetch("a", &queues(), 1, Duration::from_millis(50))
@@ -1355,6 +1360,11 @@ async fn queue_stats_count_ready_pending_and_delayed_jobs(broker: Arc<dyn Broker
     );
     let stats = collect(broker.as_ref(), WINDOW, now_ms()).await.unwrap();
     assert_eq!(counts(&stats), (Q.to_owned(), 4, 1, 0, 2));
+    let age = stats.queues[0].oldest_age_ms.expect("jobs wait");
+    assert!(
+        age >= 300,
+        "still the first jobs, not the promoted ones: {age}"
+    );
 
     // A queue a live worker names but no one prepared yet reads as empty.
     let now = now_ms();
@@ -1384,6 +1394,7 @@ async fn queue_stats_count_ready_pending_and_delayed_jobs(broker: Arc<dyn Broker
         })
         .collect();
     assert_eq!(names, [(Q, 7), ("nowhere", 0)]);
+    assert_eq!(stats.queues[1].oldest_age_ms, None, "nothing waits");
 }
 
 #[tokio::test]
@@ -1609,6 +1620,12 @@ async fn metrics_are_kept_in_both_resolutions(broker: Arc<dyn Broker>) {
         Duration::from_secs(3600),
         "the open bucket reads as the last bound"
     );
+    // The totals keep everything, whichever bucket it went to.
+    let totals = broker.metric_totals().await.unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!((totals[0].task.as_str(), totals[0].succeeded), ("t", 7));
+    assert_eq!(totals[0].run_time.count(), 7);
+    assert_eq!(totals[0].run_time.sum(), Duration::from_millis(15));
 }
 
 async fn recent_executions_keep_the_newest(broker: Arc<dyn Broker>) {

@@ -162,6 +162,14 @@ impl Activity {
         }
     }
 
+    /// Forget what runner `runner` runs, without counting it: the runner lost the job to a
+    /// bug of ours, and it runs again elsewhere.
+    pub(crate) fn abandoned(&self, runner: usize) {
+        if let Some(mut slot) = self.slot(runner) {
+            slot.running = None;
+        }
+    }
+
     /// Runner `runner`'s attempt ended with `outcome` at `finished_ms`; `None`: it did not
     /// end as an execution (the task asked to run later), and only its wait is counted.
     pub(crate) fn ended(&self, runner: usize, outcome: Option<ExecutionOutcome>, finished_ms: i64) {

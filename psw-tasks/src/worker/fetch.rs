@@ -239,6 +239,7 @@ impl FetchLoop {
         if paused == self.paused {
             return;
         }
+        self.shared.paused.set(paused.clone());
         for lanes in &self.lanes {
             let queue = priority::split_lane(&lanes[0]).0;
             let was = self.paused.iter().any(|q| q == queue);

@@ -362,7 +362,9 @@ async fn attempt(
     {
         tracing::warn!(id = %id, error = %crate::error::chain(&err), "could not release the job's unique lock at its start; it expires by itself");
     }
-    // Waiting since it was due: enqueued, or its ETA or retry time came.
+    // Waiting since it was due: enqueued, or its ETA or retry time came. Timed from here,
+    // after the limits' and locks' round trips, which are neither wait nor run.
+    let started_ms = now_ms();
     let due_ms = envelope.eta_ms.unwrap_or(0).max(envelope.created_ms);
     let schedule = envelope.header(SystemHeader::Schedule).map(|name| {
         let slot = envelope.header(SystemHeader::SlotMs);
@@ -519,10 +521,6 @@ async fn attempt(
     if let Some(record) = &mut record {
         record.errors = errors.clone();
     }
-    ended(match decision {
-        Decision::RetryAfter(_) => ExecutionOutcome::Retried,
-        Decision::Fail => ExecutionOutcome::Failed,
-    });
     match decision {
         Decision::RetryAfter(delay) => {
             let due = now + delay.as_millis() as i64;
@@ -537,6 +535,7 @@ async fn attempt(
             let payload = match next.encode_within(shared.max_message_size) {
                 Ok(payload) => payload,
                 Err(err) => {
+                    ended(ExecutionOutcome::Failed);
                     return shared.dead_letter(
                         delivery,
                         Some(&next),
@@ -546,6 +545,7 @@ async fn attempt(
                     );
                 }
             };
+            ended(ExecutionOutcome::Retried);
             tally.retried.inc();
             let mut settlement = base;
             // The queue the job came from, not the one its envelope names: a producer that
@@ -567,6 +567,7 @@ async fn attempt(
             }
         }
         Decision::Fail => {
+            ended(ExecutionOutcome::Failed);
             shared.stats.failed.inc();
             let reason = DeadReason::after_failure(err.kind(), err.retry_policy());
             tracing::error!(id = %envelope.id, task = %envelope.task, attempts = errors.len(), reason = %reason, "job failed for good; dead-lettered");

@@ -41,6 +41,7 @@ mod heartbeat;
 mod in_flight;
 mod job;
 mod limits;
+mod paused;
 mod progress;
 mod promoter;
 mod renewer;
@@ -447,6 +448,7 @@ impl Worker {
             limits: self.limits.clone(),
             revocations: self.revocations.clone(),
             activity: Arc::new(Activity::new(self.concurrency, self.metrics_history)),
+            paused: paused::Paused::default(),
         });
         let busy = Arc::new(AtomicUsize::new(0));
         // Fetched deliveries wait here for the first free runner.

@@ -40,6 +40,12 @@ pub(crate) async fn run(
             give_back(&shared, delivery).await;
             continue;
         }
+        // Fetched before its queue was paused: it waits in the queue with the others.
+        if shared.paused.holds_lane(&delivery.queue) {
+            tracing::debug!(queue = %delivery.queue, entry = %delivery.entry_id, "its queue was paused since it was fetched; given back, not started");
+            give_back(&shared, delivery).await;
+            continue;
+        }
         // The renewer keeps a waiting delivery's lease, unless the whole process stood still
         // (a pause, a frozen VM) past the lease; then another worker may run it already.
         if fetched_at.elapsed() > shared.lease / 3 && !still_held(&shared, &delivery).await {
@@ -53,6 +59,7 @@ pub(crate) async fn run(
             .await;
         busy.fetch_sub(1, Ordering::Relaxed);
         if ran.is_err() {
+            shared.activity.abandoned(runner);
             tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, "the worker panicked while handling this delivery (a bug in psw-tasks); it runs again once its lease expires");
             shared.in_flight.release([(
                 &delivery.queue,

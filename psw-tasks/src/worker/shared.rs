@@ -10,6 +10,7 @@ use super::activity::Activity;
 use super::counters::Counters;
 use super::in_flight::InFlight;
 use super::limits::Limits;
+use super::paused::Paused;
 use super::revocations::Revocations;
 use super::writer::WriteRequest;
 use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     /// The job each runner runs now, and the executions ended since the last heartbeat with
     /// their times (kept if the metrics history is on).
     pub(crate) activity: Arc<Activity>,
+    /// The paused queues, as the fetch loop last read them.
+    pub(crate) paused: Paused,
 }
 
 impl Shared {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::connection::RedisBroker;
 use crate::broker::{BeatAdvance, BeatDefinition, BeatState, LastFired};
 use crate::keys::{JOB_FIELD, ScheduleField};
+use crate::metrics::SCHEDULE_RUNS;
 use crate::rules;
 
 /// The stored state of `schedule`; empty if no beat registered it.
@@ -186,6 +187,8 @@ pub(super) async fn runs(
     schedule: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<Vec<u8>>> {
+    // Never past what is kept: a huge `limit` would be out of LRANGE's range.
+    let limit = limit.min(SCHEDULE_RUNS);
     if limit == 0 {
         return Ok(Vec::new());
     }

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::limit::RateLimit;
-use crate::metrics::Resolution;
+use crate::metrics::{Resolution, TaskCounts};
 
 mod beat;
 mod connection;
@@ -347,6 +347,10 @@ impl Broker for RedisBroker {
         to: i64,
     ) -> BoxFuture<'_, Result<Vec<MetricsBucket>>> {
         call(stats::metrics(self, resolution, from, to))
+    }
+
+    fn metric_totals(&self) -> BoxFuture<'_, Result<Vec<TaskCounts>>> {
+        call(stats::metric_totals(self))
     }
 
     fn recent_executions<'a>(

@@ -105,7 +105,10 @@ impl Scripts {
             )),
             prune: Script::new(include_str!("prune.lua")),
             retire: Script::new(include_str!("retire.lua")),
-            queue_stats: Script::new(include_str!("queue_stats.lua")),
+            queue_stats: Script::new(concat!(
+                include_str!("server_time.lua"),
+                include_str!("queue_stats.lua")
+            )),
             dead_stats: Script::new(include_str!("dead_stats.lua")),
             beat_advance: Script::new(include_str!("beat_advance.lua")),
             beat_lease: Script::new(include_str!("beat_lease.lua")),

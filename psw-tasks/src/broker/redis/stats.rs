@@ -55,6 +55,14 @@ pub(super) async fn report_worker(
                 .arg(resolution.kept().as_secs())
                 .ignore();
         }
+        let total = broker.keys.stats_total();
+        for (task, tally, count) in &report.counts {
+            pipe.cmd("HINCRBY")
+                .arg(&total)
+                .arg(stats_field(task, *tally))
+                .arg(*count)
+                .ignore();
+        }
     }
     let lists =
         report
@@ -124,21 +132,24 @@ pub(super) async fn queue_stats(
             .key(broker.keys.stream(queue))
             .key(broker.keys.delayed(queue));
     }
-    let counts: Vec<(u64, u64, u64, u64)> = invocation
+    let counts: Vec<(u64, u64, u64, u64, i64)> = invocation
         .arg(GROUP)
         .invoke_async(&mut broker.conn())
         .await?;
     Ok(queues
         .iter()
         .zip(counts)
-        .map(|(name, (ready, pending, delayed, consumers))| QueueStats {
-            name: name.clone(),
-            ready,
-            pending,
-            delayed,
-            consumers,
-            paused: false,
-        })
+        .map(
+            |(name, (ready, pending, delayed, consumers, oldest))| QueueStats {
+                name: name.clone(),
+                ready,
+                pending,
+                delayed,
+                consumers,
+                oldest_age_ms: u64::try_from(oldest).ok(),
+                paused: false,
+            },
+        )
         .collect())
 }
 
@@ -159,19 +170,31 @@ pub(super) async fn metrics(
     Ok((from..=to)
         .zip(stored)
         .filter(|(_, fields)| !fields.is_empty())
-        .map(|(index, fields)| {
-            let mut tasks: HashMap<&str, TaskCounts> = HashMap::new();
-            for (field, count) in &fields {
-                if let Some((task, tally)) = split_stats_field(field) {
-                    tasks
-                        .entry(task)
-                        .or_insert_with(|| TaskCounts::of(task))
-                        .add(tally, *count);
-                }
-            }
-            (index, tasks.into_values().collect())
-        })
+        .map(|(index, fields)| (index, task_counts(&fields)))
         .collect())
+}
+
+/// The counts of every task in a stats hash; fields this version does not know are skipped.
+fn task_counts(fields: &HashMap<String, u64>) -> Vec<TaskCounts> {
+    let mut tasks: HashMap<&str, TaskCounts> = HashMap::new();
+    for (field, count) in fields {
+        if let Some((task, tally)) = split_stats_field(field) {
+            tasks
+                .entry(task)
+                .or_insert_with(|| TaskCounts::of(task))
+                .add(tally, *count);
+        }
+    }
+    tasks.into_values().collect()
+}
+
+/// Every task's counts over all time.
+pub(super) async fn metric_totals(broker: &RedisBroker) -> redis::RedisResult<Vec<TaskCounts>> {
+    let fields: HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(broker.keys.stats_total())
+        .query_async(&mut broker.conn())
+        .await?;
+    Ok(task_counts(&fields))
 }
 
 /// The newest `limit` executions of `task`.
@@ -180,6 +203,8 @@ pub(super) async fn recent_executions(
     task: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<Vec<u8>>> {
+    // Never past what is kept: a huge `limit` would be out of LRANGE's range.
+    let limit = limit.min(RECENT_EXECUTIONS);
     if limit == 0 {
         return Ok(Vec::new());
     }

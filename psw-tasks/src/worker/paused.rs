@@ -1,0 +1,57 @@
+//! The paused queues as the fetch loop last read them, shared with the runners: a job fetched
+//! before its queue was paused, still waiting for a runner, is given back rather than started.
+
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::priority;
+
+#[derive(Default)]
+pub(crate) struct Paused {
+    /// Whether any queue is paused: while none is, a runner's check is this one load.
+    any: AtomicBool,
+    queues: RwLock<Vec<String>>,
+}
+
+impl Paused {
+    /// The paused queues now.
+    pub(crate) fn set(&self, queues: Vec<String>) {
+        let any = !queues.is_empty();
+        *self
+            .queues
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = queues;
+        self.any.store(any, Ordering::Release);
+    }
+
+    /// Whether the queue of `lane` (a queue, or one of its priority levels) is paused.
+    pub(crate) fn holds_lane(&self, lane: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let queue = priority::split_lane(lane).0;
+        self.queues
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .any(|paused| paused == queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_holds_every_lane_of_its_queue() {
+        let paused = Paused::default();
+        assert!(!paused.holds_lane("mail"));
+        paused.set(vec!["mail".to_owned()]);
+        for lane in ["mail", "mail:high", "mail:low"] {
+            assert!(paused.holds_lane(lane), "{lane}");
+        }
+        assert!(!paused.holds_lane("mailer"));
+        paused.set(Vec::new());
+        assert!(!paused.holds_lane("mail"));
+    }
+}
