@@ -141,6 +141,14 @@ pub enum Command {
         #[command(subcommand)]
         action: ScheduleAction,
     },
+    /// Serve the dashboard's JSON API and `/metrics` (PSW_DASHBOARD_ADDR, default
+    /// 127.0.0.1:5555; a login from PSW_DASHBOARD_AUTH or FLOWER_BASIC_AUTH) until
+    /// SIGINT/SIGTERM.
+    Dashboard {
+        /// Listen here instead of PSW_DASHBOARD_ADDR.
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Print the workers, the queues, each task's outcomes and the dead letters as JSON
     /// (timestamps in ms since the Unix epoch).
     Stats {
@@ -396,6 +404,13 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             );
             signal.abort();
             worked.and(beat)
+        }
+        Command::Dashboard { addr } => {
+            let client = shared_client(&config).await?;
+            let dashboard = crate::dashboard::Dashboard::bind(&client, addr.as_deref()).await?;
+            dashboard
+                .serve_until(crate::process::shutdown_signal())
+                .await
         }
         Command::Stats { window } => {
             let window = parse_duration("--window", &window)?;

@@ -190,6 +190,14 @@ impl Client {
             .map_or(&TaskOptions::DEFAULT, |descriptor| descriptor.options()))
     }
 
+    /// The queue of a task linked into this binary; `None` for others.
+    pub(crate) fn task_queue(&self, task: &str) -> Option<&'static str> {
+        let registry = self.inner.registry.as_ref().ok()?;
+        registry
+            .get(task)
+            .map(|descriptor| descriptor.options().queue)
+    }
+
     /// A snapshot of the namespace: live and recently seen workers, what each queue holds,
     /// each task's outcomes over the last `window` (at most a day) and the dead-letter queue.
     /// Like Celery's `inspect().stats()` or BullMQ's `getJobCounts`; a handful of round trips.

@@ -67,7 +67,10 @@ mod client;
 mod scheduler;
 mod worker;
 
-// 6. surface: the entry points.
+// 6. dashboard: the monitoring dashboard over the services.
+mod dashboard;
+
+// 7. surface: the entry points.
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
@@ -81,6 +84,8 @@ pub use crate::broker::{DeadJob, DeadLetterStats, DeadReason, QueueStats, Unique
 pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};
 #[doc(inline)]
 pub use crate::config::Config;
+#[doc(inline)]
+pub use crate::dashboard::Dashboard;
 #[doc(inline)]
 pub use crate::dead::{DeadLetters, ReplayReport};
 #[doc(inline)]

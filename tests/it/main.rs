@@ -2,6 +2,7 @@
 
 mod beat;
 mod connections;
+mod dashboard;
 mod faults;
 mod flow;
 mod jobs;
