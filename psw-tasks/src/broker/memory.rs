@@ -1086,20 +1086,12 @@ impl Broker for MemoryBroker {
                         .add(*tally, *count);
                 }
             }
-            for (task, executions) in &report.executions {
-                let recent = state.recent.entry(task.clone()).or_default();
-                for execution in executions {
-                    recent.push_front(execution.clone());
-                }
-                recent.truncate(RECENT_EXECUTIONS);
-            }
-            for (schedule, runs) in &report.schedule_runs {
-                let recent = state.schedule_runs.entry(schedule.clone()).or_default();
-                for run in runs {
-                    recent.push_front(run.clone());
-                }
-                recent.truncate(SCHEDULE_RUNS);
-            }
+            push_newest(&mut state.recent, &report.executions, RECENT_EXECUTIONS);
+            push_newest(
+                &mut state.schedule_runs,
+                &report.schedule_runs,
+                SCHEDULE_RUNS,
+            );
             Ok(())
         })
     }
@@ -1188,6 +1180,22 @@ impl Broker for MemoryBroker {
                 .map(|recent| recent.iter().take(limit).cloned().collect())
                 .unwrap_or_default())
         })
+    }
+}
+
+/// Push each named list's entries (oldest first) at the head of the list of that name, which
+/// keeps its newest `keep`, as `LPUSH` + `LTRIM` do.
+fn push_newest(
+    lists: &mut HashMap<String, VecDeque<Vec<u8>>>,
+    added: &[(String, Vec<Vec<u8>>)],
+    keep: usize,
+) {
+    for (name, entries) in added {
+        let list = lists.entry(name.clone()).or_default();
+        for entry in entries {
+            list.push_front(entry.clone());
+        }
+        list.truncate(keep);
     }
 }
 

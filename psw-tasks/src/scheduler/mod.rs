@@ -408,17 +408,17 @@ impl Scheduler {
         let Some(through_ms) = plan.through_ms else {
             return Ok(Pass::Done { last_ms });
         };
+        let mut advance = BeatAdvance {
+            schedule: entry.name.clone(),
+            expected_ms: last_ms,
+            through_ms,
+            queue: entry.lane.clone(),
+            payloads: Vec::new(),
+            fired: None,
+            skipped_slot_ms: None,
+        };
         if state.paused {
             // Paused: the due slots pass without a job, and are not caught up on resume.
-            let advance = BeatAdvance {
-                schedule: entry.name.clone(),
-                expected_ms: last_ms,
-                through_ms,
-                queue: entry.lane.clone(),
-                payloads: Vec::new(),
-                fired: None,
-                skipped_slot_ms: None,
-            };
             if !broker.beat_advance(&advance).await? {
                 return Ok(Pass::Raced);
             }
@@ -429,15 +429,6 @@ impl Scheduler {
                 last_ms: through_ms,
             });
         }
-        let mut advance = BeatAdvance {
-            schedule: entry.name.clone(),
-            expected_ms: last_ms,
-            through_ms,
-            queue: entry.lane.clone(),
-            payloads: Vec::new(),
-            fired: None,
-            skipped_slot_ms: None,
-        };
         let skipped = match plan.fires.last() {
             Some(fire)
                 if !entry.schedule.allows_overlap()

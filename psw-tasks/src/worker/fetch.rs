@@ -35,8 +35,6 @@ pub(crate) struct FetchLoop {
     pub(crate) lanes: Vec<Vec<String>>,
     /// When to look for lanes first used since the last look.
     pub(crate) next_lane_check: Instant,
-    /// The queues paused as of the last look, which are neither read nor reclaimed from.
-    pub(crate) paused: Vec<String>,
     /// When to look again which queues are paused.
     pub(crate) next_pause_check: Instant,
     /// The order of the queues on each read: round-robin, by weight, or strict.
@@ -182,7 +180,7 @@ impl FetchLoop {
         let broker = &self.shared.broker;
         let ordered: Vec<String>;
         let lanes = match self.lanes.as_slice() {
-            [lanes] if self.paused.is_empty() => lanes.as_slice(),
+            [lanes] if !self.shared.paused.any() => lanes.as_slice(),
             _ => {
                 ordered = self
                     .order
@@ -216,14 +214,12 @@ impl FetchLoop {
         self.lanes.iter().filter(|lanes| !self.is_paused(lanes))
     }
 
-    /// Whether the queue of these lanes is paused.
+    /// Whether the queue of these lanes is paused (as of the last look, kept in `Shared` for
+    /// the runners too), so that it is neither read nor reclaimed from.
     fn is_paused(&self, lanes: &[String]) -> bool {
-        !self.paused.is_empty()
-            && lanes.first().is_some_and(|lane| {
-                self.paused
-                    .iter()
-                    .any(|q| q == priority::split_lane(lane).0)
-            })
+        lanes
+            .first()
+            .is_some_and(|lane| self.shared.paused.holds_lane(lane))
     }
 
     /// Read which queues are paused, and say when one of this worker's pauses or resumes. A
@@ -236,13 +232,13 @@ impl FetchLoop {
                 return;
             }
         };
-        if paused == self.paused {
+        let before = self.shared.paused.set(paused.clone());
+        if paused == before {
             return;
         }
-        self.shared.paused.set(paused.clone());
         for lanes in &self.lanes {
             let queue = priority::split_lane(&lanes[0]).0;
-            let was = self.paused.iter().any(|q| q == queue);
+            let was = before.iter().any(|q| q == queue);
             let is = paused.iter().any(|q| q == queue);
             if is && !was {
                 tracing::info!(
@@ -253,7 +249,6 @@ impl FetchLoop {
                 tracing::info!(queue, "queue resumed");
             }
         }
-        self.paused = paused;
     }
 
     /// Add the lanes of priority levels first used since the last look (a producer registers

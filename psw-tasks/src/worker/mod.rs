@@ -515,7 +515,6 @@ impl Worker {
                 .map(|queue| vec![queue.clone()])
                 .collect(),
             next_lane_check: tokio::time::Instant::now(),
-            paused: Vec::new(),
             next_pause_check: tokio::time::Instant::now(),
             order: self.order.clone(),
             lease: self.lease,

@@ -14,19 +14,28 @@ pub(crate) struct Paused {
 }
 
 impl Paused {
-    /// The paused queues now.
-    pub(crate) fn set(&self, queues: Vec<String>) {
+    /// The paused queues now; the ones before.
+    pub(crate) fn set(&self, queues: Vec<String>) -> Vec<String> {
         let any = !queues.is_empty();
-        *self
-            .queues
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = queues;
+        let before = std::mem::replace(
+            &mut *self
+                .queues
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            queues,
+        );
         self.any.store(any, Ordering::Release);
+        before
+    }
+
+    /// Whether any queue is paused.
+    pub(crate) fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
     }
 
     /// Whether the queue of `lane` (a queue, or one of its priority levels) is paused.
     pub(crate) fn holds_lane(&self, lane: &str) -> bool {
-        if !self.any.load(Ordering::Acquire) {
+        if !self.any() {
             return false;
         }
         let queue = priority::split_lane(lane).0;
@@ -46,12 +55,12 @@ mod tests {
     fn a_pause_holds_every_lane_of_its_queue() {
         let paused = Paused::default();
         assert!(!paused.holds_lane("mail"));
-        paused.set(vec!["mail".to_owned()]);
+        assert!(paused.set(vec!["mail".to_owned()]).is_empty());
         for lane in ["mail", "mail:high", "mail:low"] {
             assert!(paused.holds_lane(lane), "{lane}");
         }
         assert!(!paused.holds_lane("mailer"));
-        paused.set(Vec::new());
+        assert_eq!(paused.set(Vec::new()), ["mail"]);
         assert!(!paused.holds_lane("mail"));
     }
 }

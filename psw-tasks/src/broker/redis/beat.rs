@@ -187,17 +187,8 @@ pub(super) async fn runs(
     schedule: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<Vec<u8>>> {
-    // Never past what is kept: a huge `limit` would be out of LRANGE's range.
-    let limit = limit.min(SCHEDULE_RUNS);
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    redis::cmd("LRANGE")
-        .arg(broker.keys.schedule_runs(schedule))
-        .arg(0)
-        .arg(limit - 1)
-        .query_async(&mut broker.conn())
-        .await
+    let key = broker.keys.schedule_runs(schedule);
+    super::stats::newest(broker, key, limit, SCHEDULE_RUNS).await
 }
 
 /// Every registered schedule's name, sorted.

@@ -203,13 +203,23 @@ pub(super) async fn recent_executions(
     task: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<Vec<u8>>> {
-    // Never past what is kept: a huge `limit` would be out of LRANGE's range.
-    let limit = limit.min(RECENT_EXECUTIONS);
+    newest(broker, broker.keys.recent(task), limit, RECENT_EXECUTIONS).await
+}
+
+/// The first `limit` entries of the list `key` (its newest: lists are pushed at the head),
+/// never past `keep`, what it holds at most (a huge `limit` would be out of LRANGE's range).
+pub(super) async fn newest(
+    broker: &RedisBroker,
+    key: String,
+    limit: usize,
+    keep: usize,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let limit = limit.min(keep);
     if limit == 0 {
         return Ok(Vec::new());
     }
     redis::cmd("LRANGE")
-        .arg(broker.keys.recent(task))
+        .arg(key)
         .arg(0)
         .arg(limit - 1)
         .query_async(&mut broker.conn())
