@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+use crate::audit::AuditEntry;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, DeadLetterLimits, NewJob, UniqueLock};
@@ -542,6 +543,16 @@ impl Client {
     /// The paused queues, sorted.
     pub async fn paused_queues(&self) -> Result<Vec<String>> {
         self.inner.broker.paused_queues().await
+    }
+
+    /// Add an action to the audit log (a stream capped at 10,000 entries); returns its id.
+    pub async fn record_audit(&self, entry: &AuditEntry) -> Result<String> {
+        self.inner.broker.audit_append(entry).await
+    }
+
+    /// Up to `limit` audit entries, newest first, or those before the entry id `before`.
+    pub async fn audit_log(&self, before: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.inner.broker.audit_page(before, limit).await
     }
 
     /// The stored record of a job, if there is one.

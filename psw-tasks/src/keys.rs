@@ -59,6 +59,8 @@ wire_enum! {
         Task => "task",
         /// What the letter takes against the queue's byte budget.
         Bytes => "bytes",
+        /// Its failure group's id (`DeadLetter::group`), for the group index.
+        Group => "group",
     }
 }
 
@@ -195,6 +197,18 @@ impl Keys {
     /// What the dead letters take against their byte budget, in bytes.
     pub(crate) fn dead_bytes(&self) -> String {
         format!("{}:dead:bytes", self.prefix)
+    }
+
+    /// The failure groups of the dead letters (a hash): per group id, its count, and
+    /// `<id>:first`, `<id>:last` (ms), `<id>:sample` (the newest letter's entry id),
+    /// `<id>:task`, `<id>:reason` and `<id>:error` (the newest letter's).
+    pub(crate) fn dead_groups(&self) -> String {
+        format!("{}:dead:groups", self.prefix)
+    }
+
+    /// The audit log of actions taken from the dashboard (a capped stream).
+    pub(crate) fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
     }
 
     /// A consumer's receipt of its last settled batch: the batch's number and its reply.

@@ -32,6 +32,7 @@ extern crate self as psw_tasks;
 // (ARCHITECTURE.md has the table, and `testing::imports` checks the code against it).
 //
 // 1. model: pure, no IO.
+mod audit;
 mod envelope;
 mod error;
 mod keys;
@@ -79,7 +80,11 @@ pub mod cli;
 pub mod testing;
 
 #[doc(inline)]
-pub use crate::broker::{DeadJob, DeadLetterStats, DeadReason, QueueStats, UniqueLock};
+pub use crate::audit::{AuditAction, AuditEntry};
+#[doc(inline)]
+pub use crate::broker::{
+    DeadJob, DeadLetterStats, DeadReason, FailureGroup, QueueStats, UniqueLock,
+};
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};
 #[doc(inline)]
@@ -87,7 +92,7 @@ pub use crate::config::Config;
 #[doc(inline)]
 pub use crate::dashboard::Dashboard;
 #[doc(inline)]
-pub use crate::dead::{DeadLetters, ReplayReport};
+pub use crate::dead::{DeadFilter, DeadLetters, DeadPage, ReplayReport};
 #[doc(inline)]
 pub use crate::envelope::JobId;
 #[doc(inline)]

@@ -1,6 +1,7 @@
 //! Integration tests across crates: real Redis, real worker processes.
 
 mod beat;
+mod browser;
 mod connections;
 mod dashboard;
 mod faults;

@@ -104,6 +104,17 @@ pub async fn stepwise(ctx: TaskContext, gate_name: String, total: u64) -> Result
     Ok(total)
 }
 
+/// Reports progress step by step: step `n` of `total`, then waits for the gate `<prefix>-<n>`;
+/// finishes after the last.
+#[task(name = "it.steps")]
+pub async fn steps(ctx: TaskContext, prefix: String, total: u64) -> Result<u64, TaskError> {
+    for step in 1..=total {
+        ctx.set_progress(step, total, ()).await?;
+        gate(&format!("{prefix}-{step}")).notified().await;
+    }
+    Ok(total)
+}
+
 /// Fails every attempt, with the attempt number in the message.
 #[task(
     name = "it.flaky",

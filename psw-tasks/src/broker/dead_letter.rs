@@ -1,5 +1,9 @@
 //! Dead letters as the seam carries them: one to store ([`DeadLetter`]), one read back
-//! ([`DeadJob`]), why it is there ([`DeadReason`]), and the queue's size ([`DeadLetterStats`]).
+//! ([`DeadJob`]), why it is there ([`DeadReason`]), the queue's size ([`DeadLetterStats`]), and
+//! the failure groups letters fall into ([`FailureGroup`]): same task, same reason, same error
+//! once the numbers, ids and quoted values that differ from job to job are masked.
+
+use sha2::{Digest, Sha256};
 
 use crate::envelope::JobId;
 use crate::record::{AttemptError, FailureKind};
@@ -83,6 +87,11 @@ impl DeadLetter {
             + 128
     }
 
+    /// Its failure group's id.
+    pub(crate) fn group(&self) -> String {
+        group_id(self.task.as_deref(), self.reason, &self.error)
+    }
+
     /// The dead letter as it reads back once stored under `entry_id`, from `queue`.
     pub(crate) fn stored(&self, queue: &str, entry_id: String, bytes: u64) -> DeadJob {
         DeadJob {
@@ -97,6 +106,7 @@ impl DeadLetter {
             payload_size: self.payload.len(),
             truncated: self.truncated,
             bytes,
+            group: self.group(),
             payload: self.payload.clone(),
         }
     }
@@ -160,6 +170,8 @@ pub struct DeadJob {
     pub truncated: bool,
     /// What it takes against the queue's byte budget (`PSW_DLQ_MAX_BYTES`).
     pub bytes: u64,
+    /// Its failure group's id ([`FailureGroup::id`]).
+    pub group: String,
     pub(crate) payload: Vec<u8>,
 }
 
@@ -178,6 +190,180 @@ impl DeadJob {
             "at_ms": self.at_ms,
             "payload_size": self.payload_size,
             "truncated": self.truncated,
+            "group": self.group,
+        })
+    }
+}
+
+impl DeadJob {
+    /// Its envelope as JSON, the arguments decoded from MessagePack: what the dashboard shows
+    /// and exports. `None` when the bytes are cut or not an envelope.
+    pub fn envelope_json(&self) -> Option<serde_json::Value> {
+        if self.truncated {
+            return None;
+        }
+        let envelope = crate::envelope::Envelope::decode(&self.payload).ok()?;
+        let args: serde_json::Value = rmp_serde::from_slice(&envelope.args)
+            .unwrap_or_else(|_| serde_json::Value::String("(arguments not readable)".to_owned()));
+        Some(serde_json::json!({
+            "id": envelope.id.as_str(),
+            "task": envelope.task,
+            "queue": envelope.queue,
+            "args": args,
+            "attempt": envelope.attempt,
+            "retries": envelope.retries,
+            "created_ms": envelope.created_ms,
+            "eta_ms": envelope.eta_ms,
+            "expires_ms": envelope.expires_ms,
+            "headers": envelope.headers,
+        }))
+    }
+}
+
+/// The longest normalized message a group keeps: past it, messages count as one.
+const GROUP_MESSAGE_MAX: usize = 240;
+
+/// An error message with what differs from job to job masked, so that failures of one cause
+/// fall into one group: runs of digits become `<n>`, hex ids (eight or more hex digits, or a
+/// UUID) `<id>`, text in quotes `"<s>"`; white space is collapsed.
+pub(crate) fn normalize_error(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(GROUP_MESSAGE_MAX));
+    let chars: Vec<char> = message.chars().collect();
+    let mut i = 0;
+    let mut space = false;
+    while i < chars.len() && out.len() < GROUP_MESSAGE_MAX {
+        let c = chars[i];
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            i += 1;
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        if (c == '"' || c == '\'')
+            && let Some(len) = chars[i + 1..].iter().position(|&q| q == c)
+        {
+            out.push_str("\"<s>\"");
+            i += len + 2;
+            continue;
+        }
+        if c.is_ascii_hexdigit() || c == '-' {
+            // A token of hex digits and dashes: an id if long enough and not a plain word.
+            let len = chars[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit() || **c == '-')
+                .count();
+            let token = &chars[i..i + len];
+            let digits = token.iter().filter(|c| c.is_ascii_hexdigit()).count();
+            let at_word_start = i == 0 || !chars[i - 1].is_alphanumeric();
+            let ends_word = chars.get(i + len).is_none_or(|c| !c.is_alphanumeric());
+            if at_word_start && ends_word && digits >= 8 && token.iter().any(char::is_ascii_digit) {
+                out.push_str("<id>");
+                i += len;
+                continue;
+            }
+        }
+        if c.is_ascii_digit() {
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                i += 1;
+            }
+            out.push_str("<n>");
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// The id of the failure group of a letter of `task` dead for `reason` with `error`: the first
+/// 16 hex digits of the SHA-256 of the three, the error normalized.
+pub(crate) fn group_id(task: Option<&str>, reason: DeadReason, error: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(task.unwrap_or_default().as_bytes());
+    digest.update([0]);
+    digest.update(reason.as_str().as_bytes());
+    digest.update([0]);
+    digest.update(normalize_error(error).as_bytes());
+    digest.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Dead letters of one cause: one task, one reason, one normalized error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureGroup {
+    /// Its id: what [`crate::DeadLetters::replay_group`] and the dashboard take.
+    pub id: String,
+    /// The task, when the letters could be decoded.
+    pub task: Option<String>,
+    /// Why its letters are dead.
+    pub reason: DeadReason,
+    /// The error message with what differs from letter to letter masked.
+    pub error: String,
+    /// The newest letter's error as it was.
+    pub sample_error: String,
+    /// How many letters it holds.
+    pub count: u64,
+    /// When its first letter came (ms since the Unix epoch; a letter since removed counts).
+    pub first_ms: i64,
+    /// When its newest letter came.
+    pub last_ms: i64,
+    /// The newest letter's entry id (gone if that letter was replayed or purged since).
+    pub sample_entry_id: Option<String>,
+}
+
+impl FailureGroup {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: String,
+        task: Option<String>,
+        reason: DeadReason,
+        sample_error: String,
+        count: u64,
+        first_ms: i64,
+        last_ms: i64,
+        sample_entry_id: Option<String>,
+    ) -> FailureGroup {
+        FailureGroup {
+            id,
+            task: task.filter(|task| !task.is_empty()),
+            reason,
+            error: normalize_error(&sample_error),
+            sample_error,
+            count,
+            first_ms,
+            last_ms,
+            sample_entry_id,
+        }
+    }
+
+    /// The biggest groups first, then the most recent.
+    pub(crate) fn sort(groups: &mut [FailureGroup]) {
+        groups.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(b.last_ms.cmp(&a.last_ms))
+                .then(a.id.cmp(&b.id))
+        });
+    }
+
+    /// The group as JSON (what the dashboard serves).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "task": self.task,
+            "reason": self.reason.as_str(),
+            "error": self.error,
+            "sample_error": self.sample_error,
+            "count": self.count,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+            "sample_entry_id": self.sample_entry_id,
         })
     }
 }
@@ -239,6 +425,40 @@ mod tests {
         assert_eq!(footprint(600 * 1024), 640 * 1024);
         assert_eq!(footprint(640 * 1024 - 96), 640 * 1024);
         assert_eq!(footprint(640 * 1024), 768 * 1024);
+    }
+
+    #[test]
+    fn errors_that_differ_by_ids_numbers_and_quoted_values_fall_into_one_group() {
+        assert_eq!(
+            normalize_error(
+                "timeout after 30.5 s fetching 'AAPL' for job 3f2a9c1e-77aa-4b1c-9e0f-0123456789ab"
+            ),
+            "timeout after <n> s fetching \"<s>\" for job <id>"
+        );
+        assert_eq!(normalize_error("  a \n\t b  "), "a b");
+        // Plain words that happen to be hex stay.
+        assert_eq!(normalize_error("deadbeef decade"), "deadbeef decade");
+        assert_eq!(normalize_error("row 17 of 200"), "row <n> of <n>");
+        let one = group_id(Some("t"), DeadReason::RetriesExhausted, "row 17 failed");
+        assert_eq!(
+            one,
+            group_id(Some("t"), DeadReason::RetriesExhausted, "row 9 failed")
+        );
+        assert_eq!(one.len(), 16);
+        assert_ne!(
+            one,
+            group_id(Some("u"), DeadReason::RetriesExhausted, "row 9 failed")
+        );
+        assert_ne!(
+            one,
+            group_id(Some("t"), DeadReason::TimedOut, "row 9 failed")
+        );
+        assert_ne!(
+            one,
+            group_id(Some("t"), DeadReason::RetriesExhausted, "column 9 failed")
+        );
+        let long = "x".repeat(10_000);
+        assert!(normalize_error(&long).len() <= GROUP_MESSAGE_MAX);
     }
 
     #[test]

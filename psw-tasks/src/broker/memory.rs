@@ -10,9 +10,10 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterLimits,
-    DeadLetterStats, Delivery, MetricsBucket, NewJob, Promoted, QueueStats, UniqueLock,
-    WorkerEntry, WorkerReport, Write, footprint,
+    DeadLetterStats, Delivery, FailureGroup, MetricsBucket, NewJob, Promoted, QueueStats,
+    UniqueLock, WorkerEntry, WorkerReport, Write, footprint,
 };
+use crate::audit::{AUDIT_LEN, AuditEntry};
 use crate::error::Result;
 use crate::limit::{self, RateLimit, RateState};
 use crate::metrics::{RECENT_EXECUTIONS, Resolution, SCHEDULE_RUNS, TaskCounts};
@@ -55,6 +56,9 @@ struct State {
     dead_trimmed: u64,
     /// Dead letters added since the last whole purge (a stream's `entries-added` in Redis).
     dead_added: u64,
+    /// The audit log, oldest first, with the number of the next entry.
+    audit: VecDeque<AuditEntry>,
+    next_audit: u64,
     last_sweep: Option<Instant>,
     next_entry: u64,
     next_delayed: u64,
@@ -1017,6 +1021,81 @@ impl Broker for MemoryBroker {
                 Some(before_ms) => state.dead.retain(|job| job.at_ms >= before_ms),
             }
             Ok((before - state.dead.len()) as u64)
+        })
+    }
+
+    fn dead_remove<'a>(&'a self, entry_ids: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let before = state.dead.len();
+            let gone: std::collections::HashSet<&str> =
+                entry_ids.iter().map(String::as_str).collect();
+            state
+                .dead
+                .retain(|job| !gone.contains(job.entry_id.as_str()));
+            Ok((before - state.dead.len()) as u64)
+        })
+    }
+
+    fn dead_groups(&self) -> BoxFuture<'_, Result<Vec<FailureGroup>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            // Grouped as they are read: in memory a walk is cheap, and always true.
+            let mut groups: HashMap<&str, FailureGroup> = HashMap::new();
+            for job in &state.dead {
+                let group = groups.entry(job.group.as_str()).or_insert_with(|| {
+                    FailureGroup::new(
+                        job.group.clone(),
+                        job.task.clone(),
+                        job.reason,
+                        job.error.clone(),
+                        0,
+                        job.at_ms,
+                        job.at_ms,
+                        None,
+                    )
+                });
+                group.count += 1;
+                group.last_ms = job.at_ms;
+                group.sample_error.clone_from(&job.error);
+                group.sample_entry_id = Some(job.entry_id.clone());
+            }
+            let mut groups: Vec<FailureGroup> = groups.into_values().collect();
+            FailureGroup::sort(&mut groups);
+            Ok(groups)
+        })
+    }
+
+    fn audit_append<'a>(&'a self, entry: &'a AuditEntry) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            state.next_audit += 1;
+            let mut stored = entry.clone();
+            stored.id = format!("{}-0", state.next_audit);
+            state.audit.push_back(stored.clone());
+            while state.audit.len() > AUDIT_LEN {
+                state.audit.pop_front();
+            }
+            Ok(stored.id)
+        })
+    }
+
+    fn audit_page<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            let before = before.map_or(u64::MAX, entry_number);
+            Ok(state
+                .audit
+                .iter()
+                .rev()
+                .filter(|entry| entry_number(&entry.id) < before)
+                .take(count.max(1))
+                .cloned()
+                .collect())
         })
     }
 

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::audit::AuditEntry;
 use crate::envelope::JobId;
 use crate::error::Result;
 use crate::keys::Tally;
@@ -26,8 +27,8 @@ pub(crate) mod redis;
 mod tests;
 
 pub(crate) use beat::{BeatAdvance, BeatDefinition, BeatState, LastFired};
-pub use dead_letter::{DeadJob, DeadLetterStats, DeadReason};
-pub(crate) use dead_letter::{DeadLetter, DeadLetterLimits, footprint};
+pub use dead_letter::{DeadJob, DeadLetterStats, DeadReason, FailureGroup};
+pub(crate) use dead_letter::{DeadLetter, DeadLetterLimits, footprint, group_id};
 
 /// One job handed to a consumer, pending until it is settled.
 #[derive(Debug, Clone)]
@@ -475,6 +476,24 @@ pub(crate) trait Broker: Send + Sync + 'static {
 
     /// Delete every dead letter, or those dead-lettered before `before_ms`; returns how many.
     fn dead_purge(&self, before_ms: Option<i64>) -> BoxFuture<'_, Result<u64>>;
+
+    /// Delete the dead letters with these entry ids (those still there); returns how many.
+    fn dead_remove<'a>(&'a self, entry_ids: &'a [String]) -> BoxFuture<'a, Result<u64>>;
+
+    /// The failure groups of the dead letters stored now, biggest first, read from an index
+    /// kept as letters come and go (not by reading the letters).
+    fn dead_groups(&self) -> BoxFuture<'_, Result<Vec<FailureGroup>>>;
+
+    /// Add an entry to the audit log (capped at `AUDIT_LEN`); returns its id.
+    fn audit_append<'a>(&'a self, entry: &'a AuditEntry) -> BoxFuture<'a, Result<String>>;
+
+    /// Up to `count` audit entries, newest first: from the newest, or those before the id
+    /// `before`.
+    fn audit_page<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>>>;
 
     /// Remove from the queue's group the consumers other than `me` that own nothing and have
     /// been idle for `idle` or more: workers that died and whose entries were reclaimed.

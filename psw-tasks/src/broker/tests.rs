@@ -131,6 +131,8 @@ both_brokers!(
     a_paused_queue_stays_paused_until_resumed,
     metrics_are_kept_in_both_resolutions,
     recent_executions_keep_the_newest,
+    failure_groups_follow_the_letters_in_and_out,
+    the_audit_log_lists_newest_first_and_pages_back,
 );
 
 async fn each_job_goes_to_one_consumer(broker: Arc<dyn Broker>) {
@@ -1683,4 +1685,114 @@ async fn recent_executions_keep_the_newest(broker: Arc<dyn Broker>) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Dead-letter `delivery` with `error`.
+fn dying(delivery: &super::Delivery, n: u8, error: &str) -> Write {
+    let mut settlement = Settlement::of(delivery);
+    let mut dead = letter(n);
+    dead.error = error.to_owned();
+    settlement.dead = Some(Box::new(dead));
+    Write::Settle(settlement)
+}
+
+async fn failure_groups_follow_the_letters_in_and_out(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    broker
+        .push((0..5u8).map(|i| job(&[i], None)).collect())
+        .await
+        .unwrap();
+    let got = broker
+        .fetch("a", &queues(), 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 5);
+    let errors = [
+        "row 1 failed",
+        "row 2 failed",
+        "row 3 failed",
+        "disk full",
+        "disk full",
+    ];
+    let writes: Vec<Write> = got
+        .iter()
+        .zip(0u8..)
+        .map(|(delivery, n)| dying(delivery, n, errors[n as usize]))
+        .collect();
+    let applied = apply(&*broker, "a", &writes, TTL).await.unwrap();
+    // The cap (3) trimmed the two oldest rows: the index counts what is stored.
+    assert_eq!(applied.dead_trimmed, 2);
+    let groups = broker.dead_groups().await.unwrap();
+    let counts: Vec<(u64, &str)> = groups.iter().map(|g| (g.count, g.error.as_str())).collect();
+    assert_eq!(
+        counts,
+        [(2, "disk full"), (1, "row <n> failed")],
+        "{groups:?}"
+    );
+    let disk = &groups[0];
+    assert_eq!(disk.task.as_deref(), Some("t"));
+    assert_eq!(disk.reason, DeadReason::RetriesExhausted);
+    assert!(disk.first_ms <= disk.last_ms && disk.first_ms > 0);
+    let letters = broker.dead_page(None, None, 10).await.unwrap();
+    assert_eq!(
+        disk.sample_entry_id.as_ref(),
+        Some(&letters[2].entry_id),
+        "the newest"
+    );
+    assert_eq!(letters[0].group, groups[1].id);
+    assert_eq!(letters[2].group, disk.id);
+
+    // A replay takes its letter out of the group; the group with none left goes.
+    assert!(
+        broker
+            .dead_replay(&letters[0].entry_id, Q, "job-2", b"again".to_vec())
+            .await
+            .unwrap()
+    );
+    let groups = broker.dead_groups().await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    // Removing by id, twice: the second finds nothing and counts nothing.
+    let one = [letters[1].entry_id.clone()];
+    assert_eq!(broker.dead_remove(&one).await.unwrap(), 1);
+    assert_eq!(broker.dead_remove(&one).await.unwrap(), 0);
+    assert_eq!(broker.dead_groups().await.unwrap()[0].count, 1);
+    assert_eq!(broker.dead_stats().await.unwrap().len, 1);
+    // A retention purge and a whole purge empty the index with the stream.
+    assert_eq!(broker.dead_purge(Some(now_ms() + 60_000)).await.unwrap(), 1);
+    assert_eq!(broker.dead_groups().await.unwrap(), []);
+    broker.push(vec![job(b"z", None)]).await.unwrap();
+    let last = broker
+        .fetch("a", &queues(), 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    apply(&*broker, "a", &[dying(&last[0], 9, "late")], TTL)
+        .await
+        .unwrap();
+    assert_eq!(broker.dead_groups().await.unwrap().len(), 1);
+    broker.dead_purge(None).await.unwrap();
+    assert_eq!(broker.dead_groups().await.unwrap(), []);
+}
+
+async fn the_audit_log_lists_newest_first_and_pages_back(broker: Arc<dyn Broker>) {
+    use crate::audit::{AuditAction, AuditEntry};
+    assert_eq!(broker.audit_page(None, 10).await.unwrap(), []);
+    for n in 0..5u64 {
+        let entry = AuditEntry::new(
+            "ops",
+            "127.0.0.1",
+            AuditAction::GroupReplay,
+            format!("g{n}"),
+            n,
+        );
+        let id = broker.audit_append(&entry).await.unwrap();
+        assert!(!id.is_empty());
+    }
+    let newest = broker.audit_page(None, 2).await.unwrap();
+    let targets: Vec<&str> = newest.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(targets, ["g4", "g3"]);
+    assert_eq!((newest[0].user.as_str(), newest[0].jobs), ("ops", 4));
+    assert_eq!(newest[0].action, AuditAction::GroupReplay);
+    let older = broker.audit_page(Some(&newest[1].id), 10).await.unwrap();
+    let targets: Vec<&str> = older.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(targets, ["g2", "g1", "g0"]);
 }

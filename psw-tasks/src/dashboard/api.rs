@@ -17,7 +17,10 @@ use super::app::App;
 use super::auth::{Identity, Verdict};
 use super::csrf::TOKEN_HEADER;
 use super::exposition;
+use super::queries::{AuditQuery, DeadQuery};
 use super::settings::Role;
+use crate::audit::{AuditAction, AuditEntry};
+use crate::dead::DeadFilter;
 use crate::envelope::now_ms;
 use crate::error::Error;
 use crate::metrics::{RECENT_EXECUTIONS, SCHEDULE_RUNS};
@@ -48,6 +51,17 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/api/schedules/{name}/run", post(run_schedule))
         .route("/api/dead", get(dead))
         .route("/api/dead/{entry}/replay", post(replay))
+        .route("/api/dead/{entry}/purge", post(purge_letter))
+        .route("/api/failures", get(failures))
+        .route("/api/failures/{group}/export", get(export_group))
+        .route("/api/failures/{group}/replay", post(replay_group))
+        .route("/api/failures/{group}/purge", post(purge_group))
+        .route("/api/tasks/{task}/dead/replay", post(replay_task))
+        .route("/api/tasks/{task}/dead/purge", post(purge_task))
+        .route("/api/jobs/{id}/retry", post(retry_job))
+        .route("/api/audit", get(audit_log))
+        .route("/api/charts", get(charts))
+        .merge(super::pages::router())
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -167,9 +181,45 @@ fn ok(value: Value) -> Response {
     axum::Json(value).into_response()
 }
 
-/// An action done: logged with who did it and from where (never its arguments).
-fn acted(identity: &Identity, from: &SocketAddr, action: &str, target: &str) {
-    tracing::info!(user = %identity.name, address = %from.ip(), action, target = %crate::redact::printable(target), "dashboard action");
+/// Who acts, from where: what every action handler takes, to answer and to audit.
+struct Actor {
+    identity: Identity,
+    from: SocketAddr,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // The guard put both there; an action without them did not pass it.
+        let identity = parts.extensions.get::<Identity>().cloned();
+        let from = parts.extensions.get::<SocketAddr>().copied();
+        match (identity, from) {
+            (Some(identity), Some(from)) => Ok(Actor { identity, from }),
+            _ => Err(refusal(StatusCode::UNAUTHORIZED, "log in")),
+        }
+    }
+}
+
+/// An action done: logged and added to the audit log with who did it, from where, on what
+/// and how many jobs it touched (never its arguments). A failure to audit is logged; the
+/// action has happened.
+async fn audited(app: &App, actor: &Actor, action: AuditAction, target: &str, jobs: u64) {
+    let target = crate::redact::printable(target);
+    tracing::info!(user = %actor.identity.name, address = %actor.from.ip(), action = action.as_str(), target = %target, jobs, "dashboard action");
+    let entry = AuditEntry::new(
+        actor.identity.name.as_str(),
+        actor.from.ip().to_string(),
+        action,
+        target.as_ref(),
+        jobs,
+    );
+    if let Err(err) = app.client.record_audit(&entry).await {
+        tracing::error!(error = %crate::error::chain(&err), "the audit log refused an entry");
+    }
 }
 
 async fn metrics(State(app): Shared) -> Response {
@@ -295,41 +345,32 @@ async fn job(State(app): Shared, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn cancel(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-) -> Response {
-    acted(&identity, &from, "cancel", &id);
+async fn cancel(State(app): Shared, actor: Actor, Path(id): Path<String>) -> Response {
     match app.client.cancel(&id).await {
-        Ok(()) => ok(json!({ "cancelled": id })),
+        Ok(()) => {
+            audited(&app, &actor, AuditAction::JobCancel, &id, 1).await;
+            ok(json!({ "cancelled": id }))
+        }
         Err(err) => failed(err),
     }
 }
 
-async fn pause_queue(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(queue): Path<String>,
-) -> Response {
-    acted(&identity, &from, "pause queue", &queue);
+async fn pause_queue(State(app): Shared, actor: Actor, Path(queue): Path<String>) -> Response {
     match app.client.pause_queue(&queue).await {
-        Ok(changed) => ok(json!({ "queue": queue, "paused": true, "changed": changed })),
+        Ok(changed) => {
+            audited(&app, &actor, AuditAction::QueuePause, &queue, 0).await;
+            ok(json!({ "queue": queue, "paused": true, "changed": changed }))
+        }
         Err(err) => failed(err),
     }
 }
 
-async fn resume_queue(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(queue): Path<String>,
-) -> Response {
-    acted(&identity, &from, "resume queue", &queue);
+async fn resume_queue(State(app): Shared, actor: Actor, Path(queue): Path<String>) -> Response {
     match app.client.resume_queue(&queue).await {
-        Ok(changed) => ok(json!({ "queue": queue, "paused": false, "changed": changed })),
+        Ok(changed) => {
+            audited(&app, &actor, AuditAction::QueueResume, &queue, 0).await;
+            ok(json!({ "queue": queue, "paused": false, "changed": changed }))
+        }
         Err(err) => failed(err),
     }
 }
@@ -365,64 +406,244 @@ async fn schedule_runs(State(app): Shared, Path(name): Path<String>) -> Response
     }
 }
 
-async fn pause_schedule(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
-) -> Response {
-    acted(&identity, &from, "pause schedule", &name);
+async fn pause_schedule(State(app): Shared, actor: Actor, Path(name): Path<String>) -> Response {
     match app.client.pause_schedule(&name).await {
-        Ok(()) => ok(json!({ "schedule": name, "paused": true })),
+        Ok(()) => {
+            audited(&app, &actor, AuditAction::SchedulePause, &name, 0).await;
+            ok(json!({ "schedule": name, "paused": true }))
+        }
         Err(err) => failed(err),
     }
 }
 
-async fn resume_schedule(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
-) -> Response {
-    acted(&identity, &from, "resume schedule", &name);
+async fn resume_schedule(State(app): Shared, actor: Actor, Path(name): Path<String>) -> Response {
     match app.client.resume_schedule(&name).await {
-        Ok(()) => ok(json!({ "schedule": name, "paused": false })),
+        Ok(()) => {
+            audited(&app, &actor, AuditAction::ScheduleResume, &name, 0).await;
+            ok(json!({ "schedule": name, "paused": false }))
+        }
         Err(err) => failed(err),
     }
 }
 
-async fn run_schedule(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
-) -> Response {
-    acted(&identity, &from, "run schedule", &name);
+async fn run_schedule(State(app): Shared, actor: Actor, Path(name): Path<String>) -> Response {
     match app.client.run_schedule(&name).await {
-        Ok(handle) => ok(json!({ "schedule": name, "job_id": handle.id().as_str() })),
+        Ok(handle) => {
+            audited(&app, &actor, AuditAction::ScheduleRun, &name, 1).await;
+            ok(json!({ "schedule": name, "job_id": handle.id().as_str() }))
+        }
         Err(err) => failed(err),
     }
 }
 
-async fn dead(State(app): Shared, Query(q): Query<Limit>) -> Response {
-    let limit = q.limit.unwrap_or(100).min(DEAD_PAGE);
-    match app.client.dead_letters().list(limit).await {
-        Ok(list) => ok(json!(
-            list.iter().map(|job| job.to_json()).collect::<Vec<_>>()
+async fn dead(State(app): Shared, Query(q): Query<DeadQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, DEAD_PAGE);
+    let after = q.after.as_deref().filter(|after| !after.is_empty());
+    match app
+        .client
+        .dead_letters()
+        .matching(&q.filter(), after, limit)
+        .await
+    {
+        Ok(page) => ok(json!({
+            "letters": page.letters.iter().map(|job| job.to_json()).collect::<Vec<_>>(),
+            "next": page.next,
+        })),
+        Err(err) => failed(err),
+    }
+}
+
+async fn failures(State(app): Shared) -> Response {
+    match app.client.dead_letters().groups().await {
+        Ok(groups) => ok(json!(
+            groups
+                .iter()
+                .map(|group| group.to_json())
+                .collect::<Vec<_>>()
         )),
         Err(err) => failed(err),
     }
 }
 
-async fn replay(
-    State(app): Shared,
-    identity: axum::Extension<Identity>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(entry): Path<String>,
-) -> Response {
-    acted(&identity, &from, "replay dead letter", &entry);
+/// A group's letters as JSON lines (one letter per line, its envelope decoded where it can
+/// be), read a page at a time. Audited: an export carries the jobs' arguments.
+async fn export_group(State(app): Shared, actor: Actor, Path(group): Path<String>) -> Response {
+    let letters = app.client.dead_letters();
+    let filter = DeadFilter::Group(group.clone());
+    let mut body = String::new();
+    let mut after: Option<String> = None;
+    let mut count = 0;
+    loop {
+        let page = match letters.matching(&filter, after.as_deref(), DEAD_PAGE).await {
+            Ok(page) => page,
+            Err(err) => return failed(err),
+        };
+        for letter in &page.letters {
+            let mut line = letter.to_json();
+            line["envelope"] = letter.envelope_json().unwrap_or(Value::Null);
+            body.push_str(&line.to_string());
+            body.push('\n');
+            count += 1;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    audited(&app, &actor, AuditAction::GroupExport, &group, count).await;
+    let disposition = format!(
+        "attachment; filename=\"failures-{}.jsonl\"",
+        file_safe(&group)
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A name reduced to what a file name may hold.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(64)
+        .collect()
+}
+
+fn replayed(report: crate::dead::ReplayReport) -> Value {
+    json!({
+        "replayed": report.replayed,
+        "truncated": report.truncated,
+        "unreadable": report.unreadable,
+        "gone": report.gone,
+    })
+}
+
+async fn replay_group(State(app): Shared, actor: Actor, Path(group): Path<String>) -> Response {
+    match app.client.dead_letters().replay_group(&group).await {
+        Ok(report) => {
+            audited(
+                &app,
+                &actor,
+                AuditAction::GroupReplay,
+                &group,
+                report.replayed,
+            )
+            .await;
+            ok(replayed(report))
+        }
+        Err(err) => failed(err),
+    }
+}
+
+async fn purge_group(State(app): Shared, actor: Actor, Path(group): Path<String>) -> Response {
+    let filter = DeadFilter::Group(group.clone());
+    match app.client.dead_letters().purge_matching(&filter).await {
+        Ok(purged) => {
+            audited(&app, &actor, AuditAction::GroupPurge, &group, purged).await;
+            ok(json!({ "purged": purged }))
+        }
+        Err(err) => failed(err),
+    }
+}
+
+async fn replay_task(State(app): Shared, actor: Actor, Path(task): Path<String>) -> Response {
+    match app.client.dead_letters().replay_all(Some(&task)).await {
+        Ok(report) => {
+            audited(
+                &app,
+                &actor,
+                AuditAction::TaskReplay,
+                &task,
+                report.replayed,
+            )
+            .await;
+            ok(replayed(report))
+        }
+        Err(err) => failed(err),
+    }
+}
+
+async fn purge_task(State(app): Shared, actor: Actor, Path(task): Path<String>) -> Response {
+    let filter = DeadFilter::Task(task.clone());
+    match app.client.dead_letters().purge_matching(&filter).await {
+        Ok(purged) => {
+            audited(&app, &actor, AuditAction::TaskPurge, &task, purged).await;
+            ok(json!({ "purged": purged }))
+        }
+        Err(err) => failed(err),
+    }
+}
+
+async fn purge_letter(State(app): Shared, actor: Actor, Path(entry): Path<String>) -> Response {
+    match app.client.dead_letters().remove(&entry).await {
+        Ok(true) => {
+            audited(&app, &actor, AuditAction::DeadPurge, &entry, 1).await;
+            ok(json!({ "purged": 1 }))
+        }
+        Ok(false) => failed(Error::NotDeadLettered(entry)),
+        Err(err) => failed(err),
+    }
+}
+
+/// Retry a failed job: replay its dead letter.
+async fn retry_job(State(app): Shared, actor: Actor, Path(id): Path<String>) -> Response {
+    let letters = app.client.dead_letters();
+    let letter = match letters.find_job(&id).await {
+        Ok(Some(letter)) => letter,
+        Ok(None) => {
+            return refusal(
+                StatusCode::NOT_FOUND,
+                "this job has no dead letter to retry (it did not fail for good, or it was replayed or purged)",
+            );
+        }
+        Err(err) => return failed(err),
+    };
+    match letters.replay(&letter.entry_id).await {
+        Ok(new_id) => {
+            audited(&app, &actor, AuditAction::JobRetry, &id, 1).await;
+            ok(json!({ "job_id": new_id.as_str(), "entry": letter.entry_id }))
+        }
+        Err(err) => failed(err),
+    }
+}
+
+async fn audit_log(State(app): Shared, Query(q): Query<AuditQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, DEAD_PAGE);
+    let before = q.before.as_deref().filter(|before| !before.is_empty());
+    match app.client.audit_log(before, limit).await {
+        Ok(entries) => ok(json!(entries)),
+        Err(err) => failed(err),
+    }
+}
+
+/// The overview's charts for a window, from the cached history: per point, the outcomes of
+/// every task summed, and the queue-wait and run-time percentiles of their merged histograms.
+async fn charts(State(app): Shared, Query(query): Query<Window>) -> Response {
+    let Some(snapshot) = app.cache.snapshot() else {
+        return not_read_yet(&app);
+    };
+    let history = match query.window.as_deref().unwrap_or("hour") {
+        "hour" => Some(&snapshot.hour),
+        "day" => snapshot.day.as_ref(),
+        "week" => snapshot.week.as_ref(),
+        _ => return refusal(StatusCode::BAD_REQUEST, "window is one of hour, day, week"),
+    };
+    match history {
+        Some(history) => ok(super::charts::series(history)),
+        None => not_read_yet(&app),
+    }
+}
+
+async fn replay(State(app): Shared, actor: Actor, Path(entry): Path<String>) -> Response {
     match app.client.dead_letters().replay(&entry).await {
-        Ok(id) => ok(json!({ "entry": entry, "job_id": id.as_str() })),
+        Ok(id) => {
+            audited(&app, &actor, AuditAction::DeadReplay, &entry, 1).await;
+            ok(json!({ "entry": entry, "job_id": id.as_str() }))
+        }
         Err(err) => failed(err),
     }
 }

@@ -18,8 +18,11 @@ mod api;
 mod app;
 mod auth;
 mod cache;
+mod charts;
 mod csrf;
 mod exposition;
+mod pages;
+mod queries;
 mod settings;
 
 use app::App;

@@ -108,3 +108,14 @@ pub(crate) async fn listings(client: &Client, now_ms: i64, count: usize) -> Resu
     }
     Ok(out)
 }
+
+/// The schedules linked into this binary, as (name, task, schedule in words): no broker read,
+/// for the dashboard's task registry.
+pub(crate) fn linked(client: &Client) -> Result<Vec<(String, String, String)>> {
+    let scheduler = Scheduler::builder(client).build()?;
+    Ok(scheduler
+        .entries
+        .into_iter()
+        .map(|entry| (entry.name, entry.task, entry.schedule.to_string()))
+        .collect())
+}

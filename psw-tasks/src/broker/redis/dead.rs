@@ -3,7 +3,9 @@
 
 use super::connection::RedisBroker;
 use super::reply::range_entries;
-use crate::broker::{DeadJob, DeadLetter, DeadLetterStats, DeadReason, footprint};
+use crate::broker::{
+    DeadJob, DeadLetter, DeadLetterStats, DeadReason, FailureGroup, footprint, group_id,
+};
 use crate::keys::{DeadField, JOB_FIELD};
 
 /// The fields of a dead-letter entry, in stream order (documented in `docs/protocol.md`), for
@@ -36,6 +38,7 @@ pub(super) fn fields(
     if let Some(task) = &dead.task {
         fields.push((DeadField::Task.as_str(), task.as_bytes().to_vec()));
     }
+    fields.push((DeadField::Group.as_str(), dead.group().into_bytes()));
     fields.push((JOB_FIELD, dead.payload.clone()));
     // The count itself is a field too: 20 digits at most.
     let length: usize = fields
@@ -63,6 +66,7 @@ fn decode(entry_id: String, fields: Vec<(String, Vec<u8>)>) -> DeadJob {
         payload_size: 0,
         truncated: false,
         bytes: 0,
+        group: String::new(),
         payload: Vec::new(),
     };
     for (name, value) in fields {
@@ -86,8 +90,13 @@ fn decode(entry_id: String, fields: Vec<(String, Vec<u8>)>) -> DeadJob {
             Some(DeadField::At) => job.at_ms = text().parse().unwrap_or(0),
             Some(DeadField::Truncated) => job.truncated = value == b"1",
             Some(DeadField::Bytes) => job.bytes = text().parse().unwrap_or(0),
+            Some(DeadField::Group) => job.group = text(),
             Some(DeadField::Entry) | None => {}
         }
+    }
+    if job.group.is_empty() {
+        // Stored before letters carried their group.
+        job.group = group_id(job.task.as_deref(), job.reason, &job.error);
     }
     job
 }
@@ -182,6 +191,7 @@ pub(super) async fn replay(
         .key(broker.keys.stream(queue))
         .key(broker.keys.record(job_id))
         .key(broker.keys.dead_bytes())
+        .key(broker.keys.dead_groups())
         .arg(entry_id)
         .arg(JOB_FIELD)
         .arg(payload)
@@ -198,13 +208,17 @@ const PURGE_PAGE: usize = 100;
 pub(super) async fn purge(broker: &RedisBroker, before_ms: Option<i64>) -> redis::RedisResult<u64> {
     let Some(before_ms) = before_ms else {
         let mut purge = broker.scripts.purge.key(broker.keys.dead());
-        purge.key(broker.keys.dead_bytes());
+        purge
+            .key(broker.keys.dead_bytes())
+            .key(broker.keys.dead_groups());
         return purge.invoke_async(&mut broker.conn()).await;
     };
     let mut removed = 0;
     loop {
         let mut purge = broker.scripts.purge.key(broker.keys.dead());
-        purge.key(broker.keys.dead_bytes());
+        purge
+            .key(broker.keys.dead_bytes())
+            .key(broker.keys.dead_groups());
         // `(0-0` is no valid end; nothing is older than 1 ms after the epoch anyway.
         purge.arg(before_ms.max(1)).arg(PURGE_PAGE);
         let page: u64 = purge.invoke_async(&mut broker.conn()).await?;
@@ -213,4 +227,55 @@ pub(super) async fn purge(broker: &RedisBroker, before_ms: Option<i64>) -> redis
             return Ok(removed);
         }
     }
+}
+
+/// The failure groups, from the index `settle.lua`, `replay.lua`, `purge.lua` and
+/// `dead_remove.lua` keep beside the stream: one `HGETALL`, however many letters there are.
+pub(super) async fn groups(broker: &RedisBroker) -> redis::RedisResult<Vec<FailureGroup>> {
+    let index: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(broker.keys.dead_groups())
+        .query_async(&mut broker.conn())
+        .await?;
+    let field = |id: &str, name: &str| index.get(&format!("{id}:{name}")).cloned();
+    let mut groups: Vec<FailureGroup> = index
+        .iter()
+        .filter(|(name, _)| !name.contains(':'))
+        .filter_map(|(id, count)| {
+            let count: u64 = count.parse().ok().filter(|&n| n > 0)?;
+            let reason = field(id, "reason")
+                .and_then(|r| DeadReason::from_wire(&r))
+                .unwrap_or(DeadReason::Unknown);
+            let sample_error = field(id, "error").unwrap_or_default();
+            Some(FailureGroup::new(
+                id.clone(),
+                field(id, "task"),
+                reason,
+                sample_error,
+                count,
+                field(id, "first").and_then(|t| t.parse().ok()).unwrap_or(0),
+                field(id, "last").and_then(|t| t.parse().ok()).unwrap_or(0),
+                field(id, "sample"),
+            ))
+        })
+        .collect();
+    FailureGroup::sort(&mut groups);
+    Ok(groups)
+}
+
+/// Remove the dead letters with these entry ids, those still there (`dead_remove.lua`, a
+/// page per call); returns how many went.
+pub(super) async fn remove(broker: &RedisBroker, entry_ids: &[String]) -> redis::RedisResult<u64> {
+    let mut removed = 0;
+    for page in entry_ids.chunks(PURGE_PAGE) {
+        let mut remove = broker.scripts.dead_remove.key(broker.keys.dead());
+        remove
+            .key(broker.keys.dead_bytes())
+            .key(broker.keys.dead_groups());
+        for id in page {
+            remove.arg(id);
+        }
+        let gone: u64 = remove.invoke_async(&mut broker.conn()).await?;
+        removed += gone;
+    }
+    Ok(removed)
 }

@@ -17,8 +17,10 @@ use tokio::sync::broadcast;
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
-    MetricsBucket, NewJob, Promoted, QueueStats, UniqueLock, WorkerEntry, WorkerReport, Write,
+    FailureGroup, MetricsBucket, NewJob, Promoted, QueueStats, UniqueLock, WorkerEntry,
+    WorkerReport, Write,
 };
+use crate::audit::AuditEntry;
 use crate::error::{Error, Result};
 use crate::limit::RateLimit;
 use crate::metrics::{Resolution, TaskCounts};
@@ -309,6 +311,50 @@ impl Broker for RedisBroker {
 
     fn dead_purge(&self, before_ms: Option<i64>) -> BoxFuture<'_, Result<u64>> {
         call(dead::purge(self, before_ms))
+    }
+
+    fn dead_remove<'a>(&'a self, entry_ids: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+        call(dead::remove(self, entry_ids))
+    }
+
+    fn dead_groups(&self) -> BoxFuture<'_, Result<Vec<FailureGroup>>> {
+        call(dead::groups(self))
+    }
+
+    fn audit_append<'a>(&'a self, entry: &'a AuditEntry) -> BoxFuture<'a, Result<String>> {
+        call(async move {
+            let mut add = redis::cmd("XADD");
+            add.arg(self.keys.audit())
+                .arg("MAXLEN")
+                .arg(crate::audit::AUDIT_LEN)
+                .arg("*");
+            for (name, value) in entry.fields() {
+                add.arg(name).arg(value);
+            }
+            add.query_async(&mut self.conn()).await
+        })
+    }
+
+    fn audit_page<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>>> {
+        call(async move {
+            let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                .arg(self.keys.audit())
+                .arg(end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(count.max(1))
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(entries
+                .into_iter()
+                .map(|(id, fields)| AuditEntry::from_fields(id, fields))
+                .collect())
+        })
     }
 
     fn prune_consumers<'a>(

@@ -41,6 +41,8 @@ pub(super) struct Scripts {
     pub(super) replay: Script,
     /// Deletes dead letters, all or older ones.
     pub(super) purge: Script,
+    /// Deletes the dead letters of a list of entry ids.
+    pub(super) dead_remove: Script,
     /// Removes consumers of dead workers that own nothing.
     pub(super) prune: Script,
     /// Removes this worker's consumer if it owns nothing.
@@ -102,6 +104,10 @@ impl Scripts {
             purge: Script::new(concat!(
                 include_str!("letter_bytes.lua"),
                 include_str!("purge.lua")
+            )),
+            dead_remove: Script::new(concat!(
+                include_str!("letter_bytes.lua"),
+                include_str!("dead_remove.lua")
             )),
             prune: Script::new(include_str!("prune.lua")),
             retire: Script::new(include_str!("retire.lua")),

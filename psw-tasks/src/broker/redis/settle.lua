@@ -4,7 +4,7 @@
 -- nothing.
 --
 -- KEYS[1] is the dead-letter stream, KEYS[2] its trimmed counter, KEYS[3] its byte count and
--- KEYS[4] the consumer's receipt; each op names its keys by position. ARGV[10] names this batch
+-- KEYS[4] the consumer's receipt, KEYS[5] the failure group index; each op names its keys by position. ARGV[10] names this batch
 -- among the consumer's, and ARGV[11] is how long its receipt is kept (ms): a batch applied
 -- again (its reply was lost, and the writer retried it) changes nothing and returns the reply
 -- it first gave, so that its own settlements are not taken for another worker's. ARGV[4] is the most dead letters kept, ARGV[9] the most
@@ -78,6 +78,7 @@ for i, op in ipairs(ops) do
       failed[#failed + 1] = {i - 1, failure}
     else
       if id then
+        group_added(KEYS[5], id, op[10])
         dead = dead + 1
         dead_ids[dead] = {id, op[12]}
         added_bytes = added_bytes + op[12]
@@ -121,6 +122,7 @@ if dead > 0 then
   while len > 1 and (len > max_len or bytes > max_bytes) do
     local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
     redis.call('XDEL', KEYS[1], oldest[1])
+    group_removed(KEYS[5], oldest[2])
     bytes = bytes - letter_bytes(oldest[2])
     len = len - 1
     trimmed = trimmed + 1

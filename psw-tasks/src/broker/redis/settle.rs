@@ -33,6 +33,7 @@ pub(super) async fn apply(
     keys.add(broker.keys.dead_trimmed());
     keys.add(broker.keys.dead_bytes());
     keys.add(broker.keys.receipt(consumer));
+    keys.add(broker.keys.dead_groups());
     let mut streams = StreamRanges::default();
     // Write index of each op, for mapping the fenced positions back.
     let mut writing = Vec::new();
