@@ -124,3 +124,17 @@ pub fn task_name(kind: &str, results: bool) -> &'static str {
         _ => panic!("unknown task kind {kind}; known: noop, sleep, cpu, limited, throttled"),
     }
 }
+
+/// Fails for good with a message of one of five shapes (numbers differ per job): dead letters
+/// in five failure groups, for the dashboard benchmark.
+#[task(name = "bench.refuses", retries = 0)]
+pub async fn refuses(n: u64) -> Result<(), TaskError> {
+    let message = match n % 5 {
+        0 => format!("quote {n} for ticker T{n} refused"),
+        1 => format!("timeout after {} ms", n % 997),
+        2 => format!("row {n} of batch {} is bad", n / 100),
+        3 => format!("provider answered 503 for job {n}"),
+        _ => "disk full".to_owned(),
+    };
+    Err(TaskError::permanent(message))
+}

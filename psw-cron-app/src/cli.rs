@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use psw_tasks::cli::{Command as Standard, Setup};
-use psw_tasks::{Client, Config, EnqueueOptions};
+use psw_tasks::{Client, Config, Dashboard, EnqueueOptions};
 
 use crate::config::AppConfig;
 use crate::db::Db;
@@ -113,7 +113,27 @@ pub async fn run(config: AppConfig, command: Option<AppCommand>) -> Result<ExitC
                 jobs::reports::generate_daily_reports::enqueue_with(&app.client, later(10)).await?;
                 tracing::info!("first run: demo prices, values and a report follow within 10 s");
             }
-            serve(
+            // The dashboard beside the worker and the beat, on the same broker (the in-process
+            // one when REDIS_URL is unset): Flower's place in the deployment we replace.
+            let (stop_dashboard, stopped) = tokio::sync::oneshot::channel::<()>();
+            let dashboard = match Dashboard::bind(&app.client, None).await {
+                Ok(dashboard) => Some(tokio::spawn(dashboard.serve_until(async {
+                    let _ = stopped.await;
+                }))),
+                // On the default address, a port taken (a second copy on this host) costs the
+                // dashboard only; an address asked for, or a missing login, is an error.
+                Err(psw_tasks::Error::Config { variable, .. })
+                    if variable == "PSW_DASHBOARD_ADDR"
+                        && std::env::var_os("PSW_DASHBOARD_ADDR").is_none() =>
+                {
+                    tracing::warn!(
+                        "the dashboard's default address 127.0.0.1:5555 is taken; running without it (set PSW_DASHBOARD_ADDR)"
+                    );
+                    None
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let served = serve(
                 app,
                 Standard::All {
                     queues: None,
@@ -121,7 +141,14 @@ pub async fn run(config: AppConfig, command: Option<AppCommand>) -> Result<ExitC
                     strict_priority: false,
                 },
             )
-            .await?;
+            .await;
+            drop(stop_dashboard);
+            if let Some(dashboard) = dashboard
+                && let Ok(Err(err)) = dashboard.await
+            {
+                tracing::warn!(error = %err, "the dashboard stopped with an error");
+            }
+            served?;
         }
         Some(AppCommand::Migrate) => {
             let db = open(&config).await?;
@@ -227,9 +254,6 @@ async fn start(config: AppConfig, jobs: &Config) -> Result<(Arc<App>, bool)> {
         sentry = config.sentry_dsn.is_some(),
         "notifications"
     );
-    if config.dashboard_auth.is_some() {
-        tracing::info!("FLOWER_BASIC_AUTH is read; the dashboard is not part of this build yet");
-    }
     let app = Arc::new(App::new(db, provider, notifier, config, client));
     Ok((app, seeded))
 }
