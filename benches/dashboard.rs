@@ -86,6 +86,8 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bo
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    // Named through the library, so that its tasks are linked into this binary.
+    let noop = psw_tasks_benches::task_name("noop", true);
     let ns = TestNamespace::new("bench-dashboard");
     let mut config = ns.config();
     config.dead_letter_cap = args.letters + 1_000;
@@ -115,6 +117,8 @@ async fn main() {
     })
     .await;
     println!("  in {:.1} s", started.elapsed().as_secs_f64());
+    let kinds = letters.groups().await.unwrap().len();
+    assert_eq!(kinds, 5, "the five failure groups of bench.refuses");
 
     println!(
         "{} schedules, each firing every second for 8 s ...",
@@ -128,7 +132,7 @@ async fn main() {
         scheduler
             .add(
                 &format!("s-{n}"),
-                "bench.noop",
+                noop,
                 Schedule::every(Duration::from_secs(1)).unwrap(),
                 (serde_bytes::ByteBuf::new(),),
             )
@@ -147,6 +151,7 @@ async fn main() {
     worker.await.unwrap().unwrap();
     let runs = client.schedule_runs("s-0", 100).await.unwrap().len();
     println!("  s-0 has {runs} runs");
+    assert!(runs > 0, "the schedules ran");
 
     let dashboard = Dashboard::bind_with(
         &client,
@@ -189,6 +194,7 @@ async fn main() {
         "/workers".to_owned(),
         "/tasks".to_owned(),
         "/tasks/bench.refuses".to_owned(),
+        // The oldest letter's job: the page looks among the newest 5,000 and stops (worst case).
         format!("/jobs/{job}"),
         "/failures".to_owned(),
         format!("/failures?after={middle}"),

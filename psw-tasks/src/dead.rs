@@ -224,24 +224,26 @@ impl DeadLetters {
     }
 
     /// The dead letter of a job, by the job's id: the newest if it died more than once.
-    /// Walks the letters from the newest, so a recent failure is found at once.
-    pub async fn find_job(&self, job_id: &str) -> Result<Option<DeadJob>> {
-        let mut after: Option<String> = None;
-        let mut found = None;
-        loop {
-            let batch = self.broker.dead_page(after.as_deref(), None, PAGE).await?;
-            let Some(last) = batch.last() else {
-                return Ok(found);
+    /// Walks the letters from the newest, so a recent failure is found at once; looks at no
+    /// more than `look_at` letters (`None`: all of them).
+    pub async fn find_job(&self, job_id: &str, look_at: Option<usize>) -> Result<Option<DeadJob>> {
+        let mut before: Option<String> = None;
+        let mut looked = 0;
+        while look_at.is_none_or(|most| looked < most) {
+            let batch = self.broker.dead_page_back(before.as_deref(), PAGE).await?;
+            let Some(oldest) = batch.last() else {
+                return Ok(None);
             };
-            after = Some(last.entry_id.clone());
+            before = Some(oldest.entry_id.clone());
+            looked += batch.len();
             if let Some(job) = batch
                 .into_iter()
-                .rev()
                 .find(|job| job.job_id.as_deref() == Some(job_id))
             {
-                found = Some(job);
+                return Ok(Some(job));
             }
         }
+        Ok(None)
     }
 
     /// Put one dead job back on its queue as a fresh job (attempt 0, its error history kept),

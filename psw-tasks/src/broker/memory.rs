@@ -959,6 +959,25 @@ impl Broker for MemoryBroker {
         })
     }
 
+    fn dead_page_back<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadJob>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            let before = before.map_or(u64::MAX, entry_number);
+            Ok(state
+                .dead
+                .iter()
+                .rev()
+                .filter(|job| entry_number(&job.entry_id) < before)
+                .take(count.max(1))
+                .cloned()
+                .collect())
+        })
+    }
+
     fn dead_newest(&self) -> BoxFuture<'_, Result<Option<String>>> {
         Box::pin(async move { Ok(self.lock().dead.back().map(|job| job.entry_id.clone())) })
     }

@@ -455,6 +455,14 @@ pub(crate) trait Broker: Send + Sync + 'static {
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadJob>>>;
 
+    /// Up to `count` dead letters, newest first: from the newest, or those before the entry id
+    /// `before`.
+    fn dead_page_back<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadJob>>>;
+
     /// The entry id of the newest dead letter, if there is one.
     fn dead_newest(&self) -> BoxFuture<'_, Result<Option<String>>>;
 

@@ -775,6 +775,13 @@ async fn dead_letters_are_kept_capped_replayed_and_purged(broker: Arc<dyn Broker
     assert_eq!(after_first.len(), 2);
     let newest = broker.dead_newest().await.unwrap();
     assert_eq!(newest.as_ref(), Some(&listed[2].entry_id));
+    let back = broker.dead_page_back(None, 2).await.unwrap();
+    assert_eq!(back, [listed[2].clone(), listed[1].clone()], "newest first");
+    let before = broker
+        .dead_page_back(Some(&listed[1].entry_id), 10)
+        .await
+        .unwrap();
+    assert_eq!(before, [listed[0].clone()], "`before` is exclusive");
     let middle = broker
         .dead_page(Some(&listed[0].entry_id), Some(&listed[1].entry_id), 10)
         .await

@@ -21,7 +21,6 @@ use super::queries::{AuditQuery, DeadQuery};
 use super::settings::Role;
 use crate::audit::{AuditAction, AuditEntry};
 use crate::dead::DeadFilter;
-use crate::envelope::now_ms;
 use crate::error::Error;
 use crate::metrics::{RECENT_EXECUTIONS, SCHEDULE_RUNS};
 use crate::registry::Registry;
@@ -376,9 +375,10 @@ async fn resume_queue(State(app): Shared, actor: Actor, Path(queue): Path<String
 }
 
 async fn schedules(State(app): Shared) -> Response {
-    match crate::scheduler::listing::listings(&app.client, now_ms(), 5).await {
-        Ok(listings) => ok(json!(
-            listings
+    match app.cache.snapshot() {
+        Some(snapshot) => ok(json!(
+            snapshot
+                .schedules
                 .iter()
                 .map(|l| json!({
                     "name": l.name,
@@ -395,7 +395,7 @@ async fn schedules(State(app): Shared) -> Response {
                 }))
                 .collect::<Vec<_>>()
         )),
-        Err(err) => failed(err),
+        None => not_read_yet(&app),
     }
 }
 
@@ -454,14 +454,15 @@ async fn dead(State(app): Shared, Query(q): Query<DeadQuery>) -> Response {
 }
 
 async fn failures(State(app): Shared) -> Response {
-    match app.client.dead_letters().groups().await {
-        Ok(groups) => ok(json!(
-            groups
+    match app.cache.snapshot() {
+        Some(snapshot) => ok(json!(
+            snapshot
+                .groups
                 .iter()
                 .map(|group| group.to_json())
                 .collect::<Vec<_>>()
         )),
-        Err(err) => failed(err),
+        None => not_read_yet(&app),
     }
 }
 
@@ -592,7 +593,7 @@ async fn purge_letter(State(app): Shared, actor: Actor, Path(entry): Path<String
 /// Retry a failed job: replay its dead letter.
 async fn retry_job(State(app): Shared, actor: Actor, Path(id): Path<String>) -> Response {
     let letters = app.client.dead_letters();
-    let letter = match letters.find_job(&id).await {
+    let letter = match letters.find_job(&id, None).await {
         Ok(Some(letter)) => letter,
         Ok(None) => {
             return refusal(

@@ -8,10 +8,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::exposition;
+use crate::broker::{DeadJob, FailureGroup};
 use crate::client::Client;
 use crate::envelope::now_ms;
 use crate::error::Result;
 use crate::history::MetricsHistory;
+use crate::scheduler::listing::{self, Listing};
 use crate::stats::ClusterStats;
 
 /// The window of the overview's counts and of its finest chart.
@@ -20,6 +22,30 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often the day and week charts (coarser, and more buckets to read) are read again.
 const SLOW_REFRESH: Duration = Duration::from_secs(60);
+/// How often the schedules (two reads per schedule: 2,000 commands at 1,000 schedules) and
+/// the oldest dead letters (their bytes come along) are read again.
+const LISTING_REFRESH: Duration = Duration::from_secs(30);
+/// Next fire times kept per schedule.
+pub(crate) const NEXT_FIRES: usize = 5;
+/// Dead letters of the failures page's first page.
+pub(crate) const FIRST_LETTERS: usize = 50;
+
+/// Which parts of a reading are due besides the fast ones (stats, the hour, the totals, the
+/// failure groups: a few commands each, every cadence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// The day and week histories.
+    pub(crate) histories: bool,
+    /// The schedules and the first page of dead letters.
+    pub(crate) listings: bool,
+}
+
+impl Due {
+    pub(crate) const ALL: Due = Due {
+        histories: true,
+        listings: true,
+    };
+}
 
 /// One reading of the broker.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +55,15 @@ pub(crate) struct Snapshot {
     pub(crate) hour: MetricsHistory,
     pub(crate) day: Option<MetricsHistory>,
     pub(crate) week: Option<MetricsHistory>,
+    /// The failure groups of the dead letters.
+    #[serde(skip)]
+    pub(crate) groups: Vec<FailureGroup>,
+    /// Every schedule, with its next fire times.
+    #[serde(skip)]
+    pub(crate) schedules: Arc<Vec<Listing>>,
+    /// The oldest dead letters: the failures page's first page.
+    #[serde(skip)]
+    pub(crate) first_letters: Arc<Vec<DeadJob>>,
     /// `/metrics`, rendered once per reading.
     #[serde(skip)]
     pub(crate) exposition: String,
@@ -72,17 +107,25 @@ impl Cache {
         *self.error.write().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
-    /// Read the broker now; the day and week charts too when `slow` (else the last ones are
-    /// kept).
-    pub(crate) async fn refresh(&self, client: &Client, slow: bool) -> Result<()> {
+    /// Read the broker now: the fast parts, and those `due` (else the last ones are kept).
+    pub(crate) async fn refresh(&self, client: &Client, due: Due) -> Result<()> {
         let stats = client.stats(HOUR).await?;
         let hour = client.metrics(HOUR).await?;
         let totals = client.metric_totals().await?;
-        let (day, week) = match (slow, self.snapshot()) {
+        let groups = client.dead_letters().groups().await?;
+        let last = self.snapshot();
+        let (day, week) = match (due.histories, &last) {
             (false, Some(last)) => (last.day.clone(), last.week.clone()),
             _ => (
                 Some(client.metrics(DAY).await?),
                 Some(client.metrics(WEEK).await?),
+            ),
+        };
+        let (schedules, first_letters) = match (due.listings, &last) {
+            (false, Some(last)) => (last.schedules.clone(), last.first_letters.clone()),
+            _ => (
+                Arc::new(listing::listings(client, now_ms(), NEXT_FIRES).await?),
+                Arc::new(client.dead_letters().list(FIRST_LETTERS).await?),
             ),
         };
         let exposition = exposition::render(&stats, &totals, client);
@@ -91,6 +134,9 @@ impl Cache {
             hour,
             day,
             week,
+            groups,
+            schedules,
+            first_letters,
             exposition,
             at_ms: now_ms(),
         });
@@ -107,18 +153,26 @@ pub(crate) async fn run(
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_slow: Option<Instant> = None;
+    // The dashboard read everything just before it started serving.
+    let mut last_slow = Some(Instant::now());
+    let mut last_listing = Some(Instant::now());
     let mut failing = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let slow = last_slow.is_none_or(|at| at.elapsed() >= SLOW_REFRESH);
-        match cache.refresh(&client, slow).await {
+        let due = Due {
+            histories: last_slow.is_none_or(|at| at.elapsed() >= SLOW_REFRESH),
+            listings: last_listing.is_none_or(|at| at.elapsed() >= LISTING_REFRESH),
+        };
+        match cache.refresh(&client, due).await {
             Ok(()) => {
-                if slow {
+                if due.histories {
                     last_slow = Some(Instant::now());
+                }
+                if due.listings {
+                    last_listing = Some(Instant::now());
                 }
                 if failing {
                     tracing::info!("the dashboard reads the broker again");

@@ -101,7 +101,12 @@ impl Dashboard {
         let addr = self.local_addr()?;
         let stop = CancellationToken::new();
         // The first reading before the first request, so that pages never start empty.
-        if let Err(err) = self.app.cache.refresh(&self.app.client, true).await {
+        if let Err(err) = self
+            .app
+            .cache
+            .refresh(&self.app.client, cache::Due::ALL)
+            .await
+        {
             tracing::warn!(error = %crate::error::chain(&err), "the dashboard's first reading failed; retrying on its cadence");
         }
         let refresher = tokio::spawn(cache::run(

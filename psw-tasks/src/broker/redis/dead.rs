@@ -137,6 +137,16 @@ pub(super) async fn get(
         .find(|job| job.entry_id == entry_id))
 }
 
+/// Up to `count` dead letters before `before` (exclusive), or from the newest, newest first.
+pub(super) async fn page_back(
+    broker: &RedisBroker,
+    before: Option<&str>,
+    count: usize,
+) -> redis::RedisResult<Vec<DeadJob>> {
+    let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+    read(broker, "XREVRANGE", &end, "-", count).await
+}
+
 /// `XRANGE` of the dead letters from `start` to `end`, decoded.
 async fn range(
     broker: &RedisBroker,
@@ -144,10 +154,21 @@ async fn range(
     end: &str,
     count: usize,
 ) -> redis::RedisResult<Vec<DeadJob>> {
-    let reply = redis::cmd("XRANGE")
+    read(broker, "XRANGE", start, end, count).await
+}
+
+/// `XRANGE` or `XREVRANGE` (`command`) of the dead letters between two ids, decoded.
+async fn read(
+    broker: &RedisBroker,
+    command: &str,
+    from: &str,
+    to: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<DeadJob>> {
+    let reply = redis::cmd(command)
         .arg(broker.keys.dead())
-        .arg(start)
-        .arg(end)
+        .arg(from)
+        .arg(to)
         .arg("COUNT")
         .arg(count.max(1))
         .query_async(&mut broker.conn())

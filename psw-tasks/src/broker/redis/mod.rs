@@ -287,6 +287,14 @@ impl Broker for RedisBroker {
         call(dead::page(self, after, until, count))
     }
 
+    fn dead_page_back<'a>(
+        &'a self,
+        before: Option<&'a str>,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadJob>>> {
+        call(dead::page_back(self, before, count))
+    }
+
     fn dead_newest(&self) -> BoxFuture<'_, Result<Option<String>>> {
         call(dead::newest(self))
     }

@@ -10,35 +10,49 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::html;
 
-use super::layout::{Section, Viewer, action, failed, render, segment, shown, when};
+use super::layout::{Section, Viewer, action, failed, not_read_yet, render, segment, shown, when};
 use crate::dashboard::app::App;
+use crate::dashboard::cache::FIRST_LETTERS;
 use crate::dashboard::queries::DeadQuery;
-use crate::dead::DeadFilter;
-
-/// Letters per page.
-const LETTERS: usize = 50;
+use crate::dead::{DeadFilter, DeadPage};
 
 pub(super) async fn page(
     State(app): State<Arc<App>>,
     viewer: Viewer,
     Query(query): Query<DeadQuery>,
 ) -> Response {
-    let letters = app.client.dead_letters();
-    let groups = match letters.groups().await {
-        Ok(groups) => groups,
-        Err(err) => return failed(&app, &viewer, Section::Failures, &err),
+    let Some(snapshot) = app.cache.snapshot() else {
+        return render(&app, &viewer, Section::Failures, not_read_yet(&app));
     };
+    let groups = &snapshot.groups;
     let filter = query.filter();
     let after = query.after.as_deref().filter(|after| !after.is_empty());
-    let page = match letters
-        .matching(&filter, after, query.limit.unwrap_or(LETTERS).clamp(1, 500))
-        .await
-    {
-        Ok(page) => page,
-        Err(err) => return failed(&app, &viewer, Section::Failures, &err),
+    // The first page of all letters is the cache's (refreshed every 30 s); a page
+    // further on, or of a group or task, is read when asked.
+    let page = if filter == DeadFilter::All && after.is_none() && query.limit.is_none() {
+        DeadPage {
+            letters: snapshot.first_letters.to_vec(),
+            next: (snapshot.first_letters.len() == FIRST_LETTERS)
+                .then(|| snapshot.first_letters.last().map(|l| l.entry_id.clone()))
+                .flatten(),
+        }
+    } else {
+        match app
+            .client
+            .dead_letters()
+            .matching(
+                &filter,
+                after,
+                query.limit.unwrap_or(FIRST_LETTERS).clamp(1, 500),
+            )
+            .await
+        {
+            Ok(page) => page,
+            Err(err) => return failed(&app, &viewer, Section::Failures, &err),
+        }
     };
     let mut by_task: BTreeMap<String, u64> = BTreeMap::new();
-    for group in &groups {
+    for group in groups.iter() {
         *by_task
             .entry(group.task.clone().unwrap_or_default())
             .or_default() += group.count;
@@ -55,7 +69,7 @@ pub(super) async fn page(
         table #groups {
             thead { tr { th { "Letters" } th { "Task" } th { "Reason" } th { "Error" } th { "First" } th { "Last" } th {} } }
             tbody {
-                @for group in &groups {
+                @for group in groups.iter() {
                     @let id = segment(&group.id);
                     tr data-group=(group.id) {
                         td.count { (group.count) }

@@ -16,6 +16,9 @@ use crate::broker::DeadJob;
 use crate::dashboard::app::App;
 use crate::record::{JobRecord, State as JobState};
 
+/// Dead letters the job page looks through, newest first, for a failed job's letter.
+const JOB_LETTER_LOOK: usize = 5_000;
+
 #[derive(Deserialize)]
 pub(super) struct Lookup {
     id: Option<String>,
@@ -127,9 +130,15 @@ pub(super) async fn page(
         }
         Err(err) => return failed(&app, &viewer, Section::Jobs, &err),
     };
-    // Only a job that failed for good has a dead letter to show and retry.
+    // Only a job that failed for good has a dead letter to show and retry; the page looks
+    // among the newest letters only, so that it answers fast at any size.
     let letter = if record.state == JobState::Failure {
-        match app.client.dead_letters().find_job(&id).await {
+        match app
+            .client
+            .dead_letters()
+            .find_job(&id, Some(JOB_LETTER_LOOK))
+            .await
+        {
             Ok(letter) => letter,
             Err(err) => return failed(&app, &viewer, Section::Jobs, &err),
         }
@@ -179,6 +188,9 @@ pub(super) async fn page(
             @for (at, what) in timeline(&record, letter.as_ref()) {
                 li { (when(at)) " " (what) }
             }
+        }
+        @if record.state == JobState::Failure && letter.is_none() {
+            p.meta { "Its dead letter is not among the newest 5,000 (or was replayed or purged): find it on " a href="/failures" { "Failures" } "." }
         }
         @if let Some(letter) = &letter {
             h2 { "Envelope" }

@@ -8,30 +8,30 @@ use axum::response::Response;
 use maud::html;
 
 use super::layout::{
-    Section, Viewer, action, duration_ms, failed, render, segment, shown, when, when_opt,
+    Section, Viewer, action, duration_ms, failed, not_read_yet, render, segment, shown, when,
+    when_opt,
 };
 use crate::dashboard::app::App;
-use crate::envelope::now_ms;
 use crate::metrics::SCHEDULE_RUNS;
 
 pub(super) async fn list(State(app): State<Arc<App>>, viewer: Viewer) -> Response {
-    let listings = match crate::scheduler::listing::listings(&app.client, now_ms(), 3).await {
-        Ok(listings) => listings,
-        Err(err) => return failed(&app, &viewer, Section::Schedules, &err),
+    let Some(snapshot) = app.cache.snapshot() else {
+        return render(&app, &viewer, Section::Schedules, not_read_yet(&app));
     };
+    let listings = &snapshot.schedules;
     let body = html! {
         h1 { "Schedules" }
         table #schedules {
             thead { tr { th { "Name" } th { "Task" } th { "When" } th { "Zone" } th { "Next (its zone)" } th { "Last" } th { "Outcome" } th { "State" } th {} } }
             tbody {
-                @for l in &listings {
+                @for l in listings.iter() {
                     @let name = segment(&l.name);
                     tr data-schedule=(l.name) {
                         td { a href={ "/schedules/" (name) } { (shown(&l.name)) } }
                         td { (shown(&l.task)) }
                         td { code { (shown(&l.schedule)) } }
                         td { (shown(&l.zone)) }
-                        td { @for next in &l.next { (shown(next)) br; } }
+                        td { @for next in l.next.iter().take(3) { (shown(next)) br; } }
                         td { (shown(l.last.as_deref().unwrap_or("-"))) }
                         td { (shown(&l.outcome)) }
                         td { @if l.paused { span.bad { "paused" } } @else { "active" } }
