@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use crate::audit::AuditEntry;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
-use crate::broker::{Broker, DeadLetterLimits, NewJob, UniqueLock};
+use crate::broker::{Broker, DeadLetterLimits, NewJob, QueuedJob, UniqueLock};
 use crate::config::Config;
 use crate::dead::DeadLetters;
 use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
@@ -213,6 +213,28 @@ impl Client {
     pub async fn metrics(&self, window: Duration) -> Result<MetricsHistory> {
         let resolution = Resolution::for_window(window);
         crate::history::collect(self.broker().as_ref(), resolution, window, now_ms()).await
+    }
+
+    /// As [`Client::metrics`], taking from `last` (an earlier reading of the same
+    /// resolution) the buckets too old to change: a reader on a cadence reads a few buckets
+    /// each time, not the whole window.
+    pub(crate) async fn metrics_after(
+        &self,
+        last: Option<&MetricsHistory>,
+        window: Duration,
+    ) -> Result<MetricsHistory> {
+        let resolution = Resolution::for_window(window);
+        crate::history::refresh(self.broker().as_ref(), last, resolution, window, now_ms()).await
+    }
+
+    /// As [`Client::stats`] over the window of `minutes` (a per-minute history read just
+    /// now), the tasks' counts summed from it instead of read again.
+    pub(crate) async fn stats_over(
+        &self,
+        minutes: &MetricsHistory,
+        window: Duration,
+    ) -> Result<ClusterStats> {
+        crate::stats::collect_over(self.broker().as_ref(), minutes, window, now_ms()).await
     }
 
     /// Every task's counts since the namespace's first worker, sorted by task: outcomes, run
@@ -553,6 +575,28 @@ impl Client {
     /// Up to `limit` audit entries, newest first, or those before the entry id `before`.
     pub async fn audit_log(&self, before: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
         self.inner.broker.audit_page(before, limit).await
+    }
+
+    /// A job still in a queue, looked for among the first `look_at` jobs of each queue's
+    /// stream and of its delayed set (every priority level): one round trip per lane, so a
+    /// look-up stays bounded however long the queues are. A job has no record until a worker
+    /// starts it; this is where its envelope is before then (and while it runs).
+    pub async fn find_queued(&self, id: &str, look_at: usize) -> Result<Option<QueuedJob>> {
+        let broker = &self.inner.broker;
+        for lane in broker.queue_names().await? {
+            let found = broker
+                .queued(&lane, look_at)
+                .await?
+                .into_iter()
+                .find(|job| {
+                    crate::envelope::Envelope::decode(&job.payload)
+                        .is_ok_and(|envelope| envelope.id.as_str() == id)
+                });
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// The stored record of a job, if there is one.

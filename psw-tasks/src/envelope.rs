@@ -210,6 +210,25 @@ impl SystemHeader {
 }
 
 impl Envelope {
+    /// The envelope as JSON, the arguments decoded from MessagePack: what the dashboard shows
+    /// and exports of a job (its letter, or where it waits).
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let args: serde_json::Value = rmp_serde::from_slice(&self.args)
+            .unwrap_or_else(|_| serde_json::Value::String("(arguments not readable)".to_owned()));
+        serde_json::json!({
+            "id": self.id.as_str(),
+            "task": self.task,
+            "queue": self.queue,
+            "args": args,
+            "attempt": self.attempt,
+            "retries": self.retries,
+            "created_ms": self.created_ms,
+            "eta_ms": self.eta_ms,
+            "expires_ms": self.expires_ms,
+            "headers": self.headers,
+        })
+    }
+
     /// The unique lock a worker releases when this job ends: (key, job id).
     pub(crate) fn lock_released_at_end(&self) -> Option<(String, JobId)> {
         match (&self.unique_key, self.unique_release) {

@@ -83,7 +83,7 @@ pub mod testing;
 pub use crate::audit::{AuditAction, AuditEntry};
 #[doc(inline)]
 pub use crate::broker::{
-    DeadJob, DeadLetterStats, DeadReason, FailureGroup, QueueStats, UniqueLock,
+    DeadJob, DeadLetterStats, DeadReason, FailureGroup, QueueStats, QueuedJob, UniqueLock,
 };
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::broker::{Broker, DeadLetterStats, QueueStats};
 use crate::error::{Error, Result};
-use crate::history;
+use crate::history::{self, MetricsHistory};
 use crate::metrics::{Resolution, TaskCounts};
 use crate::priority;
 use crate::record::Progress;
@@ -173,6 +173,18 @@ pub(crate) async fn collect(
     now_ms: i64,
 ) -> Result<ClusterStats> {
     let window = window.min(Resolution::Minute.kept());
+    let history = history::collect(broker, Resolution::Minute, window, now_ms).await?;
+    collect_over(broker, &history, window, now_ms).await
+}
+
+/// As [`collect`], with the tasks' counts summed from `history`, a reading of the window
+/// the caller has made already (the dashboard's, kept between its refreshes).
+pub(crate) async fn collect_over(
+    broker: &dyn Broker,
+    history: &MetricsHistory,
+    window: Duration,
+    now_ms: i64,
+) -> Result<ClusterStats> {
     let forget_before = now_ms - FORGET_AFTER.as_millis() as i64;
     let mut workers = Vec::new();
     let mut gone = Vec::new();
@@ -209,9 +221,7 @@ pub(crate) async fn collect(
         queue.paused = paused.contains(&queue.name);
     }
 
-    let tasks = history::collect(broker, Resolution::Minute, window, now_ms)
-        .await?
-        .totals();
+    let tasks = history.totals();
     let dead = broker.dead_stats().await?;
     Ok(ClusterStats {
         workers,

@@ -780,3 +780,78 @@ async fn hostile_names_messages_and_arguments_are_escaped_on_every_page() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_worker_started_is_found_in_its_queue_with_its_envelope() {
+    let ns = TestNamespace::new("dash-queued");
+    let client = ns.client().await;
+    let hostile = format!("{SCRIPT}{IMG}{TERMINAL}");
+    // No worker runs: one job waits in the delayed set, one in a stream.
+    let delayed = refuses::enqueue_with(
+        &client,
+        psw_tasks::EnqueueOptions::new().countdown(Duration::from_secs(3600)),
+        hostile.clone(),
+    )
+    .await
+    .unwrap();
+    let delayed_id = delayed.id().to_string();
+    let ready = client
+        .enqueue_by_name::<()>(
+            "tests::nobody_runs",
+            &("waiting",),
+            psw_tasks::EnqueueOptions::new().queue("idle"),
+        )
+        .await
+        .unwrap();
+    let ready_id = ready.id().to_string();
+    assert!(client.record(&delayed_id).await.unwrap().is_none());
+    let served = serve(&client, &[("PSW_DASHBOARD_AUTH", USERS)]).await;
+
+    let (status, body) = look(&served, &format!("/api/jobs/{delayed_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let job: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["state"], "PENDING");
+    assert_eq!(job["queued"]["lane"], "default");
+    assert!(job["queued"]["due_ms"].as_i64().unwrap() > 0);
+    assert_eq!(job["queued"]["envelope"]["args"][0], hostile.as_str());
+    let (_, body) = look(&served, &format!("/api/jobs/{ready_id}")).await;
+    let job: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(job["queued"]["lane"], "idle");
+    assert_eq!(job["queued"]["due_ms"], Value::Null);
+    assert_eq!(job["queued"]["envelope"]["args"][0], "waiting");
+    let (status, _) = look(&served, "/api/jobs/0193a1b2-no-such-job").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The page shows the envelope, escaped; a pasted log line finds the job.
+    let (status, page) = look(&served, &format!("/jobs/{delayed_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_escaped(&page, "the waiting job's page");
+    assert!(page.contains("id=\"envelope\""), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)"),
+        "the argument, escaped"
+    );
+    assert!(page.contains("delayed set"));
+    let line = format!("INFO enqueued job={ready_id} queue=idle");
+    let mut url = reqwest::Url::parse(&format!("{}/jobs", served.base)).unwrap();
+    url.query_pairs_mut().append_pair("id", &line);
+    let response = http()
+        .get(url)
+        .basic_auth("ann", Some("look"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.url().path().ends_with(&ready_id),
+        "{}",
+        response.url()
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("&quot;waiting&quot;") || page.contains("\"waiting\""));
+    assert!(page.contains("idle"));
+
+    // Cancelled from its page's action, it is never run.
+    act(&served, &format!("/api/jobs/{ready_id}/cancel")).await;
+    let audit = client.audit_log(None, 10).await.unwrap();
+    assert!(audit.iter().any(|entry| entry.target == ready_id));
+}

@@ -202,21 +202,9 @@ impl DeadJob {
         if self.truncated {
             return None;
         }
-        let envelope = crate::envelope::Envelope::decode(&self.payload).ok()?;
-        let args: serde_json::Value = rmp_serde::from_slice(&envelope.args)
-            .unwrap_or_else(|_| serde_json::Value::String("(arguments not readable)".to_owned()));
-        Some(serde_json::json!({
-            "id": envelope.id.as_str(),
-            "task": envelope.task,
-            "queue": envelope.queue,
-            "args": args,
-            "attempt": envelope.attempt,
-            "retries": envelope.retries,
-            "created_ms": envelope.created_ms,
-            "eta_ms": envelope.eta_ms,
-            "expires_ms": envelope.expires_ms,
-            "headers": envelope.headers,
-        }))
+        crate::envelope::Envelope::decode(&self.payload)
+            .ok()
+            .map(|envelope| envelope.to_json())
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, broadcast};
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterLimits,
     DeadLetterStats, Delivery, FailureGroup, MetricsBucket, NewJob, Promoted, QueueStats,
-    UniqueLock, WorkerEntry, WorkerReport, Write, footprint,
+    QueuedJob, UniqueLock, WorkerEntry, WorkerReport, Write, footprint,
 };
 use crate::audit::{AUDIT_LEN, AuditEntry};
 use crate::error::Result;
@@ -926,6 +926,39 @@ impl Broker for MemoryBroker {
             }
             state.beat_leader = Some((holder.to_owned(), now + ttl));
             Ok(true)
+        })
+    }
+
+    fn queued<'a>(&'a self, lane: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<QueuedJob>>> {
+        Box::pin(async move {
+            let state = self.lock();
+            let Some(queue) = state.queues.get(lane) else {
+                return Ok(Vec::new());
+            };
+            let job = |payload: &Vec<u8>, due_ms| QueuedJob {
+                lane: lane.to_owned(),
+                due_ms,
+                payload: payload.clone(),
+            };
+            // As a stream holds them: taken ones (older) before the waiting ones, by id.
+            let mut taken: Vec<(u64, &Vec<u8>)> = queue
+                .pending
+                .iter()
+                .map(|(id, pending)| (entry_number(id), &pending.payload))
+                .collect();
+            taken.sort_by_key(|(number, _)| *number);
+            let stream = taken
+                .into_iter()
+                .map(|(_, payload)| payload)
+                .chain(queue.ready.iter().map(|(_, payload, _)| payload))
+                .take(count.max(1))
+                .map(|payload| job(payload, None));
+            let delayed = queue
+                .delayed
+                .iter()
+                .take(count.max(1))
+                .map(|((due, _), payload)| job(payload, Some(*due)));
+            Ok(stream.chain(delayed).collect())
         })
     }
 

@@ -226,6 +226,29 @@ pub struct QueueStats {
     pub paused: bool,
 }
 
+/// A job found waiting in a queue: in its stream (ready, or taken by a worker and not
+/// settled yet) or in its delayed set ([`crate::Client::find_queued`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueuedJob {
+    /// The lane it waits in: the queue, or one of its priority levels (`<queue>:high`).
+    pub lane: String,
+    /// When it is due, for a job in the delayed set (ms since the Unix epoch); `None` in the
+    /// stream.
+    pub due_ms: Option<i64>,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl QueuedJob {
+    /// Its envelope as JSON, the arguments decoded from MessagePack; `None` when the bytes
+    /// are not an envelope.
+    pub fn envelope_json(&self) -> Option<serde_json::Value> {
+        crate::envelope::Envelope::decode(&self.payload)
+            .ok()
+            .map(|envelope| envelope.to_json())
+    }
+}
+
 pub(crate) trait Broker: Send + Sync + 'static {
     /// Make the queues' streams and consumer groups exist (idempotent).
     fn prepare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<()>>;
@@ -442,6 +465,10 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// Take or renew the beat leader's lease for `holder`, for `ttl`; a zero `ttl` gives it up.
     /// Returns whether `holder` holds it now.
     fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
+
+    /// The first `count` jobs of a lane's stream (oldest first: waiting, or running and not
+    /// settled) and the first `count` of its delayed set (soonest due first).
+    fn queued<'a>(&'a self, lane: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<QueuedJob>>>;
 
     /// Whether an entry is still in its queue's stream: waiting, or running and not settled.
     fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>>;

@@ -133,7 +133,53 @@ both_brokers!(
     recent_executions_keep_the_newest,
     failure_groups_follow_the_letters_in_and_out,
     the_audit_log_lists_newest_first_and_pages_back,
+    queued_jobs_are_read_from_the_stream_and_the_delayed_set,
 );
+
+async fn queued_jobs_are_read_from_the_stream_and_the_delayed_set(broker: Arc<dyn Broker>) {
+    broker.prepare(&queues()).await.unwrap();
+    assert!(broker.queued(Q, 10).await.unwrap().is_empty());
+    let due = now_ms() + 60_000;
+    let mut jobs: Vec<NewJob> = (0..5u8).map(|i| job(&[i], None)).collect();
+    jobs.extend((5..8u8).map(|i| job(&[i], Some(due + i64::from(i)))));
+    broker.push(jobs).await.unwrap();
+    // One taken by a worker stays in the stream until it is settled.
+    let taken = broker
+        .fetch("a", &queues(), 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(taken[0].payload, [0]);
+    let seen = |jobs: Vec<super::QueuedJob>| -> Vec<(u8, Option<i64>)> {
+        assert!(jobs.iter().all(|job| job.lane == Q));
+        jobs.iter()
+            .map(|job| (job.payload[0], job.due_ms))
+            .collect()
+    };
+    assert_eq!(
+        seen(broker.queued(Q, 3).await.unwrap()),
+        [
+            (0, None),
+            (1, None),
+            (2, None),
+            (5, Some(due + 5)),
+            (6, Some(due + 6)),
+            (7, Some(due + 7)),
+        ],
+        "the first three of each, oldest and soonest first"
+    );
+    apply(
+        &*broker,
+        "a",
+        &[Write::Settle(Settlement::of(&taken[0]))],
+        TTL,
+    )
+    .await
+    .unwrap();
+    let all = seen(broker.queued(Q, 100).await.unwrap());
+    assert_eq!(all.len(), 7, "{all:?}");
+    assert_eq!(all[0], (1, None), "a settled job has left");
+    assert!(broker.queued("other", 10).await.unwrap().is_empty());
+}
 
 async fn each_job_goes_to_one_consumer(broker: Arc<dyn Broker>) {
     broker.prepare(&queues()).await.unwrap();

@@ -17,7 +17,7 @@ use super::app::App;
 use super::auth::{Identity, Verdict};
 use super::csrf::TOKEN_HEADER;
 use super::exposition;
-use super::queries::{AuditQuery, DeadQuery};
+use super::queries::{AuditQuery, DeadQuery, JOB_QUEUE_LOOK};
 use super::settings::Role;
 use crate::audit::{AuditAction, AuditEntry};
 use crate::dead::DeadFilter;
@@ -330,18 +330,47 @@ async fn executions(
     }
 }
 
+/// A job's record, with `queued` (its lane, due time and envelope) while it is in a queue;
+/// a job no worker has started has no record, and answers from its queue alone.
 async fn job(State(app): Shared, Path(id): Path<String>) -> Response {
-    match app.client.record(&id).await {
-        Ok(Some(record)) => match record.to_json() {
+    let record = match app.client.record(&id).await {
+        Ok(record) => record,
+        Err(err) => return failed(err),
+    };
+    if let Some(done) = record.as_ref().filter(|record| record.state.is_terminal()) {
+        return match done.to_json() {
             Ok(json) => ok(json),
             Err(err) => failed(err),
-        },
-        Ok(None) => refusal(
-            StatusCode::NOT_FOUND,
-            "no record of this job (pending, expired, or of a task that keeps none)",
-        ),
-        Err(err) => failed(err),
+        };
     }
+    let queued = match app.client.find_queued(&id, JOB_QUEUE_LOOK).await {
+        Ok(queued) => queued.map(|queued| {
+            json!({
+                "lane": queued.lane,
+                "due_ms": queued.due_ms,
+                "envelope": queued.envelope_json(),
+            })
+        }),
+        Err(err) => return failed(err),
+    };
+    let mut json = match (record, &queued) {
+        (Some(record), _) => match record.to_json() {
+            Ok(json) => json,
+            Err(err) => return failed(err),
+        },
+        (None, Some(_)) => json!({ "id": id, "state": crate::record::State::Pending.as_str() }),
+        (None, None) => {
+            return refusal(
+                StatusCode::NOT_FOUND,
+                "no record of this job, and not among the first 1,000 of any queue (expired, \
+                 of a task that keeps none, or deep in a long queue)",
+            );
+        }
+    };
+    if let (Value::Object(fields), Some(queued)) = (&mut json, queued) {
+        fields.insert("queued".to_owned(), queued);
+    }
+    ok(json)
 }
 
 async fn cancel(State(app): Shared, actor: Actor, Path(id): Path<String>) -> Response {

@@ -109,16 +109,28 @@ impl Cache {
 
     /// Read the broker now: the fast parts, and those `due` (else the last ones are kept).
     pub(crate) async fn refresh(&self, client: &Client, due: Due) -> Result<()> {
-        let stats = client.stats(HOUR).await?;
-        let hour = client.metrics(HOUR).await?;
+        let last = self.snapshot();
+        // Each history takes the buckets too old to change from the last reading: a refresh
+        // reads the newest few minutes, not the hour.
+        let hour = client
+            .metrics_after(last.as_ref().map(|last| &last.hour), HOUR)
+            .await?;
+        let stats = client.stats_over(&hour, HOUR).await?;
         let totals = client.metric_totals().await?;
         let groups = client.dead_letters().groups().await?;
-        let last = self.snapshot();
         let (day, week) = match (due.histories, &last) {
             (false, Some(last)) => (last.day.clone(), last.week.clone()),
             _ => (
-                Some(client.metrics(DAY).await?),
-                Some(client.metrics(WEEK).await?),
+                Some(
+                    client
+                        .metrics_after(last.as_ref().and_then(|last| last.day.as_ref()), DAY)
+                        .await?,
+                ),
+                Some(
+                    client
+                        .metrics_after(last.as_ref().and_then(|last| last.week.as_ref()), WEEK)
+                        .await?,
+                ),
             ),
         };
         let (schedules, first_letters) = match (due.listings, &last) {

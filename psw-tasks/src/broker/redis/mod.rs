@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use super::{
     Applied, BeatAdvance, BeatDefinition, BeatState, Broker, DeadJob, DeadLetterStats, Delivery,
-    FailureGroup, MetricsBucket, NewJob, Promoted, QueueStats, UniqueLock, WorkerEntry,
+    FailureGroup, MetricsBucket, NewJob, Promoted, QueueStats, QueuedJob, UniqueLock, WorkerEntry,
     WorkerReport, Write,
 };
 use crate::audit::AuditEntry;
@@ -272,6 +272,10 @@ impl Broker for RedisBroker {
 
     fn beat_lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
         call(beat::lease(self, holder, ttl))
+    }
+
+    fn queued<'a>(&'a self, lane: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<QueuedJob>>> {
+        call(queues::queued(self, lane, count))
     }
 
     fn in_stream<'a>(&'a self, queue: &'a str, entry_id: &'a str) -> BoxFuture<'a, Result<bool>> {

@@ -6,7 +6,8 @@ use std::time::Duration;
 use redis::Value;
 
 use super::connection::RedisBroker;
-use crate::broker::{NewJob, Promoted};
+use super::reply::range_entries;
+use crate::broker::{NewJob, Promoted, QueuedJob};
 use crate::envelope::now_ms;
 use crate::keys::{GROUP, JOB_FIELD};
 
@@ -220,6 +221,44 @@ pub(super) async fn prune_consumers(
 }
 
 /// Whether the entry is still in the queue's stream.
+/// The first `count` entries of a lane's stream and members of its delayed set, in one
+/// round trip (`XRANGE - + COUNT`, `ZRANGE 0 count-1 WITHSCORES`).
+pub(super) async fn queued(
+    broker: &RedisBroker,
+    lane: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<QueuedJob>> {
+    let count = count.max(1);
+    let (stream, delayed): (Value, Vec<(Vec<u8>, f64)>) = redis::pipe()
+        .cmd("XRANGE")
+        .arg(broker.keys.stream(lane))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .cmd("ZRANGE")
+        .arg(broker.keys.delayed(lane))
+        .arg(0)
+        .arg(count - 1)
+        .arg("WITHSCORES")
+        .query_async(&mut broker.conn())
+        .await?;
+    let ready = range_entries(stream).into_iter().filter_map(|(_, fields)| {
+        let (_, payload) = fields.into_iter().find(|(name, _)| name == JOB_FIELD)?;
+        Some(QueuedJob {
+            lane: lane.to_owned(),
+            due_ms: None,
+            payload,
+        })
+    });
+    let due = delayed.into_iter().map(|(payload, score)| QueuedJob {
+        lane: lane.to_owned(),
+        due_ms: Some(score as i64),
+        payload,
+    });
+    Ok(ready.chain(due).collect())
+}
+
 pub(super) async fn in_stream(
     broker: &RedisBroker,
     queue: &str,

@@ -1,6 +1,7 @@
 //! One job, looked up by id (or by a log line that holds one): its state, progress, result,
-//! every attempt's error, its timeline and, for a job that failed for good, its envelope
-//! with the arguments as escaped JSON. Cancel, and retry a failed one.
+//! every attempt's error, its timeline and its envelope with the arguments as escaped JSON
+//! (from its dead letter, for a job that failed for good; from its queue, for one waiting
+//! or running). Cancel, and retry a failed one.
 
 use std::sync::Arc;
 
@@ -12,12 +13,17 @@ use serde::Deserialize;
 use super::layout::{
     Section, Viewer, action, failed, json_text, progress, render, segment, shown, when, when_opt,
 };
-use crate::broker::DeadJob;
+use crate::broker::{DeadJob, QueuedJob};
 use crate::dashboard::app::App;
+use crate::dashboard::queries::JOB_QUEUE_LOOK;
 use crate::record::{JobRecord, State as JobState};
 
 /// Dead letters the job page looks through, newest first, for a failed job's letter.
 const JOB_LETTER_LOOK: usize = 5_000;
+
+/// The candidates of a pasted text the look-up also seeks in the queues, when none has a
+/// record: each costs a round trip per lane.
+const QUEUE_CANDIDATES: usize = 3;
 
 #[derive(Deserialize)]
 pub(super) struct Lookup {
@@ -68,8 +74,19 @@ pub(super) async fn lookup(
             html! { h1 { "Look a job up" } (form("")) },
         );
     }
-    for candidate in candidates(text) {
+    let candidates = candidates(text);
+    for candidate in &candidates {
         match app.client.record(candidate).await {
+            Ok(Some(_)) => {
+                return Redirect::to(&format!("/jobs/{}", segment(candidate))).into_response();
+            }
+            Ok(None) => {}
+            Err(err) => return failed(&app, &viewer, Section::Jobs, &err),
+        }
+    }
+    // A job no worker has started has no record yet: it may be waiting in a queue.
+    for candidate in candidates.iter().take(QUEUE_CANDIDATES) {
+        match app.client.find_queued(candidate, JOB_QUEUE_LOOK).await {
             Ok(Some(_)) => {
                 return Redirect::to(&format!("/jobs/{}", segment(candidate))).into_response();
             }
@@ -79,7 +96,7 @@ pub(super) async fn lookup(
     }
     let body = html! {
         h1 { "Look a job up" }
-        p.warning { "No job found in " code { (shown(text)) } " (pending, expired, or of a task that keeps no results)." }
+        p.warning { "No job found in " code { (shown(text)) } " (expired, of a task that keeps no results, or deep in a long queue)." }
         (form(text))
     };
     render(&app, &viewer, Section::Jobs, body)
@@ -120,15 +137,17 @@ pub(super) async fn page(
 ) -> Response {
     let record = match app.client.record(&id).await {
         Ok(Some(record)) => record,
-        Ok(None) => {
-            let body = html! {
-                h1 { "Job " (shown(&id)) }
-                p.warning { "No record of this job: pending, expired, or of a task that keeps no results." }
-                (form(&id))
-            };
-            return render(&app, &viewer, Section::Jobs, body);
-        }
+        Ok(None) => return waiting(&app, &viewer, &id).await,
         Err(err) => return failed(&app, &viewer, Section::Jobs, &err),
+    };
+    // A job not finished yet has its envelope in its queue (a running one, until settled).
+    let queued = if record.state.is_terminal() {
+        None
+    } else {
+        match app.client.find_queued(&id, JOB_QUEUE_LOOK).await {
+            Ok(queued) => queued,
+            Err(err) => return failed(&app, &viewer, Section::Jobs, &err),
+        }
     };
     // Only a job that failed for good has a dead letter to show and retry; the page looks
     // among the newest letters only, so that it answers fast at any size.
@@ -192,6 +211,9 @@ pub(super) async fn page(
         @if record.state == JobState::Failure && letter.is_none() {
             p.meta { "Its dead letter is not among the newest 5,000 (or was replayed or purged): find it on " a href="/failures" { "Failures" } "." }
         }
+        @if let Some(queued) = &queued {
+            (queued_envelope(queued))
+        }
         @if let Some(letter) = &letter {
             h2 { "Envelope" }
             p.meta { "From its dead letter " a href={ "/failures?group=" (segment(&letter.group)) } { (shown(&letter.entry_id)) } ", " (letter.reason.as_str()) "." }
@@ -202,6 +224,47 @@ pub(super) async fn page(
         }
     };
     render(&app, &viewer, Section::Jobs, body)
+}
+
+/// A job with no record: one that waits in a queue, not started yet, or one unknown here.
+async fn waiting(app: &Arc<App>, viewer: &Viewer, id: &str) -> Response {
+    let queued = match app.client.find_queued(id, JOB_QUEUE_LOOK).await {
+        Ok(queued) => queued,
+        Err(err) => return failed(app, viewer, Section::Jobs, &err),
+    };
+    let Some(queued) = queued else {
+        let body = html! {
+            h1 { "Job " (shown(id)) }
+            p.warning { "No record of this job, and it is not among the first 1,000 of any queue: expired, of a task that keeps no results, or deep in a long queue." }
+            (form(id))
+        };
+        return render(app, viewer, Section::Jobs, body);
+    };
+    let segment_id = segment(id);
+    let body = html! {
+        h1 { "Job " (shown(id)) }
+        div.actions {
+            (action(viewer, app, &format!("/api/jobs/{segment_id}/cancel"), "Cancel", Some("Cancel this job? It will never run.")))
+        }
+        dl #job data-state=(JobState::Pending.as_str()) {
+            dt { "State" } dd.state { (JobState::Pending.as_str()) }
+            dt { "Waits in" } dd { a href="/queues" { (shown(&queued.lane)) } }
+            dt { "Due" } dd { @match queued.due_ms { Some(due) => (when(due)), None => "now: in the stream" } }
+        }
+        (queued_envelope(&queued))
+    };
+    render(app, viewer, Section::Jobs, body)
+}
+
+fn queued_envelope(queued: &QueuedJob) -> Markup {
+    html! {
+        h2 { "Envelope" }
+        p.meta { "From its queue " (shown(&queued.lane)) @if queued.due_ms.is_some() { " (delayed set)" } "." }
+        @match queued.envelope_json() {
+            Some(envelope) => pre.json #envelope { (json_text(&envelope)) },
+            None => p.warning { "Its bytes are not an envelope." },
+        }
+    }
 }
 
 #[cfg(test)]
