@@ -269,10 +269,13 @@ fn generate(args: &Args, task: &Task) -> TokenStream {
         .await
     };
     // The parameter names, so that an argument that fails to decode is named in the error.
-    let parameters = names.iter().map(|name| {
-        let name = name.to_string();
-        name.strip_prefix("r#").unwrap_or(&name).to_owned()
-    });
+    let parameters: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let name = name.to_string();
+            name.strip_prefix("r#").unwrap_or(&name).to_owned()
+        })
+        .collect();
     let decode = quote_spanned! {params=>
         ::psw_tasks::__private::decode_args::<#decoded>(#bytes, &[#(#parameters),*])
     };
@@ -352,6 +355,7 @@ fn generate(args: &Args, task: &Task) -> TokenStream {
                 #ident::__handler,
                 #location,
             )
+            .with_parameters(&[#(#parameters),*])
             #schedule
         }
     }
@@ -641,6 +645,25 @@ mod tests {
                 ". with_schedule (:: psw_tasks :: __private :: DeclaredSchedule :: new (\"30 2 * * *\" , \
                  0u64 , \"Europe/Stockholm\" , :: psw_tasks :: __private :: Misfire :: Backfill (3u32) , true))"
             ),
+            "{expanded}"
+        );
+    }
+
+    #[test]
+    fn the_parameters_are_named_for_keyword_arguments() {
+        let item = quote!(
+            async fn quote(
+                ctx: TaskContext,
+                symbol: String,
+                r#force: bool,
+            ) -> Result<(), TaskError> {
+                Ok(())
+            }
+        );
+        let file: syn::File = syn::parse2(expand(quote!(), item).unwrap()).unwrap();
+        let expanded = quote!(#file).to_string();
+        assert!(
+            expanded.contains(". with_parameters (& [\"symbol\" , \"force\"])"),
             "{expanded}"
         );
     }

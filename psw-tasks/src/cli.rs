@@ -51,6 +51,11 @@ pub enum Command {
         /// others; default: PSW_STRICT_PRIORITY).
         #[arg(long)]
         strict_priority: bool,
+        /// Celery queues to take jobs from too, comma-separated, like `celery,prices`: messages
+        /// of the tasks linked here, sent by Python's `send_task` (default: PSW_CELERY_QUEUES;
+        /// docs/celery.md).
+        #[arg(long, value_delimiter = ',')]
+        celery_queues: Option<Vec<String>>,
     },
     /// Enqueue a task by name with JSON arguments.
     Enqueue {
@@ -352,7 +357,7 @@ impl std::fmt::Debug for Setup {
 /// Run one command with the configuration from the environment, with the application's
 /// additions to workers and beats.
 pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
     match command {
         Command::Dlq { action } => dlq(&shared_client(&config).await?, action).await,
         Command::Tasks => {
@@ -363,7 +368,14 @@ pub async fn run_with(command: Command, setup: &Setup) -> Result<()> {
             queues,
             concurrency,
             strict_priority,
+            celery_queues,
         } => {
+            if let Some(celery_queues) = celery_queues {
+                for queue in &celery_queues {
+                    crate::keys::validate_name("--celery-queues", queue)?;
+                }
+                config.celery_queues = celery_queues;
+            }
             let client = setup.service_client(&config).await?;
             worker(&client, queues, concurrency, strict_priority, setup)?
                 .run()

@@ -95,6 +95,15 @@ pub struct Config {
     /// Whether workers keep the metrics history: run-time and queue-wait histograms per task
     /// and each task's recent executions (`PSW_METRICS_HISTORY`, default on).
     pub metrics_history: bool,
+    /// Celery queues (Redis lists) workers also take jobs from (`PSW_CELERY_QUEUES`,
+    /// comma-separated; none by default): `docs/celery.md`.
+    pub celery_queues: Vec<String>,
+    /// The Redis of the Celery deployment whose queues are read (`CELERY_BROKER_URL`; when
+    /// unset, psw-tasks' own Redis).
+    pub celery_broker_url: Option<String>,
+    /// Where Celery callers read results (`CELERY_RESULT_BACKEND`, a Redis URL): a job taken
+    /// from a Celery queue stores its outcome there too, in Celery's format.
+    pub celery_result_backend: Option<String>,
     variable_of_url: &'static str,
 }
 
@@ -124,6 +133,9 @@ impl std::fmt::Debug for Config {
             lease,
             shutdown_grace,
             metrics_history,
+            celery_queues,
+            celery_broker_url,
+            celery_result_backend,
             variable_of_url,
         } = self;
         f.debug_struct("Config")
@@ -148,6 +160,15 @@ impl std::fmt::Debug for Config {
             .field("lease", lease)
             .field("shutdown_grace", shutdown_grace)
             .field("metrics_history", metrics_history)
+            .field("celery_queues", celery_queues)
+            .field(
+                "celery_broker_url",
+                &celery_broker_url.as_deref().map(redact::url),
+            )
+            .field(
+                "celery_result_backend",
+                &celery_result_backend.as_deref().map(redact::url),
+            )
             .field("variable_of_url", variable_of_url)
             .finish()
     }
@@ -177,6 +198,9 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             metrics_history: true,
+            celery_queues: Vec::new(),
+            celery_broker_url: None,
+            celery_result_backend: None,
             variable_of_url: "REDIS_URL",
         }
     }
@@ -217,22 +241,33 @@ impl Config {
             None => ("REDIS_URL", None),
         };
 
-        // Results live next to the queues: the worker writes a job's record and acknowledges
-        // the job in one script, which only works on one server. Celery's separate result
-        // backend is therefore accepted only when it names that same server.
-        if let Some((name, backend)) = get("CELERY_RESULT_BACKEND")
-            && !redis_url
-                .as_deref()
-                .is_some_and(|broker| same_redis(broker, &backend))
-        {
-            return Err(Error::config(
-                name,
-                redact::url(&backend),
-                format!(
-                    "the broker's own URL ({variable_of_url}), or no value: psw-tasks stores results on the broker's Redis"
-                ),
-            ));
-        }
+        // Our records live next to the queues (a record and its acknowledgement are one
+        // script); Celery's result backend is where Celery callers read results, written in
+        // Celery's format for the jobs taken from its queues.
+        let redis_variable = |name: &'static str| -> Result<Option<String>> {
+            match get(name) {
+                Some((_, url)) if REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) => Ok(Some(url)),
+                Some((name, url)) => Err(Error::config(name, redact::url(&url), REDIS_URL_FORM)),
+                None => Ok(None),
+            }
+        };
+        let celery_result_backend = redis_variable("CELERY_RESULT_BACKEND")?;
+        let celery_broker_url = redis_variable("CELERY_BROKER_URL")?;
+        let celery_queues = match get("PSW_CELERY_QUEUES") {
+            Some((name, value)) => {
+                let queues: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|queue| !queue.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                for queue in &queues {
+                    validate_name(name, queue)?;
+                }
+                queues
+            }
+            None => Vec::new(),
+        };
 
         let redis_ca_cert = get("PSW_REDIS_CA_CERT").map(|(_, path)| PathBuf::from(path));
 
@@ -378,6 +413,9 @@ impl Config {
             lease,
             shutdown_grace,
             metrics_history,
+            celery_queues,
+            celery_broker_url,
+            celery_result_backend,
             variable_of_url,
         })
     }
@@ -399,8 +437,6 @@ impl Config {
     }
 }
 
-/// Whether two Redis URLs name the same server, database and login: `redis://h:6379` and
-/// `redis://h:6379/0` do.
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), as `variable` gives it.
 /// A comma-separated list of `name=limit`, each name a limit's and each limit read by `limit`.
 fn parse_named<T>(
@@ -438,33 +474,6 @@ pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool> {
         "false" | "0" | "no" | "off" | "" => Ok(false),
         _ => Err(Error::config(variable, value, "true or false")),
     }
-}
-
-fn same_redis(a: &str, b: &str) -> bool {
-    let normal = |url: &str| {
-        let url = url.trim_end_matches('/');
-        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-        let (authority, db) = match rest.rsplit_once('@') {
-            Some((login, host)) => {
-                let (host, db) = host.split_once('/').unwrap_or((host, "0"));
-                (format!("{login}@{host}"), db.to_owned())
-            }
-            None => {
-                let (host, db) = rest.split_once('/').unwrap_or((rest, "0"));
-                (host.to_owned(), db.to_owned())
-            }
-        };
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty())
-        {
-            authority
-        } else {
-            format!("{authority}:6379")
-        };
-        (scheme.to_owned(), authority, db)
-    };
-    normal(a) == normal(b)
 }
 
 /// A duration like `500ms`, `30s`, `5m`, `1h` or `1d`, or a whole number of seconds.
@@ -623,9 +632,13 @@ mod tests {
         check_error(
             &[
                 ("CELERY_BROKER_URL", "redis://:pw@redis:6379/0"),
-                ("CELERY_RESULT_BACKEND", "redis://:pw@other:6379/1"),
+                ("CELERY_RESULT_BACKEND", "db+postgresql://u:pw@db/results"),
             ],
-            "invalid configuration: CELERY_RESULT_BACKEND = \"redis://***@other:6379/1\": expected the broker's own URL (CELERY_BROKER_URL), or no value: psw-tasks stores results on the broker's Redis",
+            "invalid configuration: CELERY_RESULT_BACKEND = \"db+postgresql://***@db/results\": expected a redis://[user:password@]host[:port][/db], rediss:// (TLS) or redis+unix:///path/to/socket[?db=N&pass=password] URL",
+        );
+        check_error(
+            &[("PSW_CELERY_QUEUES", "celery,bad queue")],
+            "invalid configuration: PSW_CELERY_QUEUES = \"bad queue\": expected a non-empty name of at most 200 characters without whitespace, `{`, `}` or `:`",
         );
         for lease in ["2ns", "100ms", "2h"] {
             let err = config(&[("PSW_LEASE", lease)]).unwrap_err().to_string();

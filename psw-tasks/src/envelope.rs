@@ -195,6 +195,11 @@ wire_enum! {
         /// How often the job found every slot of its concurrency limit taken, for the wait
         /// before it asks again.
         SlotWaits => "psw-slot-waits",
+        /// The job came from a Celery message: its arguments are JSON `[args, kwargs]`,
+        /// mapped onto the task's parameters when it runs.
+        CeleryArgs => "psw-celery-args",
+        /// The Celery caller wants a result record (`celery-task-meta-<id>`).
+        CeleryResult => "psw-celery-result",
     }
 }
 

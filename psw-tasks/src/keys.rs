@@ -107,6 +107,12 @@ pub(crate) enum Tally {
     Sum(Metric),
 }
 
+/// Where Celery's Redis result backend keeps a task's result record, and the channel it
+/// announces it on (Celery's own name, outside any namespace: Python's `AsyncResult` reads it).
+pub(crate) fn celery_result(task_id: &str) -> String {
+    format!("celery-task-meta-{task_id}")
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: String,
@@ -118,6 +124,17 @@ impl Keys {
         Ok(Keys {
             prefix: format!("{{{namespace}}}"),
         })
+    }
+
+    /// List of the Celery messages a worker took off the Celery list `queue` and has not yet
+    /// turned into jobs: what the reaper puts back if the worker dies in between.
+    pub(crate) fn celery_taken(&self, queue: &str, consumer: &str) -> String {
+        format!("{}:celery:taken:{queue}:{consumer}", self.prefix)
+    }
+
+    /// Set of the keys of the taken-message lists in use, for the reaper.
+    pub(crate) fn celery_taken_lists(&self) -> String {
+        format!("{}:celery:taken", self.prefix)
     }
 
     /// Stream of ready jobs of one queue.

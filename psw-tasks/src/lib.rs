@@ -33,6 +33,7 @@ extern crate self as psw_tasks;
 //
 // 1. model: pure, no IO.
 mod audit;
+mod celery;
 mod envelope;
 mod error;
 mod keys;

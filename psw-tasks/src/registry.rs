@@ -23,6 +23,9 @@ pub struct TaskDescriptor {
     file: &'static str,
     line: u32,
     schedule: Option<DeclaredSchedule>,
+    /// The parameters' names, in order: keyword arguments (a Celery message's `kwargs`) map
+    /// onto them.
+    parameters: &'static [&'static str],
 }
 
 impl TaskDescriptor {
@@ -41,7 +44,20 @@ impl TaskDescriptor {
             file,
             line,
             schedule: None,
+            parameters: &[],
         }
+    }
+
+    /// The same task, its parameters named (`#[task]` always names them).
+    #[doc(hidden)]
+    pub const fn with_parameters(mut self, parameters: &'static [&'static str]) -> Self {
+        self.parameters = parameters;
+        self
+    }
+
+    /// The names of the task's arguments, in order (the `TaskContext` is not one).
+    pub fn parameters(&self) -> &'static [&'static str] {
+        self.parameters
     }
 
     /// The same task, fired by the beat on `schedule` (`#[task(schedule = ..)]`, `every`).

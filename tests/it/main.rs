@@ -2,6 +2,7 @@
 
 mod beat;
 mod browser;
+mod celery;
 mod connections;
 mod dashboard;
 mod faults;

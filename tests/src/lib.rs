@@ -427,3 +427,46 @@ pub async fn alone(sleep_ms: u64) -> Result<u64, TaskError> {
     tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
     Ok(sleep_ms)
 }
+
+/// The Celery interop's tasks (`tests/it/celery.rs`), in a queue of their own: Python calls
+/// them by these names with `send_task`.
+pub const CELERY_QUEUE: &str = "celery-it";
+
+/// What the PSW5 services call to check a deployment end to end, as Python knows it.
+#[task(name = "psw_cron.ping", queue = "celery-it", retries = 0)]
+pub async fn celery_ping(word: String) -> Result<String, TaskError> {
+    Ok(format!("pong {word}"))
+}
+
+/// Keyword arguments map onto these parameters by name.
+#[task(name = "it.celery_quote", queue = "celery-it", retries = 0)]
+pub async fn celery_quote(symbol: String, force: bool) -> Result<String, TaskError> {
+    Ok(format!("{symbol} force={force}"))
+}
+
+/// Fails for good, with the message Python raises.
+#[task(name = "it.celery_fails", queue = "celery-it", retries = 0)]
+pub async fn celery_fails(why: String) -> Result<(), TaskError> {
+    Err(TaskError::permanent(why))
+}
+
+/// Fails on its first attempt (a retry Python sees), succeeds on the next.
+#[task(
+    name = "it.celery_flaky",
+    queue = "celery-it",
+    retries = 2,
+    backoff = "none"
+)]
+pub async fn celery_flaky(ctx: TaskContext) -> Result<u32, TaskError> {
+    if ctx.attempt() == 0 {
+        return Err(TaskError::retry("not yet"));
+    }
+    Ok(ctx.attempt())
+}
+
+/// Runs long enough for a test to kill its worker mid-job.
+#[task(name = "it.celery_slow", queue = "celery-it", retries = 0)]
+pub async fn celery_slow(word: String) -> Result<String, TaskError> {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(format!("slept {word}"))
+}

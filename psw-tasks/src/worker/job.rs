@@ -33,6 +33,9 @@ const UNKNOWN_TASK_RETRIES: u32 = 4;
 /// Run one delivery on runner number `runner`, and hand its settlement to the writer.
 pub(crate) async fn run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize) {
     let settlement = check_and_run(shared, delivery, runner).await;
+    if let Some(results) = &shared.celery_results {
+        super::celery::write_result(shared, results, delivery, &settlement).await;
+    }
     shared.settle(settlement).await;
 }
 
@@ -298,6 +301,20 @@ async fn attempt(
     let Some((index, descriptor)) = found else {
         return unknown_task(shared, delivery, envelope);
     };
+    // A Celery job's arguments are JSON `[args, kwargs]`: mapped onto the parameters here,
+    // where the task is known, once (a retry carries the mapped ones). One that does not fit
+    // fails as `bad_args`, naming the argument.
+    let mut bad_celery_args = None;
+    if envelope
+        .headers
+        .remove(SystemHeader::CeleryArgs.as_str())
+        .is_some()
+    {
+        match crate::celery::positional(descriptor.parameters(), &envelope.args) {
+            Ok(args) => envelope.args = args,
+            Err(message) => bad_celery_args = Some(message),
+        }
+    }
     // The counters were made from this same registry, one per task.
     let tally = &shared.stats.tasks[index];
     let options = descriptor.options();
@@ -397,7 +414,12 @@ async fn attempt(
     );
 
     let context = ctx.clone();
-    let handler = (descriptor.handler())(ctx, &envelope.args);
+    let handler = match bad_celery_args {
+        Some(message) => Box::pin(std::future::ready(Err(
+            TaskError::permanent(message).with_kind(FailureKind::BadArgs)
+        ))) as crate::registry::HandlerFuture,
+        None => (descriptor.handler())(ctx, &envelope.args),
+    };
     let attempt = async {
         match options.timeout {
             Some(limit) => match tokio::time::timeout(limit, CatchUnwind(handler)).await {

@@ -35,6 +35,7 @@ use crate::rules::DEFAULT_QUEUE;
 use crate::task::SharedState;
 
 mod activity;
+mod celery;
 mod counters;
 mod fetch;
 mod heartbeat;
@@ -85,6 +86,7 @@ pub struct WorkerBuilder {
     rate_limits: BTreeMap<String, RateLimit>,
     concurrency_limits: BTreeMap<String, u32>,
     metrics_history: bool,
+    celery_queues: Vec<String>,
 }
 
 /// `lease` moved into the range a worker accepts ([`LEASES`]).
@@ -206,6 +208,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// Celery queues (Redis lists named after Celery's routing keys, `celery` by default) to
+    /// take jobs from too, for the tasks linked here by their names (default:
+    /// `PSW_CELERY_QUEUES`; none). Messages of other tasks are left to the Celery workers.
+    /// `docs/celery.md` has the mapping and what is not supported yet.
+    pub fn celery_queues<I, Q>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = Q>,
+        Q: Into<String>,
+    {
+        self.celery_queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Check the registry (duplicate names are an error here) and make the worker.
     pub fn build(self) -> Result<Worker> {
         let registry = Registry::from_linked()?;
@@ -272,6 +287,7 @@ impl WorkerBuilder {
             lease: self.lease,
             shutdown_grace: self.shutdown_grace,
             metrics_history: self.metrics_history,
+            celery_queues: self.celery_queues,
             // Unique per process: a restarted worker must not inherit a dead one's entries as
             // if it were still running them.
             consumer: process_name("worker"),
@@ -327,6 +343,7 @@ pub struct Worker {
     lease: Duration,
     shutdown_grace: Duration,
     metrics_history: bool,
+    celery_queues: Vec<String>,
     consumer: String,
     stats: WorkerStats,
 }
@@ -350,6 +367,7 @@ impl Worker {
             rate_limits: config.rate_limits.clone(),
             concurrency_limits: config.concurrency_limits.clone(),
             metrics_history: config.metrics_history,
+            celery_queues: config.celery_queues.clone(),
         }
     }
 
@@ -403,7 +421,12 @@ impl Worker {
         {
             tracing::warn!(error = %crate::error::chain(&err), "could not read the cancelled jobs at start; reading them again shortly");
         }
-        let running = self.start(broker, started_ms);
+        let celery =
+            match celery::CeleryLink::connect(self.client.config(), &self.celery_queues).await {
+                Ok(link) => link.map(Arc::new),
+                Err(err) => return Err(err),
+            };
+        let running = self.start(broker, started_ms, celery);
         tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
         let mut running = running;
         running.fetch.run(&shutdown).await;
@@ -414,7 +437,12 @@ impl Worker {
 
     /// Start the writer, the runners, the promoters, the renewer and the heartbeat, and make
     /// the fetch loop that feeds them.
-    fn start(&self, broker: Arc<dyn Broker>, started_ms: i64) -> Running {
+    fn start(
+        &self,
+        broker: Arc<dyn Broker>,
+        started_ms: i64,
+        celery: Option<Arc<celery::CeleryLink>>,
+    ) -> Running {
         let abandon = CancellationToken::new();
         let (writes, requests) = mpsc::channel(self.concurrency.max(64) * 2);
         let in_flight = Arc::new(InFlight::default());
@@ -449,6 +477,8 @@ impl Worker {
             revocations: self.revocations.clone(),
             activity: Arc::new(Activity::new(self.concurrency, self.metrics_history)),
             paused: paused::Paused::default(),
+            result_ttl: self.client.config().result_ttl,
+            celery_results: celery.as_ref().and_then(|link| link.results.clone()),
         });
         let busy = Arc::new(AtomicUsize::new(0));
         // Fetched deliveries wait here for the first free runner.
@@ -472,6 +502,9 @@ impl Worker {
                 queue.clone(),
                 stop_helpers.clone(),
             ));
+        }
+        if let Some(link) = celery {
+            helpers.spawn(celery::run(shared.clone(), link, stop_helpers.clone()));
         }
         helpers.spawn(revocations::run(
             self.revocations.clone(),

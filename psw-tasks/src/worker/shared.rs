@@ -13,6 +13,7 @@ use super::limits::Limits;
 use super::paused::Paused;
 use super::revocations::Revocations;
 use super::writer::WriteRequest;
+use crate::broker::redis::CeleryRedis;
 use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
 use crate::envelope::{Envelope, JobId, now_ms};
 use crate::record::{AttemptError, JobRecord, MAX_ERROR_MESSAGE, cap_message};
@@ -47,6 +48,10 @@ pub(crate) struct Shared {
     pub(crate) activity: Arc<Activity>,
     /// The paused queues, as the fetch loop last read them.
     pub(crate) paused: Paused,
+    /// How long records are kept (`PSW_RESULT_TTL`).
+    pub(crate) result_ttl: Duration,
+    /// Where Celery callers read results, for jobs that came from Celery messages.
+    pub(crate) celery_results: Option<Arc<CeleryRedis>>,
 }
 
 impl Shared {

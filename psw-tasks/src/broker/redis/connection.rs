@@ -121,7 +121,11 @@ fn install_tls_provider() {
 
 /// The client of `url`, read from `variable`; with `ca_cert`, a `rediss://` server's
 /// certificate is checked against that CA instead of the system's roots.
-fn client(url: &str, variable: &'static str, ca_cert: Option<&Path>) -> Result<redis::Client> {
+pub(super) fn client(
+    url: &str,
+    variable: &'static str,
+    ca_cert: Option<&Path>,
+) -> Result<redis::Client> {
     let bad_url = |err: redis::RedisError| {
         Error::config(
             variable,
@@ -165,7 +169,7 @@ fn settings(response_timeout: Duration) -> ConnectionManagerConfig {
 }
 
 /// The shared connection; failing to make it names the URL's variable and what to do.
-async fn commands(
+pub(super) async fn commands(
     client: &redis::Client,
     url: &str,
     variable: &'static str,

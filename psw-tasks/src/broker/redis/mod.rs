@@ -26,6 +26,7 @@ use crate::limit::RateLimit;
 use crate::metrics::{Resolution, TaskCounts};
 
 mod beat;
+mod celery;
 mod connection;
 mod dead;
 mod fetch;
@@ -39,6 +40,7 @@ mod settle;
 mod stats;
 mod unique;
 
+pub(crate) use celery::CeleryRedis;
 pub(crate) use connection::RedisBroker;
 
 /// One broker call: its Redis errors become this crate's (a missing group typed as such).
