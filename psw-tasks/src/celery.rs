@@ -263,6 +263,104 @@ pub(crate) fn result_record(record: &JobRecord, result_json: Option<Value>, now_
     .to_string()
 }
 
+/// A protocol-2 message as Celery's own `send_task` writes it (JSON body in base64, the
+/// headers and properties kombu sets), for a Celery worker to run. The arguments are not
+/// repeated in `argsrepr`/`kwargsrepr`, which Celery workers log: they may hold secrets.
+pub(crate) fn message(
+    id: &str,
+    task: &str,
+    args: &[Value],
+    kwargs: &Map<String, Value>,
+    queue: &str,
+    eta_ms: Option<i64>,
+    origin: &str,
+) -> String {
+    let body = json!([
+        args,
+        kwargs,
+        {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
+    ]);
+    let body = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+    json!({
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": id,
+            "shadow": null,
+            "eta": eta_ms.map(date_done),
+            "expires": null,
+            "group": null,
+            "group_index": null,
+            "retries": 0,
+            "timelimit": [null, null],
+            "root_id": id,
+            "parent_id": null,
+            "argsrepr": "(…)",
+            "kwargsrepr": "{…}",
+            "origin": origin,
+            "ignore_result": false,
+            "replaced_task_nesting": 0,
+            "stamped_headers": null,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": crate::envelope::JobId::generate().to_string(),
+        },
+    })
+    .to_string()
+}
+
+/// A Celery result record as read back: the task's state, and its outcome once it has one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CeleryOutcome {
+    /// Not finished: `PENDING`, `STARTED`, `RETRY` or a custom state.
+    Running(String),
+    Success(Value),
+    /// `FAILURE`: the exception's type and message, as the Python side raised it.
+    Failure(String),
+    Revoked,
+}
+
+/// Read a `celery-task-meta-<id>` record.
+pub(crate) fn outcome(record: &str) -> Option<CeleryOutcome> {
+    let record: Value = serde_json::from_str(record).ok()?;
+    let status = record.get("status")?.as_str()?;
+    let result = record.get("result").cloned().unwrap_or(Value::Null);
+    Some(match status {
+        "SUCCESS" => CeleryOutcome::Success(result),
+        "FAILURE" => {
+            let kind = result
+                .get("exc_type")
+                .and_then(Value::as_str)
+                .unwrap_or("Exception");
+            let message = match result.get("exc_message") {
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|part| {
+                        part.as_str()
+                            .map_or_else(|| part.to_string(), str::to_owned)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Some(Value::String(text)) => text.clone(),
+                _ => String::new(),
+            };
+            CeleryOutcome::Failure(format!("{kind}: {message}"))
+        }
+        "REVOKED" => CeleryOutcome::Revoked,
+        other => CeleryOutcome::Running(other.to_owned()),
+    })
+}
+
 /// A time as Celery's `date_done`: ISO 8601 in UTC with microseconds.
 fn date_done(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -379,6 +477,42 @@ mod tests {
         assert_eq!(
             positional(&[], b"[[], {}]").unwrap(),
             rmp_serde::to_vec(&json!([])).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_sent_message_reads_back_as_celery_wrote_it() {
+        let kwargs: Map<String, Value> = [("scale".to_owned(), json!(2))].into_iter().collect();
+        let sent = super::message(
+            "id-1",
+            "legacy.multiply",
+            &[json!(6), json!(7)],
+            &kwargs,
+            "legacy",
+            None,
+            "me",
+        );
+        let parsed = CeleryMessage::parse(sent.as_bytes()).unwrap();
+        assert_eq!(
+            (parsed.id.as_str(), parsed.task.as_str()),
+            ("id-1", "legacy.multiply")
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&parsed.arguments).unwrap(),
+            json!([[6, 7], {"scale": 2}])
+        );
+        assert!(
+            !sent.contains("\"argsrepr\":\"[6"),
+            "arguments are not repeated for logs"
+        );
+        let failed = r#"{"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["no"], "exc_module": "builtins"}}"#;
+        assert_eq!(
+            outcome(failed),
+            Some(CeleryOutcome::Failure("ValueError: no".to_owned()))
+        );
+        assert_eq!(
+            outcome(r#"{"status": "SUCCESS", "result": 84}"#),
+            Some(CeleryOutcome::Success(json!(84)))
         );
     }
 

@@ -65,6 +65,7 @@ mod limiter;
 mod stats;
 
 // 5. services: producing, running and firing jobs.
+mod celery_client;
 mod client;
 mod scheduler;
 mod worker;
@@ -86,6 +87,8 @@ pub use crate::audit::{AuditAction, AuditEntry};
 pub use crate::broker::{
     DeadJob, DeadLetterStats, DeadReason, FailureGroup, QueueStats, QueuedJob, UniqueLock,
 };
+#[doc(inline)]
+pub use crate::celery_client::{CeleryClient, CeleryTask};
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};
 #[doc(inline)]

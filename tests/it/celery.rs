@@ -166,3 +166,66 @@ async fn a_celery_job_survives_a_kill_9_of_its_rust_worker() {
     crate::processes::signal(&second, "TERM");
     let _ = second.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_calls_tasks_that_still_run_on_a_real_celery_worker() {
+    let python = celery_python();
+    let ns = TestNamespace::new("celery-legacy");
+    let list = format!("legacy-{}", ns.name());
+    let mut celery_worker = tokio::process::Command::new(&python)
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "legacy_tasks",
+            "worker",
+            "--pool=solo",
+        ])
+        .args([
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ])
+        .args(["--loglevel=warning", "-Q", &list])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/it/celery"))
+        .env("LEGACY_BROKER", ns.url())
+        // Celery warns that CI runs it as root; nothing of the test.
+        .env("PYTHONWARNINGS", "ignore")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start a Celery worker");
+    let celery = psw_tasks::CeleryClient::connect(&ns.config())
+        .await
+        .unwrap();
+    let kwargs: serde_json::Map<String, Value> =
+        [("scale".to_owned(), Value::from(2))].into_iter().collect();
+    let product = celery
+        .send_task(
+            "legacy.multiply",
+            &[Value::from(6), Value::from(7)],
+            &kwargs,
+            &list,
+        )
+        .await
+        .unwrap();
+    // The Celery worker takes a few seconds to start.
+    assert_eq!(product.wait(Duration::from_secs(60)).await.unwrap(), 84);
+    assert_eq!(product.state().await.unwrap(), "SUCCESS");
+    let refused = celery
+        .send_task(
+            "legacy.refuse",
+            &[Value::from("no quote")],
+            &Default::default(),
+            &list,
+        )
+        .await
+        .unwrap();
+    match refused.wait(Duration::from_secs(30)).await {
+        Err(psw_tasks::Error::JobFailed { message, .. }) => {
+            assert_eq!(message, "ValueError: no quote");
+        }
+        other => panic!("expected the Python exception, got {other:?}"),
+    }
+    assert_eq!(refused.state().await.unwrap(), "FAILURE");
+    let _ = celery_worker.kill().await;
+}

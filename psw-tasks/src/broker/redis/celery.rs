@@ -149,6 +149,26 @@ impl CeleryRedis {
         Ok(restored)
     }
 
+    /// Add a message for the Celery workers to the list `queue`, where Celery's producers add.
+    pub(crate) async fn send(&self, queue: &str, message: &str) -> Result<()> {
+        let _: i64 = redis::cmd("LPUSH")
+            .arg(queue)
+            .arg(message)
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(Error::redis)?;
+        Ok(())
+    }
+
+    /// The result record stored for a task id, as JSON text.
+    pub(crate) async fn result(&self, task_id: &str) -> Result<Option<String>> {
+        redis::cmd("GET")
+            .arg(keys::celery_result(task_id))
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(Error::redis)
+    }
+
     /// Store a task's result record where Celery's Redis backend keeps it, for `ttl`, and
     /// announce it on the channel of the same name, as that backend does (`AsyncResult.get`
     /// listens there).
