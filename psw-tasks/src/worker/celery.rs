@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::shared::Shared;
 use crate::broker::redis::CeleryRedis;
-use crate::broker::{Delivery, NewJob, Settlement};
+use crate::broker::{NewJob, Settlement};
 use crate::celery::{self, CeleryMessage};
 use crate::config::Config;
 use crate::envelope::{Envelope, JobId, SystemHeader, VERSION, now_ms};
@@ -270,23 +270,13 @@ async fn reap(shared: &Shared, lists: &CeleryRedis) -> Result<()> {
 }
 
 /// Write the result record a Celery caller reads for a job that came from a Celery message
-/// and asked for one, before the settlement is stored: an outcome is visible before its job
-/// is acknowledged, as ours are (a crash between runs the job again, which writes it again).
-pub(crate) async fn write_result(
-    shared: &Shared,
-    results: &CeleryRedis,
-    delivery: &Delivery,
-    settlement: &Settlement,
-) {
+/// and asked for one (the caller checked its header), before the settlement is stored: an
+/// outcome is visible before its job is acknowledged, as ours are (a crash between runs the
+/// job again, which writes it again).
+pub(crate) async fn write_result(shared: &Shared, results: &CeleryRedis, settlement: &Settlement) {
     let Some((_, bytes)) = &settlement.record else {
         return;
     };
-    let Ok(envelope) = Envelope::decode(&delivery.payload) else {
-        return;
-    };
-    if envelope.header(SystemHeader::CeleryResult).is_none() {
-        return;
-    }
     let Ok(record) = JobRecord::decode(bytes) else {
         return;
     };

@@ -32,14 +32,20 @@ const UNKNOWN_TASK_RETRIES: u32 = 4;
 
 /// Run one delivery on runner number `runner`, and hand its settlement to the writer.
 pub(crate) async fn run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize) {
-    let settlement = check_and_run(shared, delivery, runner).await;
-    if let Some(results) = &shared.celery_results {
-        super::celery::write_result(shared, results, delivery, &settlement).await;
+    let (settlement, celery_result) = check_and_run(shared, delivery, runner).await;
+    if let (Some(results), true) = (&shared.celery_results, celery_result) {
+        super::celery::write_result(shared, results, &settlement).await;
     }
     shared.settle(settlement).await;
 }
 
-async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize) -> Settlement {
+/// The delivery's settlement, and whether a Celery caller wants its outcome (read from the
+/// envelope here, where it is decoded anyway).
+async fn check_and_run(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    runner: usize,
+) -> (Settlement, bool) {
     // Logs carry the entry, the size and (once decoded) the id and task, never the bytes:
     // arguments can hold secrets.
     if delivery.deliveries > shared.max_deliveries {
@@ -60,7 +66,7 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize)
             .as_ref()
             .and_then(Envelope::releasable_lock)
             .map(Box::new);
-        return settlement;
+        return (settlement, false);
     }
     if delivery.payload.len() > shared.max_message_size {
         tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), limit = shared.max_message_size, "job over the size limit; dead-lettered");
@@ -69,19 +75,27 @@ async fn check_and_run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize)
             delivery.payload.len(),
             shared.max_message_size
         );
-        return shared.dead_letter(delivery, None, &[], DeadReason::Oversized, error);
+        let settlement = shared.dead_letter(delivery, None, &[], DeadReason::Oversized, error);
+        return (settlement, false);
     }
     match Envelope::decode(&delivery.payload) {
-        Ok(envelope) => run_envelope(shared, delivery, envelope, runner).await,
+        Ok(envelope) => {
+            let celery_result = envelope.header(SystemHeader::CeleryResult).is_some();
+            (
+                run_envelope(shared, delivery, envelope, runner).await,
+                celery_result,
+            )
+        }
         Err(err) => {
             tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), error = %crate::error::chain(&err), "undecodable job; dead-lettered");
-            shared.dead_letter(
+            let settlement = shared.dead_letter(
                 delivery,
                 None,
                 &[],
                 DeadReason::DecodeError,
                 crate::error::chain(&err),
-            )
+            );
+            (settlement, false)
         }
     }
 }

@@ -421,11 +421,9 @@ impl Worker {
         {
             tracing::warn!(error = %crate::error::chain(&err), "could not read the cancelled jobs at start; reading them again shortly");
         }
-        let celery =
-            match celery::CeleryLink::connect(self.client.config(), &self.celery_queues).await {
-                Ok(link) => link.map(Arc::new),
-                Err(err) => return Err(err),
-            };
+        let celery = celery::CeleryLink::connect(self.client.config(), &self.celery_queues)
+            .await?
+            .map(Arc::new);
         let running = self.start(broker, started_ms, celery);
         tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
         let mut running = running;
