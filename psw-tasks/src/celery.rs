@@ -3,6 +3,8 @@
 //! job's JSON `[args, kwargs]` mapped onto a task's parameters, and the result record
 //! (`celery-task-meta-<id>`) of a job's outcome. Pure: no IO. `docs/celery.md` has the mapping.
 
+use std::time::Duration;
+
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
@@ -26,9 +28,37 @@ pub(crate) struct CeleryMessage {
     pub(crate) retries: u32,
     /// `headers.ignore_result`: the caller does not want a result record.
     pub(crate) ignore_result: bool,
-    /// A canvas the message carries that psw-tasks does not run yet (`chord`, `group`,
-    /// `chain`, `callbacks`, `errbacks`): its name.
-    pub(crate) canvas: Option<&'static str>,
+    /// `headers.timelimit`, `[hard, soft]` in seconds: the hard limit, else the soft one, as
+    /// the job's time limit (a future cannot be interrupted softly).
+    pub(crate) time_limit: Option<Duration>,
+    /// A canvas the message is part of that psw-tasks does not run yet (`chord`, `group`):
+    /// its name. Chains, callbacks and errbacks are run ([`follow_ups`]).
+    pub(crate) unsupported_canvas: Option<&'static str>,
+    /// It carries a chain, callbacks or errbacks: [`follow_ups`] when it ends.
+    pub(crate) follow_ups: bool,
+}
+
+/// What to do with a Celery message for a task that no worker here links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CeleryUnknownTasks {
+    /// Give it back, untouched, to the Celery workers that share the queue (the default,
+    /// for a migration task by task).
+    #[default]
+    Leave,
+    /// Dead-letter it (`unknown_task`), the Celery message kept: once no Celery worker is
+    /// left on the queue.
+    DeadLetter,
+}
+
+impl CeleryUnknownTasks {
+    /// The spelling in `PSW_CELERY_UNKNOWN_TASKS`.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "leave" => Some(CeleryUnknownTasks::Leave),
+            "dead_letter" => Some(CeleryUnknownTasks::DeadLetter),
+            _ => None,
+        }
+    }
 }
 
 /// Why a list element is not a Celery message we can take.
@@ -95,15 +125,15 @@ impl CeleryMessage {
             Some(Value::String(at)) => parse_time(at).map(Some).ok_or(MessageError::Time { name }),
             Some(_) => Err(MessageError::Time { name }),
         };
-        let canvas = ["chord", "group", "chain", "callbacks", "errbacks"]
-            .into_iter()
-            .find(|name| embed.get(*name).is_some_and(|part| !part.is_null()))
-            .or_else(|| {
-                headers
-                    .get("group")
-                    .filter(|g| !g.is_null())
-                    .map(|_| "group")
-            });
+        let unsupported_canvas = unsupported_canvas(headers, embed);
+        let time_limit = match headers.get("timelimit") {
+            Some(Value::Array(limits)) => limits
+                .iter()
+                .find_map(Value::as_f64)
+                .filter(|seconds| *seconds > 0.0 && seconds.is_finite())
+                .map(Duration::from_secs_f64),
+            _ => None,
+        };
         Ok(CeleryMessage {
             id: text("id")?,
             task: text("task")?,
@@ -121,9 +151,34 @@ impl CeleryMessage {
                 .get("ignore_result")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            canvas,
+            time_limit,
+            unsupported_canvas,
+            follow_ups: ["chain", "callbacks", "errbacks"].into_iter().any(|part| {
+                embed
+                    .get(part)
+                    .and_then(Value::as_array)
+                    .is_some_and(|steps| !steps.is_empty())
+            }),
         })
     }
+}
+
+/// The part of a canvas psw-tasks does not run: a chord, a group, or either as a step of a
+/// chain or as a callback.
+fn unsupported_canvas(headers: &Map<String, Value>, embed: &Value) -> Option<&'static str> {
+    if embed.get("chord").is_some_and(|chord| !chord.is_null()) {
+        return Some("chord");
+    }
+    if headers.get("group").is_some_and(|group| !group.is_null()) {
+        return Some("group");
+    }
+    let nested = ["chain", "callbacks", "errbacks"]
+        .into_iter()
+        .filter_map(|part| embed.get(part).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|signature| signature.get("subtask_type").and_then(Value::as_str))
+        .next()?;
+    Some(if nested == "chord" { "chord" } else { "group" })
 }
 
 /// An ISO 8601 time as Celery writes it (`2026-12-03T07:30:00.123456+00:00`; a time without
@@ -263,58 +318,281 @@ pub(crate) fn result_record(record: &JobRecord, result_json: Option<Value>, now_
     .to_string()
 }
 
-/// A protocol-2 message as Celery's own `send_task` writes it (JSON body in base64, the
-/// headers and properties kombu sets), for a Celery worker to run. The arguments are not
-/// repeated in `argsrepr`/`kwargsrepr`, which Celery workers log: they may hold secrets.
-pub(crate) fn message(
-    id: &str,
-    task: &str,
-    args: &[Value],
-    kwargs: &Map<String, Value>,
-    queue: &str,
-    eta_ms: Option<i64>,
-    origin: &str,
-) -> String {
-    let body = json!([
-        args,
-        kwargs,
-        {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
-    ]);
-    let body = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+/// A protocol-2 message to send, as Celery's own `send_task` writes it: what a task call
+/// carries (arguments, timing, its place in a canvas).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Step {
+    pub(crate) id: String,
+    pub(crate) task: String,
+    pub(crate) args: Vec<Value>,
+    pub(crate) kwargs: Map<String, Value>,
+    /// The Celery queue (its list, named by the routing key).
+    pub(crate) queue: String,
+    pub(crate) eta_ms: Option<i64>,
+    pub(crate) expires_ms: Option<i64>,
+    /// `[hard, soft]` time limits, in seconds.
+    pub(crate) time_limit: [Option<f64>; 2],
+    pub(crate) root_id: String,
+    pub(crate) parent_id: Option<String>,
+    /// The chain's steps still to come, the next last (as Celery keeps it), or `null`.
+    pub(crate) chain: Value,
+    pub(crate) callbacks: Value,
+    pub(crate) errbacks: Value,
+}
+
+impl Step {
+    /// A call on its own: no canvas, no timing.
+    pub(crate) fn new(
+        task: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        queue: &str,
+    ) -> Step {
+        let id = crate::envelope::JobId::generate().to_string();
+        Step {
+            root_id: id.clone(),
+            id,
+            task: task.to_owned(),
+            args,
+            kwargs,
+            queue: queue.to_owned(),
+            eta_ms: None,
+            expires_ms: None,
+            time_limit: [None, None],
+            parent_id: None,
+            chain: Value::Null,
+            callbacks: Value::Null,
+            errbacks: Value::Null,
+        }
+    }
+
+    /// The message, JSON body in base64 with the headers and properties kombu sets, for a
+    /// worker to run. The arguments are not repeated in `argsrepr`/`kwargsrepr`, which Celery
+    /// workers log: they may hold secrets.
+    pub(crate) fn message(&self, origin: &str) -> String {
+        let body = json!([
+            self.args,
+            self.kwargs,
+            {"callbacks": self.callbacks, "errbacks": self.errbacks, "chain": self.chain, "chord": null}
+        ]);
+        let body = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+        json!({
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": self.task,
+                "id": self.id,
+                "shadow": null,
+                "eta": self.eta_ms.map(date_done),
+                "expires": self.expires_ms.map(date_done),
+                "group": null,
+                "group_index": null,
+                "retries": 0,
+                "timelimit": self.time_limit,
+                "root_id": self.root_id,
+                "parent_id": self.parent_id,
+                "argsrepr": "(…)",
+                "kwargsrepr": "{…}",
+                "origin": origin,
+                "ignore_result": false,
+                "replaced_task_nesting": 0,
+                "stamped_headers": null,
+                "stamps": {},
+            },
+            "properties": {
+                "correlation_id": self.id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": self.queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": crate::envelope::JobId::generate().to_string(),
+            },
+        })
+        .to_string()
+    }
+}
+
+/// How a job that came from a Celery message ended, for the canvas it carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ended<'a> {
+    /// It succeeded with this result: the chain's next step and the callbacks get it.
+    Succeeded(&'a Value),
+    /// It failed for good: the errbacks are called.
+    Failed,
+}
+
+/// The messages Celery's worker would send when the job of `raw` (the Celery message it came
+/// from) ended: on success the chain's next step, carrying the rest of the chain, and each
+/// callback, with the result as their first argument (unless immutable); on failure each
+/// errback, with the failed task's id first (Celery's form for an errback that runs on
+/// another worker). Steps go to their own `queue` option, else to the queue the message
+/// came from. A signature that cannot be read is skipped, and named in the errors.
+pub(crate) fn follow_ups(raw: &str, ended: Ended<'_>, now_ms: i64) -> (Vec<Step>, Vec<String>) {
+    let mut steps = Vec::new();
+    let mut errors = Vec::new();
+    let Some((message, embed)) = read_embed(raw) else {
+        return (steps, errors);
+    };
+    let headers = &message["headers"];
+    let id = headers["id"].as_str().unwrap_or_default();
+    let parent = Parent {
+        id,
+        root_id: headers["root_id"].as_str().unwrap_or(id),
+        queue: message
+            .pointer("/properties/delivery_info/routing_key")
+            .and_then(Value::as_str)
+            .unwrap_or("celery"),
+        now_ms,
+    };
+    let mut add = |signature: &Value, first: &Value, chain: Value| match parent
+        .step(signature, first, chain)
+    {
+        Ok(step) => steps.push(step),
+        Err(why) => errors.push(why),
+    };
+    match ended {
+        Ended::Succeeded(result) => {
+            if let Some(chain) = embed.get("chain").and_then(Value::as_array)
+                && let Some((next, rest)) = chain.split_last()
+            {
+                let rest = if rest.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(rest.to_vec())
+                };
+                add(next, result, rest);
+            }
+            for callback in embed
+                .get("callbacks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                add(callback, result, Value::Null);
+            }
+        }
+        Ended::Failed => {
+            let failed = Value::String(id.to_owned());
+            for errback in embed
+                .get("errbacks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                add(errback, &failed, Value::Null);
+            }
+        }
+    }
+    (steps, errors)
+}
+
+fn read_embed(raw: &str) -> Option<(Value, Value)> {
+    let message: Value = serde_json::from_str(raw).ok()?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(message.get("body")?.as_str()?)
+        .ok()?;
+    let body: Value = serde_json::from_slice(&body).ok()?;
+    let embed = body.get(2)?.clone();
+    Some((message, embed))
+}
+
+/// The job whose canvas is followed.
+struct Parent<'a> {
+    id: &'a str,
+    root_id: &'a str,
+    queue: &'a str,
+    now_ms: i64,
+}
+
+impl Parent<'_> {
+    /// The message of one signature (`{task, args, kwargs, options, immutable}`), `first`
+    /// put before its own arguments unless it is immutable.
+    fn step(&self, signature: &Value, first: &Value, chain: Value) -> Result<Step, String> {
+        let task = signature
+            .get("task")
+            .and_then(Value::as_str)
+            .ok_or_else(|| "a canvas signature without a task name".to_owned())?;
+        let options = signature.get("options").cloned().unwrap_or(Value::Null);
+        let option_text = |name: &str| options.get(name).and_then(Value::as_str);
+        let mut args = Vec::new();
+        if !signature
+            .get("immutable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            args.push(first.clone());
+        }
+        args.extend(
+            signature
+                .get("args")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        let kwargs = signature
+            .get("kwargs")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        // `countdown` in seconds, `eta` and `expires` as times (or `expires` in seconds).
+        let seconds = |name: &str| {
+            options
+                .get(name)
+                .and_then(Value::as_f64)
+                .map(|seconds| self.now_ms + (seconds * 1000.0) as i64)
+        };
+        let time = |name: &str| option_text(name).and_then(parse_time);
+        Ok(Step {
+            id: option_text("task_id").map_or_else(
+                || crate::envelope::JobId::generate().to_string(),
+                str::to_owned,
+            ),
+            task: task.to_owned(),
+            args,
+            kwargs,
+            queue: option_text("queue")
+                .or_else(|| option_text("routing_key"))
+                .unwrap_or(self.queue)
+                .to_owned(),
+            eta_ms: seconds("countdown").or_else(|| time("eta")),
+            expires_ms: seconds("expires").or_else(|| time("expires")),
+            time_limit: [
+                options.get("time_limit").and_then(Value::as_f64),
+                options.get("soft_time_limit").and_then(Value::as_f64),
+            ],
+            root_id: self.root_id.to_owned(),
+            parent_id: Some(self.id.to_owned()),
+            chain,
+            callbacks: signatures(options.get("link")),
+            errbacks: signatures(options.get("link_error")),
+        })
+    }
+}
+
+/// A signature option that holds one signature or a list of them, as the list the message
+/// carries.
+fn signatures(option: Option<&Value>) -> Value {
+    match option {
+        Some(Value::Array(list)) if !list.is_empty() => Value::Array(list.clone()),
+        Some(one @ Value::Object(_)) => Value::Array(vec![one.clone()]),
+        _ => Value::Null,
+    }
+}
+
+/// A `STARTED` record, as a Celery worker with `track_started` writes it: the worker's
+/// process id and name as its result.
+pub(crate) fn started_record(task_id: &str, hostname: &str, now_ms: i64) -> String {
     json!({
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": task,
-            "id": id,
-            "shadow": null,
-            "eta": eta_ms.map(date_done),
-            "expires": null,
-            "group": null,
-            "group_index": null,
-            "retries": 0,
-            "timelimit": [null, null],
-            "root_id": id,
-            "parent_id": null,
-            "argsrepr": "(…)",
-            "kwargsrepr": "{…}",
-            "origin": origin,
-            "ignore_result": false,
-            "replaced_task_nesting": 0,
-            "stamped_headers": null,
-            "stamps": {},
-        },
-        "properties": {
-            "correlation_id": id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": crate::envelope::JobId::generate().to_string(),
-        },
+        "status": "STARTED",
+        "result": {"pid": std::process::id(), "hostname": hostname},
+        "traceback": null,
+        "children": [],
+        "date_done": date_done(now_ms),
+        "task_id": task_id,
     })
     .to_string()
 }
@@ -413,7 +691,7 @@ mod tests {
         assert_eq!(parsed.retries, 2);
         assert_eq!(parsed.eta_ms, Some(1_796_283_000_250));
         assert_eq!(parsed.expires_ms, None);
-        assert_eq!(parsed.canvas, None);
+        assert_eq!(parsed.unsupported_canvas, None);
         assert_eq!(
             serde_json::from_slice::<Value>(&parsed.arguments).unwrap(),
             json!([["AAPL.US"], {"force": true}])
@@ -437,8 +715,16 @@ mod tests {
             CeleryMessage::parse(&late),
             Err(MessageError::Time { name: "expires" })
         );
-        let chord = message(json!([]), json!({}), json!({"group": "g1"}));
-        assert_eq!(CeleryMessage::parse(&chord).unwrap().canvas, Some("group"));
+        let grouped = message(json!([]), json!({}), json!({"group": "g1"}));
+        assert_eq!(
+            CeleryMessage::parse(&grouped).unwrap().unsupported_canvas,
+            Some("group")
+        );
+        let limited = message(json!([]), json!({}), json!({"timelimit": [null, 2.5]}));
+        assert_eq!(
+            CeleryMessage::parse(&limited).unwrap().time_limit,
+            Some(Duration::from_millis(2500))
+        );
     }
 
     #[test]
@@ -483,15 +769,14 @@ mod tests {
     #[test]
     fn a_sent_message_reads_back_as_celery_wrote_it() {
         let kwargs: Map<String, Value> = [("scale".to_owned(), json!(2))].into_iter().collect();
-        let sent = super::message(
-            "id-1",
+        let mut step = Step::new(
             "legacy.multiply",
-            &[json!(6), json!(7)],
-            &kwargs,
+            vec![json!(6), json!(7)],
+            kwargs,
             "legacy",
-            None,
-            "me",
         );
+        step.id = "id-1".to_owned();
+        let sent = step.message("me");
         let parsed = CeleryMessage::parse(sent.as_bytes()).unwrap();
         assert_eq!(
             (parsed.id.as_str(), parsed.task.as_str()),
@@ -513,6 +798,99 @@ mod tests {
         assert_eq!(
             outcome(r#"{"status": "SUCCESS", "result": 84}"#),
             Some(CeleryOutcome::Success(json!(84)))
+        );
+    }
+
+    /// A chain of three as Celery 5.7's `chain(a, b, c).apply_async()` sends its first
+    /// message (the capture in `docs/celery.md`): the steps to come, the next last.
+    fn chained() -> String {
+        let signature = |task: &str, args: Value, id: &str, immutable: bool| {
+            json!({"task": task, "args": args, "kwargs": {}, "subtask_type": null,
+                "immutable": immutable, "options": {"queue": "prices", "task_id": id}})
+        };
+        let body = base64::engine::general_purpose::STANDARD.encode(
+            json!([["x"], {}, {"callbacks": [{"task": "it.cb", "args": [], "kwargs": {},
+                "options": {}, "subtask_type": null, "immutable": false}],
+                "errbacks": [{"task": "it.eb", "args": [1], "kwargs": {},
+                "options": {"queue": "errors"}, "subtask_type": null, "immutable": false}],
+                "chain": [signature("it.c", json!([]), "id-c", true),
+                    signature("it.b", json!([2]), "id-b", false)], "chord": null}])
+            .to_string(),
+        );
+        json!({"body": body, "content-type": "application/json",
+            "headers": {"task": "it.a", "id": "id-a", "root_id": "id-a"},
+            "properties": {"body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": "celery"}}})
+        .to_string()
+    }
+
+    #[test]
+    fn a_chain_sends_its_next_step_with_the_rest_and_the_result() {
+        let raw = chained();
+        let parsed = CeleryMessage::parse(raw.as_bytes()).unwrap();
+        assert!(parsed.follow_ups);
+        assert_eq!(parsed.unsupported_canvas, None);
+        let (steps, errors) = follow_ups(&raw, Ended::Succeeded(&json!(41)), 0);
+        assert!(errors.is_empty(), "{errors:?}");
+        let [next, callback] = steps.as_slice() else {
+            panic!("{steps:?}")
+        };
+        assert_eq!((next.id.as_str(), next.task.as_str()), ("id-b", "it.b"));
+        assert_eq!(
+            next.args,
+            vec![json!(41), json!(2)],
+            "the result comes first"
+        );
+        assert_eq!(next.queue, "prices");
+        assert_eq!(
+            (next.root_id.as_str(), next.parent_id.as_deref()),
+            ("id-a", Some("id-a"))
+        );
+        assert_eq!(
+            next.chain[0]["task"], "it.c",
+            "the rest of the chain goes along"
+        );
+        assert_eq!(callback.task, "it.cb");
+        assert_eq!(
+            callback.queue, "celery",
+            "no queue option: where it came from"
+        );
+        // The next step's own message carries the rest, and the last one takes no result.
+        let (last, _) = follow_ups(&next.message("w"), Ended::Succeeded(&json!(42)), 0);
+        assert_eq!(last.len(), 1);
+        assert_eq!((last[0].id.as_str(), last[0].args.len()), ("id-c", 0));
+        assert_eq!(last[0].chain, Value::Null);
+        let (errbacks, _) = follow_ups(&raw, Ended::Failed, 0);
+        assert_eq!(errbacks.len(), 1);
+        assert_eq!(errbacks[0].args, vec![json!("id-a"), json!(1)]);
+        assert_eq!(errbacks[0].queue, "errors");
+    }
+
+    #[test]
+    fn chords_and_groups_are_named_as_not_run() {
+        let mut in_chain: Value = serde_json::from_str(&chained()).unwrap();
+        let body = base64::engine::general_purpose::STANDARD.encode(
+            json!([[], {}, {"chain": [{"task": "celery.chord", "subtask_type": "chord"}]}])
+                .to_string(),
+        );
+        in_chain["body"] = json!(body);
+        assert_eq!(
+            CeleryMessage::parse(in_chain.to_string().as_bytes())
+                .unwrap()
+                .unsupported_canvas,
+            Some("chord")
+        );
+        let header = message(json!([]), json!({}), json!({}));
+        let mut chord: Value = serde_json::from_slice(&header).unwrap();
+        chord["body"] = json!(
+            base64::engine::general_purpose::STANDARD
+                .encode(json!([[], {}, {"chord": {"task": "it.sum"}}]).to_string())
+        );
+        assert_eq!(
+            CeleryMessage::parse(chord.to_string().as_bytes())
+                .unwrap()
+                .unsupported_canvas,
+            Some("chord")
         );
     }
 

@@ -2,14 +2,14 @@
 //! messages on the Celery queue lists, and their results read from Celery's result records.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
 use crate::broker::redis::CeleryRedis;
-use crate::celery::{self, CeleryOutcome};
+use crate::celery::{self, CeleryOutcome, Step};
 use crate::config::Config;
-use crate::envelope::{JobId, now_ms};
+use crate::envelope::{epoch_ms, now_ms};
 use crate::error::{Error, Result};
 use crate::process::process_name;
 
@@ -72,15 +72,85 @@ impl CeleryClient {
         kwargs: &Map<String, Value>,
         queue: &str,
     ) -> Result<CeleryTask> {
-        crate::keys::validate_name("queue", queue)?;
-        let id = JobId::generate().to_string();
-        let message = celery::message(&id, task, args, kwargs, queue, None, &self.origin);
-        self.broker.send(queue, &message).await?;
-        tracing::debug!(task, id = %id, queue, "sent to the Celery workers");
+        self.send_task_with(task, args, kwargs, &CeleryOptions::new(queue))
+            .await
+    }
+
+    /// [`CeleryClient::send_task`] with `apply_async`'s timing options: a countdown or ETA,
+    /// an expiry, a time limit.
+    pub async fn send_task_with(
+        &self,
+        task: &str,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+        options: &CeleryOptions,
+    ) -> Result<CeleryTask> {
+        crate::keys::validate_name("queue", &options.queue)?;
+        let mut step = Step::new(task, args.to_vec(), kwargs.clone(), &options.queue);
+        let now = now_ms();
+        step.eta_ms = match (options.countdown, options.eta) {
+            (Some(delay), _) => Some(now + delay.as_millis() as i64),
+            (None, Some(at)) => Some(epoch_ms(at)),
+            (None, None) => None,
+        };
+        step.expires_ms = options.expires.map(|after| now + after.as_millis() as i64);
+        step.time_limit = [options.time_limit.map(|limit| limit.as_secs_f64()), None];
+        self.broker
+            .send(&options.queue, &step.message(&self.origin))
+            .await?;
+        tracing::debug!(task, id = %step.id, queue = %options.queue, "sent to the Celery workers");
         Ok(CeleryTask {
-            id,
+            id: step.id,
             results: self.results.clone(),
         })
+    }
+}
+
+/// How [`CeleryClient::send_task_with`] sends a task: Celery's `apply_async` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CeleryOptions {
+    queue: String,
+    countdown: Option<Duration>,
+    eta: Option<SystemTime>,
+    expires: Option<Duration>,
+    time_limit: Option<Duration>,
+}
+
+impl CeleryOptions {
+    /// To the Celery queue `queue` (`celery` is Celery's default), at once.
+    pub fn new(queue: impl Into<String>) -> Self {
+        CeleryOptions {
+            queue: queue.into(),
+            countdown: None,
+            eta: None,
+            expires: None,
+            time_limit: None,
+        }
+    }
+
+    /// Run it no sooner than `delay` from now (`countdown`).
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.countdown = Some(delay);
+        self
+    }
+
+    /// Run it no sooner than `at` (`eta`); a countdown wins over it.
+    pub fn eta(mut self, at: SystemTime) -> Self {
+        self.eta = Some(at);
+        self
+    }
+
+    /// Not run if taken later than `after` from now (`expires`): recorded `REVOKED`.
+    pub fn expires(mut self, after: Duration) -> Self {
+        self.expires = Some(after);
+        self
+    }
+
+    /// Stop it after `limit` (`time_limit`, the hard one).
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,7 +16,9 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, DeadLetterLimits, NewJob, QueuedJob, UniqueLock};
 use crate::config::Config;
 use crate::dead::DeadLetters;
-use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, now_ms};
+use crate::envelope::{
+    Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, VERSION, epoch_ms, now_ms,
+};
 use crate::error::{Error, Result};
 use crate::history::MetricsHistory;
 use crate::keys::{Keys, validate_name};
@@ -743,11 +745,6 @@ impl From<Duration> for Expiry {
 }
 
 /// Milliseconds since the Unix epoch of `at` (0 for a time before it).
-fn epoch_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A job that was enqueued: its id, state and eventual result of type `O`.
 pub struct TaskHandle<O> {
     id: JobId,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::celery::CeleryUnknownTasks;
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
 use crate::limit::{RateLimit, check_limit_name};
@@ -104,6 +105,12 @@ pub struct Config {
     /// Where Celery callers read results (`CELERY_RESULT_BACKEND`, a Redis URL): a job taken
     /// from a Celery queue stores its outcome there too, in Celery's format.
     pub celery_result_backend: Option<String>,
+    /// Whether a job from a Celery message records `STARTED` for its caller when it starts, as
+    /// Celery's `task_track_started` (`PSW_CELERY_TRACK_STARTED`, default off, as Celery's).
+    pub celery_track_started: bool,
+    /// What becomes of a Celery message for a task no worker here links
+    /// (`PSW_CELERY_UNKNOWN_TASKS`: `leave`, the default, or `dead_letter`).
+    pub celery_unknown_tasks: CeleryUnknownTasks,
     variable_of_url: &'static str,
 }
 
@@ -136,6 +143,8 @@ impl std::fmt::Debug for Config {
             celery_queues,
             celery_broker_url,
             celery_result_backend,
+            celery_track_started,
+            celery_unknown_tasks,
             variable_of_url,
         } = self;
         f.debug_struct("Config")
@@ -169,6 +178,8 @@ impl std::fmt::Debug for Config {
                 "celery_result_backend",
                 &celery_result_backend.as_deref().map(redact::url),
             )
+            .field("celery_track_started", celery_track_started)
+            .field("celery_unknown_tasks", celery_unknown_tasks)
             .field("variable_of_url", variable_of_url)
             .finish()
     }
@@ -201,6 +212,8 @@ impl Default for Config {
             celery_queues: Vec::new(),
             celery_broker_url: None,
             celery_result_backend: None,
+            celery_track_started: false,
+            celery_unknown_tasks: CeleryUnknownTasks::Leave,
             variable_of_url: "REDIS_URL",
         }
     }
@@ -267,6 +280,16 @@ impl Config {
                 queues
             }
             None => Vec::new(),
+        };
+
+        let celery_track_started = match get("PSW_CELERY_TRACK_STARTED") {
+            Some((name, value)) => parse_bool(name, &value)?,
+            None => false,
+        };
+        let celery_unknown_tasks = match get("PSW_CELERY_UNKNOWN_TASKS") {
+            Some((name, value)) => CeleryUnknownTasks::parse(&value)
+                .ok_or_else(|| Error::config(name, value, "`leave` or `dead_letter`"))?,
+            None => CeleryUnknownTasks::Leave,
         };
 
         let redis_ca_cert = get("PSW_REDIS_CA_CERT").map(|(_, path)| PathBuf::from(path));
@@ -416,6 +439,8 @@ impl Config {
             celery_queues,
             celery_broker_url,
             celery_result_backend,
+            celery_track_started,
+            celery_unknown_tasks,
             variable_of_url,
         })
     }
@@ -639,6 +664,14 @@ mod tests {
         check_error(
             &[("PSW_CELERY_QUEUES", "celery,bad queue")],
             "invalid configuration: PSW_CELERY_QUEUES = \"bad queue\": expected a non-empty name of at most 200 characters without whitespace, `{`, `}` or `:`",
+        );
+        check_error(
+            &[("PSW_CELERY_UNKNOWN_TASKS", "drop")],
+            "invalid configuration: PSW_CELERY_UNKNOWN_TASKS = \"drop\": expected `leave` or `dead_letter`",
+        );
+        check_error(
+            &[("PSW_CELERY_TRACK_STARTED", "maybe")],
+            "invalid configuration: PSW_CELERY_TRACK_STARTED = \"maybe\": expected true or false",
         );
         for lease in ["2ns", "100ms", "2h"] {
             let err = config(&[("PSW_LEASE", lease)]).unwrap_err().to_string();

@@ -198,8 +198,23 @@ wire_enum! {
         /// The job came from a Celery message: its arguments are JSON `[args, kwargs]`,
         /// mapped onto the task's parameters when it runs.
         CeleryArgs => "psw-celery-args",
-        /// The Celery caller wants a result record (`celery-task-meta-<id>`).
+        /// The Celery caller wants a result record (`celery-task-meta-<id>`): `final` for
+        /// the outcome, `started` for a `STARTED` record as well (`PSW_CELERY_TRACK_STARTED`).
         CeleryResult => "psw-celery-result",
+        /// The Celery message the job was made from, as read off the queue: for its canvas
+        /// (chain, callbacks, errbacks) when it ends, and kept in its dead letter for replay
+        /// on Celery.
+        CeleryMessage => "psw-celery-message",
+        /// The Celery message carries a chain, callbacks or errbacks: its next steps are
+        /// sent when it ends.
+        CeleryCanvas => "psw-celery-canvas",
+        /// The Celery message's time limit (`timelimit`), in ms: over the task's own.
+        CeleryTimeLimitMs => "psw-celery-time-limit-ms",
+        /// The Celery message is not run but dead-lettered, for this reason (a dead-letter
+        /// reason's name): a chord or group, or a task no worker links.
+        CeleryRefused => "psw-celery-refused",
+        /// What the refusal says, for the dead letter.
+        CeleryRefusedWhy => "psw-celery-refused-why",
     }
 }
 
@@ -209,7 +224,10 @@ impl SystemHeader {
     pub(crate) fn resets_on_replay(self) -> bool {
         matches!(
             self,
-            SystemHeader::UnknownTaskTries | SystemHeader::SlotWaits
+            SystemHeader::UnknownTaskTries
+                | SystemHeader::SlotWaits
+                | SystemHeader::CeleryRefused
+                | SystemHeader::CeleryRefusedWhy
         )
     }
 }
@@ -278,6 +296,12 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A time as ms since the Unix epoch (0 for a time before it).
+pub(crate) fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Arguments of a task that takes none: encoded as an empty array like every other argument

@@ -88,7 +88,8 @@ pub use crate::broker::{
     DeadJob, DeadLetterStats, DeadReason, FailureGroup, QueueStats, QueuedJob, UniqueLock,
 };
 #[doc(inline)]
-pub use crate::celery_client::{CeleryClient, CeleryTask};
+pub use crate::celery::CeleryUnknownTasks;
+pub use crate::celery_client::{CeleryClient, CeleryOptions, CeleryTask};
 #[doc(inline)]
 pub use crate::client::{Client, EnqueueOptions, Expiry, TaskHandle};
 #[doc(inline)]

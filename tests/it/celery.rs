@@ -35,6 +35,7 @@ async fn python_send_task_calls_are_answered_by_rust_tasks_as_celery_would() {
     let list = format!("celery-{}", ns.name());
     let mut config = ns.config();
     config.celery_result_backend = Some(ns.url().to_owned());
+    config.celery_track_started = true;
     let client = Client::connect(&config).await.unwrap();
     let worker = start_built(
         Worker::builder(&client)
@@ -101,6 +102,39 @@ async fn python_send_task_calls_are_answered_by_rust_tasks_as_celery_would() {
         "a message for a task not linked here is left"
     );
     assert_eq!(seen["foreign_state"], "PENDING");
+    assert_eq!(seen["started"]["result"], "slept tracked");
+    assert!(
+        seen["started"]["states"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("STARTED")),
+        "STARTED recorded while it ran: {seen}"
+    );
+    assert_eq!(seen["time_limit"]["type"], "TimeoutError", "{seen}");
+    assert!(
+        seen["time_limit"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 300ms"),
+        "{seen}"
+    );
+    assert_eq!(seen["chain"]["first"], "AAPL.US force=true", "{seen}");
+    assert_eq!(seen["chain"]["result"], "AAPL.US FORCE=TRUE!", "{seen}");
+    assert_eq!(seen["link"]["parent"], "pong linked", "{seen}");
+    assert_eq!(seen["link"]["result"], "PONG LINKED!", "{seen}");
+    assert_eq!(
+        seen["link_error"]["result"],
+        format!("noted {}", seen["link_error"]["failed"].as_str().unwrap()),
+        "{seen}"
+    );
+    assert_eq!(seen["group"]["type"], "RuntimeError", "{seen}");
+    assert!(
+        seen["group"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Celery group"),
+        "{seen}"
+    );
 
     // The failures are dead letters of ours too.
     let letters = client.dead_letters().list(10).await.unwrap();
@@ -110,6 +144,105 @@ async fn python_send_task_calls_are_answered_by_rust_tasks_as_celery_would() {
         .collect();
     assert!(tasks.contains(&"it.celery_fails"), "{tasks:?}");
     assert!(tasks.contains(&"it.celery_quote"), "{tasks:?}");
+    // Each keeps the Celery message it was made from, to give back to Celery.
+    let failed = letters
+        .iter()
+        .find(|letter| letter.task.as_deref() == Some("it.celery_fails"))
+        .unwrap();
+    let kept: Value = serde_json::from_str(&failed.celery_message().unwrap()).unwrap();
+    assert_eq!(kept["headers"]["task"], "it.celery_fails");
+    assert_eq!(
+        Some(kept["headers"]["id"].as_str().unwrap()),
+        failed.job_id.as_deref()
+    );
+    let canvas: Vec<_> = letters
+        .iter()
+        .filter(|letter| letter.reason == psw_tasks::DeadReason::UnsupportedCanvas)
+        .collect();
+    assert_eq!(canvas.len(), 2, "both members of the group: {letters:?}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_messages_not_run_are_dead_letters_with_their_reason_and_bytes() {
+    let ns = TestNamespace::new("celery-refused");
+    let list = format!("celery-{}", ns.name());
+    let mut config = ns.config();
+    config.celery_result_backend = Some(ns.url().to_owned());
+    config.celery_unknown_tasks = psw_tasks::CeleryUnknownTasks::DeadLetter;
+    let client = Client::connect(&config).await.unwrap();
+    let mut redis = redis::Client::open(ns.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let garbage = b"{\"headers\": {\"task\": \"x\"}, \"body\": 17}\xff".to_vec();
+    let _: () = redis::cmd("LPUSH")
+        .arg(&list)
+        .arg(&garbage)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let celery = psw_tasks::CeleryClient::connect(&config).await.unwrap();
+    let unknown = celery
+        .send_task(
+            "legacy.nobody_here",
+            &[Value::from(1)],
+            &Default::default(),
+            &list,
+        )
+        .await
+        .unwrap();
+    let worker = start_built(
+        Worker::builder(&client)
+            .queues([CELERY_QUEUE])
+            .celery_queues([list.as_str()])
+            .build()
+            .unwrap(),
+    );
+    // The caller of the unknown task reads a FAILURE naming it, as from a Celery worker.
+    match unknown.wait(Duration::from_secs(20)).await {
+        Err(psw_tasks::Error::JobFailed { message, .. }) => {
+            assert!(message.contains("legacy.nobody_here"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let letters = client.dead_letters().list(10).await.unwrap();
+        if letters.len() >= 2 || std::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let unreadable = letters
+        .iter()
+        .find(|letter| letter.reason == psw_tasks::DeadReason::DecodeError)
+        .expect("the unreadable message is a dead letter");
+    assert!(
+        unreadable.error.contains("not a JSON object"),
+        "{}",
+        unreadable.error
+    );
+    assert!(
+        unreadable.payload_size > garbage.len(),
+        "its bytes are kept whole"
+    );
+    let known = letters
+        .iter()
+        .find(|letter| letter.reason == psw_tasks::DeadReason::UnknownTask)
+        .expect("the unknown task's message is a dead letter");
+    assert_eq!(known.job_id.as_deref(), Some(unknown.id()));
+    let kept: Value = serde_json::from_str(&known.celery_message().unwrap()).unwrap();
+    assert_eq!(kept["headers"]["task"], "legacy.nobody_here");
+    // Nothing is left on the Celery list or taken.
+    let waiting: i64 = redis::cmd("LLEN")
+        .arg(&list)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0);
     worker.stop().await;
 }
 
@@ -227,5 +360,33 @@ async fn rust_calls_tasks_that_still_run_on_a_real_celery_worker() {
         other => panic!("expected the Python exception, got {other:?}"),
     }
     assert_eq!(refused.state().await.unwrap(), "FAILURE");
+    // apply_async's options, honoured by the Celery worker: a countdown, an expiry.
+    let sent = std::time::Instant::now();
+    let later = celery
+        .send_task_with(
+            "legacy.multiply",
+            &[Value::from(2), Value::from(3)],
+            &Default::default(),
+            &psw_tasks::CeleryOptions::new(&list).countdown(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(later.wait(Duration::from_secs(30)).await.unwrap(), 6);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1900),
+        "run before its countdown: {:?}",
+        sent.elapsed()
+    );
+    let expired = celery
+        .send_task_with(
+            "legacy.multiply",
+            &[Value::from(2), Value::from(3)],
+            &Default::default(),
+            &psw_tasks::CeleryOptions::new(&list).expires(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert!(expired.wait(Duration::from_secs(30)).await.is_err());
+    assert_eq!(expired.state().await.unwrap(), "REVOKED");
     let _ = celery_worker.kill().await;
 }

@@ -464,6 +464,18 @@ pub async fn celery_flaky(ctx: TaskContext) -> Result<u32, TaskError> {
     Ok(ctx.attempt())
 }
 
+/// The second step of a chain: takes the first step's result.
+#[task(name = "it.celery_shout", queue = "celery-it", retries = 0)]
+pub async fn celery_shout(text: String) -> Result<String, TaskError> {
+    Ok(format!("{}!", text.to_uppercase()))
+}
+
+/// An errback, called as Celery calls one on another worker: with the failed task's id.
+#[task(name = "it.celery_on_error", queue = "celery-it", retries = 0)]
+pub async fn celery_on_error(failed_id: String) -> Result<String, TaskError> {
+    Ok(format!("noted {failed_id}"))
+}
+
 /// Runs long enough for a test to kill its worker mid-job.
 #[task(name = "it.celery_slow", queue = "celery-it", retries = 0)]
 pub async fn celery_slow(word: String) -> Result<String, TaskError> {

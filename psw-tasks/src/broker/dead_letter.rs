@@ -37,6 +37,9 @@ wire_enum! {
         OversizedResult => "oversized_result",
         /// Its outcome could not be stored: the broker refused the write.
         StoreFailed => "store_failed",
+        /// A Celery message that is part of a canvas psw-tasks does not run yet: a chord or
+        /// a group.
+        UnsupportedCanvas => "unsupported_canvas",
         /// A reason this version does not know, written by a newer one.
         Unknown => "unknown",
     }
@@ -205,6 +208,15 @@ impl DeadJob {
         crate::envelope::Envelope::decode(&self.payload)
             .ok()
             .map(|envelope| envelope.to_json())
+    }
+
+    /// The Celery message the job was made from, as it was read off its Celery queue: to
+    /// `LPUSH` back there for the Celery workers (`docs/celery.md`). `None` for a job of ours.
+    pub fn celery_message(&self) -> Option<String> {
+        let envelope = crate::envelope::Envelope::decode(&self.payload).ok()?;
+        envelope
+            .header(crate::envelope::SystemHeader::CeleryMessage)
+            .map(str::to_owned)
     }
 }
 

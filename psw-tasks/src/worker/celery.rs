@@ -1,6 +1,6 @@
 //! Celery interop: the bridge that takes messages off Celery's queue lists and makes each a
-//! job of ours (the same id, the task's own queue), and the result records Celery callers
-//! read. A message is moved atomically into this worker's own taken list, added as a job once
+//! job of ours (the same id, the task's own queue), or a job marked to be dead-lettered with
+//! its reason. A message is moved atomically into this worker's own taken list, added as a job once
 //! (its id held, so a message put back after a crash is not added twice), and only then
 //! dropped from the taken list; the reaper puts back what a dead worker had taken. From then
 //! on it is an ordinary job: leases, retries, dead letters. `docs/celery.md` has the mapping.
@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::celery_link::CeleryLink;
 use super::shared::Shared;
 use crate::broker::redis::CeleryRedis;
-use crate::broker::{NewJob, Settlement};
-use crate::celery::{self, CeleryMessage};
-use crate::config::Config;
+use crate::broker::{DeadReason, NewJob};
+use crate::celery::{CeleryMessage, CeleryUnknownTasks};
 use crate::envelope::{Envelope, JobId, SystemHeader, VERSION, now_ms};
-use crate::error::{Error, Result};
-use crate::record::{JobRecord, State};
+use crate::error::Result;
 use crate::stats::Heartbeat;
 
 /// How long one queue's read blocks: short, so that several queues and a shutdown are served.
@@ -31,73 +30,17 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 /// A worker whose heartbeat is older than this many leases is taken for dead by the reaper.
 const DEAD_AFTER_LEASES: u32 = 4;
 
-/// The worker's connections to a Celery deployment: its queues, and where its callers read
-/// results.
-pub(crate) struct CeleryLink {
-    queues: Vec<String>,
-    lists: Option<CeleryRedis>,
-    pub(crate) results: Option<Arc<CeleryRedis>>,
-}
-
-impl CeleryLink {
-    /// Connect as configured: the queue lists on `CELERY_BROKER_URL` (else psw-tasks' own
-    /// Redis), results on `CELERY_RESULT_BACKEND`. `None` when neither is asked for.
-    pub(crate) async fn connect(config: &Config, queues: &[String]) -> Result<Option<Self>> {
-        let lists = match (&config.celery_broker_url, &config.redis_url) {
-            _ if queues.is_empty() => None,
-            (Some(url), _) => Some(
-                CeleryRedis::connect(
-                    url,
-                    "CELERY_BROKER_URL",
-                    config.redis_ca_cert.as_deref(),
-                    &config.namespace,
-                )
-                .await?,
-            ),
-            (None, Some(url)) => Some(
-                CeleryRedis::connect(
-                    url,
-                    config.url_variable(),
-                    config.redis_ca_cert.as_deref(),
-                    &config.namespace,
-                )
-                .await?,
-            ),
-            (None, None) => {
-                return Err(Error::config(
-                    "PSW_CELERY_QUEUES",
-                    queues.join(","),
-                    "Celery queues on a Redis: set CELERY_BROKER_URL (or REDIS_URL)",
-                ));
-            }
-        };
-        let results = match &config.celery_result_backend {
-            Some(url) => Some(Arc::new(
-                CeleryRedis::connect(
-                    url,
-                    "CELERY_RESULT_BACKEND",
-                    config.redis_ca_cert.as_deref(),
-                    &config.namespace,
-                )
-                .await?,
-            )),
-            None => None,
-        };
-        if lists.is_none() && results.is_none() {
-            return Ok(None);
-        }
-        Ok(Some(CeleryLink {
-            queues: queues.to_vec(),
-            lists,
-            results,
-        }))
-    }
-}
-
 /// Take messages off the Celery queues until `stop`.
 pub(crate) async fn run(shared: Arc<Shared>, link: Arc<CeleryLink>, stop: CancellationToken) {
-    let Some(lists) = &link.lists else {
+    if link.queues.is_empty() {
         return;
+    }
+    let lists = match link.lists().await {
+        Ok(lists) => lists,
+        Err(err) => {
+            tracing::error!(error = %crate::error::chain(&err), "no connection to the Celery queues");
+            return;
+        }
     };
     let mut resting: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     let mut next_reap = tokio::time::Instant::now();
@@ -128,11 +71,11 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<CeleryLink>, stop: Cancel
             };
             match taken {
                 Ok(Some(message)) => {
-                    if let Err(err) = bridge(&shared, lists, queue, &message).await {
+                    if let Err(err) = bridge(&shared, &link, lists, queue, &message).await {
                         // The message stays in the taken list: the reaper puts it back.
                         tracing::error!(queue, error = %crate::error::chain(&err), "could not make a Celery message a job; it is put back later");
                         rest(&stop, FOREIGN_BACKOFF).await;
-                    } else if !known(&shared, &message) {
+                    } else if !known(&shared, &link, &message) {
                         resting
                             .insert(queue.clone(), tokio::time::Instant::now() + FOREIGN_BACKOFF);
                     }
@@ -154,68 +97,111 @@ async fn rest(stop: &CancellationToken, time: Duration) {
     }
 }
 
-/// Whether a message names a task linked here (else it was given back).
-fn known(shared: &Shared, message: &[u8]) -> bool {
-    CeleryMessage::parse(message).map_or(true, |parsed| shared.registry.get(&parsed.task).is_some())
+/// Whether a message was not given back: it names a task linked here, or is dead-lettered.
+fn known(shared: &Shared, link: &CeleryLink, message: &[u8]) -> bool {
+    link.unknown_tasks == CeleryUnknownTasks::DeadLetter
+        || CeleryMessage::parse(message)
+            .map_or(true, |parsed| shared.registry.get(&parsed.task).is_some())
 }
 
-/// Make one taken message a job, give it back, or keep it as an undecodable job (so that it
-/// is dead-lettered with its bytes); then drop it from the taken list.
-async fn bridge(shared: &Shared, lists: &CeleryRedis, queue: &str, message: &[u8]) -> Result<()> {
+/// Make one taken message a job, give it back, or make it a job marked to be dead-lettered
+/// with its reason (a message we cannot read, a chord or group, an unknown task when so
+/// configured); then drop it from the taken list.
+async fn bridge(
+    shared: &Shared,
+    link: &CeleryLink,
+    lists: &CeleryRedis,
+    queue: &str,
+    message: &[u8],
+) -> Result<()> {
     let parsed = match CeleryMessage::parse(message) {
         Ok(parsed) => parsed,
         Err(err) => {
             tracing::error!(queue, size = message.len(), error = %err, "not a Celery message we can read; dead-lettered with its bytes");
-            // Pushed as it is: the worker that takes it finds no envelope and dead-letters it
-            // as `decode_error`, the bytes kept for a look.
-            let target = shared
-                .registry
-                .queues()
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| crate::rules::DEFAULT_QUEUE.to_owned());
-            shared
-                .broker
-                .push(vec![NewJob {
-                    queue: target,
-                    payload: message.to_vec(),
-                    due_ms: None,
-                }])
-                .await?;
-            return lists.forget(queue, &shared.consumer, message).await;
+            let why = format!("not a Celery message psw-tasks reads, from queue `{queue}`: {err}");
+            let refused = refused(
+                &link.home_queue,
+                queue,
+                message,
+                DeadReason::DecodeError,
+                why,
+            );
+            return add(shared, lists, queue, message, refused, None).await;
         }
     };
-    let Some(descriptor) = shared.registry.get(&parsed.task) else {
-        tracing::debug!(queue, task = %parsed.task, id = %parsed.id, "a Celery message for a task not linked here; left to the Celery workers");
-        return lists.give_back(queue, &shared.consumer, message).await;
+    let descriptor = shared.registry.get(&parsed.task);
+    let refusal = match (descriptor, parsed.unsupported_canvas) {
+        (None, _) if link.unknown_tasks == CeleryUnknownTasks::Leave => {
+            tracing::debug!(queue, task = %parsed.task, id = %parsed.id, "a Celery message for a task not linked here; left to the Celery workers");
+            return lists.give_back(queue, &shared.consumer, message).await;
+        }
+        (None, _) => Some((
+            DeadReason::UnknownTask,
+            format!(
+                "no task named `{}` is linked into the workers reading Celery queue `{queue}`",
+                crate::redact::printable(&parsed.task)
+            ),
+        )),
+        (Some(_), Some(canvas)) => Some((
+            DeadReason::UnsupportedCanvas,
+            format!("part of a Celery {canvas}: psw-tasks does not run chords and groups yet"),
+        )),
+        (Some(_), None) => None,
     };
-    if let Some(canvas) = parsed.canvas {
-        tracing::warn!(queue, task = %parsed.task, id = %parsed.id, canvas, "a Celery message with a canvas psw-tasks does not run yet; left to the Celery workers");
-        return lists.give_back(queue, &shared.consumer, message).await;
-    }
-    let mut headers = BTreeMap::new();
-    headers.insert(
-        SystemHeader::CeleryArgs.as_str().to_owned(),
-        "json".to_owned(),
+    let mut envelope = job_of(
+        &parsed,
+        descriptor.map_or(link.home_queue.as_str(), |task| task.options().queue),
+        message,
     );
+    if let Some((reason, why)) = refusal {
+        tracing::error!(queue, task = %parsed.task, id = %parsed.id, reason = %reason, "a Celery message psw-tasks does not run; dead-lettered");
+        envelope.set_header(SystemHeader::CeleryRefused, reason.as_str().to_owned());
+        envelope.set_header(SystemHeader::CeleryRefusedWhy, why);
+        envelope.eta_ms = None;
+        return add(shared, lists, queue, message, envelope, None).await;
+    }
+    if link.track_started && !parsed.ignore_result {
+        envelope.set_header(SystemHeader::CeleryResult, "started".to_owned());
+    }
+    let due_ms = envelope.eta_ms;
+    add(shared, lists, queue, message, envelope, due_ms).await
+}
+
+/// The job of a Celery message, in `queue`.
+fn job_of(parsed: &CeleryMessage, queue: &str, message: &[u8]) -> Envelope {
+    let mut headers = BTreeMap::new();
+    let mut header = |name: SystemHeader, value: String| {
+        headers.insert(name.as_str().to_owned(), value);
+    };
+    header(SystemHeader::CeleryArgs, "json".to_owned());
     if !parsed.ignore_result {
-        headers.insert(
-            SystemHeader::CeleryResult.as_str().to_owned(),
-            "redis".to_owned(),
+        header(SystemHeader::CeleryResult, "final".to_owned());
+    }
+    // Parsed, so JSON, so UTF-8.
+    header(
+        SystemHeader::CeleryMessage,
+        String::from_utf8_lossy(message).into_owned(),
+    );
+    if parsed.follow_ups {
+        header(SystemHeader::CeleryCanvas, "follow".to_owned());
+    }
+    if let Some(limit) = parsed.time_limit {
+        header(
+            SystemHeader::CeleryTimeLimitMs,
+            limit.as_millis().max(1).to_string(),
         );
     }
     let now = now_ms();
-    let due_ms = parsed.eta_ms.filter(|&eta| eta > now);
-    let envelope = Envelope {
+    Envelope {
         v: VERSION,
         id: JobId::from(parsed.id.as_str()),
         task: parsed.task.clone(),
-        queue: descriptor.options().queue.to_owned(),
-        args: parsed.arguments,
+        queue: queue.to_owned(),
+        args: parsed.arguments.clone(),
         attempt: parsed.retries,
         retries: None,
         created_ms: now,
-        eta_ms: due_ms,
+        eta_ms: parsed.eta_ms.filter(|&eta| eta > now),
         headers,
         errors: Vec::new(),
         errors_dropped: 0,
@@ -223,9 +209,60 @@ async fn bridge(shared: &Shared, lists: &CeleryRedis, queue: &str, message: &[u8
         unique_key: None,
         unique_release: None,
         debounce_key: None,
-    };
-    let hold =
-        shared.result_ttl + Duration::from_millis(due_ms.map_or(0, |due| (due - now) as u64));
+    }
+}
+
+/// The job standing for a message that cannot be read: its bytes as its arguments, kept
+/// whole in the dead letter it becomes.
+fn refused(target: &str, queue: &str, message: &[u8], reason: DeadReason, why: String) -> Envelope {
+    let mut headers = BTreeMap::new();
+    headers.insert(
+        SystemHeader::CeleryRefused.as_str().to_owned(),
+        reason.as_str().to_owned(),
+    );
+    headers.insert(SystemHeader::CeleryRefusedWhy.as_str().to_owned(), why);
+    // For a look at it (the dashboard shows headers); the bytes are the arguments, whatever
+    // they are.
+    if let Ok(text) = std::str::from_utf8(message) {
+        headers.insert(
+            SystemHeader::CeleryMessage.as_str().to_owned(),
+            text.to_owned(),
+        );
+    }
+    Envelope {
+        v: VERSION,
+        id: JobId::generate(),
+        task: format!("celery:{queue}"),
+        queue: target.to_owned(),
+        args: message.to_vec(),
+        attempt: 0,
+        retries: None,
+        created_ms: now_ms(),
+        eta_ms: None,
+        headers,
+        errors: Vec::new(),
+        errors_dropped: 0,
+        expires_ms: None,
+        unique_key: None,
+        unique_release: None,
+        debounce_key: None,
+    }
+}
+
+/// Add the job of a taken message (once: its id is held, so a message put back after a crash
+/// is not added twice), then drop the message from the taken list.
+async fn add(
+    shared: &Shared,
+    lists: &CeleryRedis,
+    queue: &str,
+    message: &[u8],
+    envelope: Envelope,
+    due_ms: Option<i64>,
+) -> Result<()> {
+    let now = now_ms();
+    let hold = shared.result_ttl
+        + Duration::from_millis(due_ms.map_or(0, |due| (due - now).max(0) as u64));
+    let id = envelope.id.to_string();
     let added = shared
         .broker
         .push_once(
@@ -234,12 +271,12 @@ async fn bridge(shared: &Shared, lists: &CeleryRedis, queue: &str, message: &[u8
                 payload: envelope.encode()?,
                 due_ms,
             },
-            &parsed.id,
+            &id,
             hold,
         )
         .await?;
     if !added {
-        tracing::info!(queue, id = %parsed.id, "a Celery message already taken as a job (put back after a crash); not added again");
+        tracing::info!(queue, id = %id, "a Celery message already taken as a job (put back after a crash); not added again");
     }
     lists.forget(queue, &shared.consumer, message).await
 }
@@ -267,31 +304,4 @@ async fn reap(shared: &Shared, lists: &CeleryRedis) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Write the result record a Celery caller reads for a job that came from a Celery message
-/// and asked for one (the caller checked its header), before the settlement is stored: an
-/// outcome is visible before its job is acknowledged, as ours are (a crash between runs the
-/// job again, which writes it again).
-pub(crate) async fn write_result(shared: &Shared, results: &CeleryRedis, settlement: &Settlement) {
-    let Some((_, bytes)) = &settlement.record else {
-        return;
-    };
-    let Ok(record) = JobRecord::decode(bytes) else {
-        return;
-    };
-    if !matches!(
-        record.state,
-        State::Success | State::Failure | State::Retry | State::Revoked
-    ) {
-        return;
-    }
-    let result = record.result_json().ok().flatten();
-    let stored = celery::result_record(&record, result, now_ms());
-    if let Err(err) = results
-        .store_result(&record.id, &stored, shared.result_ttl)
-        .await
-    {
-        tracing::error!(id = %record.id, error = %crate::error::chain(&err), "could not store the Celery result record");
-    }
 }

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::activity::Start;
+use super::celery_link::CeleryJob;
 use super::limits::Wait;
 use super::progress::RecordProgress;
 use super::shared::Shared;
@@ -32,20 +33,20 @@ const UNKNOWN_TASK_RETRIES: u32 = 4;
 
 /// Run one delivery on runner number `runner`, and hand its settlement to the writer.
 pub(crate) async fn run(shared: &Arc<Shared>, delivery: &Delivery, runner: usize) {
-    let (settlement, celery_result) = check_and_run(shared, delivery, runner).await;
-    if let (Some(results), true) = (&shared.celery_results, celery_result) {
-        super::celery::write_result(shared, results, &settlement).await;
+    let (settlement, celery) = check_and_run(shared, delivery, runner).await;
+    if let (Some(link), Some(job)) = (&shared.celery, &celery) {
+        link.ended(job, &settlement).await;
     }
     shared.settle(settlement).await;
 }
 
-/// The delivery's settlement, and whether a Celery caller wants its outcome (read from the
-/// envelope here, where it is decoded anyway).
+/// The delivery's settlement, and what a job from a Celery message needs when it ends (read
+/// from the envelope here, where it is decoded anyway).
 async fn check_and_run(
     shared: &Arc<Shared>,
     delivery: &Delivery,
     runner: usize,
-) -> (Settlement, bool) {
+) -> (Settlement, Option<CeleryJob>) {
     // Logs carry the entry, the size and (once decoded) the id and task, never the bytes:
     // arguments can hold secrets.
     if delivery.deliveries > shared.max_deliveries {
@@ -66,7 +67,7 @@ async fn check_and_run(
             .as_ref()
             .and_then(Envelope::releasable_lock)
             .map(Box::new);
-        return (settlement, false);
+        return (settlement, None);
     }
     if delivery.payload.len() > shared.max_message_size {
         tracing::error!(queue = %delivery.queue, entry = %delivery.entry_id, size = delivery.payload.len(), limit = shared.max_message_size, "job over the size limit; dead-lettered");
@@ -76,14 +77,14 @@ async fn check_and_run(
             shared.max_message_size
         );
         let settlement = shared.dead_letter(delivery, None, &[], DeadReason::Oversized, error);
-        return (settlement, false);
+        return (settlement, None);
     }
     match Envelope::decode(&delivery.payload) {
         Ok(envelope) => {
-            let celery_result = envelope.header(SystemHeader::CeleryResult).is_some();
+            let celery = CeleryJob::of(&envelope);
             (
                 run_envelope(shared, delivery, envelope, runner).await,
-                celery_result,
+                celery,
             )
         }
         Err(err) => {
@@ -95,7 +96,7 @@ async fn check_and_run(
                 DeadReason::DecodeError,
                 crate::error::chain(&err),
             );
-            (settlement, false)
+            (settlement, None)
         }
     }
 }
@@ -127,6 +128,50 @@ fn unknown_task(shared: &Shared, delivery: &Delivery, mut envelope: Envelope) ->
     tracing::warn!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, tries, "no task of this name here (a deploy in progress?); putting it back");
     envelope.set_header(SystemHeader::UnknownTaskTries, (tries + 1).to_string());
     put_back(shared, delivery, envelope, shared.unknown_task_delay)
+}
+
+/// Dead-letter a job made of a Celery message psw-tasks does not run (a chord or group, a
+/// message it cannot read, a task no worker links), with the reason the bridge gave; its
+/// Celery caller reads a FAILURE with it.
+fn refuse_celery(
+    shared: &Shared,
+    delivery: &Delivery,
+    reason: String,
+    envelope: Envelope,
+) -> Settlement {
+    let reason = DeadReason::from_wire(&reason).unwrap_or(DeadReason::Unknown);
+    let why = envelope
+        .header(SystemHeader::CeleryRefusedWhy)
+        .unwrap_or("a Celery message psw-tasks does not run")
+        .to_owned();
+    tracing::error!(id = %envelope.id, task = %envelope.task, queue = %delivery.queue, reason = %reason, "a Celery message psw-tasks does not run; dead-lettered");
+    let now = now_ms();
+    let errors = vec![AttemptError {
+        attempt: envelope.attempt,
+        at_ms: now,
+        kind: FailureKind::Permanent,
+        message: why.clone(),
+    }];
+    let dead = shared.dead_letter(delivery, Some(&envelope), &errors, reason, why);
+    if envelope.header(SystemHeader::CeleryResult).is_none() {
+        return dead;
+    }
+    let record = JobRecord {
+        id: envelope.id.to_string(),
+        task: envelope.task.clone(),
+        state: State::Failure,
+        attempt: envelope.attempt,
+        result: None,
+        errors,
+        errors_dropped: 0,
+        progress: None,
+        created_ms: envelope.created_ms,
+        started_ms: None,
+        finished_ms: Some(now),
+        retry_at_ms: None,
+        revoked: None,
+    };
+    shared.finish(dead, &record, true)
 }
 
 /// Put a job back on its queue to be taken again after `wait`, as it is (its attempt not
@@ -302,6 +347,9 @@ async fn attempt(
     mut envelope: Envelope,
     runner: usize,
 ) -> Settlement {
+    if let Some(reason) = envelope.header(SystemHeader::CeleryRefused) {
+        return refuse_celery(shared, delivery, reason.to_owned(), envelope);
+    }
     let found = shared.registry.lookup(&envelope.task);
     if let Some(expired_at) = envelope.expires_ms.filter(|&at| now_ms() >= at) {
         // An unknown task's job expires too: no worker will run it any more.
@@ -334,8 +382,18 @@ async fn attempt(
     let options = descriptor.options();
     let max_retries = envelope.retries.unwrap_or(options.retries);
     let started_ms = now_ms();
-    // Only a task that keeps results has a record, and so progress to report.
-    let progress = (!options.ignore_result).then(|| {
+    // Only a task that keeps results has a record, and so progress to report; and a job whose
+    // Celery canvas takes its result to the next step.
+    let keeps_record =
+        !options.ignore_result || envelope.header(SystemHeader::CeleryCanvas).is_some();
+    // A Celery message's own time limit comes before the task's.
+    let time_limit = envelope
+        .header(SystemHeader::CeleryTimeLimitMs)
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .or(options.timeout);
+    let celery_started = envelope.header(SystemHeader::CeleryResult) == Some("started");
+    let progress = keeps_record.then(|| {
         Arc::new(RecordProgress::new(
             shared.writes.clone(),
             delivery.clone_without_payload(),
@@ -435,7 +493,7 @@ async fn attempt(
         None => (descriptor.handler())(ctx, &envelope.args),
     };
     let attempt = async {
-        match options.timeout {
+        match time_limit {
             Some(limit) => match tokio::time::timeout(limit, CatchUnwind(handler)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Ok(Err(TaskError::retry(format!(
@@ -459,6 +517,10 @@ async fn attempt(
                 () = tokio::time::sleep(STARTED_AFTER) => {
                     if progress.last().is_none() {
                         shared.write_record(delivery, progress.started());
+                    }
+                    // Awaited, not spawned: the outcome's record must not be overtaken.
+                    if celery_started && let Some(link) = &shared.celery {
+                        link.started(context.job_id()).await;
                     }
                     attempt.await
                 }

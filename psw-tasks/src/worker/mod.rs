@@ -36,6 +36,7 @@ use crate::task::SharedState;
 
 mod activity;
 mod celery;
+mod celery_link;
 mod counters;
 mod fetch;
 mod heartbeat;
@@ -421,9 +422,14 @@ impl Worker {
         {
             tracing::warn!(error = %crate::error::chain(&err), "could not read the cancelled jobs at start; reading them again shortly");
         }
-        let celery = celery::CeleryLink::connect(self.client.config(), &self.celery_queues)
-            .await?
-            .map(Arc::new);
+        let celery = celery_link::CeleryLink::connect(
+            self.client.config(),
+            &self.celery_queues,
+            &self.consumer,
+            &self.queues[0],
+        )
+        .await?
+        .map(Arc::new);
         let running = self.start(broker, started_ms, celery);
         tracing::info!(consumer = %self.consumer, queues = ?self.queues, concurrency = self.concurrency, "worker started");
         let mut running = running;
@@ -439,7 +445,7 @@ impl Worker {
         &self,
         broker: Arc<dyn Broker>,
         started_ms: i64,
-        celery: Option<Arc<celery::CeleryLink>>,
+        celery: Option<Arc<celery_link::CeleryLink>>,
     ) -> Running {
         let abandon = CancellationToken::new();
         let (writes, requests) = mpsc::channel(self.concurrency.max(64) * 2);
@@ -476,7 +482,7 @@ impl Worker {
             activity: Arc::new(Activity::new(self.concurrency, self.metrics_history)),
             paused: paused::Paused::default(),
             result_ttl: self.client.config().result_ttl,
-            celery_results: celery.as_ref().and_then(|link| link.results.clone()),
+            celery: celery.clone(),
         });
         let busy = Arc::new(AtomicUsize::new(0));
         // Fetched deliveries wait here for the first free runner.

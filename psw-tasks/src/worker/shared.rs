@@ -7,13 +7,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::activity::Activity;
+use super::celery_link::CeleryLink;
 use super::counters::Counters;
 use super::in_flight::InFlight;
 use super::limits::Limits;
 use super::paused::Paused;
 use super::revocations::Revocations;
 use super::writer::WriteRequest;
-use crate::broker::redis::CeleryRedis;
 use crate::broker::{Broker, DeadLetter, DeadReason, Delivery, Settlement, Write};
 use crate::envelope::{Envelope, JobId, now_ms};
 use crate::record::{AttemptError, JobRecord, MAX_ERROR_MESSAGE, cap_message};
@@ -50,8 +50,9 @@ pub(crate) struct Shared {
     pub(crate) paused: Paused,
     /// How long records are kept (`PSW_RESULT_TTL`).
     pub(crate) result_ttl: Duration,
-    /// Where Celery callers read results, for jobs that came from Celery messages.
-    pub(crate) celery_results: Option<Arc<CeleryRedis>>,
+    /// The Celery deployment, for jobs that came from Celery messages: where their callers
+    /// read results, and where their canvas's next steps go. `None` on an in-process broker.
+    pub(crate) celery: Option<Arc<CeleryLink>>,
 }
 
 impl Shared {

@@ -10,7 +10,7 @@ import sys
 import time
 
 import redis
-from celery import Celery
+from celery import Celery, chain, group
 from celery.exceptions import TaskRevokedError
 
 broker, queue = sys.argv[1], sys.argv[2]
@@ -57,6 +57,42 @@ seen["bad_args"] = failure(send("it.celery_quote", args=["AAPL.US"], kwargs={"fo
 
 flaky = send("it.celery_flaky")
 seen["retry"] = {"result": flaky.get(timeout=10), "state": flaky.state}
+
+# track_started: the worker records STARTED while the task runs.
+slow = send("it.celery_slow", args=["tracked"])
+states = set()
+deadline = time.time() + 10
+while not slow.ready() and time.time() < deadline:
+    states.add(slow.state)
+    time.sleep(0.05)
+seen["started"] = {"states": sorted(states), "result": slow.get(timeout=10)}
+
+# A time limit of the message's own, under the task's.
+seen["time_limit"] = failure(send("it.celery_slow", args=["cut short"], time_limit=0.3))
+
+# A chain of two Rust tasks: the second takes the first's result.
+steps = chain(
+    app.signature("it.celery_quote", args=["AAPL.US"], kwargs={"force": True}, queue=queue),
+    app.signature("it.celery_shout", queue=queue),
+).apply_async()
+seen["chain"] = {"result": steps.get(timeout=15), "first": steps.parent.get(timeout=5)}
+
+# A callback (link) and an errback (link_error), each with its id set beforehand.
+callback = app.signature("it.celery_shout", queue=queue)
+called = callback.freeze()
+linked = send("psw_cron.ping", args=["linked"], link=callback)
+seen["link"] = {"result": called.get(timeout=15), "parent": linked.get(timeout=5)}
+errback = app.signature("it.celery_on_error", queue=queue)
+noted = errback.freeze()
+failing = send("it.celery_fails", args=["errback me"], link_error=errback)
+seen["link_error"] = {"result": noted.get(timeout=15), "failed": failing.id}
+
+# A group is not run yet: its members fail with the reason, as a Celery FAILURE.
+members = group(
+    app.signature("psw_cron.ping", args=["g1"], queue=queue),
+    app.signature("psw_cron.ping", args=["g2"], queue=queue),
+).apply_async()
+seen["group"] = failure(members.results[0])
 
 foreign = send("legacy.only_in_python", args=[1])
 time.sleep(2)
