@@ -27,9 +27,18 @@ const REDIS_SCHEMES: [&str; 7] = [
     "unix://",
 ];
 
+/// The schemes of a Redis Cluster's URL (psw-tasks' own Redis only: Celery's Redis transport
+/// does not run on a cluster).
+const CLUSTER_SCHEMES: [&str; 2] = ["redis+cluster://", "rediss+cluster://"];
+
 /// The form of a Redis URL, in words, for configuration errors.
 pub(crate) const REDIS_URL_FORM: &str = "a redis://[user:password@]host[:port][/db], rediss:// (TLS) \
      or redis+unix:///path/to/socket[?db=N&pass=password] URL";
+
+/// The form of psw-tasks' own Redis URL, which may name a cluster, in words.
+pub(crate) const BROKER_URL_FORM: &str = "a redis://[user:password@]host[:port][/db], rediss:// (TLS), \
+     redis+unix:///path/to/socket[?db=N&pass=password] or \
+     redis+cluster://[user:password@]host:port,host:port (rediss+cluster:// for TLS) URL";
 
 /// The leases a worker accepts. Renewed every third, a lease shorter than 300 ms leaves no time
 /// for a round trip under load (and a zero one would stop the renewer); past an hour, the jobs
@@ -246,8 +255,17 @@ impl Config {
 
         let (variable_of_url, redis_url) = match first(&["REDIS_URL", "CELERY_BROKER_URL"]) {
             Some((name, url)) => {
-                if !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
-                    return Err(Error::config(name, redact::url(&url), REDIS_URL_FORM));
+                // A cluster only in REDIS_URL: CELERY_BROKER_URL is Celery's too, and Celery's
+                // Redis transport does not run on a cluster.
+                let (cluster, form) = match name {
+                    "REDIS_URL" => (&CLUSTER_SCHEMES[..], BROKER_URL_FORM),
+                    _ => (&[][..], REDIS_URL_FORM),
+                };
+                let is_cluster = cluster.iter().any(|scheme| url.starts_with(scheme));
+                let known =
+                    is_cluster || REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme));
+                if !known || (is_cluster && !cluster_hosts_given(&url)) {
+                    return Err(Error::config(name, redact::url(&url), form));
                 }
                 (name, Some(url))
             }
@@ -493,6 +511,17 @@ fn parse_named<T>(
     Ok(limits)
 }
 
+/// Whether a cluster URL names at least one `host:port`.
+fn cluster_hosts_given(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
+    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, hosts)| hosts);
+    hosts.split(',').any(|host| {
+        host.rsplit_once(':')
+            .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok())
+    }) && hosts.split(',').all(|host| host.contains(':'))
+}
+
 pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -664,6 +693,28 @@ mod tests {
         check_error(
             &[("PSW_CELERY_QUEUES", "celery,bad queue")],
             "invalid configuration: PSW_CELERY_QUEUES = \"bad queue\": expected a non-empty name of at most 200 characters without whitespace, `{`, `}` or `:`",
+        );
+        for url in [
+            "redis+cluster://",
+            "redis+cluster://:pw@h1,h2:7001",
+            "redis+cluster://h1:port",
+        ] {
+            let err = config(&[("REDIS_URL", url)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: REDIS_URL = ")
+                    && err.contains("redis+cluster://[user:password@]host:port,host:port"),
+                "{err}"
+            );
+            assert!(!err.contains("pw"), "{err}");
+        }
+        let cluster = config(&[("REDIS_URL", "redis+cluster://:pw@h1:7000,h2:7001")]).unwrap();
+        assert_eq!(
+            cluster.redis_url.as_deref(),
+            Some("redis+cluster://:pw@h1:7000,h2:7001")
+        );
+        check_error(
+            &[("CELERY_BROKER_URL", "redis+cluster://h1:7000")],
+            "invalid configuration: CELERY_BROKER_URL = \"redis+cluster://h1:7000\": expected a redis://[user:password@]host[:port][/db], rediss:// (TLS) or redis+unix:///path/to/socket[?db=N&pass=password] URL",
         );
         check_error(
             &[("PSW_CELERY_UNKNOWN_TASKS", "drop")],

@@ -3,6 +3,7 @@
 mod beat;
 mod browser;
 mod celery;
+mod cluster;
 mod connections;
 mod dashboard;
 mod faults;

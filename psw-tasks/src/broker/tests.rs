@@ -72,8 +72,9 @@ fn settle(queue: &Arc<str>, entry_id: &str) -> Settlement {
     }
 }
 
-/// Runs one behaviour against the memory broker and against Redis in a fresh namespace.
-macro_rules! both_brokers {
+/// Runs one behaviour against the memory broker, against Redis and against a Redis Cluster,
+/// each time in a fresh namespace.
+macro_rules! every_broker {
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(
@@ -96,10 +97,23 @@ macro_rules! both_brokers {
                 }
             )*
         }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let ns = super::TestNamespace::on_cluster(stringify!($name));
+                    let broker = super::RedisBroker::connect(ns.url(), "REDIS_URL", None, ns.name())
+                        .await
+                        .expect("connect to the test cluster")
+                        .with_dead_letter_limits(super::LIMITS);
+                    super::$name(std::sync::Arc::new(broker)).await;
+                }
+            )*
+        }
     };
 }
 
-both_brokers!(
+every_broker!(
     each_job_goes_to_one_consumer,
     fetch_waits_for_an_arrival,
     delayed_jobs_wait_for_their_due_time,

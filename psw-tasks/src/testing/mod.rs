@@ -78,10 +78,142 @@ fn find_or_start() -> Result<String, String> {
     ))
 }
 
-/// A key namespace of one test, on the test Redis; its keys are deleted on drop.
+/// A Redis Cluster of three masters, each with a replica, on loopback ports.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// `redis+cluster://` with three of its nodes.
+    pub url: String,
+    /// Every node, as a `redis://` URL of its own.
+    pub nodes: Vec<String>,
+}
+
+/// The test cluster: `PSW_TEST_CLUSTER_NODES` (comma-separated `host:port` of every node of a
+/// running cluster) when set, else one started here once per process from `redis-server
+/// --cluster-enabled yes` nodes and `redis-cli --cluster create` (stopped when the test
+/// process exits). Without `redis-server` and `redis-cli`, tests fail saying so.
+pub fn cluster() -> &'static TestCluster {
+    static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| match find_or_start_cluster() {
+        Ok(cluster) => cluster,
+        Err(why) => panic!("no Redis Cluster for the tests: {why}"),
+    })
+}
+
+fn find_or_start_cluster() -> Result<TestCluster, String> {
+    let nodes: Vec<String> = match std::env::var("PSW_TEST_CLUSTER_NODES") {
+        Ok(nodes) => nodes.split(',').map(str::to_owned).collect(),
+        Err(_) => start_cluster_nodes()?,
+    };
+    let urls: Vec<String> = nodes.iter().map(|node| format!("redis://{node}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = urls.iter().all(|url| cluster_ready(url));
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the cluster of {} did not report cluster_state:ok within 30 s",
+                nodes.join(",")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(TestCluster {
+        url: format!("redis+cluster://{}", nodes[..3.min(nodes.len())].join(",")),
+        nodes: urls,
+    })
+}
+
+/// Whether a node says its cluster is up and knows all 16384 slots.
+fn cluster_ready(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+        return false;
+    };
+    redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query::<String>(&mut conn)
+        .is_ok_and(|info| {
+            info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+        })
+}
+
+/// A free loopback port whose cluster bus port (10000 above it) is free too.
+fn free_cluster_port() -> Result<u16, String> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot find a free port: {e}"))?
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free pair of ports for a cluster node".to_owned())
+}
+
+fn start_cluster_nodes() -> Result<Vec<String>, String> {
+    let dir = std::env::temp_dir().join(format!("psw-test-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let mut nodes = Vec::new();
+    for _ in 0..6 {
+        let port = free_cluster_port()?;
+        // As for the single test server: a watchdog stops the node with this process. The node
+        // timeout is short so that a failover test sees its replica promoted in seconds.
+        let script = format!(
+            "cd {dir} && redis-server --port {port} --bind 127.0.0.1 --cluster-enabled yes \
+             --cluster-config-file nodes-{port}.conf --cluster-node-timeout 2000 --save '' \
+             --appendonly no --maxmemory-policy noeviction >/dev/null 2>&1 & server=$!; \
+             while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server; rm -f nodes-{port}.conf",
+            dir = dir.display(),
+            parent = std::process::id()
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run sh to start redis-server: {e}"))?;
+        let node = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !answers(&format!("redis://{node}")) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "`redis-server --cluster-enabled yes` did not start on port {port} (install it: apt-get install redis-server)"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nodes.push(node);
+    }
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&nodes)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run redis-cli (install redis-tools): {e}"))?;
+    if !created.status.success() {
+        return Err(format!(
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        ));
+    }
+    Ok(nodes)
+}
+
+/// A key namespace of one test, on the test Redis (or the test cluster); its keys are deleted
+/// on drop.
 #[derive(Debug)]
 pub struct TestNamespace {
     name: String,
+    cluster: bool,
 }
 
 impl TestNamespace {
@@ -89,7 +221,15 @@ impl TestNamespace {
     pub fn new(label: &str) -> Self {
         TestNamespace {
             name: format!("test-{label}-{:016x}", fastrand::u64(..)),
+            cluster: false,
         }
+    }
+
+    /// A fresh namespace on the test cluster ([`cluster`]).
+    pub fn on_cluster(label: &str) -> Self {
+        let mut namespace = TestNamespace::new(label);
+        namespace.cluster = true;
+        namespace
     }
 
     /// The namespace name.
@@ -97,14 +237,27 @@ impl TestNamespace {
         &self.name
     }
 
-    /// The Redis URL.
+    /// The Redis URL (a `redis+cluster://` one on the cluster).
     pub fn url(&self) -> &'static str {
-        redis_url()
+        if self.cluster {
+            &cluster().url
+        } else {
+            redis_url()
+        }
     }
 
     /// Settings pointing at the test Redis and this namespace.
     pub fn config(&self) -> Config {
-        Config::redis(redis_url()).with_namespace(self.name.clone())
+        Config::redis(self.url()).with_namespace(self.name.clone())
+    }
+
+    /// Each server the namespace's keys may be on: the test Redis, or every cluster node.
+    fn servers(&self) -> Vec<String> {
+        if self.cluster {
+            cluster().nodes.clone()
+        } else {
+            vec![redis_url().to_owned()]
+        }
     }
 
     /// A client on the test Redis in this namespace.
@@ -116,27 +269,41 @@ impl TestNamespace {
 
     /// Every key of this namespace.
     pub fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(redis_url()).expect("test Redis URL");
-        let mut conn = client.get_connection().expect("connect to the test Redis");
-        let pattern = format!("{{{}}}:*", self.name);
-        redis::cmd("KEYS")
-            .arg(pattern)
-            .query(&mut conn)
-            .expect("KEYS on the test Redis")
+        let mut keys: Vec<String> = self
+            .servers()
+            .iter()
+            .flat_map(|server| keys_on(server, &self.name).expect("KEYS on the test Redis"))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
+}
+
+fn keys_on(server: &str, namespace: &str) -> redis::RedisResult<Vec<String>> {
+    let client = redis::Client::open(server)?;
+    let mut conn = client.get_connection()?;
+    redis::cmd("KEYS")
+        .arg(format!("{{{namespace}}}:*"))
+        .query(&mut conn)
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let keys = self.keys();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        // On a cluster, each node deletes what it holds (a replica refuses, its master does).
+        for server in self.servers() {
+            let Ok(keys) = keys_on(&server, &self.name) else {
+                continue;
+            };
+            if keys.is_empty() {
+                continue;
+            }
+            let Ok(client) = redis::Client::open(server.as_str()) else {
+                continue;
+            };
+            if let Ok(mut conn) = client.get_connection() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
         }
     }
 }

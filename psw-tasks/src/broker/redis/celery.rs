@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::connection::{Readers, client, commands};
+use super::connection::{Endpoint, Readers, client, commands};
 use crate::error::{Error, Result};
 use crate::keys::{self, Keys};
 
@@ -32,7 +32,7 @@ impl CeleryRedis {
         Ok(CeleryRedis {
             keys: Keys::new(namespace)?,
             commands: commands(&client, url, variable).await?,
-            readers: Readers::new(client),
+            readers: Readers::new(Endpoint::Single(client)),
         })
     }
 

@@ -1,19 +1,21 @@
 //! From a URL to connections: `redis://` or `rediss://` (TLS on rustls with aws-lc-rs, with an
-//! optional private CA), the shared connection every non-blocking command uses, the readers'
-//! own connections, and [`RedisBroker`], which bundles them with the keys and scripts every
-//! command needs.
+//! optional private CA), or a Redis Cluster's nodes (`redis+cluster://host:port,host:port`);
+//! the shared connection every non-blocking command uses, the readers' own connections, and
+//! [`RedisBroker`], which bundles them with the keys and scripts every command needs.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 
 use super::listener::Finished;
 use super::scripts::Scripts;
 use crate::broker::DeadLetterLimits;
-use crate::config::REDIS_URL_FORM;
+use crate::config::{BROKER_URL_FORM, REDIS_URL_FORM};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::redact;
@@ -28,11 +30,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const MAX_BLOCK: Duration = Duration::from_secs(10);
 
 pub(crate) struct RedisBroker {
-    pub(super) client: redis::Client,
+    pub(super) endpoint: Endpoint,
     pub(super) keys: Keys,
     /// The start of every queue stream's key, to tell a stream's queue from its key.
     pub(super) queue_prefix: String,
-    pub(super) commands: ConnectionManager,
+    pub(super) commands: Conn,
     pub(super) readers: Readers,
     pub(super) finished: Finished,
     pub(super) scripts: Scripts,
@@ -54,13 +56,16 @@ impl RedisBroker {
         namespace: &str,
     ) -> Result<Self> {
         let keys = Keys::new(namespace)?;
-        let client = client(url, variable, ca_cert)?;
-        let commands = commands(&client, url, variable).await?;
+        let endpoint = Endpoint::of(url, variable, ca_cert)?;
+        let commands = endpoint
+            .connect(RESPONSE_TIMEOUT)
+            .await
+            .map_err(|err| Error::connect(variable, redact::url(url), err))?;
         Ok(RedisBroker {
             queue_prefix: keys.stream(""),
             keys,
-            readers: Readers::new(client.clone()),
-            client,
+            readers: Readers::new(endpoint.clone()),
+            endpoint,
             commands,
             finished: Finished::default(),
             scripts: Scripts::new(),
@@ -76,39 +81,195 @@ impl RedisBroker {
     }
 
     /// The shared multiplexed connection, for every command that does not block.
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> Conn {
         self.commands.clone()
+    }
+}
+
+/// Where the broker's Redis is: one server, or the nodes of a Redis Cluster.
+// Made once per broker and kept: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub(super) enum Endpoint {
+    Single(redis::Client),
+    Cluster {
+        client: ClusterClient,
+        /// Each node on its own, for what is not routed by key: the finished channel is
+        /// subscribed on one of them (a classic `PUBLISH` reaches every node of a cluster).
+        nodes: Vec<redis::Client>,
+    },
+}
+
+impl Endpoint {
+    /// The endpoint of `url` (read from `variable`, named in errors).
+    pub(super) fn of(url: &str, variable: &'static str, ca_cert: Option<&Path>) -> Result<Self> {
+        let Some(nodes) = cluster_nodes(url) else {
+            return Ok(Endpoint::Single(client(url, variable, ca_cert)?));
+        };
+        let bad_url = |why: String| {
+            Error::config(
+                variable,
+                redact::url(url),
+                format!("{BROKER_URL_FORM} ({why})"),
+            )
+        };
+        if nodes.is_empty() {
+            return Err(bad_url("no node named".to_owned()));
+        }
+        let nodes = nodes
+            .iter()
+            .map(|node| client(node, variable, ca_cert))
+            .collect::<Result<Vec<_>>>()?;
+        let infos = nodes.iter().map(|node| node.get_connection_info().clone());
+        let mut builder = ClusterClient::builder(infos);
+        if let Some(path) = ca_cert.filter(|_| url.starts_with("rediss+cluster://")) {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(read_ca(path)?),
+            });
+        }
+        let client = builder.build().map_err(|err| bad_url(err.to_string()))?;
+        Ok(Endpoint::Cluster { client, nodes })
+    }
+
+    /// A new connection whose replies may take up to `response_timeout`.
+    pub(super) async fn connect(&self, response_timeout: Duration) -> redis::RedisResult<Conn> {
+        match self {
+            Endpoint::Single(client) => client
+                .get_connection_manager_with_config(settings(response_timeout))
+                .await
+                .map(Conn::Single),
+            Endpoint::Cluster { client, .. } => client
+                .get_async_connection_with_config(
+                    ClusterConfig::new()
+                        .set_connection_timeout(CONNECT_TIMEOUT)
+                        .set_response_timeout(response_timeout),
+                )
+                .await
+                .map(|conn| Conn::Cluster(Box::new(conn))),
+        }
+    }
+
+    /// The servers to subscribe on, in the order to try them: the one server, or each node.
+    pub(super) fn subscribers(&self) -> Vec<redis::Client> {
+        match self {
+            Endpoint::Single(client) => vec![client.clone()],
+            Endpoint::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+}
+
+/// The node URLs of a `redis+cluster://` or `rediss+cluster://` URL
+/// (`redis+cluster://[user:password@]host:port,host:port[/]`), each as a `redis://` (or
+/// `rediss://`) URL with the credentials; `None` for any other URL.
+pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+cluster://")?)
+    };
+    let rest = rest.split(['/', '?']).next().unwrap_or_default();
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("{scheme}://{credentials}{host}"))
+            .collect(),
+    )
+}
+
+/// A connection for commands: one server's (reconnecting), or a cluster's, which routes each
+/// command to the node of its keys' slot and follows the slots when they move (a failover).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Run `cmd`, which names no key (`SCAN`), on the node that holds `key`'s slot: on one
+    /// server, just run it.
+    pub(super) async fn on_node_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(conn) => cmd.query_async(conn).await,
+            Conn::Cluster(conn) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let node = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(node));
+                let value = conn.route_command(cmd.clone(), routing).await?;
+                Ok(redis::FromRedisValue::from_redis_value(value)?)
+            }
+        }
     }
 }
 
 /// Connections for blocking reads, one per read at a time: on the shared multiplexed
 /// connection a blocked XREADGROUP would hold up every other command.
 pub(super) struct Readers {
-    client: redis::Client,
-    idle: tokio::sync::Mutex<Vec<ConnectionManager>>,
+    endpoint: Endpoint,
+    idle: tokio::sync::Mutex<Vec<Conn>>,
 }
 
 impl Readers {
-    pub(super) fn new(client: redis::Client) -> Self {
+    pub(super) fn new(endpoint: Endpoint) -> Self {
         Readers {
-            client,
+            endpoint,
             idle: tokio::sync::Mutex::default(),
         }
     }
 
     /// An idle reader, or a new one.
-    pub(super) async fn take(&self) -> redis::RedisResult<ConnectionManager> {
+    pub(super) async fn take(&self) -> redis::RedisResult<Conn> {
         if let Some(conn) = self.idle.lock().await.pop() {
             return Ok(conn);
         }
-        self.client
-            .get_connection_manager_with_config(settings(MAX_BLOCK + Duration::from_secs(20)))
+        self.endpoint
+            .connect(MAX_BLOCK + Duration::from_secs(20))
             .await
     }
 
     /// Give back a reader whose last command succeeded. One that failed is dropped rather than
     /// pooled: the manager would reconnect it, but a fresh one is as cheap and surely clean.
-    pub(super) async fn give_back(&self, conn: ConnectionManager) {
+    pub(super) async fn give_back(&self, conn: Conn) {
         self.idle.lock().await.push(conn);
     }
 }
@@ -139,15 +300,7 @@ pub(super) fn client(
     }
     match ca_cert {
         Some(path) if tls => {
-            let root_cert = std::fs::read(path).map_err(|err| {
-                Error::config(
-                    "PSW_REDIS_CA_CERT",
-                    path.display().to_string(),
-                    format!(
-                        "a readable PEM file with the CA certificate of the Redis server ({err})"
-                    ),
-                )
-            })?;
+            let root_cert = read_ca(path)?;
             redis::Client::build_with_tls(
                 url,
                 redis::TlsCertificates {
@@ -159,6 +312,16 @@ pub(super) fn client(
         }
         _ => redis::Client::open(url).map_err(bad_url),
     }
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|err| {
+        Error::config(
+            "PSW_REDIS_CA_CERT",
+            path.display().to_string(),
+            format!("a readable PEM file with the CA certificate of the Redis server ({err})"),
+        )
+    })
 }
 
 /// Settings of a connection whose replies may take up to `response_timeout`.
@@ -178,4 +341,36 @@ pub(super) async fn commands(
         .get_connection_manager_with_config(settings(RESPONSE_TIMEOUT))
         .await
         .map_err(|err| Error::connect(variable, redact::url(url), err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_url_names_its_nodes_with_their_credentials() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7001/"),
+            Some(vec![
+                "redis://app:s3cret@10.0.0.1:7000".to_owned(),
+                "redis://app:s3cret@10.0.0.2:7001".to_owned(),
+            ])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://h:7000"),
+            Some(vec!["rediss://h:7000".to_owned()])
+        );
+        assert_eq!(cluster_nodes("redis://h:6379"), None);
+    }
+
+    #[test]
+    fn a_cluster_url_without_nodes_is_a_config_error() {
+        let Err(err) = Endpoint::of("redis+cluster://:pw@/", "REDIS_URL", None) else {
+            panic!("accepted a cluster of no node");
+        };
+        let err = err.to_string();
+        assert!(err.contains("REDIS_URL"), "{err}");
+        assert!(err.contains("redis+cluster://"), "{err}");
+        assert!(!err.contains("pw"), "the password is masked: {err}");
+    }
 }

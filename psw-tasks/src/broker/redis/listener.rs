@@ -39,28 +39,31 @@ impl Drop for Finished {
 }
 
 impl Finished {
-    /// The ids of jobs announced on `channel` from now on.
+    /// The ids of jobs announced on `channel` from now on, heard on the first of `servers`
+    /// that answers (the one server, or any node of a cluster: a classic `PUBLISH` reaches
+    /// them all).
     pub(super) async fn subscribe(
         &self,
-        client: &redis::Client,
+        servers: Vec<redis::Client>,
         channel: String,
     ) -> broadcast::Receiver<Arc<str>> {
-        let listener = self.listener.get_or_init(|| self.start(client, channel));
+        let listener = self.listener.get_or_init(|| self.start(servers, channel));
         let events = listener.events.subscribe();
         let mut subscribed = listener.subscribed.clone();
         let _ = tokio::time::timeout(SUBSCRIBED_WAIT, subscribed.wait_for(|&on| on)).await;
         events
     }
 
-    fn start(&self, client: &redis::Client, channel: String) -> Listener {
+    fn start(&self, servers: Vec<redis::Client>, channel: String) -> Listener {
         let (events, _) = broadcast::channel(4096);
         let (subscribed_tx, subscribed) = watch::channel(false);
-        let client = client.clone();
         let sender = events.clone();
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
-            loop {
-                let outcome = listen(&client, &channel, &sender, &subscribed_tx).await;
+            // The next server after one that failed: a dead cluster node is not tried again
+            // and again while the others answer.
+            for client in servers.iter().cycle() {
+                let outcome = listen(client, &channel, &sender, &subscribed_tx).await;
                 subscribed_tx.send_replace(false);
                 match outcome {
                     Ok(()) => delay = Duration::from_millis(100),

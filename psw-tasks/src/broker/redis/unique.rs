@@ -146,14 +146,13 @@ pub(super) async fn unique_locks(
     let mut cursor: u64 = 0;
     let mut names = Vec::new();
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(&mut conn)
-            .await?;
+            .arg(SCAN_COUNT);
+        let (next, batch): (u64, Vec<String>) = conn.on_node_of(&base, &scan).await?;
         names.extend(batch);
         cursor = next;
         if cursor == 0 || names.len() >= limit {
