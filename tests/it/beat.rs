@@ -7,29 +7,25 @@ use std::time::Duration;
 
 use psw_tasks::testing::TestNamespace;
 use psw_tasks::{Schedule, Scheduler};
-use psw_tasks_tests::{local_runs, runs_of};
+use psw_tasks_tests::{clear_local_runs, local_runs, runs_of};
 
 use crate::processes::{run_cli, signal, spawn, wait_exit};
 use crate::support::{eventually, queue_state, start_worker};
 
 /// A field of a schedule's hash, read with a plain command.
 fn schedule_field(ns: &TestNamespace, schedule: &str, field: &str) -> Option<String> {
-    let client = redis::Client::open(ns.url()).unwrap();
-    let mut conn = client.get_connection().unwrap();
     redis::cmd("HGET")
         .arg(format!("{{{}}}:beat:schedule:{schedule}", ns.name()))
         .arg(field)
-        .query(&mut conn)
+        .query(&mut *ns.connection())
         .unwrap()
 }
 
 /// The pid of the beat holding the leader lease, read from the lease (`<host>-<pid>-<random>`).
 fn leader_pid(ns: &TestNamespace) -> Option<u32> {
-    let client = redis::Client::open(ns.url()).unwrap();
-    let mut conn = client.get_connection().unwrap();
     let holder: Option<String> = redis::cmd("GET")
         .arg(format!("{{{}}}:beat:leader", ns.name()))
-        .query(&mut conn)
+        .query(&mut *ns.connection())
         .unwrap();
     holder?.rsplit('-').nth(1)?.parse().ok()
 }
@@ -42,9 +38,16 @@ fn tick_runs() -> BTreeMap<i64, u32> {
         .collect()
 }
 
+/// On one Redis, then on a Redis Cluster: one after the other, since the runs are counted in
+/// this process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_beats_with_the_leader_killed_every_15s_fire_each_second_once() {
-    let ns = TestNamespace::new("beat-once");
+    three_beats_fire_each_second_once(TestNamespace::new("beat-once")).await;
+    clear_local_runs("beat_tick");
+    three_beats_fire_each_second_once(TestNamespace::on_cluster("beat-once-cluster")).await;
+}
+
+async fn three_beats_fire_each_second_once(ns: TestNamespace) {
     let client = ns.client().await;
     let worker = start_worker(&client, 8);
     let started = tokio::time::Instant::now();

@@ -19,6 +19,8 @@ pub(crate) fn spawn(ns: &TestNamespace, subcommand: &str, envs: &[(&str, &str)])
     Command::new(env!("CARGO_BIN_EXE_test-worker"))
         .arg(subcommand)
         .env("REDIS_URL", ns.url())
+        // Where `it.count_redis` counts: the one test Redis, also for a namespace on a cluster.
+        .env("PSW_TEST_REDIS_URL", psw_tasks::testing::redis_url())
         .env("PSW_NAMESPACE", ns.name())
         .env("RUST_LOG", "warn")
         .envs(envs.iter().copied())
@@ -50,8 +52,10 @@ pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::Exi
     }
 }
 
-pub(crate) fn ledger(ns: &TestNamespace, key: &str) -> HashMap<String, u32> {
-    let client = redis::Client::open(ns.url()).unwrap();
+/// The runs `it.count_redis` counted under `key`, on the one test Redis (where it counts, also
+/// for a namespace on a cluster).
+pub(crate) fn ledger(_ns: &TestNamespace, key: &str) -> HashMap<String, u32> {
+    let client = redis::Client::open(psw_tasks::testing::redis_url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap()
 }
@@ -195,6 +199,8 @@ pub(crate) fn run_cli(
     let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
         .args(args)
         .env("REDIS_URL", ns.url())
+        // Where `it.count_redis` counts: the one test Redis, also for a namespace on a cluster.
+        .env("PSW_TEST_REDIS_URL", psw_tasks::testing::redis_url())
         .env("PSW_NAMESPACE", ns.name())
         .env("RUST_LOG", "warn")
         .envs(envs.iter().copied())

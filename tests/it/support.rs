@@ -54,14 +54,13 @@ pub(crate) use psw_tasks::testing::eventually;
 
 /// (entries in the queue's stream, entries pending in its group), read with plain commands.
 pub(crate) fn queue_state(ns: &psw_tasks::testing::TestNamespace, queue: &str) -> (u64, u64) {
-    let client = redis::Client::open(ns.url()).unwrap();
-    let mut conn = client.get_connection().unwrap();
+    let mut conn = ns.connection();
     let stream = format!("{{{}}}:queue:{queue}", ns.name());
-    let len: u64 = redis::cmd("XLEN").arg(&stream).query(&mut conn).unwrap();
+    let len: u64 = redis::cmd("XLEN").arg(&stream).query(&mut *conn).unwrap();
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(&stream)
         .arg("workers")
-        .query(&mut conn)
+        .query(&mut *conn)
         .unwrap();
     let pending = match pending {
         redis::Value::Array(parts) => match parts.first() {

@@ -148,6 +148,15 @@ fn local_ledger() -> &'static Mutex<HashMap<String, u32>> {
     LEDGER.get_or_init(Default::default)
 }
 
+/// Forget the runs of `ledger` in this process, for a test that runs its scenario again.
+pub fn clear_local_runs(ledger: &str) {
+    let prefix = format!("{ledger}/");
+    local_ledger()
+        .lock()
+        .unwrap()
+        .retain(|key, _| !key.starts_with(&prefix));
+}
+
 /// How often each job of `ledger` ran in this process.
 pub fn local_runs(ledger: &str) -> HashMap<String, u32> {
     local_ledger()

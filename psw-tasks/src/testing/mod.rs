@@ -35,10 +35,14 @@ fn answers(url: &str) -> bool {
 }
 
 fn find_or_start() -> Result<String, String> {
-    if let Ok(url) = std::env::var("REDIS_URL")
-        && answers(&url)
-    {
-        return Ok(url);
+    // A process a test started on a cluster (its REDIS_URL the cluster's) is told the single
+    // test Redis of its parent, to count in the same place.
+    for variable in ["PSW_TEST_REDIS_URL", "REDIS_URL"] {
+        if let Ok(url) = std::env::var(variable)
+            && answers(&url)
+        {
+            return Ok(url);
+        }
     }
     let local = "redis://127.0.0.1:6379";
     if answers(local) {
@@ -93,17 +97,96 @@ pub struct TestCluster {
 /// process exits). Without `redis-server` and `redis-cli`, tests fail saying so.
 pub fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| match find_or_start_cluster() {
-        Ok(cluster) => cluster,
-        Err(why) => panic!("no Redis Cluster for the tests: {why}"),
+    CLUSTER.get_or_init(|| {
+        let nodes = match std::env::var("PSW_TEST_CLUSTER_NODES") {
+            Ok(nodes) => Ok(nodes.split(',').map(str::to_owned).collect()),
+            Err(_) => start_cluster_nodes(),
+        };
+        nodes
+            .and_then(ready_cluster)
+            .unwrap_or_else(|why| panic!("no Redis Cluster for the tests: {why}"))
     })
 }
 
-fn find_or_start_cluster() -> Result<TestCluster, String> {
-    let nodes: Vec<String> = match std::env::var("PSW_TEST_CLUSTER_NODES") {
-        Ok(nodes) => nodes.split(',').map(str::to_owned).collect(),
-        Err(_) => start_cluster_nodes()?,
-    };
+/// A cluster node, as a test that kills it needs it.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// `redis://host:port`.
+    pub url: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+impl TestCluster {
+    /// A cluster of its own, started here (for a test that kills its nodes): leaked, so that
+    /// namespaces on it can outlive the test's borrows.
+    pub fn start() -> Result<&'static TestCluster, String> {
+        let cluster = ready_cluster(start_cluster_nodes()?)?;
+        Ok(Box::leak(Box::new(cluster)))
+    }
+
+    /// The master that holds `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> Result<ClusterNode, String> {
+        let fail = |e: redis::RedisError| e.to_string();
+        for node in &self.nodes {
+            let Ok(client) = redis::Client::open(node.as_str()) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500))
+            else {
+                continue;
+            };
+            let slot: i64 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut conn)
+                .map_err(fail)?;
+            let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<Vec<redis::Value>>(&mut conn)
+                .map_err(fail)?
+                .into_iter()
+                .filter_map(|range| match range {
+                    redis::Value::Array(parts) if parts.len() >= 3 => {
+                        let start = redis::from_redis_value(parts[0].clone()).ok()?;
+                        let end = redis::from_redis_value(parts[1].clone()).ok()?;
+                        let master = match &parts[2] {
+                            redis::Value::Array(node) if node.len() >= 2 => (
+                                redis::from_redis_value(node[0].clone()).ok()?,
+                                redis::from_redis_value(node[1].clone()).ok()?,
+                            ),
+                            _ => return None,
+                        };
+                        Some((start, end, master))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let Some((_, _, (host, port))) = ranges
+                .into_iter()
+                .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            else {
+                return Err(format!("no master serves slot {slot}"));
+            };
+            let url = format!("redis://{host}:{port}");
+            let master = redis::Client::open(url.as_str()).map_err(fail)?;
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query(&mut master.get_connection().map_err(fail)?)
+                .map_err(fail)?;
+            let pid = info
+                .lines()
+                .find_map(|line| line.strip_prefix("process_id:"))
+                .and_then(|pid| pid.trim().parse().ok())
+                .ok_or("no process_id in INFO")?;
+            return Ok(ClusterNode { url, pid });
+        }
+        Err("no node of the cluster answers".to_owned())
+    }
+}
+
+/// The cluster of `nodes` (`host:port`) once every node says it is up.
+fn ready_cluster(nodes: Vec<String>) -> Result<TestCluster, String> {
     let urls: Vec<String> = nodes.iter().map(|node| format!("redis://{node}")).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -125,7 +208,9 @@ fn find_or_start_cluster() -> Result<TestCluster, String> {
     })
 }
 
-/// Whether a node says its cluster is up and knows all 16384 slots.
+/// Whether a node says its cluster is up and knows all 16384 slots, and, for a replica, that
+/// it has its master's data: a replica still in its first sync cannot be promoted, and a
+/// failover test would wait for nothing.
 fn cluster_ready(url: &str) -> bool {
     let Ok(client) = redis::Client::open(url) else {
         return false;
@@ -133,12 +218,20 @@ fn cluster_ready(url: &str) -> bool {
     let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
         return false;
     };
-    redis::cmd("CLUSTER")
+    let cluster_ok = redis::cmd("CLUSTER")
         .arg("INFO")
         .query::<String>(&mut conn)
         .is_ok_and(|info| {
             info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-        })
+        });
+    let replicated = redis::cmd("INFO")
+        .arg("replication")
+        .query::<String>(&mut conn)
+        .is_ok_and(|info| {
+            (info.contains("role:master") && !info.contains("connected_slaves:0"))
+                || (info.contains("role:slave") && info.contains("master_link_status:up"))
+        });
+    cluster_ok && replicated
 }
 
 /// A free loopback port whose cluster bus port (10000 above it) is free too.
@@ -213,7 +306,7 @@ fn start_cluster_nodes() -> Result<Vec<String>, String> {
 #[derive(Debug)]
 pub struct TestNamespace {
     name: String,
-    cluster: bool,
+    cluster: Option<&'static TestCluster>,
 }
 
 impl TestNamespace {
@@ -221,15 +314,37 @@ impl TestNamespace {
     pub fn new(label: &str) -> Self {
         TestNamespace {
             name: format!("test-{label}-{:016x}", fastrand::u64(..)),
-            cluster: false,
+            cluster: None,
         }
     }
 
     /// A fresh namespace on the test cluster ([`cluster`]).
     pub fn on_cluster(label: &str) -> Self {
+        TestNamespace::on(cluster(), label)
+    }
+
+    /// A fresh namespace on `cluster`.
+    pub fn on(cluster: &'static TestCluster, label: &str) -> Self {
         let mut namespace = TestNamespace::new(label);
-        namespace.cluster = true;
+        namespace.cluster = Some(cluster);
         namespace
+    }
+
+    /// A plain connection to where the namespace lives (a cluster connection on a cluster),
+    /// for a test's own commands on its keys.
+    pub fn connection(&self) -> Box<dyn redis::ConnectionLike> {
+        match self.cluster {
+            Some(cluster) => Box::new(
+                redis::cluster::ClusterClient::new(cluster.nodes.clone())
+                    .and_then(|client| client.get_connection())
+                    .expect("connect to the test cluster"),
+            ),
+            None => Box::new(
+                redis::Client::open(redis_url())
+                    .and_then(|client| client.get_connection())
+                    .expect("connect to the test Redis"),
+            ),
+        }
     }
 
     /// The namespace name.
@@ -239,10 +354,9 @@ impl TestNamespace {
 
     /// The Redis URL (a `redis+cluster://` one on the cluster).
     pub fn url(&self) -> &'static str {
-        if self.cluster {
-            &cluster().url
-        } else {
-            redis_url()
+        match self.cluster {
+            Some(cluster) => &cluster.url,
+            None => redis_url(),
         }
     }
 
@@ -251,12 +365,17 @@ impl TestNamespace {
         Config::redis(self.url()).with_namespace(self.name.clone())
     }
 
-    /// Each server the namespace's keys may be on: the test Redis, or every cluster node.
+    /// Each server the namespace's keys may be on: the test Redis, and every cluster node.
     fn servers(&self) -> Vec<String> {
-        if self.cluster {
-            cluster().nodes.clone()
-        } else {
-            vec![redis_url().to_owned()]
+        match self.cluster {
+            // And the test Redis, where tasks of a test on a cluster count their runs.
+            Some(cluster) => cluster
+                .nodes
+                .iter()
+                .cloned()
+                .chain([redis_url().to_owned()])
+                .collect(),
+            None => vec![redis_url().to_owned()],
         }
     }
 
@@ -269,11 +388,16 @@ impl TestNamespace {
 
     /// Every key of this namespace.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .servers()
-            .iter()
-            .flat_map(|server| keys_on(server, &self.name).expect("KEYS on the test Redis"))
-            .collect();
+        // A cluster node that does not answer (a test killed it) holds nothing to find; the
+        // one test Redis must answer.
+        let mut keys: Vec<String> = Vec::new();
+        for server in self.servers() {
+            match keys_on(&server, &self.name) {
+                Ok(found) => keys.extend(found),
+                Err(_) if self.cluster.is_some() => {}
+                Err(err) => panic!("KEYS on the test Redis: {err}"),
+            }
+        }
         keys.sort();
         keys.dedup();
         keys
