@@ -142,6 +142,61 @@ async fn a_killed_master_fails_over_and_workers_and_producers_carry_on() {
     }
 }
 
+/// The master of the namespace's slot gone with no replica to take over, while a worker runs
+/// jobs: the cluster answers `CLUSTERDOWN`, and SIGTERM still ends the worker within its grace
+/// and the bound of the requests it gives up on, as on one Redis. Without an overall bound on
+/// each cluster request, the client retried a request 16 times, its waits growing to minutes,
+/// and such a worker was seen still running minutes after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_worker_whose_slot_has_no_master() {
+    let cluster = TestCluster::start().unwrap_or_else(|why| panic!("no Redis Cluster: {why}"));
+    let ns = TestNamespace::on(cluster, "cluster-down");
+    let key = format!("{{{}}}:ledger", ns.name());
+    let client = ns.client().await;
+    let mut worker = KilledOnDrop(spawn_worker(
+        &ns,
+        &[("PSW_SHUTDOWN_GRACE", "2s"), ("PSW_LEASE", "3s")],
+    ));
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        handles.push(
+            client
+                .enqueue_by_name::<()>(
+                    "it.count_redis",
+                    &(key.clone(), 1_000u64),
+                    EnqueueOptions::new(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    crate::support::eventually(WAIT, "a job started", || async {
+        let mut started = false;
+        for handle in &handles {
+            started |= handle.state().await.unwrap() == State::Started;
+        }
+        started
+    })
+    .await;
+    cluster.forbid_failover().unwrap();
+    let master = cluster.master_of(&format!("{{{}}}", ns.name())).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &master.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&worker.0, "TERM");
+    let sent = Instant::now();
+    // Grace 2 s, then each store it gives up on is bounded by the command timeout (10 s).
+    let status = wait_exit(&mut worker.0, Duration::from_secs(40));
+    eprintln!(
+        "a worker whose slot has no master exited {:?} after SIGTERM",
+        sent.elapsed()
+    );
+    assert!(status.code().is_some(), "exited by itself: {status:?}");
+}
+
 /// A worker process that does not outlive a failed test (its cluster stops with the test
 /// process, and a worker left behind would retry it for ever).
 struct KilledOnDrop(std::process::Child);

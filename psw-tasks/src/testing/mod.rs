@@ -169,20 +169,41 @@ impl TestCluster {
                 return Err(format!("no master serves slot {slot}"));
             };
             let url = format!("redis://{host}:{port}");
-            let master = redis::Client::open(url.as_str()).map_err(fail)?;
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query(&mut master.get_connection().map_err(fail)?)
-                .map_err(fail)?;
-            let pid = info
-                .lines()
-                .find_map(|line| line.strip_prefix("process_id:"))
-                .and_then(|pid| pid.trim().parse().ok())
-                .ok_or("no process_id in INFO")?;
+            let pid = pid_of(&url).ok_or_else(|| format!("no process id from {url}"))?;
             return Ok(ClusterNode { url, pid });
         }
         Err("no node of the cluster answers".to_owned())
     }
+}
+
+impl TestCluster {
+    /// Tell every replica not to take over a failed master: a master killed now leaves its
+    /// slots unserved (the cluster answers `CLUSTERDOWN`) until it comes back.
+    pub fn forbid_failover(&self) -> Result<(), String> {
+        for node in &self.nodes {
+            let client = redis::Client::open(node.as_str()).map_err(|e| e.to_string())?;
+            let mut conn = client.get_connection().map_err(|e| e.to_string())?;
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-replica-no-failover")
+                .arg("yes")
+                .query::<()>(&mut conn)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The process id of the Redis at `url`, from `INFO server`.
+fn pid_of(url: &str) -> Option<u32> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// The cluster of `nodes` (`host:port`) once every node says it is up.

@@ -60,13 +60,25 @@ impl FetchLoop {
             let Some(first) = self.wait_for_claims(shutdown).await else {
                 return;
             };
+            // Every read below is cut short by a shutdown: one that waits on a Redis that does
+            // not answer (a cluster slot without a master answers only when its request times
+            // out) must not hold the shutdown up. A read cut short may have claimed entries;
+            // they stay pending and are taken over after their lease, as a lost reply's are.
             if Instant::now() >= self.next_lane_check {
                 self.next_lane_check = Instant::now() + LANE_CHECK;
-                self.find_lanes().await;
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = self.find_lanes() => {}
+                }
             }
             if Instant::now() >= self.next_pause_check {
                 self.next_pause_check = Instant::now() + PAUSE_CHECK;
-                self.find_paused().await;
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = self.find_paused() => {}
+                }
             }
             if self.lanes_to_read().next().is_none() {
                 // Every queue is paused: nothing to read or take over until one resumes.
@@ -81,11 +93,20 @@ impl FetchLoop {
             let mut deliveries = Vec::new();
             if Instant::now() >= next_reclaim {
                 next_reclaim = Instant::now() + self.lease / 2;
-                deliveries = self.reclaim_expired(free).await;
+                deliveries = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    reclaimed = self.reclaim_expired(free) => reclaimed,
+                };
             }
             if deliveries.is_empty() {
                 turn = turn.wrapping_add(1);
-                match self.fetch_new(free, turn).await {
+                let fetched = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    fetched = self.fetch_new(free, turn) => fetched,
+                };
+                match fetched {
                     Some(fetched) => {
                         deliveries = fetched;
                         retry = FETCH_RETRY;

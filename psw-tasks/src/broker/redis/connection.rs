@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 use super::listener::Finished;
@@ -93,7 +93,11 @@ impl RedisBroker {
 pub(super) enum Endpoint {
     Single(redis::Client),
     Cluster {
-        client: ClusterClient,
+        /// The nodes to start from, and the CA to trust: each connection gets a client of its
+        /// own, since a cluster client's bound on a whole request (retries, redirections and
+        /// reconnections included) is set when the client is built.
+        start: Vec<redis::ConnectionInfo>,
+        root_cert: Option<Vec<u8>>,
         /// Each node on its own, for what is not routed by key: the finished channel is
         /// subscribed on one of them (a classic `PUBLISH` reaches every node of a cluster).
         nodes: Vec<redis::Client>,
@@ -120,16 +124,22 @@ impl Endpoint {
             .iter()
             .map(|node| client(node, variable, ca_cert))
             .collect::<Result<Vec<_>>>()?;
-        let infos = nodes.iter().map(|node| node.get_connection_info().clone());
-        let mut builder = ClusterClient::builder(infos);
-        if let Some(path) = ca_cert.filter(|_| url.starts_with("rediss+cluster://")) {
-            builder = builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(read_ca(path)?),
-            });
-        }
-        let client = builder.build().map_err(|err| bad_url(err.to_string()))?;
-        Ok(Endpoint::Cluster { client, nodes })
+        let start: Vec<redis::ConnectionInfo> = nodes
+            .iter()
+            .map(|node| node.get_connection_info().clone())
+            .collect();
+        let root_cert = match ca_cert.filter(|_| url.starts_with("rediss+cluster://")) {
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
+        // Built once here for its checks of the URL; connections build their own.
+        cluster_client(&start, root_cert.as_ref(), RESPONSE_TIMEOUT)
+            .map_err(|err| bad_url(err.to_string()))?;
+        Ok(Endpoint::Cluster {
+            start,
+            root_cert,
+            nodes,
+        })
     }
 
     /// A new connection whose replies may take up to `response_timeout`.
@@ -139,12 +149,10 @@ impl Endpoint {
                 .get_connection_manager_with_config(settings(response_timeout))
                 .await
                 .map(Conn::Single),
-            Endpoint::Cluster { client, .. } => client
-                .get_async_connection_with_config(
-                    ClusterConfig::new()
-                        .set_connection_timeout(CONNECT_TIMEOUT)
-                        .set_response_timeout(response_timeout),
-                )
+            Endpoint::Cluster {
+                start, root_cert, ..
+            } => cluster_client(start, root_cert.as_ref(), response_timeout)?
+                .get_async_connection()
                 .await
                 .map(|conn| Conn::Cluster(Box::new(conn))),
         }
@@ -157,6 +165,27 @@ impl Endpoint {
             Endpoint::Cluster { nodes, .. } => nodes.clone(),
         }
     }
+}
+
+/// A cluster client whose every request, retries and redirections included, ends within
+/// `response_timeout`. Without that overall bound the client retries a request 16 times, its
+/// waits growing to minutes, and a worker whose cluster is gone could not stop.
+fn cluster_client(
+    start: &[redis::ConnectionInfo],
+    root_cert: Option<&Vec<u8>>,
+    response_timeout: Duration,
+) -> redis::RedisResult<ClusterClient> {
+    let mut builder = ClusterClient::builder(start.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response_timeout)
+        .overall_response_timeout(Some(response_timeout));
+    if let Some(root_cert) = root_cert {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert.clone()),
+        });
+    }
+    builder.build()
 }
 
 /// The node URLs of a `redis+cluster://` or `rediss+cluster://` URL
