@@ -511,15 +511,42 @@ fn parse_named<T>(
     Ok(limits)
 }
 
-/// Whether a cluster URL names at least one `host:port`.
+/// The node URLs of a `redis+cluster://` or `rediss+cluster://` URL
+/// (`redis+cluster://[user:password@]host:port,host:port[/]`), each as a `redis://` (or
+/// `rediss://`) URL with the credentials; `None` for any other URL.
+pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+cluster://")?)
+    };
+    let rest = rest.split(['/', '?']).next().unwrap_or_default();
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("{scheme}://{credentials}{host}"))
+            .collect(),
+    )
+}
+
+/// Whether a cluster URL names its nodes, each as `host:port`.
 fn cluster_hosts_given(url: &str) -> bool {
-    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
-    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, hosts)| hosts);
-    hosts.split(',').any(|host| {
-        host.rsplit_once(':')
-            .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok())
-    }) && hosts.split(',').all(|host| host.contains(':'))
+    cluster_nodes(url).is_some_and(|nodes| {
+        !nodes.is_empty()
+            && nodes.iter().all(|node| {
+                let host = node
+                    .rsplit_once('@')
+                    .map_or(node.as_str(), |(_, host)| host);
+                let host = host.split_once("://").map_or(host, |(_, host)| host);
+                host.rsplit_once(':')
+                    .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok())
+            })
+    })
 }
 
 pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool> {

@@ -102,13 +102,13 @@ async fn a_killed_master_fails_over_and_workers_and_producers_carry_on() {
     assert_ne!(new.url, master.url, "a replica took over the slot");
 
     // Wait for the jobs to run: until all have, or none more for 10 s.
-    let mut ran = ledger(&ns, &key);
+    let mut ran = ledger(&key);
     let mut quiet_since = Instant::now();
     while enqueued.iter().any(|id| !ran.contains_key(id))
         && quiet_since.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = ledger(&ns, &key);
+        let now = ledger(&key);
         if now.len() > ran.len() {
             quiet_since = Instant::now();
         }
@@ -185,7 +185,10 @@ async fn sigterm_ends_a_worker_whose_slot_has_no_master() {
         .status()
         .unwrap();
     assert!(status.success());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::support::eventually(WAIT, "the cluster reports the slot down", || {
+        std::future::ready(cluster.is_down())
+    })
+    .await;
     signal(&worker.0, "TERM");
     let sent = Instant::now();
     // Grace 2 s, then each store it gives up on is bounded by the command timeout (10 s).

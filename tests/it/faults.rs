@@ -484,12 +484,12 @@ async fn a_prefetched_job_lost_during_a_pause_is_not_started() {
     // long ago must not run again.
     signal(&paused, "CONT");
     eventually(WAIT, "the paused run of the long job to end", || async {
-        ledger(&ns, &long).values().sum::<u32>() == 2
+        ledger(&long).values().sum::<u32>() == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
-        ledger(&ns, &short).values().sum::<u32>(),
+        ledger(&short).values().sum::<u32>(),
         1,
         "the short job ran once"
     );
@@ -547,7 +547,7 @@ async fn an_enqueue_with_a_fixed_id_retried_after_a_lost_reply_adds_one_job() {
     assert_eq!(again.id(), handle.id());
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
-    let runs = crate::processes::ledger(&ns, &ledger);
+    let runs = crate::processes::ledger(&ledger);
     assert_eq!(runs.values().sum::<u32>(), 1, "one run: {runs:?}");
 }
 

@@ -54,7 +54,7 @@ pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::Exi
 
 /// The runs `it.count_redis` counted under `key`, on the one test Redis (where it counts, also
 /// for a namespace on a cluster).
-pub(crate) fn ledger(_ns: &TestNamespace, key: &str) -> HashMap<String, u32> {
+pub(crate) fn ledger(key: &str) -> HashMap<String, u32> {
     let client = redis::Client::open(psw_tasks::testing::redis_url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap()
@@ -93,7 +93,7 @@ async fn sigterm_finishes_jobs_in_flight_and_loses_none() {
     eventually(
         Duration::from_secs(20),
         "the first jobs to finish",
-        || async { !ledger(&ns, &key).is_empty() },
+        || async { !ledger(&key).is_empty() },
     )
     .await;
     signal(&child, "TERM");
@@ -102,7 +102,7 @@ async fn sigterm_finishes_jobs_in_flight_and_loses_none() {
 
     // What the stopped worker had started, it finished: every job it touched ran once, and
     // nothing is left pending for a lease to expire.
-    let done_by_first = ledger(&ns, &key);
+    let done_by_first = ledger(&key);
     assert!(done_by_first.values().all(|&n| n == 1), "{done_by_first:?}");
     assert!(
         done_by_first.len() < 60,
@@ -120,7 +120,7 @@ async fn sigterm_finishes_jobs_in_flight_and_loses_none() {
             .unwrap();
     }
     worker.stop().await;
-    let runs = ledger(&ns, &key);
+    let runs = ledger(&key);
     assert_eq!(runs.len(), 60, "every job ran");
     assert!(runs.values().all(|&n| n == 1), "none ran twice: {runs:?}");
     assert_eq!(queue_state(&ns, "default"), (0, 0));
@@ -158,7 +158,7 @@ async fn jobs_cut_off_by_the_grace_period_run_again_elsewhere() {
     signal(&child, "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success(), "worker exited with {status}");
-    assert!(ledger(&ns, &key).is_empty(), "cut off before finishing");
+    assert!(ledger(&key).is_empty(), "cut off before finishing");
     assert_eq!(
         queue_state(&ns, "default").1,
         3,
@@ -185,7 +185,7 @@ async fn jobs_cut_off_by_the_grace_period_run_again_elsewhere() {
     assert_eq!(stats.reclaimed(), 3);
     let _ = stop.send(());
     running.await.unwrap().unwrap();
-    let runs = ledger(&ns, &key);
+    let runs = ledger(&key);
     assert_eq!(runs.len(), 3);
     assert!(runs.values().all(|&n| n == 1), "{runs:?}");
     assert_eq!(queue_state(&ns, "default"), (0, 0));

@@ -93,7 +93,7 @@ async fn paused_worker_is_fenced(ns: TestNamespace) {
     // The paused worker wakes up, finishes its run, and is refused.
     signal(&paused, "CONT");
     eventually(WAIT, "the paused run to finish", || async {
-        ledger(&ns, &key).values().sum::<u32>() == 2
+        ledger(&key).values().sum::<u32>() == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -164,7 +164,7 @@ async fn sigterm_with_200_jobs_in_flight_exits_within_grace_and_loses_none() {
         took < Duration::from_secs(4),
         "exited after {took:?}, grace 3 s"
     );
-    let runs = ledger(&ns, &key);
+    let runs = ledger(&key);
     assert_eq!(runs.len(), 200, "every job in flight finished");
     assert!(runs.values().all(|&n| n == 1));
     assert_eq!(queue_state(&ns, "default"), (0, 0));
@@ -431,7 +431,7 @@ async fn a_job_that_kills_its_worker_every_time_is_dead_lettered_as_poisoned() {
     assert_eq!(dead[0].reason, "poisoned");
     assert_eq!(dead[0].job_id.as_deref(), Some(poison.id().as_str()));
     eventually(Duration::from_secs(60), "the 1,000 other jobs", || async {
-        ledger(&ns, &key).len() == 1_000
+        ledger(&key).len() == 1_000
     })
     .await;
     signal(&worker, "TERM");
@@ -583,10 +583,10 @@ async fn kill_storm(ns: TestNamespace) {
         victim = spawn_worker(&ns, &envs);
     }
     eventually(Duration::from_secs(120), "every job ran", || async {
-        ledger(&ns, &key).len() == jobs
+        ledger(&key).len() == jobs
     })
     .await;
-    let runs = ledger(&ns, &key);
+    let runs = ledger(&key);
     let duplicates: u32 = runs.values().map(|n| n - 1).sum();
     assert!(
         duplicates as usize <= kills * in_flight_per_worker,

@@ -52,12 +52,21 @@ fn find_or_start() -> Result<String, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("cannot find a free port: {e}"))?
         .port();
-    // A watchdog shell stops the server when this test process is gone, so no run leaves a
-    // stray server behind.
+    start_watched_server(port, "", "").map_err(|why| {
+        format!(
+            "REDIS_URL is unset or does not answer, nothing answers on 127.0.0.1:6379, and {why}"
+        )
+    })
+}
+
+/// Start `redis-server` on `port` with `options`, in the current directory, and wait until it
+/// answers: its URL. A watchdog shell stops the server (and runs `cleanup`) when this test
+/// process is gone, so no run leaves a stray server behind.
+fn start_watched_server(port: u16, options: &str, cleanup: &str) -> Result<String, String> {
     let script = format!(
         "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no \
-         --maxmemory-policy noeviction >/dev/null 2>&1 & server=$!; \
-         while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server",
+         --maxmemory-policy noeviction {options} >/dev/null 2>&1 & server=$!; \
+         while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server; {cleanup}",
         parent = std::process::id()
     );
     Command::new("sh")
@@ -70,16 +79,15 @@ fn find_or_start() -> Result<String, String> {
         .map_err(|e| format!("cannot run sh to start redis-server: {e}"))?;
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if answers(&url) {
-            return Ok(url);
+    while !answers(&url) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "`redis-server {options}` did not start on port {port} (install it: apt-get install redis-server)"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!(
-        "REDIS_URL is unset or does not answer, nothing answers on 127.0.0.1:6379, and \
-         `redis-server` did not start on port {port} (install it: apt-get install redis-server)"
-    ))
+    Ok(url)
 }
 
 /// A Redis Cluster of three masters, each with a replica, on loopback ports.
@@ -177,6 +185,17 @@ impl TestCluster {
 }
 
 impl TestCluster {
+    /// Whether a node that answers reports the cluster down (`cluster_state:fail`): a slot
+    /// has no master.
+    pub fn is_down(&self) -> bool {
+        self.nodes.iter().any(|node| {
+            redis::Client::open(node.as_str())
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut conn| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut conn))
+                .is_ok_and(|info| info.contains("cluster_state:fail"))
+        })
+    }
+
     /// Tell every replica not to take over a failed master: a master killed now leaves its
     /// slots unserved (the cluster answers `CLUSTERDOWN`) until it comes back.
     pub fn forbid_failover(&self) -> Result<(), String> {
@@ -275,34 +294,18 @@ fn start_cluster_nodes() -> Result<Vec<String>, String> {
     let mut nodes = Vec::new();
     for _ in 0..6 {
         let port = free_cluster_port()?;
-        // As for the single test server: a watchdog stops the node with this process. The node
-        // timeout is short so that a failover test sees its replica promoted in seconds.
-        let script = format!(
-            "cd {dir} && redis-server --port {port} --bind 127.0.0.1 --cluster-enabled yes \
-             --cluster-config-file nodes-{port}.conf --cluster-node-timeout 2000 --save '' \
-             --appendonly no --maxmemory-policy noeviction >/dev/null 2>&1 & server=$!; \
-             while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server; rm -f nodes-{port}.conf",
-            dir = dir.display(),
-            parent = std::process::id()
-        );
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run sh to start redis-server: {e}"))?;
+        // The node timeout is short so that a failover test sees its replica promoted in
+        // seconds.
+        let dir = dir.display();
+        start_watched_server(
+            port,
+            &format!(
+                "--dir {dir} --cluster-enabled yes --cluster-config-file nodes-{port}.conf \
+                 --cluster-node-timeout 2000"
+            ),
+            &format!("rm -f {dir}/nodes-{port}.conf"),
+        )?;
         let node = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !answers(&format!("redis://{node}")) {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "`redis-server --cluster-enabled yes` did not start on port {port} (install it: apt-get install redis-server)"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         nodes.push(node);
     }
     let created = Command::new("redis-cli")

@@ -70,16 +70,18 @@ pub(crate) async fn run(shared: Arc<Shared>, link: Arc<CeleryLink>, stop: Cancel
                 taken = lists.take(queue, &shared.consumer, TAKE_BLOCK) => taken,
             };
             match taken {
-                Ok(Some(message)) => {
-                    if let Err(err) = bridge(&shared, &link, lists, queue, &message).await {
-                        // The message stays in the taken list: the reaper puts it back.
-                        tracing::error!(queue, error = %crate::error::chain(&err), "could not make a Celery message a job; it is put back later");
-                        rest(&stop, FOREIGN_BACKOFF).await;
-                    } else if !known(&shared, &link, &message) {
+                Ok(Some(message)) => match bridge(&shared, &link, lists, queue, &message).await {
+                    Ok(Taken::Added) => {}
+                    Ok(Taken::GivenBack) => {
                         resting
                             .insert(queue.clone(), tokio::time::Instant::now() + FOREIGN_BACKOFF);
                     }
-                }
+                    Err(err) => {
+                        // The message stays in the taken list: the reaper puts it back.
+                        tracing::error!(queue, error = %crate::error::chain(&err), "could not make a Celery message a job; it is put back later");
+                        rest(&stop, FOREIGN_BACKOFF).await;
+                    }
+                },
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(queue, error = %crate::error::chain(&err), "could not read the Celery queue; trying again");
@@ -97,11 +99,13 @@ async fn rest(stop: &CancellationToken, time: Duration) {
     }
 }
 
-/// Whether a message was not given back: it names a task linked here, or is dead-lettered.
-fn known(shared: &Shared, link: &CeleryLink, message: &[u8]) -> bool {
-    link.unknown_tasks == CeleryUnknownTasks::DeadLetter
-        || CeleryMessage::parse(message)
-            .map_or(true, |parsed| shared.registry.get(&parsed.task).is_some())
+/// What became of a taken message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// A job of ours: to run, or to be dead-lettered.
+    Added,
+    /// Given back to the Celery workers: its task is not linked here.
+    GivenBack,
 }
 
 /// Make one taken message a job, give it back, or make it a job marked to be dead-lettered
@@ -113,7 +117,7 @@ async fn bridge(
     lists: &CeleryRedis,
     queue: &str,
     message: &[u8],
-) -> Result<()> {
+) -> Result<Taken> {
     let parsed = match CeleryMessage::parse(message) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -133,7 +137,8 @@ async fn bridge(
     let refusal = match (descriptor, parsed.unsupported_canvas) {
         (None, _) if link.unknown_tasks == CeleryUnknownTasks::Leave => {
             tracing::debug!(queue, task = %parsed.task, id = %parsed.id, "a Celery message for a task not linked here; left to the Celery workers");
-            return lists.give_back(queue, &shared.consumer, message).await;
+            lists.give_back(queue, &shared.consumer, message).await?;
+            return Ok(Taken::GivenBack);
         }
         (None, _) => Some((
             DeadReason::UnknownTask,
@@ -193,19 +198,41 @@ fn job_of(parsed: &CeleryMessage, queue: &str, message: &[u8]) -> Envelope {
     }
     let now = now_ms();
     Envelope {
-        v: VERSION,
-        id: JobId::from(parsed.id.as_str()),
-        task: parsed.task.clone(),
-        queue: queue.to_owned(),
-        args: parsed.arguments.clone(),
         attempt: parsed.retries,
-        retries: None,
-        created_ms: now,
         eta_ms: parsed.eta_ms.filter(|&eta| eta > now),
+        expires_ms: parsed.expires_ms,
+        ..celery_job(
+            JobId::from(parsed.id.as_str()),
+            &parsed.task,
+            queue,
+            parsed.arguments.clone(),
+            headers,
+        )
+    }
+}
+
+/// A job made of a Celery message, before what the message says of its timing.
+fn celery_job(
+    id: JobId,
+    task: &str,
+    queue: &str,
+    args: Vec<u8>,
+    headers: BTreeMap<String, String>,
+) -> Envelope {
+    Envelope {
+        v: VERSION,
+        id,
+        task: task.to_owned(),
+        queue: queue.to_owned(),
+        args,
+        attempt: 0,
+        retries: None,
+        created_ms: now_ms(),
+        eta_ms: None,
         headers,
         errors: Vec::new(),
         errors_dropped: 0,
-        expires_ms: parsed.expires_ms,
+        expires_ms: None,
         unique_key: None,
         unique_release: None,
         debounce_key: None,
@@ -229,24 +256,13 @@ fn refused(target: &str, queue: &str, message: &[u8], reason: DeadReason, why: S
             text.to_owned(),
         );
     }
-    Envelope {
-        v: VERSION,
-        id: JobId::generate(),
-        task: format!("celery:{queue}"),
-        queue: target.to_owned(),
-        args: message.to_vec(),
-        attempt: 0,
-        retries: None,
-        created_ms: now_ms(),
-        eta_ms: None,
+    celery_job(
+        JobId::generate(),
+        &format!("celery:{queue}"),
+        target,
+        message.to_vec(),
         headers,
-        errors: Vec::new(),
-        errors_dropped: 0,
-        expires_ms: None,
-        unique_key: None,
-        unique_release: None,
-        debounce_key: None,
-    }
+    )
 }
 
 /// Add the job of a taken message (once: its id is held, so a message put back after a crash
@@ -258,7 +274,7 @@ async fn add(
     message: &[u8],
     envelope: Envelope,
     due_ms: Option<i64>,
-) -> Result<()> {
+) -> Result<Taken> {
     let now = now_ms();
     let hold = shared.result_ttl
         + Duration::from_millis(due_ms.map_or(0, |due| (due - now).max(0) as u64));
@@ -278,7 +294,8 @@ async fn add(
     if !added {
         tracing::info!(queue, id = %id, "a Celery message already taken as a job (put back after a crash); not added again");
     }
-    lists.forget(queue, &shared.consumer, message).await
+    lists.forget(queue, &shared.consumer, message).await?;
+    Ok(Taken::Added)
 }
 
 /// Put back what workers that stopped beating had taken and not made jobs.

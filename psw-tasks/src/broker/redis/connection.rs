@@ -15,7 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use super::listener::Finished;
 use super::scripts::Scripts;
 use crate::broker::DeadLetterLimits;
-use crate::config::{BROKER_URL_FORM, REDIS_URL_FORM};
+use crate::config::{BROKER_URL_FORM, REDIS_URL_FORM, cluster_nodes};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::redact;
@@ -186,29 +186,6 @@ fn cluster_client(
         });
     }
     builder.build()
-}
-
-/// The node URLs of a `redis+cluster://` or `rediss+cluster://` URL
-/// (`redis+cluster://[user:password@]host:port,host:port[/]`), each as a `redis://` (or
-/// `rediss://`) URL with the credentials; `None` for any other URL.
-pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        ("redis", rest)
-    } else {
-        ("rediss", url.strip_prefix("rediss+cluster://")?)
-    };
-    let rest = rest.split(['/', '?']).next().unwrap_or_default();
-    let (credentials, hosts) = match rest.rsplit_once('@') {
-        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
-        None => (String::new(), rest),
-    };
-    Some(
-        hosts
-            .split(',')
-            .filter(|host| !host.is_empty())
-            .map(|host| format!("{scheme}://{credentials}{host}"))
-            .collect(),
-    )
 }
 
 /// A connection for commands: one server's (reconnecting), or a cluster's, which routes each
