@@ -31,6 +31,10 @@ const REDIS_SCHEMES: [&str; 7] = [
 /// does not run on a cluster).
 const CLUSTER_SCHEMES: [&str; 2] = ["redis+cluster://", "rediss+cluster://"];
 
+/// The schemes of a URL naming Redis Sentinels and the master they watch (psw-tasks' own
+/// Redis only, as for a cluster).
+const SENTINEL_SCHEMES: [&str; 2] = ["redis+sentinel://", "rediss+sentinel://"];
+
 /// The form of a Redis URL, in words, for configuration errors.
 pub(crate) const REDIS_URL_FORM: &str = "a redis://[user:password@]host[:port][/db], rediss:// (TLS) \
      or redis+unix:///path/to/socket[?db=N&pass=password] URL";
@@ -38,7 +42,9 @@ pub(crate) const REDIS_URL_FORM: &str = "a redis://[user:password@]host[:port][/
 /// The form of psw-tasks' own Redis URL, which may name a cluster, in words.
 pub(crate) const BROKER_URL_FORM: &str = "a redis://[user:password@]host[:port][/db], rediss:// (TLS), \
      redis+unix:///path/to/socket[?db=N&pass=password] or \
-     redis+cluster://[user:password@]host:port,host:port (rediss+cluster:// for TLS) URL";
+     redis+cluster://[user:password@]host:port,host:port (rediss+cluster:// for TLS) or \
+     redis+sentinel://[user:password@]host:port,host:port/<master name>[/db] (rediss+sentinel:// \
+     for TLS) URL";
 
 /// The leases a worker accepts. Renewed every third, a lease shorter than 300 ms leaves no time
 /// for a round trip under load (and a zero one would stop the renewer); past an hour, the jobs
@@ -255,16 +261,29 @@ impl Config {
 
         let (variable_of_url, redis_url) = match first(&["REDIS_URL", "CELERY_BROKER_URL"]) {
             Some((name, url)) => {
-                // A cluster only in REDIS_URL: CELERY_BROKER_URL is Celery's too, and Celery's
-                // Redis transport does not run on a cluster.
-                let (cluster, form) = match name {
-                    "REDIS_URL" => (&CLUSTER_SCHEMES[..], BROKER_URL_FORM),
-                    _ => (&[][..], REDIS_URL_FORM),
+                // A cluster or sentinels only in REDIS_URL: CELERY_BROKER_URL is Celery's too,
+                // and Celery reads it as one server.
+                let ours = name == "REDIS_URL";
+                let form = if ours {
+                    BROKER_URL_FORM
+                } else {
+                    REDIS_URL_FORM
                 };
-                let is_cluster = cluster.iter().any(|scheme| url.starts_with(scheme));
-                let known =
-                    is_cluster || REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme));
-                if !known || (is_cluster && !cluster_hosts_given(&url)) {
+                let is = |schemes: &[&str]| ours && schemes.iter().any(|s| url.starts_with(s));
+                let (is_cluster, is_sentinel) = (is(&CLUSTER_SCHEMES), is(&SENTINEL_SCHEMES));
+                let known = is_cluster
+                    || is_sentinel
+                    || REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme));
+                let complete = if is_cluster {
+                    cluster_nodes(&url).is_some_and(|nodes| hosts_given(&nodes))
+                } else if is_sentinel {
+                    sentinel_url(&url).is_some_and(|sentinel| {
+                        hosts_given(&sentinel.sentinels) && !sentinel.master.is_empty()
+                    })
+                } else {
+                    true
+                };
+                if !known || !complete {
                     return Err(Error::config(name, redact::url(&url), form));
                 }
                 (name, Some(url))
@@ -534,19 +553,59 @@ pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Whether a cluster URL names its nodes, each as `host:port`.
-fn cluster_hosts_given(url: &str) -> bool {
-    cluster_nodes(url).is_some_and(|nodes| {
-        !nodes.is_empty()
-            && nodes.iter().all(|node| {
-                let host = node
-                    .rsplit_once('@')
-                    .map_or(node.as_str(), |(_, host)| host);
-                let host = host.split_once("://").map_or(host, |(_, host)| host);
-                host.rsplit_once(':')
-                    .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok())
-            })
+/// The parts of a sentinel URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SentinelUrl {
+    /// Each sentinel as a `redis://host:port` (or `rediss://`) URL, without credentials:
+    /// sentinels are asked without them.
+    pub(crate) sentinels: Vec<String>,
+    /// The name the sentinels know the master by.
+    pub(crate) master: String,
+    /// A `redis://[user:password@]sentinel/<db>` URL carrying what the master is reached
+    /// with: the credentials and the database (its host means nothing).
+    pub(crate) master_settings: String,
+    /// TLS to the master and the sentinels (`rediss+sentinel://`).
+    pub(crate) tls: bool,
+}
+
+/// The parts of a `redis+sentinel://[user:password@]host:port,host:port/<master>[/<db>]` (or
+/// `rediss+sentinel://`) URL; `None` for any other URL.
+pub(crate) fn sentinel_url(url: &str) -> Option<SentinelUrl> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+sentinel://")?)
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    let (master, db) = path.split_once('/').unwrap_or((path, ""));
+    Some(SentinelUrl {
+        sentinels: hosts
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("{scheme}://{host}"))
+            .collect(),
+        master: master.to_owned(),
+        master_settings: format!("redis://{credentials}sentinel/{db}"),
+        tls: scheme == "rediss",
     })
+}
+
+/// Whether `nodes` (URLs) are at least one, each with a `host:port`.
+fn hosts_given(nodes: &[String]) -> bool {
+    !nodes.is_empty()
+        && nodes.iter().all(|node| {
+            let host = node
+                .rsplit_once('@')
+                .map_or(node.as_str(), |(_, host)| host);
+            let host = host.split_once("://").map_or(host, |(_, host)| host);
+            host.rsplit_once(':')
+                .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok())
+        })
 }
 
 pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool> {
@@ -734,6 +793,39 @@ mod tests {
             );
             assert!(!err.contains("pw"), "{err}");
         }
+        for url in [
+            "redis+sentinel://h1:26379,h2:26379",
+            "redis+sentinel://:pw@h1:26379/",
+            "redis+sentinel://h1/mymaster",
+        ] {
+            let err = config(&[("REDIS_URL", url)]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: REDIS_URL = ")
+                    && err.contains(
+                        "redis+sentinel://[user:password@]host:port,host:port/<master name>[/db]"
+                    ),
+                "{err}"
+            );
+            assert!(!err.contains("pw"), "{err}");
+        }
+        let sentinel = "redis+sentinel://:pw@h1:26379,h2:26380/mymaster/2";
+        let parsed = config(&[("REDIS_URL", sentinel)]).unwrap();
+        assert_eq!(parsed.redis_url.as_deref(), Some(sentinel));
+        assert_eq!(
+            sentinel_url(sentinel),
+            Some(SentinelUrl {
+                sentinels: vec!["redis://h1:26379".to_owned(), "redis://h2:26380".to_owned()],
+                master: "mymaster".to_owned(),
+                master_settings: "redis://:pw@sentinel/2".to_owned(),
+                tls: false,
+            })
+        );
+        assert!(sentinel_url("rediss+sentinel://h:1/m").unwrap().tls);
+        assert_eq!(sentinel_url("redis://h:6379/0"), None);
+        check_error(
+            &[("CELERY_BROKER_URL", "redis+sentinel://h1:26379/mymaster")],
+            "invalid configuration: CELERY_BROKER_URL = \"redis+sentinel://h1:26379/mymaster\": expected a redis://[user:password@]host[:port][/db], rediss:// (TLS) or redis+unix:///path/to/socket[?db=N&pass=password] URL",
+        );
         let cluster = config(&[("REDIS_URL", "redis+cluster://:pw@h1:7000,h2:7001")]).unwrap();
         assert_eq!(
             cluster.redis_url.as_deref(),

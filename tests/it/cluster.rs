@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use psw_tasks::testing::{TestCluster, TestNamespace};
+use psw_tasks::testing::{RedisNode, TestCluster, TestNamespace};
 use psw_tasks::{EnqueueOptions, State};
 use psw_tasks_tests::{add, refuses};
 
@@ -47,14 +47,25 @@ async fn a_worker_on_a_redis_cluster_runs_jobs_and_answers_their_waiters() {
 async fn a_killed_master_fails_over_and_workers_and_producers_carry_on() {
     let cluster = TestCluster::start().unwrap_or_else(|why| panic!("no Redis Cluster: {why}"));
     let ns = TestNamespace::on(cluster, "failover");
+    let slot = format!("{{{}}}", ns.name());
+    run_through_a_failover(&ns, || cluster.master_of(&slot)).await;
+}
+
+/// Producers enqueue and two worker processes run jobs on `ns` for 14 s; 4 s in, the master
+/// `master()` names is killed (-9). Asserts that a new master took over, that every job
+/// enqueued after the kill ran, that the workers carried on, and bounds the jobs lost.
+pub(crate) async fn run_through_a_failover(
+    ns: &TestNamespace,
+    master: impl Fn() -> Result<RedisNode, String>,
+) {
     let key = format!("{{{}}}:ledger", ns.name());
     let client = ns.client().await;
     let envs = [("PSW_LEASE", "2s"), ("PSW_WORKER_CONCURRENCY", "10")];
     let mut workers = [
-        KilledOnDrop(spawn_worker(&ns, &envs)),
-        KilledOnDrop(spawn_worker(&ns, &envs)),
+        KilledOnDrop(spawn_worker(ns, &envs)),
+        KilledOnDrop(spawn_worker(ns, &envs)),
     ];
-    let master = cluster.master_of(&format!("{{{}}}", ns.name())).unwrap();
+    let old = master().unwrap();
 
     let started = Instant::now();
     let mut enqueued: Vec<String> = Vec::new();
@@ -64,10 +75,10 @@ async fn a_killed_master_fails_over_and_workers_and_producers_carry_on() {
     while started.elapsed() < Duration::from_secs(14) {
         if killed.is_none() && started.elapsed() >= Duration::from_secs(4) {
             let status = std::process::Command::new("kill")
-                .args(["-KILL", &master.pid.to_string()])
+                .args(["-KILL", &old.pid.to_string()])
                 .status()
                 .unwrap();
-            assert!(status.success(), "kill the master {}", master.url);
+            assert!(status.success(), "kill the master {}", old.url);
             killed = Some((enqueued.len(), Instant::now()));
         }
         // Bounded: an enqueue waits while the cluster moves the slot, not forever.
@@ -98,8 +109,8 @@ async fn a_killed_master_fails_over_and_workers_and_producers_carry_on() {
     }
     let (before_kill, _) = killed.expect("the master was killed");
     let resumed = resumed.expect("the producer enqueued again after the failover");
-    let new = cluster.master_of(&format!("{{{}}}", ns.name())).unwrap();
-    assert_ne!(new.url, master.url, "a replica took over the slot");
+    let new = master().unwrap();
+    assert_ne!(new.url, old.url, "a replica took over");
 
     // Wait for the jobs to run: until all have, or none more for 10 s.
     let mut ran = ledger(&key);
@@ -202,7 +213,7 @@ async fn sigterm_ends_a_worker_whose_slot_has_no_master() {
 
 /// A worker process that does not outlive a failed test (its cluster stops with the test
 /// process, and a worker left behind would retry it for ever).
-struct KilledOnDrop(std::process::Child);
+pub(crate) struct KilledOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KilledOnDrop {
     fn drop(&mut self) {

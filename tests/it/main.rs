@@ -12,5 +12,6 @@ mod jobs;
 mod monitor;
 mod processes;
 mod reliability;
+mod sentinel;
 mod stats;
 mod support;

@@ -52,19 +52,25 @@ fn find_or_start() -> Result<String, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("cannot find a free port: {e}"))?
         .port();
-    start_watched_server(port, "", "").map_err(|why| {
+    start_watched_server(port, "", "", "").map_err(|why| {
         format!(
             "REDIS_URL is unset or does not answer, nothing answers on 127.0.0.1:6379, and {why}"
         )
     })
 }
 
-/// Start `redis-server` on `port` with `options`, in the current directory, and wait until it
-/// answers: its URL. A watchdog shell stops the server (and runs `cleanup`) when this test
-/// process is gone, so no run leaves a stray server behind.
-fn start_watched_server(port: u16, options: &str, cleanup: &str) -> Result<String, String> {
+/// Start `redis-server` on `port` with the configuration file `config` (none if empty) and
+/// `options`, in the current directory, and wait until it answers: its URL. A watchdog shell
+/// stops the server (and runs `cleanup`) when this test process is gone, so no run leaves a
+/// stray server behind.
+fn start_watched_server(
+    port: u16,
+    config: &str,
+    options: &str,
+    cleanup: &str,
+) -> Result<String, String> {
     let script = format!(
-        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no \
+        "redis-server {config} --port {port} --bind 127.0.0.1 --save '' --appendonly no \
          --maxmemory-policy noeviction {options} >/dev/null 2>&1 & server=$!; \
          while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server; {cleanup}",
         parent = std::process::id()
@@ -116,9 +122,9 @@ pub fn cluster() -> &'static TestCluster {
     })
 }
 
-/// A cluster node, as a test that kills it needs it.
+/// A server of a cluster or of a sentinel group, as a test that kills it needs it.
 #[derive(Debug, Clone)]
-pub struct ClusterNode {
+pub struct RedisNode {
     /// `redis://host:port`.
     pub url: String,
     /// Its process id.
@@ -134,7 +140,7 @@ impl TestCluster {
     }
 
     /// The master that holds `key`'s slot now.
-    pub fn master_of(&self, key: &str) -> Result<ClusterNode, String> {
+    pub fn master_of(&self, key: &str) -> Result<RedisNode, String> {
         let fail = |e: redis::RedisError| e.to_string();
         for node in &self.nodes {
             let Ok(client) = redis::Client::open(node.as_str()) else {
@@ -178,7 +184,7 @@ impl TestCluster {
             };
             let url = format!("redis://{host}:{port}");
             let pid = pid_of(&url).ok_or_else(|| format!("no process id from {url}"))?;
-            return Ok(ClusterNode { url, pid });
+            return Ok(RedisNode { url, pid });
         }
         Err("no node of the cluster answers".to_owned())
     }
@@ -299,6 +305,7 @@ fn start_cluster_nodes() -> Result<Vec<String>, String> {
         let dir = dir.display();
         start_watched_server(
             port,
+            "",
             &format!(
                 "--dir {dir} --cluster-enabled yes --cluster-config-file nodes-{port}.conf \
                  --cluster-node-timeout 2000"
@@ -325,12 +332,156 @@ fn start_cluster_nodes() -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
-/// A key namespace of one test, on the test Redis (or the test cluster); its keys are deleted
-/// on drop.
+/// The name the test sentinels know their master by.
+const SENTINEL_MASTER: &str = "psw";
+
+/// A master, its replica and three sentinels watching them, on loopback ports.
+#[derive(Debug)]
+pub struct TestSentinels {
+    /// `redis+sentinel://` with the three sentinels and the master's name.
+    pub url: String,
+    /// The master and the replica, as `redis://` URLs.
+    pub servers: Vec<String>,
+    /// The sentinels, as `redis://` URLs.
+    pub sentinels: Vec<String>,
+}
+
+impl TestSentinels {
+    /// A group of its own, started here (for a test that kills its master), stopped when the
+    /// test process exits; leaked, as [`TestCluster::start`]. The sentinels think a master
+    /// down after a second without an answer, so a failover takes two or three.
+    pub fn start() -> Result<&'static TestSentinels, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "psw-test-sentinel-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let free_port = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|addr| addr.port())
+                .map_err(|e| format!("cannot find a free port: {e}"))
+        };
+        // In the group's directory: a replica stores the copy it syncs from as dump.rdb.
+        let in_dir = format!("--dir {}", dir.display());
+        let master_port = free_port()?;
+        let master = start_watched_server(master_port, "", &in_dir, "")?;
+        let replica = start_watched_server(
+            free_port()?,
+            "",
+            &format!("{in_dir} --replicaof 127.0.0.1 {master_port}"),
+            &format!("rm -f {}/dump.rdb", dir.display()),
+        )?;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_port()?;
+            // A sentinel rewrites its configuration file, so each has one of its own.
+            let config = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 10000\n"
+                ),
+            )
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+            let config = config.display().to_string();
+            sentinels.push(start_watched_server(
+                port,
+                &config,
+                "--sentinel",
+                &format!("rm -f {config}"),
+            )?);
+        }
+        let group = TestSentinels {
+            url: format!(
+                "redis+sentinel://{}/{SENTINEL_MASTER}",
+                sentinels
+                    .iter()
+                    .map(|url| url.trim_start_matches("redis://"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            servers: vec![master, replica],
+            sentinels,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !group.ready() {
+            if Instant::now() > deadline {
+                return Err(
+                    "the sentinels did not all see the master, its replica and each other within 30 s"
+                        .to_owned(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Box::leak(Box::new(group)))
+    }
+
+    /// Whether the replica has its master's data and every sentinel knows the replica and
+    /// the two other sentinels: before that, a killed master would not be failed over.
+    fn ready(&self) -> bool {
+        let synced = query(&self.servers[1], redis::cmd("INFO").arg("replication"))
+            .is_ok_and(|info: String| info.contains("master_link_status:up"));
+        synced
+            && self.sentinels.iter().all(|sentinel| {
+                let known = |what: &str| {
+                    query::<Vec<redis::Value>>(
+                        sentinel,
+                        redis::cmd("SENTINEL").arg(what).arg(SENTINEL_MASTER),
+                    )
+                    .map_or(0, |found| found.len())
+                };
+                known("replicas") >= 1 && known("sentinels") >= 2
+            })
+    }
+
+    /// The master the sentinels name now.
+    pub fn master(&self) -> Result<RedisNode, String> {
+        let mut last = "no sentinel answers".to_owned();
+        for sentinel in &self.sentinels {
+            match query::<(String, u16)>(
+                sentinel,
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(SENTINEL_MASTER),
+            ) {
+                Ok((host, port)) => {
+                    let url = format!("redis://{host}:{port}");
+                    let pid = pid_of(&url).ok_or_else(|| format!("no process id from {url}"))?;
+                    return Ok(RedisNode { url, pid });
+                }
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// `cmd`'s reply from the Redis at `url`, on a connection of its own.
+fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    cmd.query(&mut conn)
+}
+
+/// Where a test namespace lives.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// The test Redis ([`redis_url`]).
+    Single,
+    Cluster(&'static TestCluster),
+    Sentinels(&'static TestSentinels),
+}
+
+/// A key namespace of one test, on the test Redis (or a test cluster, or a sentinel group's
+/// master); its keys are deleted on drop.
 #[derive(Debug)]
 pub struct TestNamespace {
     name: String,
-    cluster: Option<&'static TestCluster>,
+    place: Place,
 }
 
 impl TestNamespace {
@@ -338,7 +489,7 @@ impl TestNamespace {
     pub fn new(label: &str) -> Self {
         TestNamespace {
             name: format!("test-{label}-{:016x}", fastrand::u64(..)),
-            cluster: None,
+            place: Place::Single,
         }
     }
 
@@ -350,20 +501,35 @@ impl TestNamespace {
     /// A fresh namespace on `cluster`.
     pub fn on(cluster: &'static TestCluster, label: &str) -> Self {
         let mut namespace = TestNamespace::new(label);
-        namespace.cluster = Some(cluster);
+        namespace.place = Place::Cluster(cluster);
+        namespace
+    }
+
+    /// A fresh namespace on the master of `sentinels`.
+    pub fn on_sentinels(sentinels: &'static TestSentinels, label: &str) -> Self {
+        let mut namespace = TestNamespace::new(label);
+        namespace.place = Place::Sentinels(sentinels);
         namespace
     }
 
     /// A plain connection to where the namespace lives (a cluster connection on a cluster),
     /// for a test's own commands on its keys.
     pub fn connection(&self) -> Box<dyn redis::ConnectionLike> {
-        match self.cluster {
-            Some(cluster) => Box::new(
+        match self.place {
+            Place::Cluster(cluster) => Box::new(
                 redis::cluster::ClusterClient::new(cluster.nodes.clone())
                     .and_then(|client| client.get_connection())
                     .expect("connect to the test cluster"),
             ),
-            None => Box::new(
+            Place::Sentinels(sentinels) => Box::new(
+                sentinels
+                    .master()
+                    .map_err(|why| panic!("no master from the test sentinels: {why}"))
+                    .and_then(|master| redis::Client::open(master.url))
+                    .and_then(|client| client.get_connection())
+                    .expect("connect to the test sentinels' master"),
+            ),
+            Place::Single => Box::new(
                 redis::Client::open(redis_url())
                     .and_then(|client| client.get_connection())
                     .expect("connect to the test Redis"),
@@ -376,11 +542,13 @@ impl TestNamespace {
         &self.name
     }
 
-    /// The Redis URL (a `redis+cluster://` one on the cluster).
+    /// The Redis URL (a `redis+cluster://` one on a cluster, `redis+sentinel://` on
+    /// sentinels).
     pub fn url(&self) -> &'static str {
-        match self.cluster {
-            Some(cluster) => &cluster.url,
-            None => redis_url(),
+        match self.place {
+            Place::Cluster(cluster) => &cluster.url,
+            Place::Sentinels(sentinels) => &sentinels.url,
+            Place::Single => redis_url(),
         }
     }
 
@@ -389,18 +557,20 @@ impl TestNamespace {
         Config::redis(self.url()).with_namespace(self.name.clone())
     }
 
-    /// Each server the namespace's keys may be on: the test Redis, and every cluster node.
+    /// Each server the namespace's keys may be on: the test Redis, and every cluster node or
+    /// sentinel group's server.
     fn servers(&self) -> Vec<String> {
-        match self.cluster {
-            // And the test Redis, where tasks of a test on a cluster count their runs.
-            Some(cluster) => cluster
-                .nodes
-                .iter()
-                .cloned()
-                .chain([redis_url().to_owned()])
-                .collect(),
-            None => vec![redis_url().to_owned()],
-        }
+        let elsewhere = match self.place {
+            Place::Cluster(cluster) => &cluster.nodes[..],
+            Place::Sentinels(sentinels) => &sentinels.servers[..],
+            Place::Single => &[],
+        };
+        // And the test Redis, where tasks of a test elsewhere count their runs.
+        elsewhere
+            .iter()
+            .cloned()
+            .chain([redis_url().to_owned()])
+            .collect()
     }
 
     /// A client on the test Redis in this namespace.
@@ -412,13 +582,13 @@ impl TestNamespace {
 
     /// Every key of this namespace.
     pub fn keys(&self) -> Vec<String> {
-        // A cluster node that does not answer (a test killed it) holds nothing to find; the
-        // one test Redis must answer.
+        // A server elsewhere that does not answer (a test killed it) holds nothing to find;
+        // the one test Redis must answer.
         let mut keys: Vec<String> = Vec::new();
         for server in self.servers() {
             match keys_on(&server, &self.name) {
                 Ok(found) => keys.extend(found),
-                Err(_) if self.cluster.is_some() => {}
+                Err(_) if server != redis_url() => {}
                 Err(err) => panic!("KEYS on the test Redis: {err}"),
             }
         }
@@ -438,7 +608,8 @@ fn keys_on(server: &str, namespace: &str) -> redis::RedisResult<Vec<String>> {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // On a cluster, each node deletes what it holds (a replica refuses, its master does).
+        // On a cluster, each node deletes what it holds (a replica refuses, its master does);
+        // so do a sentinel group's master and replica.
         for server in self.servers() {
             let Ok(keys) = keys_on(&server, &self.name) else {
                 continue;

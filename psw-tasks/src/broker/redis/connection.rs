@@ -1,21 +1,23 @@
 //! From a URL to connections: `redis://` or `rediss://` (TLS on rustls with aws-lc-rs, with an
-//! optional private CA), or a Redis Cluster's nodes (`redis+cluster://host:port,host:port`);
-//! the shared connection every non-blocking command uses, the readers' own connections, and
+//! optional private CA), a Redis Cluster's nodes (`redis+cluster://host:port,host:port`), or
+//! the sentinels of a master (`redis+sentinel://host:port,host:port/<master>`); the shared
+//! connection every non-blocking command uses, the readers' own connections, and
 //! [`RedisBroker`], which bundles them with the keys and scripts every command needs.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 
-use super::listener::Finished;
+use super::listener::{Finished, ServerFor};
 use super::scripts::Scripts;
 use crate::broker::DeadLetterLimits;
-use crate::config::{BROKER_URL_FORM, REDIS_URL_FORM, cluster_nodes};
+use crate::config::{BROKER_URL_FORM, REDIS_URL_FORM, SentinelUrl, cluster_nodes, sentinel_url};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::redact;
@@ -86,7 +88,15 @@ impl RedisBroker {
     }
 }
 
-/// Where the broker's Redis is: one server, or the nodes of a Redis Cluster.
+/// How long the sentinels may take to name the master, and a new master to take a connection.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time between two questions to the sentinels from one connection: while a dead
+/// master is still named (the sentinels take a second or two to agree it is down), every
+/// failing command would ask again.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Where the broker's Redis is: one server, the nodes of a Redis Cluster, or the master a group
+/// of sentinels names.
 // Made once per broker and kept: the size of its variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
@@ -102,20 +112,114 @@ pub(super) enum Endpoint {
         /// subscribed on one of them (a classic `PUBLISH` reaches every node of a cluster).
         nodes: Vec<redis::Client>,
     },
+    Sentinel(Arc<Sentinels>),
+}
+
+/// What a connection needs to ask the sentinels for their master and to reach it.
+pub(super) struct Sentinels {
+    sentinels: Vec<redis::ConnectionAddr>,
+    master: String,
+    settings: redis::RedisConnectionInfo,
+    tls: bool,
+    root_cert: Option<Vec<u8>>,
+}
+
+impl Sentinels {
+    fn of(
+        url: &SentinelUrl,
+        ca_cert: Option<&Path>,
+        bad_url: impl Fn(String) -> Error,
+    ) -> Result<Self> {
+        use redis::IntoConnectionInfo;
+        let sentinels = url
+            .sentinels
+            .iter()
+            .map(|node| {
+                node.as_str()
+                    .into_connection_info()
+                    .map(|info| info.addr().clone())
+                    .map_err(|err| bad_url(err.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let settings = url
+            .master_settings
+            .as_str()
+            .into_connection_info()
+            .map_err(|err| bad_url(err.to_string()))?
+            .redis_settings()
+            .clone();
+        if url.tls {
+            install_tls_provider();
+        }
+        let root_cert = match ca_cert.filter(|_| url.tls) {
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
+        let sentinels = Sentinels {
+            sentinels,
+            master: url.master.clone(),
+            settings,
+            tls: url.tls,
+            root_cert,
+        };
+        // Built once here for its checks; connections build their own.
+        sentinels.client().map_err(|err| bad_url(err.to_string()))?;
+        Ok(sentinels)
+    }
+
+    /// A client that asks the sentinels, in turn, for the master (checking that it says it is
+    /// one).
+    fn client(&self) -> redis::RedisResult<SentinelClient> {
+        let mut builder = SentinelClientBuilder::new(
+            self.sentinels.clone(),
+            &self.master,
+            SentinelServerType::Master,
+        )?
+        .set_client_to_redis_db(self.settings.db())
+        .set_client_to_redis_protocol(redis::ProtocolVersion::RESP2);
+        if let Some(username) = self.settings.username() {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        if let Some(password) = self.settings.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if self.tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            if let Some(root_cert) = &self.root_cert {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert.clone()),
+                };
+                builder = builder
+                    .set_client_to_redis_certificates(certificates.clone())
+                    .set_client_to_sentinel_certificates(certificates);
+            }
+        }
+        builder.build()
+    }
 }
 
 impl Endpoint {
     /// The endpoint of `url` (read from `variable`, named in errors).
     pub(super) fn of(url: &str, variable: &'static str, ca_cert: Option<&Path>) -> Result<Self> {
-        let Some(nodes) = cluster_nodes(url) else {
-            return Ok(Endpoint::Single(client(url, variable, ca_cert)?));
-        };
         let bad_url = |why: String| {
             Error::config(
                 variable,
                 redact::url(url),
                 format!("{BROKER_URL_FORM} ({why})"),
             )
+        };
+        if let Some(sentinel) = sentinel_url(url) {
+            if sentinel.sentinels.is_empty() || sentinel.master.is_empty() {
+                return Err(bad_url("no sentinel or no master named".to_owned()));
+            }
+            let sentinels = Sentinels::of(&sentinel, ca_cert, bad_url)?;
+            return Ok(Endpoint::Sentinel(Arc::new(sentinels)));
+        }
+        let Some(nodes) = cluster_nodes(url) else {
+            return Ok(Endpoint::Single(client(url, variable, ca_cert)?));
         };
         if nodes.is_empty() {
             return Err(bad_url("no node named".to_owned()));
@@ -155,16 +259,181 @@ impl Endpoint {
                 .get_async_connection()
                 .await
                 .map(|conn| Conn::Cluster(Box::new(conn))),
+            Endpoint::Sentinel(sentinels) => {
+                // Boxed: the sentinel lookup's future is deep, and every caller's would hold it.
+                Box::pin(Followed::connect(sentinels, response_timeout))
+                    .await
+                    .map(Conn::Sentinel)
+            }
         }
     }
 
-    /// The servers to subscribe on, in the order to try them: the one server, or each node.
-    pub(super) fn subscribers(&self) -> Vec<redis::Client> {
-        match self {
-            Endpoint::Single(client) => vec![client.clone()],
-            Endpoint::Cluster { nodes, .. } => nodes.clone(),
+    /// The server to subscribe on at the `attempt`th try (from 0): the one server, each node
+    /// of a cluster in turn (the next after one that failed), or the master the sentinels
+    /// name now.
+    pub(super) fn subscriber(&self) -> ServerFor {
+        let endpoint = self.clone();
+        Box::new(move |attempt| {
+            let endpoint = endpoint.clone();
+            Box::pin(async move {
+                match endpoint {
+                    Endpoint::Single(client) => Ok(client),
+                    Endpoint::Cluster { nodes, .. } => Ok(nodes[attempt % nodes.len()].clone()),
+                    Endpoint::Sentinel(sentinels) => {
+                        let mut asking = sentinels.client()?;
+                        timed(asking.async_get_client()).await
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// `future`, or a timeout error after [`FOLLOW_TIMEOUT`].
+async fn timed<T>(
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(FOLLOW_TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the sentinels or their master did not answer in time",
+            )))
+        })
+}
+
+/// A connection to the master a group of sentinels names. When the server it holds stops
+/// answering or refuses a write (it is a replica now), it asks the sentinels again and moves
+/// to the master they name: after a failover it carries on by itself.
+#[derive(Clone)]
+pub(crate) struct Followed(Arc<Following>);
+
+struct Following {
+    /// The sentinels' client, and when they were last asked; locked while asking, so that
+    /// one connection asks once at a time.
+    asking: tokio::sync::Mutex<(SentinelClient, Option<Instant>)>,
+    response_timeout: Duration,
+    master: Mutex<Master>,
+}
+
+#[derive(Clone)]
+struct Master {
+    /// `host:port`, to tell a new master from the one held.
+    address: String,
+    conn: ConnectionManager,
+}
+
+impl Followed {
+    async fn connect(
+        sentinels: &Sentinels,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<Self> {
+        let mut asking = sentinels.client()?;
+        let master = timed(async {
+            let client = asking.async_get_client().await?;
+            Master::of(client, response_timeout).await
+        })
+        .await?;
+        Ok(Followed(Arc::new(Following {
+            asking: tokio::sync::Mutex::new((asking, Some(Instant::now()))),
+            response_timeout,
+            master: Mutex::new(master),
+        })))
+    }
+
+    fn master(&self) -> Master {
+        self.0
+            .master
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Ask the sentinels for the master, the one at `failed` having failed a command; take a
+    /// connection to it if it is another. Whether the connection holds another master now.
+    async fn follow(&self, failed: &str) -> bool {
+        let mut asking = self.0.asking.lock().await;
+        if self.master().address != failed {
+            // Another command of this connection moved it meanwhile.
+            return true;
+        }
+        let (sentinels, asked) = &mut *asking;
+        if asked.is_some_and(|at| at.elapsed() < FOLLOW_INTERVAL) {
+            return false;
+        }
+        *asked = Some(Instant::now());
+        let found = timed(async {
+            let client = sentinels.async_get_client().await?;
+            if address(&client) == failed {
+                return Ok(None);
+            }
+            Master::of(client, self.0.response_timeout).await.map(Some)
+        })
+        .await;
+        match found {
+            Ok(Some(master)) => {
+                tracing::warn!(from = failed, to = %master.address, "the sentinels name a new master; moved to it");
+                *self
+                    .0
+                    .master
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = master;
+                true
+            }
+            Ok(None) => false,
+            Err(err) => {
+                tracing::debug!(error = %err, "no master from the sentinels yet");
+                false
+            }
         }
     }
+
+    /// After `err` from the master at `failed`: follow the sentinels if it says the master
+    /// may be gone, and whether to send the command again. A write refused as read-only was
+    /// not applied, so it goes again to a new master; after any other failure the command may
+    /// have been applied, so the error is returned, and the caller's own retries reach the new
+    /// master.
+    async fn send_again(&self, failed: &str, err: &redis::RedisError) -> bool {
+        if !master_lost(err) {
+            return false;
+        }
+        let moved = self.follow(failed).await;
+        moved && err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    }
+}
+
+impl Master {
+    async fn of(client: redis::Client, response_timeout: Duration) -> redis::RedisResult<Self> {
+        let address = address(&client);
+        // Few reconnection tries: while the manager retries a dead master (six tries, waits
+        // doubling from 100 ms), each command waits with it, seen holding an enqueue 9.5 s
+        // where the sentinels had named the new master in 2.5; failing fast lets the
+        // connection ask them.
+        let settings = settings(response_timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(FOLLOW_INTERVAL);
+        let conn = client.get_connection_manager_with_config(settings).await?;
+        Ok(Master { address, conn })
+    }
+}
+
+fn address(client: &redis::Client) -> String {
+    client.get_connection_info().addr().to_string()
+}
+
+/// Whether `err` says the server held may no longer be the master: it is gone, or it refuses
+/// writes as a replica.
+fn master_lost(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
 }
 
 /// A cluster client whose every request, retries and redirections included, ends within
@@ -194,6 +463,7 @@ fn cluster_client(
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(Box<ClusterConnection>),
+    Sentinel(Followed),
 }
 
 impl ConnectionLike for Conn {
@@ -204,6 +474,15 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
+            Conn::Sentinel(conn) => Box::pin(async move {
+                let mut master = conn.master();
+                match master.conn.req_packed_command(cmd).await {
+                    Err(err) if conn.send_again(&master.address, &err).await => {
+                        conn.master().conn.req_packed_command(cmd).await
+                    }
+                    other => other,
+                }
+            }),
         }
     }
 
@@ -216,6 +495,23 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(conn) => Box::pin(async move {
+                let mut master = conn.master();
+                match master
+                    .conn
+                    .req_packed_commands(pipeline, offset, count)
+                    .await
+                {
+                    Err(err) if conn.send_again(&master.address, &err).await => {
+                        let mut master = conn.master();
+                        master
+                            .conn
+                            .req_packed_commands(pipeline, offset, count)
+                            .await
+                    }
+                    other => other,
+                }
+            }),
         }
     }
 
@@ -223,6 +519,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.get_db(),
             Conn::Cluster(conn) => conn.get_db(),
+            Conn::Sentinel(conn) => conn.master().conn.get_db(),
         }
     }
 }
@@ -236,7 +533,7 @@ impl Conn {
         cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
         match self {
-            Conn::Single(conn) => cmd.query_async(conn).await,
+            Conn::Single(_) | Conn::Sentinel(_) => cmd.query_async(self).await,
             Conn::Cluster(conn) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let node = Route::with_key(key, SlotAddr::Master);

@@ -5,12 +5,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 /// How long a new waiter waits for the subscription to be active: announcements made before it
 /// would be missed. If Redis is slow or away, waiters still re-read records.
 const SUBSCRIBED_WAIT: Duration = Duration::from_secs(2);
+
+/// The server to subscribe on at a given try (from 0).
+pub(super) type ServerFor =
+    Box<dyn Fn(usize) -> BoxFuture<'static, redis::RedisResult<redis::Client>> + Send + Sync>;
 
 /// The listener, started by the first waiter and stopped with the broker.
 #[derive(Default)]
@@ -39,31 +44,34 @@ impl Drop for Finished {
 }
 
 impl Finished {
-    /// The ids of jobs announced on `channel` from now on, heard on the first of `servers`
-    /// that answers (the one server, or any node of a cluster: a classic `PUBLISH` reaches
-    /// them all).
+    /// The ids of jobs announced on `channel` from now on, heard on the server `server` gives
+    /// for each try (the one server, any node of a cluster: a classic `PUBLISH` reaches them
+    /// all, or the master the sentinels name).
     pub(super) async fn subscribe(
         &self,
-        servers: Vec<redis::Client>,
+        server: ServerFor,
         channel: String,
     ) -> broadcast::Receiver<Arc<str>> {
-        let listener = self.listener.get_or_init(|| self.start(servers, channel));
+        let listener = self.listener.get_or_init(|| self.start(server, channel));
         let events = listener.events.subscribe();
         let mut subscribed = listener.subscribed.clone();
         let _ = tokio::time::timeout(SUBSCRIBED_WAIT, subscribed.wait_for(|&on| on)).await;
         events
     }
 
-    fn start(&self, servers: Vec<redis::Client>, channel: String) -> Listener {
+    fn start(&self, server: ServerFor, channel: String) -> Listener {
         let (events, _) = broadcast::channel(4096);
         let (subscribed_tx, subscribed) = watch::channel(false);
         let sender = events.clone();
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
-            // The next server after one that failed: a dead cluster node is not tried again
+            // The next try asks for the next server: a dead cluster node is not tried again
             // and again while the others answer.
-            for client in servers.iter().cycle() {
-                let outcome = listen(client, &channel, &sender, &subscribed_tx).await;
+            for attempt in 0.. {
+                let outcome = match server(attempt).await {
+                    Ok(client) => listen(&client, &channel, &sender, &subscribed_tx).await,
+                    Err(err) => Err(err),
+                };
                 subscribed_tx.send_replace(false);
                 match outcome {
                     Ok(()) => delay = Duration::from_millis(100),

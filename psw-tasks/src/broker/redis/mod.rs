@@ -218,7 +218,7 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             Ok(self
                 .finished
-                .subscribe(self.endpoint.subscribers(), self.keys.finished_channel())
+                .subscribe(self.endpoint.subscriber(), self.keys.finished_channel())
                 .await)
         })
     }
