@@ -221,11 +221,7 @@ impl TestCluster {
 
 /// The process id of the Redis at `url`, from `INFO server`.
 fn pid_of(url: &str) -> Option<u32> {
-    let client = redis::Client::open(url).ok()?;
-    let mut conn = client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()?;
-    let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+    let info: String = query(url, redis::cmd("INFO").arg("server")).ok()?;
     info.lines()
         .find_map(|line| line.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())
