@@ -601,7 +601,7 @@ async fn run_mode(args: &Args, results: bool, ceilings: &Ceilings) -> ModeReport
     let client = ns.client().await;
     let mut raw = Raw::connect().await;
     let task = task_name(args.kind.name(), results);
-    let stream = format!("{{{}}}:queue:default", ns.name());
+    let stream = ns.stream_key("default");
     let label = if results {
         "results stored"
     } else {
@@ -986,7 +986,7 @@ async fn drain_only(args: &Args, results: bool, history: bool) -> Drain {
     let ns = TestNamespace::new("scaling");
     let client = ns.client().await;
     let mut raw = Raw::connect().await;
-    let stream = format!("{{{}}}:queue:default", ns.name());
+    let stream = ns.stream_key("default");
     let task = task_name(args.kind.name(), results);
     enqueue_bulk(&client, task, args.jobs, args.payload).await;
     let calls_before = raw.command_calls().await;

@@ -91,13 +91,13 @@ pub(crate) struct Envelope {
     /// envelope without it is what it was before expiry existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) expires_ms: Option<i64>,
-    /// The unique lock the job holds (`{ns}:unique:<key>`), for the worker to release.
+    /// The unique lock the job holds (`{ns:<queue>}:unique:<key>`), for the worker to release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) unique_key: Option<String>,
     /// When the worker releases it: at the start or at the end of the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) unique_release: Option<Release>,
-    /// The debounce key (`{ns}:debounce:<key>`): the job runs only if it is still the last
+    /// The debounce key (`{ns:<queue>}:debounce:<key>`): the job runs only if it is still the last
     /// one enqueued with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) debounce_key: Option<String>,

@@ -1,12 +1,23 @@
 //! The only place Redis key names, hash and stream field names are spelled (mirrored in
 //! `docs/protocol.md`). Pure: names only, no IO.
 //!
-//! Every key of a namespace carries the hash tag `{namespace}`, so any command, MULTI or script
-//! that touches several of them stays on one Redis Cluster slot.
+//! Key layout 2. Every key carries a Redis Cluster hash tag, so that each command, MULTI or
+//! script, which touches keys of one tag only, stays on one slot:
+//! - a queue's keys (its lanes' streams and delayed sets, the locks and holds its conditional
+//!   enqueues take with the add, a consumer's settle receipt for it) share `{namespace:queue}`,
+//!   so that different queues land on different slots, and on a cluster on different nodes;
+//! - the namespace-wide structures (records, dead letters, registry, stats, beat, audit) share
+//!   `{namespace}`.
+//!
+//! Namespace and queue names hold no `:`, so a queue's tag never equals the namespace's.
 
 use crate::error::{Error, Result};
-use crate::rules::{self, NameProblem};
+use crate::rules::{self, NameProblem, split_lane};
 use crate::wire::wire_enum;
+
+/// The version of the key layout this code reads and writes, kept in `{ns}:layout`. Layout 1
+/// put every key under `{ns}`; 2 gives each queue a tag of its own.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 
 /// The consumer group every worker of a namespace joins, on every queue stream.
 pub(crate) const GROUP: &str = "workers";
@@ -115,6 +126,8 @@ pub(crate) fn celery_result(task_id: &str) -> String {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
+    namespace: String,
+    /// `{namespace}`: the tag of the namespace-wide keys.
     prefix: String,
 }
 
@@ -122,8 +135,43 @@ impl Keys {
     pub(crate) fn new(namespace: &str) -> Result<Self> {
         validate_name("PSW_NAMESPACE", namespace)?;
         Ok(Keys {
+            namespace: namespace.to_owned(),
             prefix: format!("{{{namespace}}}"),
         })
+    }
+
+    /// The hash tag of the keys of the queue `lane` belongs to (a lane is a queue's level, see
+    /// `priority`): `{namespace:queue}`. Every lane of a queue shares it, so that one script
+    /// can read or move between them.
+    pub(crate) fn queue_tag(&self, lane: &str) -> String {
+        let queue = split_lane(lane).0;
+        format!("{{{}:{queue}}}", self.namespace)
+    }
+
+    /// The layout version the namespace's data was written in (a string integer).
+    pub(crate) fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
+
+    /// Where layout 1 kept a lane's stream, to tell a worker of layout 2 that jobs wait there.
+    pub(crate) fn layout_1_stream(&self, lane: &str) -> String {
+        format!("{}:queue:{lane}", self.prefix)
+    }
+
+    /// Where layout 1 kept a lane's delayed set.
+    pub(crate) fn layout_1_delayed(&self, lane: &str) -> String {
+        format!("{}:delayed:{lane}", self.prefix)
+    }
+
+    /// The lane whose stream is the key `stream` (the inverse of [`Keys::stream`]).
+    pub(crate) fn lane_of_stream<'k>(&self, stream: &'k str) -> Option<&'k str> {
+        let rest = stream
+            .strip_prefix('{')?
+            .strip_prefix(self.namespace.as_str())?;
+        let rest = rest.strip_prefix(':')?;
+        let (queue, rest) = rest.split_once('}')?;
+        let lane = rest.strip_prefix(":queue:")?;
+        (split_lane(lane).0 == queue).then_some(lane)
     }
 
     /// List of the Celery messages a worker took off the Celery list `queue` and has not yet
@@ -137,14 +185,20 @@ impl Keys {
         format!("{}:celery:taken", self.prefix)
     }
 
-    /// Stream of ready jobs of one queue.
-    pub(crate) fn stream(&self, queue: &str) -> String {
-        format!("{}:queue:{queue}", self.prefix)
+    /// Stream of ready jobs of one lane (a queue, or one of its priority levels).
+    pub(crate) fn stream(&self, lane: &str) -> String {
+        format!("{}:queue:{lane}", self.queue_tag(lane))
     }
 
-    /// Sorted set of delayed jobs of one queue, scored by due time in ms.
-    pub(crate) fn delayed(&self, queue: &str) -> String {
-        format!("{}:delayed:{queue}", self.prefix)
+    /// Sorted set of delayed jobs of one lane, scored by due time in ms.
+    pub(crate) fn delayed(&self, lane: &str) -> String {
+        format!("{}:delayed:{lane}", self.queue_tag(lane))
+    }
+
+    /// A consumer's receipt of its last settled batch's part on one queue's slot (on a
+    /// cluster a batch settles per slot; see `settle.rs`).
+    pub(crate) fn queue_receipt(&self, lane: &str, consumer: &str) -> String {
+        format!("{}:receipt:{consumer}", self.queue_tag(lane))
     }
 
     /// A job's record.
@@ -152,20 +206,22 @@ impl Keys {
         format!("{}:result:{job_id}", self.prefix)
     }
 
-    /// The hold of a fixed job id, set by an idempotent enqueue: while it lasts, another enqueue
-    /// of that id adds nothing.
-    pub(crate) fn id_hold(&self, job_id: &str) -> String {
-        format!("{}:id:{job_id}", self.prefix)
+    /// The hold of a fixed job id, set by an idempotent enqueue to `lane`'s queue: while it
+    /// lasts, another enqueue of that id there adds nothing. On the queue's slot, since the
+    /// hold is taken in one step with the add.
+    pub(crate) fn id_hold(&self, lane: &str, job_id: &str) -> String {
+        format!("{}:id:{job_id}", self.queue_tag(lane))
     }
 
-    /// A unique job's lock: the id of the job that holds it.
-    pub(crate) fn unique(&self, key: &str) -> String {
-        format!("{}:unique:{key}", self.prefix)
+    /// A unique job's lock in `lane`'s queue: the id of the job that holds it.
+    pub(crate) fn unique(&self, lane: &str, key: &str) -> String {
+        format!("{}:unique:{key}", self.queue_tag(lane))
     }
 
-    /// A debounce key: the id of the last job enqueued with it, the one that runs.
-    pub(crate) fn debounce(&self, key: &str) -> String {
-        format!("{}:debounce:{key}", self.prefix)
+    /// A debounce key of `lane`'s queue: the id of the last job enqueued with it, the one that
+    /// runs.
+    pub(crate) fn debounce(&self, lane: &str, key: &str) -> String {
+        format!("{}:debounce:{key}", self.queue_tag(lane))
     }
 
     /// A rate limit's GCRA state (a hash of `tat` and `line`, µs since the epoch), by scope:
@@ -191,9 +247,9 @@ impl Keys {
         format!("{}:paused", self.prefix)
     }
 
-    /// What every unique lock's key starts with, to list them.
-    pub(crate) fn unique_prefix(&self) -> String {
-        format!("{}:unique:", self.prefix)
+    /// What every unique lock's key of `queue` starts with, to list them.
+    pub(crate) fn unique_prefix(&self, queue: &str) -> String {
+        format!("{}:unique:", self.queue_tag(queue))
     }
 
     /// Set of queue names that workers or producers have used.
@@ -365,11 +421,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_key_shares_the_namespace_tag() {
+    fn a_queue_s_keys_share_its_tag_and_every_other_the_namespace_s() {
         let keys = Keys::new("app").unwrap();
         for key in [
-            keys.stream("default"),
-            keys.delayed("default"),
+            keys.stream("mail"),
+            keys.stream("mail:high"),
+            keys.delayed("mail:low"),
+            keys.id_hold("mail:high", "0190"),
+            keys.unique("mail", "send/ab"),
+            keys.debounce("mail:low", "k"),
+            keys.queue_receipt("mail:high", "w-1"),
+            keys.unique_prefix("mail"),
+        ] {
+            assert!(key.starts_with("{app:mail}:"), "{key}");
+        }
+        assert_eq!(keys.stream("mail"), "{app:mail}:queue:mail");
+        assert_eq!(keys.stream("mail:high"), "{app:mail}:queue:mail:high");
+        for lane in ["mail", "mail:high", "mail:low"] {
+            assert_eq!(keys.lane_of_stream(&keys.stream(lane)), Some(lane));
+        }
+        assert_eq!(keys.lane_of_stream("{app}:queue:mail"), None);
+        assert_eq!(keys.lane_of_stream("{app:mail}:queue:other"), None);
+        assert_eq!(keys.lane_of_stream("{other:mail}:queue:mail"), None);
+        for key in [
+            keys.layout(),
+            keys.layout_1_stream("mail"),
             keys.record("0190"),
             keys.queues(),
             keys.dead(),
@@ -387,7 +463,6 @@ mod tests {
         ] {
             assert!(key.starts_with("{app}:"), "{key}");
         }
-        assert_eq!(keys.stream("mail"), "{app}:queue:mail");
     }
 
     #[test]

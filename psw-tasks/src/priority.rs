@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::keys::validate_name;
-pub(crate) use crate::rules::Priority;
+pub(crate) use crate::rules::{Priority, split_lane};
 
 /// The lane of `queue` that holds its jobs of `priority`.
 pub(crate) fn lane(queue: &str, priority: Priority) -> String {
@@ -33,18 +33,6 @@ pub(crate) fn lanes(queue: &str) -> impl Iterator<Item = String> + '_ {
     Priority::ALL
         .into_iter()
         .map(move |level| lane(queue, level))
-}
-
-/// The queue and level of a lane's name (a queue's own name is its normal level).
-pub(crate) fn split_lane(name: &str) -> (&str, Priority) {
-    if let Some((queue, level)) = name.rsplit_once(':') {
-        for priority in [Priority::High, Priority::Low] {
-            if level == priority.as_str() {
-                return (queue, priority);
-            }
-        }
-    }
-    (name, Priority::Normal)
 }
 
 /// How a worker orders its queues on each read.

@@ -95,6 +95,22 @@ impl fmt::Display for Priority {
 }
 
 /// What `priority` accepts.
+/// The queue and level of a lane's name (a queue's own name is its normal level): the lanes
+/// of a priority queue are `<queue>:high` and `<queue>:low` (see `priority`). Here, below the
+/// key names, since every lane's keys carry its queue's hash tag.
+// The macros crate includes this file and names no lanes.
+#[allow(dead_code)]
+pub(crate) fn split_lane(name: &str) -> (&str, Priority) {
+    if let Some((queue, level)) = name.rsplit_once(':') {
+        for priority in [Priority::High, Priority::Low] {
+            if level == priority.as_str() {
+                return (queue, priority);
+            }
+        }
+    }
+    (name, Priority::Normal)
+}
+
 pub(crate) const PRIORITY_FORM: &str = "`high`, `normal` or `low`";
 
 /// `high`, `normal` or `low`.

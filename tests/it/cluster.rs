@@ -9,7 +9,7 @@ use psw_tasks::{EnqueueOptions, State};
 use psw_tasks_tests::{add, refuses};
 
 use crate::processes::{ledger, signal, spawn_worker, wait_exit};
-use crate::support::start_worker;
+use crate::support::{start_built, start_worker};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -219,5 +219,175 @@ impl Drop for KilledOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// How many commands each reachable node of `cluster` refused with CROSSSLOT since it started
+/// (`INFO errorstats`), by node.
+fn crossslot_refusals(cluster: &TestCluster) -> Vec<(String, u64)> {
+    let mut counts = Vec::new();
+    for node in &cluster.nodes {
+        let Ok(client) = redis::Client::open(node.as_str()) else {
+            continue;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            continue;
+        };
+        let Ok(info) = redis::cmd("INFO")
+            .arg("errorstats")
+            .query::<String>(&mut conn)
+        else {
+            continue;
+        };
+        let count = info
+            .lines()
+            .find_map(|line| line.strip_prefix("errorstat_CROSSSLOT:count="))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0);
+        counts.push((node.clone(), count));
+    }
+    counts
+}
+
+/// Issue 15: key layout 2 puts each queue on a slot of its own, so every command, pipeline
+/// and script the runtime sends must keep to one queue's keys or the namespace's. This walks
+/// every kind of work over three queues (on three slots): plain, delayed, priority, fixed-id,
+/// unique and debounced enqueues, runs, retries, time-outs, panics, cancels, pauses, stats,
+/// lock listings, dead letters replayed and purged. Each step must succeed, and no node may
+/// refuse a single command with CROSSSLOT meanwhile (`INFO errorstats`; the redis crate
+/// refuses a cross-slot pipeline before sending it, which fails the step instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_keeps_to_one_slot_on_a_redis_cluster() {
+    use psw_tasks_tests::{cancellable, fire_and_forget, panics, sleepy, unique_add, urgent};
+
+    let cluster = psw_tasks::testing::cluster();
+    let ns = TestNamespace::on(cluster, "one-slot");
+    let slot = |key: String| redis::cluster_routing::Slot::for_key(key);
+    let tags: std::collections::HashSet<_> = ["default", "levels", "low"]
+        .iter()
+        .map(|queue| slot(format!("{{{}:{queue}}}", ns.name())))
+        .chain([slot(format!("{{{}}}", ns.name()))])
+        .collect();
+    assert_eq!(
+        tags.len(),
+        4,
+        "the three queues and the namespace on four slots"
+    );
+    let before = crossslot_refusals(cluster);
+    assert!(!before.is_empty(), "no cluster node answered INFO");
+
+    let client = ns.client().await;
+    let mut adds = Vec::new();
+    for n in 0..20 {
+        adds.push(add::enqueue(&client, n, 1).await.unwrap());
+    }
+    let delayed = add::enqueue_with(
+        &client,
+        EnqueueOptions::new().countdown(Duration::from_millis(300)),
+        100,
+        1,
+    )
+    .await
+    .unwrap();
+    let fixed = EnqueueOptions::new().job_id("walk-fixed");
+    let once = add::enqueue_with(&client, fixed.clone(), 200, 1)
+        .await
+        .unwrap();
+    let again = add::enqueue_with(&client, fixed, 200, 1).await.unwrap();
+    assert_eq!(again.id(), once.id());
+    let unique = unique_add::enqueue(&client, 1, 2).await.unwrap();
+    assert!(
+        unique_add::enqueue(&client, 1, 2)
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    let locks = client.unique_locks("", 10).await.unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    assert_eq!(locks[0].job_id, unique.id().as_str());
+    let lock = client.unique_lock(&locks[0].key).await.unwrap();
+    assert_eq!(lock.map(|lock| lock.job_id), Some(unique.id().to_string()));
+    let mut debounced = Vec::new();
+    for n in 0..3 {
+        let options = EnqueueOptions::new().debounce("walk", Duration::from_millis(200));
+        debounced.push(
+            add::enqueue_with(&client, options, 300 + n, 0)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut urgents = Vec::new();
+    for n in 0..5 {
+        urgents.push(urgent::enqueue(&client, format!("walk-{n}")).await.unwrap());
+    }
+    for n in 0..3 {
+        fire_and_forget::enqueue(&client, format!("walk-{n}"))
+            .await
+            .unwrap();
+    }
+    let timed_out = sleepy::enqueue(&client, 2_000).await.unwrap();
+    let panicking = panics::enqueue(&client, 7).await.unwrap();
+    let cancelled = cancellable::enqueue(&client, 30).await.unwrap();
+    assert!(client.pause_queue("low").await.unwrap());
+    let stats = client.stats(Duration::from_secs(60)).await.unwrap();
+    let names: Vec<&str> = stats
+        .queues
+        .iter()
+        .map(|queue| queue.name.as_str())
+        .collect();
+    for queue in ["default", "levels", "low"] {
+        assert!(names.contains(&queue), "{queue} in {names:?}");
+    }
+
+    let worker = start_built(
+        psw_tasks::Worker::builder(&client)
+            .queues(["default", "levels", "low"])
+            .concurrency(8)
+            .build()
+            .unwrap(),
+    );
+    for (n, handle) in adds.into_iter().enumerate() {
+        assert_eq!(handle.wait(WAIT).await.unwrap(), n as i64 + 1);
+    }
+    assert_eq!(delayed.wait(WAIT).await.unwrap(), 101);
+    assert_eq!(once.wait(WAIT).await.unwrap(), 201);
+    assert_eq!(unique.wait(WAIT).await.unwrap(), 3);
+    assert_eq!(debounced.pop().unwrap().wait(WAIT).await.unwrap(), 302);
+    for handle in urgents {
+        handle.wait(WAIT).await.unwrap();
+    }
+    assert!(
+        timed_out.wait(WAIT).await.is_err(),
+        "timed out, retried, failed"
+    );
+    assert!(panicking.wait(WAIT).await.is_err());
+    crate::support::eventually(WAIT, "the cancellable job to start", || async {
+        cancelled.state().await.unwrap() == State::Started
+    })
+    .await;
+    cancelled.cancel().await.unwrap();
+    assert!(cancelled.wait(WAIT).await.unwrap(), "it saw its cancel");
+    assert!(client.resume_queue("low").await.unwrap());
+
+    let letters = client.dead_letters();
+    let stored = letters.list(10).await.unwrap();
+    assert_eq!(stored.len(), 2, "the time-out and the panic: {stored:?}");
+    let replayed = letters.replay(&stored[0].entry_id).await.unwrap();
+    let replayed = client.handle::<serde_json::Value>(replayed);
+    assert!(replayed.wait(WAIT).await.is_err(), "it fails again");
+    crate::support::eventually(WAIT, "the replayed job to be dead again", || async {
+        letters.stats().await.unwrap().len == 2
+    })
+    .await;
+    assert!(letters.purge().await.unwrap() >= 2);
+    worker.stop().await;
+
+    let after = crossslot_refusals(cluster);
+    for (node, count) in &after {
+        let was = before
+            .iter()
+            .find(|(known, _)| known == node)
+            .map_or(0, |(_, count)| *count);
+        assert_eq!(*count, was, "{node} refused commands with CROSSSLOT");
     }
 }

@@ -99,7 +99,7 @@ async fn a_deleted_queue_fences_its_own_writes_and_wedges_nothing() {
     let redis = redis::Client::open(ns.url()).unwrap();
     let mut conn = redis.get_connection().unwrap();
     let _: () = redis::cmd("DEL")
-        .arg(format!("{{{}}}:queue:default", ns.name()))
+        .arg(ns.stream_key("default"))
         .query(&mut conn)
         .unwrap();
     let next = add::enqueue(&client, 40, 2).await.unwrap();
@@ -120,7 +120,7 @@ async fn a_write_redis_refuses_fails_its_job_and_blocks_nothing() {
     let redis = redis::Client::open(ns.url()).unwrap();
     let mut conn = redis.get_connection().unwrap();
     let _: () = redis::cmd("SET")
-        .arg(format!("{{{}}}:delayed:default", ns.name()))
+        .arg(ns.delayed_key("default"))
         .arg("not a sorted set")
         .query(&mut conn)
         .unwrap();
@@ -219,7 +219,7 @@ async fn the_dead_letter_queue_keeps_to_its_byte_budget() {
     // 2,000 entries of 600 KiB, each over the size limit: 1.2 GB of dead letters offered.
     let redis = redis::Client::open(ns.url()).unwrap();
     let mut conn = redis.get_connection().unwrap();
-    let stream = format!("{{{}}}:queue:default", ns.name());
+    let stream = ns.stream_key("default");
     let entry = vec![b'x'; 600 * 1024];
     for _ in 0..20 {
         let mut pipe = redis::pipe();
@@ -390,7 +390,7 @@ async fn a_worker_on_four_queues_never_holds_more_than_its_bound() {
     pipe.atomic();
     for queue in &queues {
         pipe.cmd("XPENDING")
-            .arg(format!("{{{}}}:queue:{queue}", ns.name()))
+            .arg(ns.stream_key(queue))
             .arg("workers");
     }
     // Entries pending in the four groups, or `None` until the worker has made them.
@@ -535,7 +535,7 @@ async fn an_enqueue_with_a_fixed_id_retried_after_a_lost_reply_adds_one_job() {
         .get_connection()
         .unwrap();
     let queued: u64 = redis::cmd("XLEN")
-        .arg(format!("{{{}}}:queue:default", ns.name()))
+        .arg(ns.stream_key("default"))
         .query(&mut conn)
         .unwrap();
     assert_eq!(queued, 1, "one job queued");
@@ -685,7 +685,7 @@ async fn a_recreated_group_does_not_start_a_second_copy_of_a_running_job() {
     let mut conn = redis.get_connection().unwrap();
     let _: () = redis::cmd("XGROUP")
         .arg("DESTROY")
-        .arg(format!("{{{}}}:queue:default", ns.name()))
+        .arg(ns.stream_key("default"))
         .arg("workers")
         .query(&mut conn)
         .unwrap();

@@ -325,7 +325,7 @@ async fn priority_levels_order_a_queue_on_redis() {
     urgent::enqueue(&client, "levels-redis-wire".to_owned())
         .await
         .unwrap();
-    let lane = format!("{{{}}}:queue:levels:high", ns.name());
+    let lane = ns.stream_key("levels:high");
     let waiting: u64 = redis::cmd("XLEN")
         .arg(&lane)
         .query_async(&mut conn)

@@ -255,6 +255,83 @@ async fn the_cli_lists_enqueues_and_reads_results() {
     assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
 }
 
+/// Issue 15: key layout 2 gives each queue a hash tag of its own. A worker that finds jobs
+/// waiting in the keys of layout 1 (every key under `{ns}`) says so at start, naming each key
+/// and how many wait, rather than silently reading nothing; and it leaves them where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_names_the_jobs_left_in_the_old_key_layout() {
+    let ns = TestNamespace::new("layout-1");
+    let old_stream = format!("{{{}}}:queue:default", ns.name());
+    let old_delayed = format!("{{{}}}:delayed:default", ns.name());
+    {
+        let mut conn = ns.connection();
+        let _: String = redis::cmd("XADD")
+            .arg(&old_stream)
+            .arg("*")
+            .arg("job")
+            .arg("left behind")
+            .query(&mut *conn)
+            .unwrap();
+        let _: u64 = redis::cmd("ZADD")
+            .arg(&old_delayed)
+            .arg(1)
+            .arg("a")
+            .arg(2)
+            .arg("b")
+            .query(&mut *conn)
+            .unwrap();
+    }
+    let run = |ns: &TestNamespace| {
+        let mut worker = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+            .arg("worker")
+            .env("REDIS_URL", ns.url())
+            .env("PSW_NAMESPACE", ns.name())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let layout = format!("{{{}}}:layout", ns.name());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut conn = ns.connection();
+            let stored: Option<String> = redis::cmd("GET").arg(&layout).query(&mut *conn).unwrap();
+            if stored.is_some() {
+                assert_eq!(stored.as_deref(), Some("2"), "the layout is marked");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never prepared its queues"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal(&worker, "TERM");
+        assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
+        let mut output = String::new();
+        std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut output).unwrap();
+        output
+    };
+    let output = run(&ns);
+    assert!(
+        output.contains("key layout 1")
+            && output.contains(&format!("{old_stream} (1 jobs)"))
+            && output.contains(&format!("{old_delayed} (2 jobs)")),
+        "the worker names the old keys and their jobs:\n{output}"
+    );
+    let mut conn = ns.connection();
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&old_stream)
+        .query(&mut *conn)
+        .unwrap();
+    assert_eq!(left, 1, "the old jobs are left alone");
+
+    // A namespace with nothing in the old keys hears nothing of them.
+    let clean = TestNamespace::new("layout-2");
+    let output = run(&clean);
+    assert!(!output.contains("key layout 1"), "{output}");
+}
+
 #[test]
 fn configuration_errors_name_the_variable_and_the_form() {
     let ns = TestNamespace::new("config");

@@ -640,7 +640,7 @@ async fn shutdown_ends_while_redis_is_away_with_hundreds_prefetched() {
         let mut conn = raw.get_multiplexed_async_connection().await.unwrap();
         // NOGROUP until the worker has prepared the queue.
         let summary = redis::cmd("XPENDING")
-            .arg("{psw}:queue:default")
+            .arg("{psw:default}:queue:default")
             .arg("workers")
             .query_async::<redis::Value>(&mut conn)
             .await;

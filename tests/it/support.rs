@@ -55,7 +55,7 @@ pub(crate) use psw_tasks::testing::eventually;
 /// (entries in the queue's stream, entries pending in its group), read with plain commands.
 pub(crate) fn queue_state(ns: &psw_tasks::testing::TestNamespace, queue: &str) -> (u64, u64) {
     let mut conn = ns.connection();
-    let stream = format!("{{{}}}:queue:{queue}", ns.name());
+    let stream = ns.stream_key(queue);
     let len: u64 = redis::cmd("XLEN").arg(&stream).query(&mut *conn).unwrap();
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(&stream)
@@ -136,7 +136,7 @@ pub(crate) fn xadd(ns: &psw_tasks::testing::TestNamespace, fields: &[(&str, Vec<
     let client = redis::Client::open(ns.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     let mut cmd = redis::cmd("XADD");
-    cmd.arg(format!("{{{}}}:queue:default", ns.name())).arg("*");
+    cmd.arg(ns.stream_key("default")).arg("*");
     for (name, value) in fields {
         cmd.arg(*name).arg(value.as_slice());
     }

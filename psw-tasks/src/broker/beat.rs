@@ -66,6 +66,8 @@ pub(crate) struct BeatAdvance {
     /// The jobs it fires, ready now, all on `queue`; the entry id of the last one is stored.
     pub(crate) queue: String,
     pub(crate) payloads: Vec<Vec<u8>>,
+    /// Each payload's job id (`name@slot`), in order: on a cluster, what adds it once.
+    pub(crate) job_ids: Vec<String>,
     /// The last job of the pass, stored as the schedule's last fired.
     pub(crate) fired: Option<LastFired>,
     /// A slot skipped because the previous run was still going: counted, and kept as the

@@ -314,7 +314,14 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn take_debounce<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+    // Memory keeps unique locks and debounce keys per namespace, not per queue as Redis does
+    // (where they share the queue's slot): the same unless one key is used on two queues.
+    fn take_debounce<'a>(
+        &'a self,
+        _queue: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let mut state = self.lock();
             let last = state
@@ -328,7 +335,12 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn release_unique<'a>(
+        &'a self,
+        _queue: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.lock().release_unique(key, id);
             Ok(())

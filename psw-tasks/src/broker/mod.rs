@@ -287,13 +287,23 @@ pub(crate) trait Broker: Send + Sync + 'static {
         hold: Duration,
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// Whether job `id` is still the last of debounce key `key`; if so the key is cleared, so
-    /// the next enqueue opens a new window.
-    fn take_debounce<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Whether job `id` is still the last of debounce key `key` in `queue` (the lane it was
+    /// enqueued to); if so the key is cleared, so the next enqueue opens a new window.
+    fn take_debounce<'a>(
+        &'a self,
+        queue: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool>>;
 
-    /// Release the unique lock `key` if job `id` holds it (a lock taken again by another job
-    /// since is left alone).
-    fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Release the unique lock `key` of `queue` (the lane the job was enqueued to) if job `id`
+    /// holds it (a lock taken again by another job since is left alone).
+    fn release_unique<'a>(
+        &'a self,
+        queue: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
 
     /// The unique lock `key`, if a job holds it.
     fn unique_lock<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<UniqueLock>>>;

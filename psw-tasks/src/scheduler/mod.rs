@@ -414,6 +414,7 @@ impl Scheduler {
             through_ms,
             queue: entry.lane.clone(),
             payloads: Vec::new(),
+            job_ids: Vec::new(),
             fired: None,
             skipped_slot_ms: None,
         };
@@ -442,6 +443,9 @@ impl Scheduler {
         if skipped.is_none() {
             for fire in &plan.fires {
                 advance.payloads.push(self.job(entry, fire)?);
+                advance
+                    .job_ids
+                    .push(schedule::slot_job_id(&entry.name, fire.slot_ms).to_string());
             }
             advance.fired = plan.fires.last().map(|fire| LastFired {
                 job: schedule::slot_job_id(&entry.name, fire.slot_ms),

@@ -538,6 +538,21 @@ impl TestNamespace {
         &self.name
     }
 
+    /// The key of `lane`'s stream in this namespace (`{ns:queue}:queue:<lane>`), for a test's
+    /// own commands on it.
+    pub fn stream_key(&self, lane: &str) -> String {
+        self.key_names().stream(lane)
+    }
+
+    /// The key of `lane`'s delayed set in this namespace.
+    pub fn delayed_key(&self, lane: &str) -> String {
+        self.key_names().delayed(lane)
+    }
+
+    fn key_names(&self) -> crate::keys::Keys {
+        crate::keys::Keys::new(&self.name).expect("test namespaces have valid names")
+    }
+
     /// The Redis URL (a `redis+cluster://` one on a cluster, `redis+sentinel://` on
     /// sentinels).
     pub fn url(&self) -> &'static str {
@@ -597,8 +612,9 @@ impl TestNamespace {
 fn keys_on(server: &str, namespace: &str) -> redis::RedisResult<Vec<String>> {
     let client = redis::Client::open(server)?;
     let mut conn = client.get_connection()?;
+    // `{ns}:…` and every queue's `{ns:queue}:…`.
     redis::cmd("KEYS")
-        .arg(format!("{{{namespace}}}:*"))
+        .arg(format!("{{{namespace}[}}:]*"))
         .query(&mut conn)
 }
 

@@ -419,7 +419,7 @@ async fn attempt(
     if let Some(key) = envelope.debounce_key.take() {
         match shared
             .broker
-            .take_debounce(&key, envelope.id.as_str())
+            .take_debounce(&delivery.queue, &key, envelope.id.as_str())
             .await
         {
             Ok(true) => {}
@@ -447,7 +447,10 @@ async fn attempt(
     // Unique until started: it starts now, so another job of the key may be enqueued. A
     // release that fails leaves the lock to expire; the job runs all the same.
     if let Some((key, id)) = envelope.lock_released_at_start()
-        && let Err(err) = shared.broker.release_unique(key, id.as_str()).await
+        && let Err(err) = shared
+            .broker
+            .release_unique(&delivery.queue, key, id.as_str())
+            .await
     {
         tracing::warn!(id = %id, error = %crate::error::chain(&err), "could not release the job's unique lock at its start; it expires by itself");
     }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::connection::RedisBroker;
-use crate::broker::{BeatAdvance, BeatDefinition, BeatState, LastFired};
+use super::queues::add_once;
+use crate::broker::{BeatAdvance, BeatDefinition, BeatState, LastFired, NewJob};
 use crate::keys::{JOB_FIELD, ScheduleField};
 use crate::metrics::SCHEDULE_RUNS;
 use crate::rules;
@@ -125,12 +126,24 @@ pub(super) async fn advance(
         Some(_) => ScheduleField::OverlapSkips.as_str(),
         None => "",
     };
+    if broker.spans_slots() && !advance.payloads.is_empty() {
+        match add_jobs_once(broker, advance).await? {
+            None => return Ok(false),
+            Some(entry) => {
+                if let Some(entry) = entry {
+                    fields.push((ScheduleField::Entry, entry));
+                }
+            }
+        }
+    }
     let mut invocation = broker
         .scripts
         .beat_advance
         .key(broker.keys.schedule(&advance.schedule));
+    if !broker.spans_slots() {
+        invocation.key(broker.keys.stream(&advance.queue));
+    }
     invocation
-        .key(broker.keys.stream(&advance.queue))
         .arg(ScheduleField::Last.as_str())
         .arg(advance.expected_ms)
         .arg(advance.through_ms)
@@ -141,11 +154,51 @@ pub(super) async fn advance(
     for (field, value) in &fields {
         invocation.arg(field.as_str()).arg(value);
     }
-    for payload in &advance.payloads {
-        invocation.arg(payload);
+    if !broker.spans_slots() {
+        for payload in &advance.payloads {
+            invocation.arg(payload);
+        }
     }
     let applied: i64 = invocation.invoke_async(&mut broker.conn()).await?;
     Ok(applied == 1)
+}
+
+/// How long a fired job's id stays held on a cluster: far longer than any beat takes from
+/// adding a pass's jobs to setting its slot, so that a beat that takes the pass over after a
+/// crash in between adds none of them again.
+const FIRED_HOLD: Duration = Duration::from_secs(24 * 3600);
+
+/// On a cluster the schedule's hash (the namespace's slot) and the queue (its own) are on
+/// different slots, so a pass cannot add its jobs and set its slot in one step. The jobs go
+/// first, each once by its id (`name@slot`, held as `push_once` holds it), then the
+/// compare-and-set: beats racing on a slot add each job once between them, and a beat that
+/// dies between the two leaves the slot to the next, whose adds find the ids held. `None`
+/// when the slot was handled already; else the entry id of the last job.
+async fn add_jobs_once(
+    broker: &RedisBroker,
+    advance: &BeatAdvance,
+) -> redis::RedisResult<Option<Option<String>>> {
+    let last: Option<i64> = redis::cmd("HGET")
+        .arg(broker.keys.schedule(&advance.schedule))
+        .arg(ScheduleField::Last.as_str())
+        .query_async(&mut broker.conn())
+        .await?;
+    if last != Some(advance.expected_ms) {
+        return Ok(None);
+    }
+    let mut entry = None;
+    for (payload, id) in advance.payloads.iter().zip(&advance.job_ids) {
+        let job = NewJob {
+            queue: advance.queue.clone(),
+            payload: payload.clone(),
+            due_ms: None,
+        };
+        // Added by this call or by a racing beat: either way the job's entry.
+        if let Some(entry_id) = add_once(broker, &job, id, FIRED_HOLD).await?.entry_id {
+            entry = Some(entry_id);
+        }
+    }
+    Ok(Some(entry))
 }
 
 /// Pause or resume a registered schedule (its hash exists); whether it is registered.

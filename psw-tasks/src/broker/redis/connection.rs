@@ -34,10 +34,9 @@ pub(super) const MAX_BLOCK: Duration = Duration::from_secs(10);
 pub(crate) struct RedisBroker {
     pub(super) endpoint: Endpoint,
     pub(super) keys: Keys,
-    /// The start of every queue stream's key, to tell a stream's queue from its key.
-    pub(super) queue_prefix: String,
     pub(super) commands: Conn,
-    pub(super) readers: Readers,
+    /// Shared with the waits a fetch on several slots leaves running (`fetch.rs`).
+    pub(super) readers: Arc<Readers>,
     pub(super) finished: Finished,
     pub(super) scripts: Scripts,
     /// How much the dead-letter stream may hold.
@@ -46,6 +45,8 @@ pub(crate) struct RedisBroker {
     /// once, so that `stats` sees jobs waiting where no worker listens, without a command more
     /// on every enqueue.
     pub(super) announced: Mutex<HashSet<String>>,
+    /// Whether this process has checked the namespace's key layout (`queues::prepare`).
+    pub(super) layout_checked: std::sync::atomic::AtomicBool,
 }
 
 impl RedisBroker {
@@ -64,15 +65,15 @@ impl RedisBroker {
             .await
             .map_err(|err| Error::connect(variable, redact::url(url), err))?;
         Ok(RedisBroker {
-            queue_prefix: keys.stream(""),
             keys,
-            readers: Readers::new(endpoint.clone()),
+            readers: Arc::new(Readers::new(endpoint.clone())),
             endpoint,
             commands,
             finished: Finished::default(),
             scripts: Scripts::new(),
             dead_letter_limits: DeadLetterLimits::default(),
             announced: Mutex::default(),
+            layout_checked: Default::default(),
         })
     }
 

@@ -198,6 +198,12 @@ pub(super) async fn stats(broker: &RedisBroker) -> redis::RedisResult<DeadLetter
 }
 
 /// Put the dead letter back on `queue` as `payload`, once (`replay.lua`).
+///
+/// On one server that is one step. On a cluster the letter (the namespace's slot) and the
+/// queue (its own) are on different slots, so the job is added first, while the letter is
+/// still there, and the letter removed after: a crash between leaves the letter to replay
+/// again rather than losing the job, and two replays of one letter racing may both add it
+/// (at least once, never lost).
 pub(super) async fn replay(
     broker: &RedisBroker,
     entry_id: &str,
@@ -205,14 +211,39 @@ pub(super) async fn replay(
     job_id: &str,
     payload: Vec<u8>,
 ) -> redis::RedisResult<bool> {
-    let replayed: i64 = broker
-        .scripts
-        .replay
+    let mut invocation = broker.scripts.replay.prepare_invoke();
+    invocation
         .key(broker.keys.dead())
-        .key(broker.keys.stream(queue))
         .key(broker.keys.record(job_id))
         .key(broker.keys.dead_bytes())
-        .key(broker.keys.dead_groups())
+        .key(broker.keys.dead_groups());
+    if broker.spans_slots() {
+        let stored: Vec<redis::Value> = redis::cmd("XRANGE")
+            .arg(broker.keys.dead())
+            .arg(entry_id)
+            .arg(entry_id)
+            .query_async(&mut broker.conn())
+            .await?;
+        if stored.is_empty() {
+            return Ok(false);
+        }
+        redis::cmd("XADD")
+            .arg(broker.keys.stream(queue))
+            .arg("*")
+            .arg(JOB_FIELD)
+            .arg(&payload)
+            .exec_async(&mut broker.conn())
+            .await?;
+        let _: i64 = invocation
+            .arg(entry_id)
+            .arg(JOB_FIELD)
+            .arg(&[] as &[u8])
+            .invoke_async(&mut broker.conn())
+            .await?;
+        return Ok(true);
+    }
+    let replayed: i64 = invocation
+        .key(broker.keys.stream(queue))
         .arg(entry_id)
         .arg(JOB_FIELD)
         .arg(payload)

@@ -29,6 +29,9 @@ pub(super) async fn fetch(
     match queues {
         [] => return Ok(Vec::new()),
         [queue] => return read_one(broker, consumer, queue, max, block_ms).await,
+        _ if broker.spans_slots() => {
+            return fetch_per_slot(broker, consumer, queues, max, block_ms).await;
+        }
         _ => {}
     }
     let streams: Vec<String> = queues
@@ -60,6 +63,103 @@ pub(super) async fn fetch(
         // Another worker was quicker.
         Within::Nothing { .. } => Ok(Vec::new()),
     }
+}
+
+/// [`fetch`] on a cluster, where one script or `XREAD` may only name the streams of one slot:
+/// the lanes of one queue share a slot, different queues do not. `fetch.lua` reads each
+/// queue in the worker's order within what is left of the budget; when none has anything, a
+/// blocking `XREAD` waits on each queue at once, each on a reader of its own, and the first
+/// to wake makes it read again. The other waits are left to end by themselves (at most
+/// `block` later), and give their readers back then.
+async fn fetch_per_slot(
+    broker: &RedisBroker,
+    consumer: &str,
+    lanes: &[String],
+    max: usize,
+    block_ms: u64,
+) -> redis::RedisResult<Vec<Delivery>> {
+    let slots: Vec<Vec<String>> = broker
+        .per_slot(lanes, |lane| broker.keys.queue_tag(lane))
+        .into_iter()
+        .map(|group| {
+            group
+                .into_iter()
+                .map(|(_, lane)| broker.keys.stream(lane))
+                .collect()
+        })
+        .collect();
+    let last_ids = match read_slots(broker, consumer, &slots, max).await? {
+        Within::Read(deliveries) => return Ok(deliveries),
+        Within::Nothing { last_ids } => last_ids,
+    };
+    let (woken_tx, mut woken) = tokio::sync::mpsc::channel(slots.len());
+    let mut at = 0;
+    for streams in &slots {
+        let ids = &last_ids[at..at + streams.len()];
+        at += streams.len();
+        let mut wait = redis::cmd("XREAD");
+        wait.arg("BLOCK")
+            .arg(block_ms)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(streams)
+            .arg(ids);
+        let readers = broker.readers.clone();
+        let woken_tx = woken_tx.clone();
+        tokio::spawn(async move {
+            let woke = async {
+                let mut conn = readers.take().await?;
+                let reply = wait.query_async::<Value>(&mut conn).await;
+                if reply.is_ok() {
+                    readers.give_back(conn).await;
+                }
+                Ok::<_, redis::RedisError>(reply? != Value::Nil)
+            }
+            .await;
+            let _ = woken_tx.send(woke).await;
+        });
+    }
+    drop(woken_tx);
+    loop {
+        match woken.recv().await {
+            // Every wait ended with nothing.
+            None => return Ok(Vec::new()),
+            Some(Ok(false)) => continue,
+            Some(Ok(true)) => break,
+            Some(Err(err)) => return Err(err),
+        }
+    }
+    match read_slots(broker, consumer, &slots, max).await? {
+        Within::Read(deliveries) => Ok(deliveries),
+        Within::Nothing { .. } => Ok(Vec::new()),
+    }
+}
+
+/// One `fetch.lua` pass per slot, in order, within `max` in all; when none read anything,
+/// the last delivered ids of every stream, in the order of `slots` flattened.
+async fn read_slots(
+    broker: &RedisBroker,
+    consumer: &str,
+    slots: &[Vec<String>],
+    max: usize,
+) -> redis::RedisResult<Within> {
+    let mut read = Vec::new();
+    let mut last_ids = Vec::new();
+    for streams in slots {
+        if read.len() >= max.max(1) {
+            break;
+        }
+        match read_within(broker, consumer, streams, max.max(1) - read.len()).await? {
+            Within::Read(deliveries) => read.extend(deliveries),
+            Within::Nothing { last_ids: ids } => last_ids.extend(ids),
+        }
+    }
+    Ok(if read.is_empty() {
+        Within::Nothing { last_ids }
+    } else {
+        Within::Read(read)
+    })
 }
 
 /// `XREADGROUP ... COUNT max BLOCK block STREAMS <queue> >` for `consumer`.
@@ -128,20 +228,17 @@ async fn read_within(
 fn deliveries_of(broker: &RedisBroker, reply: Value) -> Vec<Delivery> {
     let mut out = Vec::new();
     for (stream, entries) in stream_pairs(reply) {
-        let Some(queue) = stream.as_deref().and_then(|s| queue_of(broker, s)) else {
+        let lane = stream
+            .as_deref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| broker.keys.lane_of_stream(s));
+        let Some(queue) = lane else {
             continue;
         };
         let queue: Arc<str> = Arc::from(queue);
         parse_entries(entries, &queue, &mut out);
     }
     out
-}
-
-/// The queue whose stream key is `stream`.
-fn queue_of<'v>(broker: &RedisBroker, stream: &'v [u8]) -> Option<&'v str> {
-    std::str::from_utf8(stream)
-        .ok()?
-        .strip_prefix(broker.queue_prefix.as_str())
 }
 
 /// Take over entries idle for `min_idle` (the `reclaim.lua` script), returning each with its

@@ -37,6 +37,7 @@ mod reply;
 mod revoke;
 mod scripts;
 mod settle;
+mod slots;
 mod stats;
 mod unique;
 
@@ -88,12 +89,22 @@ impl Broker for RedisBroker {
         call(unique::push_debounced(self, job, key, id, hold))
     }
 
-    fn take_debounce<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool>> {
-        call(unique::take_debounce(self, key, id))
+    fn take_debounce<'a>(
+        &'a self,
+        queue: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        call(unique::take_debounce(self, queue, key, id))
     }
 
-    fn release_unique<'a>(&'a self, key: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
-        call(unique::release_unique(self, key, id))
+    fn release_unique<'a>(
+        &'a self,
+        queue: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        call(unique::release_unique(self, queue, key, id))
     }
 
     fn unique_lock<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<UniqueLock>>> {

@@ -3,8 +3,11 @@
 -- acknowledge nor write the record of a job another worker took over. XACK alone checks
 -- nothing.
 --
--- KEYS[1] is the dead-letter stream, KEYS[2] its trimmed counter, KEYS[3] its byte count and
--- KEYS[4] the consumer's receipt, KEYS[5] the failure group index; each op names its keys by position. ARGV[10] names this batch
+-- KEYS[1] is the consumer's receipt, KEYS[2] the dead-letter stream, KEYS[3] its trimmed
+-- counter, KEYS[4] its byte count, KEYS[5] the failure group index; a call whose ops add no
+-- dead letter may pass the receipt alone (on a cluster, a batch's part on a queue's slot:
+-- see settle.rs). Each op names its keys by position. An op whose stream position (op[1]) is 0
+-- is applied unfenced: the caller checked the delivery, on another slot. ARGV[10] names this batch
 -- among the consumer's, and ARGV[11] is how long its receipt is kept (ms): a batch applied
 -- again (its reply was lost, and the writer retried it) changes nothing and returns the reply
 -- it first gave, so that its own settlements are not taken for another worker's. ARGV[4] is the most dead letters kept, ARGV[9] the most
@@ -23,7 +26,7 @@
 -- Returns {indexes of fenced writing ops (from 0), dead letters trimmed, {id, bytes} of the dead
 -- letters added, indexes of fenced bare acknowledgements (from 0), key positions of the
 -- streams whose group is gone, {index of a failed writing op, Redis's error} pairs}.
-local receipt = redis.call('GET', KEYS[4])
+local receipt = redis.call('GET', KEYS[1])
 if receipt then
   local stored = cmsgpack.unpack(receipt)
   if stored[1] == ARGV[10] then return stored[2] end
@@ -69,11 +72,11 @@ local dead_ids = {}
 local added_bytes = 0
 local failed = {}
 for i, op in ipairs(ops) do
-  if held[op[1]][op[2]] == op[3] then
+  if op[1] == 0 or held[op[1]][op[2]] == op[3] then
     local id, failure, _
     if op[5] > 0 then _, failure = write('SET', KEYS[op[5]], op[6], 'PX', ARGV[3]) end
     if not failure and op[7] > 0 then _, failure = write('ZADD', KEYS[op[7]], op[8], op[9]) end
-    if not failure and #op[10] > 0 then id, failure = write('XADD', KEYS[1], '*', unpack(op[10])) end
+    if not failure and #op[10] > 0 then id, failure = write('XADD', KEYS[2], '*', unpack(op[10])) end
     if failure then
       failed[#failed + 1] = {i - 1, failure}
     else
@@ -109,28 +112,28 @@ for stream, ids in pairs(acks) do
 end
 local trimmed = 0
 if dead > 0 then
-  local len = redis.call('XLEN', KEYS[1])
+  local len = redis.call('XLEN', KEYS[2])
   local bytes
   if len == dead then
     -- The stream held nothing before (new, purged, or deleted by hand): count afresh.
     bytes = added_bytes
   else
-    bytes = tonumber(redis.call('GET', KEYS[3]) or '0') + added_bytes
+    bytes = tonumber(redis.call('GET', KEYS[4]) or '0') + added_bytes
   end
   local max_len, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[9])
   -- The oldest go first, one at a time, until both limits hold; the newest always stays.
   while len > 1 and (len > max_len or bytes > max_bytes) do
-    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-    redis.call('XDEL', KEYS[1], oldest[1])
+    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[2], oldest[1])
     group_removed(KEYS[5], oldest[2])
     bytes = bytes - letter_bytes(oldest[2])
     len = len - 1
     trimmed = trimmed + 1
   end
-  redis.call('SET', KEYS[3], math.max(bytes, 0))
-  if trimmed > 0 then redis.call('INCRBY', KEYS[2], trimmed) end
+  redis.call('SET', KEYS[4], math.max(bytes, 0))
+  if trimmed > 0 then redis.call('INCRBY', KEYS[3], trimmed) end
 end
 if #finished > 0 then redis.call('PUBLISH', ARGV[5], table.concat(finished, ' ')) end
 local reply = {fenced, trimmed, dead_ids, bare_fenced, missing, failed}
-redis.call('SET', KEYS[4], cmsgpack.pack({ARGV[10], reply}), 'PX', ARGV[11])
+redis.call('SET', KEYS[1], cmsgpack.pack({ARGV[10], reply}), 'PX', ARGV[11])
 return reply

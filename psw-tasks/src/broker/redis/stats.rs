@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::connection::RedisBroker;
+use super::slots::in_item_order;
 use crate::broker::{MetricsBucket, QueueStats, WorkerEntry, WorkerReport};
 use crate::keys::{GROUP, split_stats_field, stats_field};
 use crate::metrics::{RECENT_EXECUTIONS, Resolution, SCHEDULE_RUNS, TaskCounts};
@@ -126,16 +127,30 @@ pub(super) async fn queue_stats(
     if queues.is_empty() {
         return Ok(Vec::new());
     }
-    let mut invocation = broker.scripts.queue_stats.prepare_invoke();
-    for queue in queues {
-        invocation
-            .key(broker.keys.stream(queue))
-            .key(broker.keys.delayed(queue));
-    }
-    let counts: Vec<(u64, u64, u64, u64, i64)> = invocation
-        .arg(GROUP)
-        .invoke_async(&mut broker.conn())
-        .await?;
+    // One script per slot: on one server the numbers of every queue agree with each other, on
+    // a cluster those of each queue's lanes.
+    let groups = broker.per_slot(queues, |queue| broker.keys.queue_tag(queue));
+    let replies = futures_util::future::try_join_all(groups.into_iter().map(|group| async move {
+        let mut invocation = broker.scripts.queue_stats.prepare_invoke();
+        for (_, queue) in &group {
+            invocation
+                .key(broker.keys.stream(queue))
+                .key(broker.keys.delayed(queue));
+        }
+        let counts: Vec<(u64, u64, u64, u64, i64)> = invocation
+            .arg(GROUP)
+            .invoke_async(&mut broker.conn())
+            .await?;
+        Ok::<_, redis::RedisError>(
+            group
+                .into_iter()
+                .map(|(position, _)| position)
+                .zip(counts)
+                .collect::<Vec<_>>(),
+        )
+    }))
+    .await?;
+    let counts = in_item_order(replies);
     Ok(queues
         .iter()
         .zip(counts)

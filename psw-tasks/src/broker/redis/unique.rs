@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::connection::RedisBroker;
-use super::queues::destination;
+use super::queues::{announce, destination};
+use super::slots::{in_item_order, tag_of};
 use crate::broker::{NewJob, UniqueLock};
 use crate::keys::JOB_FIELD;
 
@@ -22,7 +23,8 @@ pub(super) async fn push_unique(
     hold: Duration,
 ) -> redis::RedisResult<Option<String>> {
     let script = &broker.scripts.push_unique;
-    push_keyed(broker, script, broker.keys.unique(key), job, id, hold).await
+    let lock = broker.keys.unique(&job.queue, key);
+    push_keyed(broker, script, lock, job, id, hold).await
 }
 
 /// Add `job` as the last of debounce key `key` (`push_debounced.lua`).
@@ -34,12 +36,13 @@ pub(super) async fn push_debounced(
     hold: Duration,
 ) -> redis::RedisResult<()> {
     let script = &broker.scripts.push_debounced;
-    let _: i64 = push_keyed(broker, script, broker.keys.debounce(key), job, id, hold).await?;
+    let debounce = broker.keys.debounce(&job.queue, key);
+    let _: i64 = push_keyed(broker, script, debounce, job, id, hold).await?;
     Ok(())
 }
 
 /// Run one of the scripts that set a key to a job's id (for `hold`) and add the job; they
-/// share their KEYS and ARGV.
+/// share their KEYS and ARGV. The key is on the queue's slot, as the add is.
 async fn push_keyed<T: redis::FromRedisValue>(
     broker: &RedisBroker,
     script: &redis::Script,
@@ -48,16 +51,15 @@ async fn push_keyed<T: redis::FromRedisValue>(
     id: &str,
     hold: Duration,
 ) -> redis::RedisResult<T> {
+    announce(broker, &job.queue).await?;
     let (target, due) = destination(broker, &job);
     script
         .key(key)
         .key(target)
-        .key(broker.keys.queues())
         .arg(id)
         .arg(hold.as_millis().max(1) as u64)
         .arg(&job.payload)
         .arg(due)
-        .arg(&job.queue)
         .arg(JOB_FIELD)
         .invoke_async(&mut broker.conn())
         .await
@@ -67,13 +69,14 @@ async fn push_keyed<T: redis::FromRedisValue>(
 /// (`delete_if_holds.lua`).
 pub(super) async fn take_debounce(
     broker: &RedisBroker,
+    queue: &str,
     key: &str,
     id: &str,
 ) -> redis::RedisResult<bool> {
     let taken: i64 = broker
         .scripts
         .delete_if_holds
-        .key(broker.keys.debounce(key))
+        .key(broker.keys.debounce(queue, key))
         .arg(id)
         .invoke_async(&mut broker.conn())
         .await?;
@@ -83,30 +86,54 @@ pub(super) async fn take_debounce(
 /// Release the lock `key` if job `id` holds it (`delete_if_holds.lua`).
 pub(super) async fn release_unique(
     broker: &RedisBroker,
+    queue: &str,
     key: &str,
     id: &str,
 ) -> redis::RedisResult<()> {
     let _: i64 = broker
         .scripts
         .delete_if_holds
-        .key(broker.keys.unique(key))
+        .key(broker.keys.unique(queue, key))
         .arg(id)
         .invoke_async(&mut broker.conn())
         .await?;
     Ok(())
 }
 
-/// The lock `key`, if a job holds it: one round trip (`GET` and `PTTL` pipelined).
+/// The lock `key`, if a job holds it. Locks are kept per queue (on the queue's slot), so
+/// this asks every queue in the set of queue names, in one pipeline (`GET` and `PTTL` of
+/// each); the first queue by name that has it answers.
 pub(super) async fn unique_lock(
     broker: &RedisBroker,
     key: &str,
 ) -> redis::RedisResult<Option<UniqueLock>> {
-    let locks = read_locks(broker, vec![(broker.keys.unique(key), key.to_owned())]).await?;
+    let names = known_queues(broker)
+        .await?
+        .iter()
+        .map(|queue| (broker.keys.unique(queue, key), key.to_owned()))
+        .collect();
+    let locks = read_locks(broker, names).await?;
     Ok(locks.into_iter().next())
 }
 
+/// The queues (never lanes: a queue's lanes share its locks) in the set of queue names,
+/// sorted.
+async fn known_queues(broker: &RedisBroker) -> redis::RedisResult<Vec<String>> {
+    let names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(broker.keys.queues())
+        .query_async(&mut broker.conn())
+        .await?;
+    let mut queues: Vec<String> = names
+        .iter()
+        .map(|name| crate::priority::split_lane(name).0.to_owned())
+        .collect();
+    queues.sort();
+    queues.dedup();
+    Ok(queues)
+}
+
 /// The locks stored at each (Redis key, lock key) that are still held, in one round trip
-/// (`GET` and `PTTL` of each, pipelined).
+/// (`GET` and `PTTL` of each, pipelined: one pipeline per slot).
 async fn read_locks(
     broker: &RedisBroker,
     names: Vec<(String, String)>,
@@ -114,11 +141,23 @@ async fn read_locks(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for (name, _) in &names {
-        pipe.get(name).pttl(name);
-    }
-    let replies: Vec<(Option<String>, i64)> = pipe.query_async(&mut broker.conn()).await?;
+    let groups = broker.per_slot(&names, |(name, _)| tag_of(name).to_owned());
+    let replies = futures_util::future::try_join_all(groups.into_iter().map(|group| async move {
+        let mut pipe = redis::pipe();
+        for (_, (name, _)) in &group {
+            pipe.get(name).pttl(name);
+        }
+        let replies: Vec<(Option<String>, i64)> = pipe.query_async(&mut broker.conn()).await?;
+        Ok::<_, redis::RedisError>(
+            group
+                .into_iter()
+                .map(|(position, _)| position)
+                .zip(replies)
+                .collect::<Vec<_>>(),
+        )
+    }))
+    .await?;
+    let replies = in_item_order(replies);
     Ok(names
         .into_iter()
         .zip(replies)
@@ -133,42 +172,44 @@ async fn read_locks(
         .collect())
 }
 
-/// Up to `limit` locks whose key starts with `prefix`, each with its holder and TTL. Every key
-/// of the namespace shares its hash tag, so on a cluster they all live on one node.
+/// Up to `limit` locks whose key starts with `prefix`, each with its holder and TTL, sorted by
+/// key. A queue's locks share its hash tag, so each queue's are one `SCAN` on the node of its
+/// slot.
 pub(super) async fn unique_locks(
     broker: &RedisBroker,
     prefix: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<UniqueLock>> {
-    let base = broker.keys.unique_prefix();
-    let pattern = format!("{base}{}*", glob_escape(prefix));
     let mut conn = broker.conn();
-    let mut cursor: u64 = 0;
     let mut names = Vec::new();
-    loop {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT);
-        let (next, batch): (u64, Vec<String>) = conn.on_node_of(&base, &scan).await?;
-        names.extend(batch);
-        cursor = next;
-        if cursor == 0 || names.len() >= limit {
-            break;
+    for queue in known_queues(broker).await? {
+        let base = broker.keys.unique_prefix(&queue);
+        let pattern = format!("{}{}*", glob_escape(&base), glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let (next, batch): (u64, Vec<String>) = conn.on_node_of(&base, &scan).await?;
+            found.extend(batch);
+            cursor = next;
+            if cursor == 0 || found.len() >= limit {
+                break;
+            }
         }
-    }
-    names.sort();
-    names.dedup();
-    names.truncate(limit);
-    let names = names
-        .into_iter()
-        .map(|name| {
+        found.sort();
+        found.dedup();
+        names.extend(found.into_iter().map(|name| {
             let key = name[base.len()..].to_owned();
             (name, key)
-        })
-        .collect();
+        }));
+    }
+    names.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    names.truncate(limit);
     read_locks(broker, names).await
 }
 
