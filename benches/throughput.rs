@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench -p psw-tasks-benches --bench throughput -- [--jobs N] [--concurrency N]
 //!     [--workers N] [--payload BYTES] [--results on|off|both] [--task noop|sleep|cpu]
-//!     [--latency-seconds S] [--scaling] [--history-ab PAIRS]
+//!     [--latency-seconds S] [--scaling] [--history-ab PAIRS] [--cluster-queues 1,2,3]
 //! ```
 //! Redis is the test fixture's (`REDIS_URL`, else 127.0.0.1:6379, else one started for the run).
 //! Workers are `bench-worker` processes, so their memory is measured alone. Results are printed
@@ -88,6 +88,11 @@ struct Args {
     /// for each results mode, instead of the full suite: the history's cost side by side.
     #[arg(long, value_name = "PAIRS")]
     history_ab: Option<usize>,
+    /// Drain only, on the test Redis Cluster (three masters), with the jobs spread evenly over
+    /// each of these numbers of queues, instead of the full suite: the rate and the commands
+    /// each master ran.
+    #[arg(long, value_name = "COUNTS", value_delimiter = ',')]
+    cluster_queues: Option<Vec<usize>>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -313,6 +318,17 @@ struct Workers {
 impl Workers {
     /// Start `count` worker processes; `history` turns their metrics history on or off.
     fn start(ns: &TestNamespace, count: usize, concurrency: usize, history: bool) -> Workers {
+        Workers::start_on(ns, count, concurrency, history, "default")
+    }
+
+    /// As [`Workers::start`], on `queues` (`PSW_QUEUES`).
+    fn start_on(
+        ns: &TestNamespace,
+        count: usize,
+        concurrency: usize,
+        history: bool,
+        queues: &str,
+    ) -> Workers {
         let children = (0..count)
             .map(|_| {
                 // PSW_BENCH_WORKER_WRAPPER runs each worker under a profiler, like
@@ -332,7 +348,7 @@ impl Workers {
                     .env("REDIS_URL", ns.url())
                     .env("PSW_NAMESPACE", ns.name())
                     .env("PSW_WORKER_CONCURRENCY", concurrency.to_string())
-                    .env("PSW_QUEUES", "default")
+                    .env("PSW_QUEUES", queues)
                     .env("PSW_METRICS_HISTORY", if history { "on" } else { "off" })
                     .env("RUST_LOG", "warn")
                     .stdin(Stdio::null())
@@ -1077,6 +1093,155 @@ async fn history_ab(args: &Args, pairs: usize) {
     write_outputs("history", &out, &json);
 }
 
+/// One drain on the cluster with the jobs spread over some queues.
+#[derive(Debug, Serialize)]
+struct SpreadRow {
+    queues: usize,
+    results: bool,
+    rate: Rate,
+    /// Commands each master ran during the drain (`total_commands_processed`), by address.
+    commands_by_master: Vec<(String, u64)>,
+}
+
+/// `total_commands_processed` of the server at `url`.
+fn commands_processed(url: &str) -> u64 {
+    let mut conn = redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .expect("connect to a cluster node");
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
+    field(&info, "total_commands_processed:")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Drain `args.jobs` jobs on the test Redis Cluster, spread evenly over 1, 2, 3... queues
+/// (key layout 2: each queue on a slot of its own), with `args.workers` worker processes on
+/// all of them: the rate and how the commands spread over the masters.
+async fn cluster_spread(args: &Args, counts: &[usize]) {
+    let cluster = psw_tasks::testing::cluster();
+    let masters: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|url| {
+            let mut conn = redis::Client::open(url.as_str())
+                .and_then(|client| client.get_connection())
+                .expect("connect to a cluster node");
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut conn)
+                .unwrap();
+            field(&info, "role:") == "master"
+        })
+        .cloned()
+        .collect();
+    let mut out = format!(
+        "Drain of {} jobs on a local Redis Cluster ({} masters), {} worker(s) x concurrency {}:\n\n| queues | results | seconds | jobs/s | commands per master (share) |\n|---:|---|---:|---:|---|\n",
+        args.jobs,
+        masters.len(),
+        args.workers,
+        args.concurrency
+    );
+    let mut rows = Vec::new();
+    for results in result_modes(args) {
+        for &count in counts {
+            let ns = TestNamespace::on(cluster, "spread");
+            let client = ns.client().await;
+            let queues: Vec<String> = (0..count.max(1))
+                .map(|n| match n {
+                    0 => "default".to_owned(),
+                    n => format!("spread{n}"),
+                })
+                .collect();
+            let task = task_name(args.kind.name(), results);
+            let per_queue = args.jobs / queues.len();
+            for queue in &queues {
+                let mut left = per_queue;
+                while left > 0 {
+                    let n = left.min(10_000);
+                    client
+                        .enqueue_many_by_name::<(), _>(
+                            task,
+                            (0..n).map(|_| (payload(args.payload),)),
+                            EnqueueOptions::new().queue(queue.as_str()),
+                        )
+                        .await
+                        .unwrap();
+                    left -= n;
+                }
+            }
+            let jobs = per_queue * queues.len();
+            eprintln!(
+                "{} queue(s), results {}",
+                queues.len(),
+                if results { "on" } else { "off" }
+            );
+            let before: Vec<u64> = masters.iter().map(|url| commands_processed(url)).collect();
+            let workers = Workers::start_on(
+                &ns,
+                args.workers,
+                args.concurrency,
+                false,
+                &queues.join(","),
+            );
+            let started = Instant::now();
+            let streams: Vec<String> = queues.iter().map(|queue| ns.stream_key(queue)).collect();
+            let mut conn = ns.connection();
+            loop {
+                let left: u64 = streams
+                    .iter()
+                    .map(|stream| {
+                        redis::cmd("XLEN")
+                            .arg(stream)
+                            .query::<u64>(&mut *conn)
+                            .unwrap()
+                    })
+                    .sum();
+                if left == 0 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "the drain did not end: {left} jobs left"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let elapsed = started.elapsed();
+            let after: Vec<u64> = masters.iter().map(|url| commands_processed(url)).collect();
+            workers.stop();
+            let commands: Vec<(String, u64)> = masters
+                .iter()
+                .zip(before.iter().zip(&after))
+                .map(|(url, (before, after))| (url.clone(), after.saturating_sub(*before)))
+                .collect();
+            let total: u64 = commands.iter().map(|(_, n)| n).sum::<u64>().max(1);
+            let spread = commands
+                .iter()
+                .map(|(url, n)| {
+                    let port = url.rsplit(':').next().unwrap_or(url).trim_end_matches('/');
+                    format!("{port}: {n} ({:.0}%)", *n as f64 * 100.0 / total as f64)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rate = Rate::new("drain", jobs, elapsed);
+            out.push_str(&format!(
+                "| {} | {} | {:.2} | {:.0} | {spread} |\n",
+                queues.len(),
+                if results { "stored" } else { "off" },
+                rate.seconds,
+                rate.per_second
+            ));
+            rows.push(SpreadRow {
+                queues: queues.len(),
+                results,
+                rate,
+                commands_by_master: commands,
+            });
+        }
+    }
+    println!("{out}");
+    write_outputs("cluster-spread", &out, &rows);
+}
+
 fn result_modes(args: &Args) -> Vec<bool> {
     match args.results {
         ResultsMode::On => vec![true],
@@ -1094,6 +1259,10 @@ async fn main() {
     }
     if let Some(pairs) = args.history_ab {
         history_ab(&args, pairs).await;
+        return;
+    }
+    if let Some(counts) = &args.cluster_queues {
+        cluster_spread(&args, counts).await;
         return;
     }
     let mut raw = Raw::connect().await;
