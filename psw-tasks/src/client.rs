@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -29,6 +30,7 @@ use crate::priority::{self, Priority};
 use crate::record::{JobRecord, State};
 use crate::registry::{Duplicate, Registry};
 use crate::revoke::RevokeReason;
+use crate::shard;
 use crate::stats::ClusterStats;
 use crate::task::TaskOptions;
 use crate::unique::{UNIQUE_HOLD, Unique, default_key};
@@ -49,6 +51,8 @@ struct Inner {
     /// The tasks linked into this binary, to find the queue of a task enqueued by name; two
     /// tasks of one name are reported by every call that needs it.
     registry: std::result::Result<Registry, Duplicate>,
+    /// Counts the jobs without a key enqueued to sharded queues, to spread them round-robin.
+    shard_turn: AtomicU64,
 }
 
 impl fmt::Debug for Client {
@@ -90,6 +94,7 @@ impl Client {
                 broker,
                 config: config.clone(),
                 registry: Ok(registry),
+                shard_turn: AtomicU64::new(0),
             }),
         })
     }
@@ -107,6 +112,7 @@ impl Client {
                 broker: Arc::new(MemoryBroker::new()),
                 config: Config::default(),
                 registry: Registry::linked(),
+                shard_turn: AtomicU64::new(0),
             }),
         }
     }
@@ -449,7 +455,24 @@ impl Client {
             .unwrap_or(defaults.queue)
             .to_owned();
         validate_name("queue", &queue)?;
-        let lane = priority::lane(&queue, options.priority.unwrap_or(defaults.priority));
+        // A sharded queue's job goes to one of its shards: by its unique key, debounce key or
+        // fixed id when it has one (so that the lock or hold is in one place), else in turn.
+        let shards = self.inner.config.shards_of(&queue);
+        let shard = if shards > 1 {
+            let key = options
+                .unique
+                .and(options.unique_key.as_deref())
+                .or(options.debounce.as_ref().map(|(key, _)| key.as_str()))
+                .or(options.id.as_ref().map(JobId::as_str));
+            let turn = self.inner.shard_turn.fetch_add(1, Ordering::Relaxed);
+            shard::pick(shards, key, turn)
+        } else {
+            0
+        };
+        let lane = priority::lane(
+            &shard::shard_queue(&queue, shard),
+            options.priority.unwrap_or(defaults.priority),
+        );
         if let Some(name) = options
             .headers
             .keys()
@@ -913,6 +936,7 @@ mod tests {
                 broker: Arc::new(MemoryBroker::new()),
                 config: Config::default(),
                 registry: Registry::from_descriptors([&A, &B]),
+                shard_turn: AtomicU64::new(0),
             }),
         };
         let err = client

@@ -75,6 +75,11 @@ pub struct Config {
     /// with a queue drawn with a chance proportional to its weight (unlisted queues weigh 1).
     /// Empty means round-robin.
     pub queue_weights: BTreeMap<String, u32>,
+    /// Queues split over several streams (`PSW_QUEUE_SHARDS=prices=8,mail=2`): producers
+    /// spread a queue's jobs over its shards, which on a Redis Cluster land on different
+    /// slots, and workers read them all. Every producer and worker of the namespace must have
+    /// the same counts. Unlisted queues have one.
+    pub queue_shards: BTreeMap<String, u32>,
     /// Read a worker's queues in their order, always the first first (`PSW_STRICT_PRIORITY`):
     /// a busy first queue starves the others.
     pub strict_priority: bool,
@@ -141,6 +146,7 @@ impl std::fmt::Debug for Config {
             prefetch,
             queues,
             queue_weights,
+            queue_shards,
             strict_priority,
             rate_limits,
             concurrency_limits,
@@ -170,6 +176,7 @@ impl std::fmt::Debug for Config {
             .field("prefetch", prefetch)
             .field("queues", queues)
             .field("queue_weights", queue_weights)
+            .field("queue_shards", queue_shards)
             .field("strict_priority", strict_priority)
             .field("rate_limits", rate_limits)
             .field("concurrency_limits", concurrency_limits)
@@ -210,6 +217,7 @@ impl Default for Config {
             prefetch: None,
             queues: None,
             queue_weights: BTreeMap::new(),
+            queue_shards: BTreeMap::new(),
             strict_priority: false,
             rate_limits: BTreeMap::new(),
             concurrency_limits: BTreeMap::new(),
@@ -374,6 +382,10 @@ impl Config {
             }
             None => (None, BTreeMap::new()),
         };
+        let queue_shards = match get("PSW_QUEUE_SHARDS") {
+            Some((name, value)) => crate::shard::parse_shards(name, &value)?,
+            None => BTreeMap::new(),
+        };
         let strict_priority = match get("PSW_STRICT_PRIORITY") {
             Some((name, value)) => parse_bool(name, &value)?,
             None => false,
@@ -459,6 +471,7 @@ impl Config {
             prefetch,
             queues,
             queue_weights,
+            queue_shards,
             strict_priority,
             rate_limits,
             concurrency_limits,
@@ -486,6 +499,18 @@ impl Config {
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
+    }
+
+    /// Split `queue` over `shards` streams (as `PSW_QUEUE_SHARDS` does; 1 to 256).
+    pub fn with_queue_shards(mut self, queue: impl Into<String>, shards: u32) -> Self {
+        self.queue_shards
+            .insert(queue.into(), shards.clamp(1, crate::shard::MAX_SHARDS));
+        self
+    }
+
+    /// How many shards `queue` has (1 unless `queue_shards` says more).
+    pub fn shards_of(&self, queue: &str) -> u32 {
+        self.queue_shards.get(queue).copied().unwrap_or(1).max(1)
     }
 
     /// The largest result a job may store: `max_result_size`, else `max_message_size`.

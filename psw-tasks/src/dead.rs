@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use crate::broker::{Broker, DeadJob, DeadLetterStats, FailureGroup};
 use crate::envelope::{Envelope, JobId, RESERVED_HEADER_PREFIX, SystemHeader, now_ms};
 use crate::error::{Error, Result};
-use crate::priority;
+use crate::shard;
 
 /// What runs when a job is dead-lettered, after the dead letter is stored.
 #[derive(Clone)]
@@ -279,9 +279,9 @@ impl DeadLetters {
                 Some(header) => !header.resets_on_replay(),
                 None => !name.starts_with(RESERVED_HEADER_PREFIX),
             });
-        // Back to the queue (and the lane of its priority) it was read from: the envelope's
-        // own field may name another.
-        envelope.queue = priority::split_lane(&job.queue).0.to_owned();
+        // Back to the queue (and the lane of its priority, and its shard) it was read from:
+        // the envelope's own field may name another.
+        envelope.queue = shard::queue_of_lane(&job.queue).to_owned();
         // The history it carries back may not fit beside its arguments: it shrinks, as a
         // retry's does, so the replay is not dead-lettered again as oversized.
         let payload = envelope.encode_within(self.max_message_size)?;

@@ -47,6 +47,7 @@ mod retry;
 mod revoke;
 mod rules;
 mod schedule;
+mod shard;
 mod task;
 mod unique;
 mod wire;

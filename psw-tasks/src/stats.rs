@@ -17,6 +17,7 @@ use crate::history::{self, MetricsHistory};
 use crate::metrics::{Resolution, TaskCounts};
 use crate::priority;
 use crate::record::Progress;
+use crate::shard;
 
 /// A worker whose last heartbeat is older than this is forgotten by readers: it was killed
 /// without a chance to remove itself.
@@ -203,7 +204,7 @@ pub(crate) async fn collect_over(
     }
     workers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    // A queue's priority lanes are counted as the queue.
+    // A queue's priority lanes and shards are counted as the queue.
     let mut names: BTreeSet<String> = broker
         .queue_names()
         .await?
@@ -233,26 +234,28 @@ pub(crate) async fn collect_over(
     })
 }
 
-/// One entry per queue from the stats of its lanes: their jobs summed, their consumers (the
-/// same workers read every lane of a queue) the most of any.
+/// One entry per queue from the stats of its lanes (its levels, and its shards' levels):
+/// their jobs summed, their consumers (the same workers read every lane of a queue) the most
+/// of any; sorted by queue.
 fn fold_lanes(lanes: Vec<QueueStats>) -> Vec<QueueStats> {
     let mut queues: Vec<QueueStats> = Vec::new();
     for lane in lanes {
-        let queue = priority::split_lane(&lane.name).0;
-        match queues.last_mut() {
-            Some(last) if last.name == queue => {
+        let queue = shard::queue_of_lane(&lane.name);
+        match queues.iter_mut().find(|known| known.name == queue) {
+            Some(last) => {
                 last.ready += lane.ready;
                 last.pending += lane.pending;
                 last.delayed += lane.delayed;
                 last.consumers = last.consumers.max(lane.consumers);
                 last.oldest_age_ms = last.oldest_age_ms.max(lane.oldest_age_ms);
             }
-            _ => queues.push(QueueStats {
+            None => queues.push(QueueStats {
                 name: queue.to_owned(),
                 ..lane
             }),
         }
     }
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
     queues
 }
 

@@ -226,6 +226,10 @@ async fn an_operator_watches_pauses_and_replays_in_a_real_browser() {
         |t| t == "paused",
     )
     .await;
+    // Workers stop reading a paused queue within a second (they look every 400 ms, and a read
+    // blocks up to 500 ms), as the pause tests of monitor.rs wait too: a job enqueued sooner
+    // may still be taken.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let held = add::enqueue(&client, 20, 22).await.unwrap();
     until(
         &browser,

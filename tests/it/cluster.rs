@@ -391,3 +391,68 @@ async fn every_command_keeps_to_one_slot_on_a_redis_cluster() {
         assert_eq!(*count, was, "{node} refused commands with CROSSSLOT");
     }
 }
+
+/// Issue 15: a hot queue split over shards (`PSW_QUEUE_SHARDS=default=3`). Producers spread
+/// its jobs evenly over the shards' streams, each on a slot of its own; a unique job keeps to
+/// one shard, so its lock still holds; stats show one queue; and one worker reads every shard
+/// until all are drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_queue_spreads_over_slots_and_reads_as_one_queue() {
+    use psw_tasks_tests::unique_add;
+
+    let cluster = psw_tasks::testing::cluster();
+    let ns = TestNamespace::on(cluster, "shards");
+    let client = psw_tasks::Client::connect(&ns.config().with_queue_shards("default", 3))
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for n in 0..300 {
+        handles.push(add::enqueue(&client, n, 1).await.unwrap());
+    }
+    let streams = [
+        ns.stream_key("default"),
+        ns.stream_key("default:1"),
+        ns.stream_key("default:2"),
+    ];
+    let slots: std::collections::HashSet<_> = streams
+        .iter()
+        .map(redis::cluster_routing::Slot::for_key)
+        .collect();
+    assert_eq!(slots.len(), 3, "each shard on a slot of its own");
+    {
+        let mut conn = ns.connection();
+        for stream in &streams {
+            let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut *conn).unwrap();
+            assert_eq!(len, 100, "{stream}: jobs spread round-robin");
+        }
+    }
+    let unique = unique_add::enqueue(&client, 1, 2).await.unwrap();
+    for _ in 0..5 {
+        assert!(
+            unique_add::enqueue(&client, 1, 2)
+                .await
+                .unwrap()
+                .is_duplicate(),
+            "the unique key keeps to one shard, where its lock is"
+        );
+    }
+    let stats = client.stats(Duration::from_secs(60)).await.unwrap();
+    let queues: Vec<(&str, u64)> = stats
+        .queues
+        .iter()
+        .map(|queue| (queue.name.as_str(), queue.ready))
+        .collect();
+    assert_eq!(queues, [("default", 301)], "one queue, its shards summed");
+
+    let worker = start_worker(&client, 8);
+    for (n, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.wait(WAIT).await.unwrap(), n as i64 + 1);
+    }
+    assert_eq!(unique.wait(WAIT).await.unwrap(), 3);
+    worker.stop().await;
+    let mut conn = ns.connection();
+    for stream in &streams {
+        let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut *conn).unwrap();
+        assert_eq!(len, 0, "{stream} drained");
+    }
+}

@@ -258,7 +258,7 @@ impl FetchLoop {
             return;
         }
         for lanes in &self.lanes {
-            let queue = priority::split_lane(&lanes[0]).0;
+            let queue = crate::shard::queue_of_lane(&lanes[0]);
             let was = before.iter().any(|q| q == queue);
             let is = paused.iter().any(|q| q == queue);
             if is && !was {

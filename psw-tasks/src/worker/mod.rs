@@ -32,6 +32,7 @@ use crate::priority::QueueOrder;
 use crate::process::{self, process_name};
 use crate::registry::Registry;
 use crate::rules::DEFAULT_QUEUE;
+use crate::shard;
 use crate::task::SharedState;
 
 mod activity;
@@ -240,6 +241,25 @@ impl WorkerBuilder {
             validate_name("queue", queue)?;
         }
         let order = queue_order(&queues, &self.queue_weights, self.strict_priority)?;
+        // A sharded queue is read as its shards, each a queue to the broker, in turn: each
+        // shard takes its queue's weight.
+        let config = self.client.config();
+        let shard_queues: Vec<String> = queues
+            .iter()
+            .flat_map(|queue| shard::shard_queues(queue, config.shards_of(queue)))
+            .collect();
+        let order = match order {
+            QueueOrder::Weighted(weights) => QueueOrder::Weighted(
+                queues
+                    .iter()
+                    .zip(weights)
+                    .flat_map(|(queue, weight)| {
+                        std::iter::repeat_n(weight, config.shards_of(queue) as usize)
+                    })
+                    .collect(),
+            ),
+            order => order,
+        };
         for name in self.rate_limits.keys() {
             check_limit_name(name, "PSW_RATE_LIMITS")?;
         }
@@ -276,6 +296,7 @@ impl WorkerBuilder {
         Ok(Worker {
             client: self.client,
             queues,
+            shard_queues,
             order,
             concurrency: self.concurrency,
             // Three times the concurrency: a delivery stays held until its outcome is stored,
@@ -334,6 +355,8 @@ pub struct Worker {
     client: Client,
     registry: Registry,
     queues: Vec<String>,
+    /// `queues` as the broker knows them: each sharded queue as its shards (`shard`).
+    shard_queues: Vec<String>,
     order: QueueOrder,
     concurrency: usize,
     prefetch: usize,
@@ -411,7 +434,7 @@ impl Worker {
     async fn work(self, shutdown: CancellationToken) -> Result<()> {
         let broker = self.client.broker().clone();
         let started_ms = now_ms();
-        if !prepare_queues(broker.as_ref(), &self.queues, &shutdown).await {
+        if !prepare_queues(broker.as_ref(), &self.shard_queues, &shutdown).await {
             return Ok(());
         }
         // The cancellations made before this start, so that none of those jobs runs here.
@@ -500,7 +523,7 @@ impl Worker {
         }
         let stop_helpers = CancellationToken::new();
         let mut helpers = JoinSet::new();
-        for queue in &self.queues {
+        for queue in &self.shard_queues {
             helpers.spawn(promoter::run(
                 broker.clone(),
                 queue.clone(),
@@ -547,7 +570,7 @@ impl Worker {
             shared: shared.clone(),
             consumer: self.consumer.clone(),
             lanes: self
-                .queues
+                .shard_queues
                 .iter()
                 .map(|queue| vec![queue.clone()])
                 .collect(),

@@ -4,8 +4,6 @@
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::priority;
-
 #[derive(Default)]
 pub(crate) struct Paused {
     /// Whether any queue is paused: while none is, a runner's check is this one load.
@@ -33,12 +31,13 @@ impl Paused {
         self.any.load(Ordering::Acquire)
     }
 
-    /// Whether the queue of `lane` (a queue, or one of its priority levels) is paused.
+    /// Whether the queue of `lane` (a queue, one of its priority levels, or of its shards'
+    /// lanes) is paused.
     pub(crate) fn holds_lane(&self, lane: &str) -> bool {
         if !self.any() {
             return false;
         }
-        let queue = priority::split_lane(lane).0;
+        let queue = crate::shard::queue_of_lane(lane);
         self.queues
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -56,7 +55,7 @@ mod tests {
         let paused = Paused::default();
         assert!(!paused.holds_lane("mail"));
         assert!(paused.set(vec!["mail".to_owned()]).is_empty());
-        for lane in ["mail", "mail:high", "mail:low"] {
+        for lane in ["mail", "mail:high", "mail:low", "mail:3", "mail:3:high"] {
             assert!(paused.holds_lane(lane), "{lane}");
         }
         assert!(!paused.holds_lane("mailer"));
